@@ -1,0 +1,133 @@
+"""
+Image loading shared by the trainers and the evaluators: an ImageFolder that never crashes on a
+bad file, ADM's center crop, and a sampler whose order survives kill-and-resume and DDP.
+"""
+import os
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff', '.gif')
+
+
+def list_images(root):
+    """Sorted image paths under root (recursive) and their class ids (sorted top-level folder name)."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"image folder {root!r} does not exist: pass --data <folder with <class>/<image> files>")
+    classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
+    paths, labels = [], []
+    for label, cls in enumerate(classes or ['.']):
+        for dirpath, _, files in sorted(os.walk(os.path.join(root, cls))):
+            for f in sorted(files):
+                if f.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(os.path.join(dirpath, f))
+                    labels.append(label)
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r}")
+    return paths, labels, classes
+
+
+def center_crop_arr(img, size):
+    """ADM's ImageNet preprocessing: box-halve while the short side is >= 2*size, bicubic-resize the short side to size, center crop."""
+    while min(img.size) >= 2 * size:
+        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
+    scale = size / min(img.size)
+    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
+    arr = np.asarray(img)
+    top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+    return arr[top:top + size, left:left + size]
+
+
+def load_rgb(path):
+    """Open an image as RGB (grey, RGBA, CMYK, palette all converted); raises on unreadable/truncated files."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # PIL's palette-transparency and EXIF chatter
+        with Image.open(path) as img:
+            img.load()
+            if img.mode == 'RGBA' or (img.mode == 'P' and 'transparency' in img.info):
+                img = img.convert('RGBA')
+                background = Image.new('RGBA', img.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(background, img)  # transparent -> white, not black
+            return img.convert('RGB')
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """Yields (uint8 CHW tensor, label), or None for a file that cannot be decoded (dropped by collate_skip_bad)."""
+
+    def __init__(self, root, size):
+        self.paths, self.labels, self.classes = list_images(root)
+        self.size = size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            arr = center_crop_arr(load_rgb(self.paths[i]), self.size)
+        except (OSError, ValueError, SyntaxError):  # what PIL raises for corrupt, truncated or unknown files
+            return None
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1), self.labels[i]
+
+
+def collate_skip_bad(batch):
+    """Stack the good samples; return (images uint8 BCHW, labels, number of bad files skipped)."""
+    good = [b for b in batch if b is not None]
+    images = torch.stack([b[0] for b in good]) if good else torch.empty(0, dtype=torch.uint8)
+    labels = torch.tensor([b[1] for b in good], dtype=torch.long)
+    return images, labels, len(batch) - len(good)
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """
+    Infinite stream of indices: epoch e is a permutation seeded by (seed, e), cut into global batches.
+    Rank r takes the r-th contiguous slice of every global batch, so G processes together see exactly
+    the batches one process would, and the stream can restart at any global step.
+    """
+
+    def __init__(self, n, global_batch, rank=0, world_size=1, seed=0, start_step=0, shuffle=True):
+        assert global_batch % world_size == 0, f"global batch {global_batch} must divide by the {world_size} processes"
+        self.n, self.global_batch, self.rank, self.world_size = n, global_batch, rank, world_size
+        self.seed, self.start_step, self.shuffle = seed, start_step, shuffle
+        self.steps_per_epoch = n // global_batch  # drop the ragged tail so every step has a full batch
+        assert self.steps_per_epoch > 0, f"dataset of {n} images is smaller than the global batch {global_batch}"
+
+    def __iter__(self):
+        local = self.global_batch // self.world_size
+        step = self.start_step
+        while True:
+            epoch, k = divmod(step, self.steps_per_epoch)
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+            for k in range(k, self.steps_per_epoch):
+                start = k * self.global_batch + self.rank * local
+                yield from order[start:start + local].tolist()
+            step = (epoch + 1) * self.steps_per_epoch
+
+
+def image_loader(root, size, global_batch, rank=0, world_size=1, seed=0, start_step=0, workers=4, shuffle=True):
+    """Infinite loader of (uint8 images, labels, n_bad) for this rank, resumable at start_step."""
+    dataset = ImageFolder(root, size)
+    sampler = ResumableSampler(len(dataset), global_batch, rank, world_size, seed, start_step, shuffle)
+    return dataset, torch.utils.data.DataLoader(
+        dataset, batch_size=global_batch // world_size, sampler=sampler, num_workers=workers,
+        collate_fn=collate_skip_bad, pin_memory=torch.cuda.is_available(), drop_last=True,
+        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+
+
+def to_uint8(images):
+    """Images in [-1, 1] (B, 3, H, W) -> uint8 (B, H, W, 3) numpy, rounding as ADM's samplers do."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_grid(images, path, ncol, pad=2):
+    """Save images in [-1, 1] as one PNG grid with ncol columns."""
+    arr = to_uint8(images)
+    n, h, w, _ = arr.shape
+    nrow = -(-n // ncol)
+    grid = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for i, img in enumerate(arr):
+        r, c = divmod(i, ncol)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = img
+    Image.fromarray(grid).save(path)

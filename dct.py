@@ -1,0 +1,109 @@
+"""
+Orthonormal 2D DCT-II, spectral low-pass, and the token -> frequency schedule w_i of SpectralAR.
+
+dct2 / idct2 are two matrix products with a cached basis (built in float64, cast to the input's
+dtype and device), so they run on any device, need no scipy and are exact to rounding.
+"""
+import functools
+import math
+
+import torch
+
+
+@functools.lru_cache(maxsize=32)
+def _basis(n, dtype, device):
+    # C[k, j] = a_k cos(pi (2j + 1) k / 2n): rows are the orthonormal DCT-II basis vectors
+    k = torch.arange(n, dtype=torch.float64)[:, None]
+    j = torch.arange(n, dtype=torch.float64)[None, :]
+    c = torch.cos(math.pi * (2 * j + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
+    c[0] /= math.sqrt(2.0)
+    return c.to(dtype=dtype, device=device)
+
+
+def _compute_dtype(x):
+    # low precision (bf16 under autocast) would ruin the transform; keep at least float32
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def dct2(x):
+    """Orthonormal DCT-II over the last two dims of (..., H, W); same as scipy dctn(norm='ortho')."""
+    dt = _compute_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        ch, cw = _basis(x.shape[-2], dt, x.device), _basis(x.shape[-1], dt, x.device)
+        return (ch @ x.to(dt) @ cw.T).to(x.dtype)
+
+
+def idct2(X):
+    """Inverse of dct2 (the basis is orthonormal, so the inverse is the transpose)."""
+    dt = _compute_dtype(X)
+    with torch.autocast(X.device.type, enabled=False):
+        ch, cw = _basis(X.shape[-2], dt, X.device), _basis(X.shape[-1], dt, X.device)
+        return (ch.T @ X.to(dt) @ cw).to(X.dtype)
+
+
+def _lowpass_projector(n, omega, dt, device):
+    # P = C^T diag(k < omega) C projects a length-n signal onto its first omega DCT frequencies
+    c = _basis(n, dt, device)
+    keep = (torch.arange(n, device=device)[None, :] < omega[:, None]).to(dt)  # (B, n)
+    return torch.einsum('kh,bk,kw->bhw', c, keep, c)
+
+
+def lowpass(x, omega):
+    """
+    Keep the top-left omega x omega DCT coefficients of every channel and return the image.
+    x: (B, C, H, W); omega: int, or LongTensor (B,) with one cut-off per sample.
+    Done as P_H x P_W^T with projectors, which equals idct2(mask * dct2(x)) without forming the mask.
+    """
+    B, H, W = x.shape[0], x.shape[-2], x.shape[-1]
+    omega = torch.as_tensor(omega, device=x.device).long().expand(B)
+    dt = _compute_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        ph = _lowpass_projector(H, omega, dt, x.device)
+        pw = ph if W == H else _lowpass_projector(W, omega, dt, x.device)
+        out = ph[:, None] @ x.to(dt) @ pw[:, None].transpose(-1, -2)
+    return out.to(x.dtype)
+
+
+def omega_schedule(n_tokens, size, kind="nonuniform"):
+    """
+    Frequency cut-off w_i (i = 1..N) that the first i tokens must reconstruct.
+
+    "uniform":    w_i follows i * size / N (Table 4's ablation row).
+    "nonuniform": the paper's eq. (9) generalised. Eq. (9) (N=64, 256 px) spends half the tokens on
+                  w <= size/8, a quarter on size/8 < w <= size/4 and the last quarter on the rest,
+                  with per-token increments 1, 2, 12. We keep those anchors as fractions of N and
+                  size: the target curve is piecewise linear through
+                  (0, 0), (N/2, size/8), (3N/4, size/4), (N, size),
+                  which reproduces eq. (9) exactly and scales to other N and sizes
+                  (e.g. 512 px, N=64: increments 2, 4, 24).
+
+    Both curves are turned into integers the same way, keeping eq. (7): every increment
+    d_i = w_i - w_{i-1} is >= 1 (each token adds frequencies) and non-decreasing, and w_N = size.
+    d_i is the rounded target step, clamped to [d_{i-1}, mean of what is left]; the upper clamp
+    guarantees the remaining tokens can still take steps >= d_i, so the last step ends at size.
+    Where the target is flatter than one frequency per token (small images, many tokens, e.g.
+    32 px with N=16: 1 x 8, 1 x 4, 5 x 4 -> 8, 12, 32), steps of 1 are used and the
+    excess goes to the last quarter.
+    """
+    if n_tokens < 1 or size < n_tokens:
+        raise ValueError(f"need 1 <= n_tokens <= size (every token adds >= 1 frequency), got n_tokens={n_tokens}, size={size}")
+    if kind == "uniform":
+        knots = [(0, 0), (n_tokens, size)]
+    elif kind == "nonuniform":
+        knots = [(0, 0), (n_tokens / 2, size / 8), (3 * n_tokens / 4, size / 4), (n_tokens, size)]
+    else:
+        raise ValueError(f"unknown omega schedule {kind!r}: use 'nonuniform' or 'uniform'")
+
+    def target(i):
+        for (x0, y0), (x1, y1) in zip(knots, knots[1:]):
+            if i <= x1:
+                return y0 + (y1 - y0) * (i - x0) / (x1 - x0)
+        return size
+
+    omegas, w, step = [], 0, 1
+    for i in range(1, n_tokens + 1):
+        most = (size - w) // (n_tokens - i + 1)
+        step = min(max(round(target(i)) - w, step), most)
+        w += step
+        omegas.append(w)
+    return omegas

@@ -1,0 +1,100 @@
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from causality import causality_table, load_images, make_tokens, r2_avg  # noqa: E402
+
+CIFAR10_TEST = REPO_ROOT.parent / "shared" / "data" / "cifar10" / "test"
+
+
+def naive_r2_avg(token, earlier_tokens):
+    current = token.reshape(len(token), -1).numpy()
+    earlier = np.concatenate([t.reshape(len(t), -1).numpy() for t in earlier_tokens], axis=1)
+    correlation = np.corrcoef(np.concatenate([current, earlier], axis=1), rowvar=False)
+    return (correlation[:current.shape[1], current.shape[1]:] ** 2).max(axis=1).mean()
+
+
+def test_r2_avg_matches_naive_corrcoef():
+    generator = torch.Generator().manual_seed(0)
+    n = 40
+    first = torch.randn(n, 5, generator=generator, dtype=torch.float64)
+    second = torch.randn(n, 1, 2, 2, generator=generator, dtype=torch.float64) + 3
+    # mix in the earlier tokens so the maxima are neither tiny nor all equal
+    token = (0.7 * first[:, :3] @ torch.randn(3, 6, generator=generator, dtype=torch.float64)
+             + torch.randn(n, 6, generator=generator, dtype=torch.float64)).reshape(n, 2, 3)
+    expected = naive_r2_avg(token, [first, second])
+    assert r2_avg(token, [first, second]) == pytest.approx(expected, abs=1e-12)
+    assert r2_avg(token, [first, second], chunk=2) == pytest.approx(expected, abs=1e-12)
+
+
+def test_exact_linear_function_of_earlier_element_gives_one():
+    generator = torch.Generator().manual_seed(1)
+    earlier = torch.rand(200, 10, generator=generator, dtype=torch.float64)
+    token = torch.stack([3 * earlier[:, 4] - 2, -0.5 * earlier[:, 0] + 1], dim=1)
+    assert r2_avg(token, [earlier[:, :5], earlier[:, 5:]]) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_independent_noise_gives_r2_near_zero():
+    generator = torch.Generator().manual_seed(2)
+    n, earlier_elements = 4000, 200
+    # uniform noise has mean 0.5: forgetting to centre would show up as large r^2
+    token = torch.rand(n, 50, generator=generator, dtype=torch.float64)
+    earlier = torch.rand(n, earlier_elements, generator=generator, dtype=torch.float64)
+    # n r^2 is ~chi^2(1) per pair; the max of m of them is about 2 ln m, so allow twice that
+    assert r2_avg(token, [earlier]) < 4 * math.log(earlier_elements) / n
+
+
+def test_token_shapes_and_last_tokens_are_the_image():
+    images = torch.rand(6, 3, 32, 32, dtype=torch.float64)
+    raster = make_tokens(images, "raster")
+    assert [tuple(t.shape) for t in raster] == [(6, 3, 16, 16)] * 4
+    top, bottom = torch.cat(raster[:2], dim=3), torch.cat(raster[2:], dim=3)
+    assert torch.equal(torch.cat([top, bottom], dim=2), images)  # raster order: TL, TR, BL, BR
+
+    scale = make_tokens(images, "scale-wise")
+    assert [tuple(t.shape) for t in scale] == [(6, 3, s, s) for s in (8, 16, 24, 32)]
+    assert torch.equal(scale[3], images)
+
+    spectral = make_tokens(images, "spectral")
+    assert [tuple(t.shape) for t in spectral] == [(6, 3, 32, 32)] * 4
+    assert torch.allclose(spectral[3], images, atol=1e-12)
+    assert not torch.allclose(spectral[2], images, atol=1e-3)
+
+
+def test_load_images_folder_and_npz(tmp_path, capsys):
+    Image.new("L", (32, 32), 128).save(tmp_path / "grey.png")
+    (tmp_path / "sub").mkdir()
+    rgba = np.zeros((60, 90, 4), np.uint8)
+    rgba[:, 15:75] = (255, 0, 0, 255)  # the centre square is red, the cropped margins black
+    Image.fromarray(rgba).save(tmp_path / "sub" / "wide.png")
+    (tmp_path / "sub" / "broken.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "notes.txt").write_text("ignored: not an image extension")
+
+    images = load_images(str(tmp_path))
+    assert "skipped 1 unreadable" in capsys.readouterr().out
+    assert images.shape == (2, 3, 32, 32) and images.dtype == torch.float64
+    assert torch.allclose(images[0], torch.full((3, 32, 32), 128 / 255, dtype=torch.float64))
+    assert torch.allclose(images[1, 0], torch.ones(32, 32, dtype=torch.float64), atol=0.02)
+    assert images[1, 1:].abs().max() < 0.02
+
+    array = np.random.default_rng(0).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "images.npz", array)
+    images = load_images(str(tmp_path / "images.npz"), max_images=4)
+    expected = torch.from_numpy(array[[0, 3, 6, 9]]).permute(0, 3, 1, 2).double() / 255
+    assert torch.equal(images, expected)
+
+
+@pytest.mark.skipif(not CIFAR10_TEST.is_dir(), reason=f"CIFAR-10 test images not found at {CIFAR10_TEST}")
+def test_spectral_more_causal_than_raster_on_cifar10_subset():
+    table = causality_table(load_images(str(CIFAR10_TEST), max_images=500))
+    for i, (spectral, raster) in enumerate(zip(table["spectral"], table["raster"]), start=2):
+        assert spectral > raster, f"token {i}: spectral {spectral:.3f} <= raster {raster:.3f}"
+    assert table["spectral"][2] > 0.98  # the image is nearly determined by its w=24 low-pass

@@ -1,0 +1,237 @@
+"""
+Nested Spectral Tokenizer (SpectralAR section 3.1-3.2): a TiTok-style 1D ViT tokenizer whose first i
+tokens reconstruct the DCT low-pass of the image that keeps the top-left w_i x w_i coefficients.
+
+Encoder: [patch tokens | N latent queries] -> pre-LN ViT -> latents -> VQ codes (B, N).
+Decoder: [one mask token per patch | quantized latents 1..i] -> pre-LN ViT -> pixels.
+The spectral causal mask lets latent i see only latents <= i (encoder and decoder), so a prefix of
+i codes is a self-contained description of the image at frequency w_i.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common import load_checkpoint
+from dct import omega_schedule
+
+
+@dataclass
+class TokConfig:
+    image_size: int = 256
+    patch_size: int = 16
+    width: int = 768  # encoder and decoder ViT width, depth and heads (TiTok-B uses ViT-B for both)
+    depth: int = 12
+    heads: int = 12
+    n_tokens: int = 64
+    codebook_size: int = 4096
+    code_dim: int = 12  # TiTok's low-dimensional codes
+    l2_norm_codes: bool = True  # cosine-similarity lookup: keeps the codebook well used
+    commitment: float = 0.25
+    causal: bool = True  # spectral causal mask; False is TiTok's full attention (Table 4 ablation)
+    schedule: str = 'nonuniform'  # w_i mapping: 'nonuniform' (eq. 9) or 'uniform'
+
+    @staticmethod
+    def preset(name, **overrides):
+        if name not in PRESETS:
+            raise ValueError(f"unknown tokenizer preset {name!r}; choose from {sorted(PRESETS)}")
+        return TokConfig(**{**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
+
+
+PRESETS = {
+    'titok_b64': dict(),  # the paper's setting: 256 px, patch 16, ViT-B/ViT-B, N=64, K=4096
+    # CIFAR-10: patch 4 gives an 8x8 grid; N=32 tokens x 12 bits. At 32 px with N=32 every token adds
+    # one frequency, so 'nonuniform' equals 'uniform' here (dct.omega_schedule); use N=16 to ablate it.
+    'cifar': dict(image_size=32, patch_size=4, width=512, depth=8, heads=8, n_tokens=32),
+    'tiny': dict(image_size=32, patch_size=8, width=32, depth=2, heads=2, n_tokens=8, codebook_size=64, code_dim=8),
+}
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block; attention takes an explicit boolean mask (True = may attend)."""
+
+    def __init__(self, width, heads):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, x, mask):
+        B, L, D = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.proj(attn.transpose(1, 2).reshape(B, L, D))
+        return x + self.mlp(self.ln2(x))
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-code lookup with straight-through gradients, codebook + commitment loss, usage tracking."""
+
+    def __init__(self, size, dim, l2_norm, commitment):
+        super().__init__()
+        self.l2_norm, self.commitment = l2_norm, commitment
+        self.codebook = nn.Embedding(size, dim)
+        nn.init.uniform_(self.codebook.weight, -1.0 / size, 1.0 / size)
+        self.register_buffer('usage', torch.zeros(size), persistent=False)  # code counts since the last restart
+
+    def codes(self):
+        w = self.codebook.weight.float()
+        return F.normalize(w, dim=-1) if self.l2_norm else w
+
+    def forward(self, z):
+        with torch.autocast(z.device.type, enabled=False):  # distances in float32, bf16 would mis-assign codes
+            z = z.float()
+            if self.l2_norm:
+                z = F.normalize(z, dim=-1)
+            codebook = self.codes()
+            dist = z.pow(2).sum(-1, keepdim=True) - 2 * z @ codebook.T + codebook.pow(2).sum(-1)
+            idx = dist.argmin(-1)
+            zq = codebook[idx]
+            loss = F.mse_loss(zq, z.detach()) + self.commitment * F.mse_loss(z, zq.detach())
+            if self.training:
+                self.usage += torch.bincount(idx.flatten(), minlength=self.usage.numel()).float()
+            self.last_z = z.detach()  # the trainer restarts dead codes from these
+            return z + (zq - z).detach(), idx, loss
+
+    def lookup(self, idx):
+        return self.codes()[idx]
+
+    @torch.no_grad()
+    def restart_dead_codes(self, usage, candidates, generator):
+        """Re-seed codes that were never picked (usage == 0) with random encoder outputs; returns how many."""
+        dead = (usage == 0).nonzero().flatten()
+        if len(dead):
+            pick = torch.randint(len(candidates), (len(dead),), generator=generator, device=generator.device)
+            self.codebook.weight[dead] = candidates[pick.to(candidates.device)].to(self.codebook.weight.dtype)
+        self.usage.zero_()
+        return len(dead)
+
+
+def spectral_mask(n_context, n_tokens, causal, context_sees_tokens):
+    """
+    (L, L) bool mask over [context (patches or mask tokens) | latent tokens].
+    Latent i sees all context and latents <= i (all latents when not causal). Encoder patches see
+    patches only; decoder mask tokens also see the latents (the prefix limit is applied per sample).
+    """
+    L = n_context + n_tokens
+    allow = torch.zeros(L, L, dtype=torch.bool)
+    allow[:, :n_context] = True
+    latents = torch.ones(n_tokens, n_tokens, dtype=torch.bool)
+    allow[n_context:, n_context:] = latents.tril() if causal else latents
+    if context_sees_tokens:
+        allow[:n_context, n_context:] = True
+    return allow
+
+
+class Tokenizer(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        assert cfg.image_size % cfg.patch_size == 0, "image_size must be a multiple of patch_size"
+        self.cfg = cfg
+        D, p, N = cfg.width, cfg.patch_size, cfg.n_tokens
+        self.grid = cfg.image_size // p
+        P = self.grid ** 2
+        scale = D ** -0.5
+        # encoder
+        self.patch_embed = nn.Conv2d(3, D, p, stride=p)
+        self.enc_pos = nn.Parameter(scale * torch.randn(P, D))
+        self.latent_queries = nn.Parameter(scale * torch.randn(N, D))
+        self.enc_latent_pos = nn.Parameter(scale * torch.randn(N, D))
+        self.encoder = nn.ModuleList(Block(D, cfg.heads) for _ in range(cfg.depth))
+        self.enc_ln = nn.LayerNorm(D)
+        self.to_code = nn.Linear(D, cfg.code_dim)
+        self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.code_dim, cfg.l2_norm_codes, cfg.commitment)
+        # decoder
+        self.from_code = nn.Linear(cfg.code_dim, D)
+        self.mask_token = nn.Parameter(scale * torch.randn(D))
+        self.dec_pos = nn.Parameter(scale * torch.randn(P, D))
+        self.dec_latent_pos = nn.Parameter(scale * torch.randn(N, D))
+        self.decoder = nn.ModuleList(Block(D, cfg.heads) for _ in range(cfg.depth))
+        self.dec_ln = nn.LayerNorm(D)
+        self.to_pixels = nn.Linear(D, p * p * 3)  # TiTok's single-stage head: 1x1 -> p*p*3, unpatchify, 3x3 conv
+        self.pixel_conv = nn.Conv2d(3, 3, 3, padding=1)
+
+        self.register_buffer('enc_mask', spectral_mask(P, N, cfg.causal, False), persistent=False)
+        self.register_buffer('dec_mask', spectral_mask(P, N, cfg.causal, True), persistent=False)
+        self.register_buffer('omegas', torch.tensor(omega_schedule(N, cfg.image_size, cfg.schedule)), persistent=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+
+    def no_weight_decay(self):
+        return ('pos', 'latent_queries', 'mask_token', 'codebook')
+
+    def encode_latents(self, x):
+        """Images in [-1, 1] (B, 3, H, W) -> continuous pre-quantization latents (B, N, code_dim)."""
+        h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.enc_pos
+        h = torch.cat([h, (self.latent_queries + self.enc_latent_pos).expand(len(x), -1, -1)], dim=1)
+        for block in self.encoder:
+            h = block(h, self.enc_mask)
+        return self.to_code(self.enc_ln(h[:, -self.cfg.n_tokens:]))
+
+    def decode_codes(self, zq, prefix_len):
+        """Quantized latents (B, N, code_dim) and prefix lengths (B,) -> images; latents past the prefix are invisible."""
+        B, N, P = len(zq), self.cfg.n_tokens, self.grid ** 2
+        h = torch.cat([(self.mask_token + self.dec_pos).expand(B, -1, -1),
+                       self.from_code(zq) + self.dec_latent_pos], dim=1)
+        visible = torch.ones(B, P + N, dtype=torch.bool, device=zq.device)
+        visible[:, P:] = torch.arange(N, device=zq.device) < prefix_len[:, None]
+        mask = (self.dec_mask & visible[:, None, :])[:, None]  # (B, 1, L, L)
+        for block in self.decoder:
+            h = block(h, mask)
+        patches = self.to_pixels(self.dec_ln(h[:, :P]))  # (B, P, p*p*3)
+        img = F.fold(patches.transpose(1, 2), self.cfg.image_size, self.cfg.patch_size, stride=self.cfg.patch_size)
+        return self.pixel_conv(img)
+
+    def forward(self, x, prefix_len=None):
+        """Training pass: returns (reconstruction from each sample's prefix, VQ loss, codes)."""
+        zq, idx, vq_loss = self.quantizer(self.encode_latents(x))
+        if prefix_len is None:
+            prefix_len = torch.full((len(x),), self.cfg.n_tokens, device=x.device)
+        return self.decode_codes(zq.to(x.dtype), prefix_len), vq_loss, idx
+
+    @torch.no_grad()
+    def encode(self, x):
+        """Images in [-1, 1] -> LongTensor (B, N) of codes."""
+        return self.quantizer(self.encode_latents(x))[1]
+
+    @torch.no_grad()
+    def decode(self, idx, prefix_len=None):
+        """Codes (B, n) with n <= N (a prefix) -> images in [-1, 1]. prefix_len (B,) may cut further per sample."""
+        B, n = idx.shape
+        N = self.cfg.n_tokens
+        if n > N:
+            raise ValueError(f"got {n} tokens but this tokenizer has N = {N}")
+        full = torch.zeros(B, N, dtype=torch.long, device=idx.device)
+        full[:, :n] = idx
+        if prefix_len is None:
+            prefix_len = torch.full((B,), n, device=idx.device)
+        zq = self.quantizer.lookup(full)
+        return self.decode_codes(zq, prefix_len).clamp(-1, 1)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    @staticmethod
+    def from_checkpoint(path, device='cpu', use_ema=True):
+        """Rebuild a tokenizer from a train_tok.py checkpoint alone (EMA weights when present)."""
+        ckpt = load_checkpoint(path, 'tokenizer')
+        tok = Tokenizer(TokConfig(**ckpt['config']))
+        tok.load_state_dict(ckpt['ema'] if use_ema and ckpt.get('ema') else ckpt['model'])
+        return tok.to(device).eval()
+
+
+def flops_per_image(cfg, decoder_passes=1):
+    """Forward matmul FLOPs of one image (encoder + decoder_passes decoders), for MFU; x3 for training."""
+    P, N, D = (cfg.image_size // cfg.patch_size) ** 2, cfg.n_tokens, cfg.width
+    L = P + N
+    per_block = 2 * L * (12 * D * D) + 2 * 2 * L * L * D  # qkv/proj/mlp weights + QK^T and AV
+    patch = 2 * P * (3 * cfg.patch_size ** 2) * D
+    head = 2 * P * D * 3 * cfg.patch_size ** 2 + 2 * 9 * 3 * 3 * cfg.image_size ** 2
+    return (cfg.depth * per_block + patch) + decoder_passes * (cfg.depth * per_block + head)

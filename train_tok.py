@@ -1,0 +1,317 @@
+"""
+Train the Nested Spectral Tokenizer (Algorithm 1 of the paper) with TiTok's single-stage losses.
+
+    python train_tok.py --preset tiny --data ../shared/data/cifar10/train --max_steps 200   # CPU smoke run
+    torchrun --nproc_per_node=8 train_tok.py --preset titok_b64 --n_tokens 64 --data /imagenet/train
+
+Each step draws a prefix length i per image, asks the decoder to rebuild lowpass(image, w_i) from
+tokens 1..i, and adds L2 + VQ + LPIPS (+ hinge GAN once --disc_start is reached).
+Ablations of Table 4: --no_spectral (all N tokens, full image: TiTok), --no_causal, --schedule uniform.
+"""
+import argparse
+import copy
+import dataclasses
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+import common
+from data import ImageFolder, collate_skip_bad, image_loader, save_grid
+from dct import lowpass
+from losses import LPIPS, LeCamRegularizer, NLayerDiscriminator, hinge_d_loss, hinge_g_loss
+from tokenizer import TokConfig, Tokenizer, flops_per_image
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument('--data', required=True, help='ImageFolder root: <class>/<image> files')
+parser.add_argument('--out_dir', default='out/tok')
+parser.add_argument('--preset', default='titok_b64', help='titok_b64 | cifar | tiny')
+parser.add_argument('--n_tokens', type=int, help='override the preset N')
+parser.add_argument('--codebook_size', type=int)
+parser.add_argument('--schedule', choices=['nonuniform', 'uniform'])
+parser.add_argument('--no_causal', action='store_true', help='full attention among latents (TiTok)')
+parser.add_argument('--no_spectral', action='store_true', help='no spectral supervision: all N tokens rebuild the full image (TiTok)')
+parser.add_argument('--batch_size', type=int, default=256, help='global batch over all processes')
+parser.add_argument('--max_steps', type=int, default=500_000)
+parser.add_argument('--lr', type=float, default=1e-4)
+parser.add_argument('--min_lr', type=float, default=1e-5)
+parser.add_argument('--warmup', type=int, default=10_000)
+parser.add_argument('--weight_decay', type=float, default=1e-4)
+parser.add_argument('--grad_clip', type=float, default=1.0)
+parser.add_argument('--l2_weight', type=float, default=1.0)
+parser.add_argument('--lpips_weight', type=float, default=1.0, help='0 turns LPIPS off (no VGG weights needed)')
+parser.add_argument('--gan_weight', type=float, default=0.1)
+parser.add_argument('--disc_start', type=int, default=20_000, help='step at which the discriminator and GAN loss start')
+parser.add_argument('--lecam_weight', type=float, default=0.001)
+parser.add_argument('--lpips_path', help='LPIPS weights file (default: search, see losses.py)')
+parser.add_argument('--restart_every', type=int, default=500, help='steps between dead-code restarts (0: never)')
+parser.add_argument('--ema', type=float, default=0.999)
+parser.add_argument('--bf16', action=argparse.BooleanOptionalAction, default=None, help='bf16 autocast (default: on with CUDA)')
+parser.add_argument('--compile', action='store_true')
+parser.add_argument('--workers', type=int, default=8)
+parser.add_argument('--seed', type=int, default=0)
+parser.add_argument('--device', default='auto')
+parser.add_argument('--log_every', type=int, default=50)
+parser.add_argument('--sample_every', type=int, default=2000, help='steps between prefix-reconstruction PNGs')
+parser.add_argument('--ckpt_every', type=int, default=2000)
+parser.add_argument('--resume', nargs='?', const='auto', help='checkpoint to resume (no value: out_dir/ckpt.pt)')
+parser.add_argument('--eval_data', help='image folder scored at the end (L2/PSNR per prefix)')
+parser.add_argument('--eval_only', action='store_true', help='only score --resume on --eval_data')
+args = parser.parse_args()
+
+# ----------------------------------------------------------------------------- setup
+dd = common.setup_distributed(args.device)
+device = dd.device
+use_bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
+autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+torch.manual_seed(args.seed)
+ckpt_path = os.path.join(args.out_dir, 'ckpt.pt')
+log_path = os.path.join(args.out_dir, 'log.jsonl')
+
+resume = None
+if args.resume:
+    resume = common.load_checkpoint(ckpt_path if args.resume == 'auto' else args.resume, 'tokenizer')
+    cfg = TokConfig(**resume['config'])
+    for name in ('preset', 'n_tokens', 'codebook_size', 'schedule', 'no_causal', 'no_spectral', 'batch_size'):
+        if name in resume['args'] and getattr(args, name) not in (None, False) and getattr(args, name) != resume['args'][name]:
+            raise SystemExit(f"--{name} {getattr(args, name)} differs from the checkpoint's {resume['args'][name]}: "
+                             f"drop the flag or start a new --out_dir")
+else:
+    cfg = TokConfig.preset(args.preset, n_tokens=args.n_tokens, codebook_size=args.codebook_size,
+                           schedule=args.schedule, causal=False if args.no_causal else None)
+model = Tokenizer(cfg).to(device)
+ema_model = copy.deepcopy(model).eval().requires_grad_(False)
+optimizer = common.adamw(model, args.lr, (0.9, 0.999), args.weight_decay, model.no_weight_decay())
+use_gan = args.gan_weight > 0 and args.disc_start < args.max_steps
+disc = NLayerDiscriminator().to(device) if use_gan else None
+disc_optimizer = common.adamw(disc, args.lr, (0.9, 0.999), args.weight_decay) if use_gan else None
+lecam = LeCamRegularizer().to(device) if use_gan else None
+lpips = LPIPS(args.lpips_path).to(device) if args.lpips_weight > 0 else None
+
+step = 0
+if resume:
+    model.load_state_dict(resume['model'])
+    ema_model.load_state_dict(resume['ema'])
+    optimizer.load_state_dict(resume['optimizer'])
+    if use_gan:
+        disc.load_state_dict(resume['disc'])
+        disc_optimizer.load_state_dict(resume['disc_optimizer'])
+        lecam.load_state_dict(resume['lecam'])
+    common.set_rng_state(resume['rng'])
+    step = resume['step']
+    del resume
+
+if dd.master:
+    os.makedirs(args.out_dir, exist_ok=True)
+    print(f"tokenizer {cfg}\n{model.num_params() / 1e6:.1f}M params, {dd.world_size} process(es) on {device}, "
+          f"bf16 {use_bf16}" + (f", LPIPS weights: {lpips.weights_source}" if lpips else ", no LPIPS"))
+train_model = DDP(model, device_ids=[dd.local_rank] if device.type == 'cuda' else None) if dd.world_size > 1 else model
+train_disc = DDP(disc, device_ids=[dd.local_rank] if device.type == 'cuda' else None) if dd.world_size > 1 and use_gan else disc
+if args.compile:
+    train_model = torch.compile(train_model)
+
+
+def lr_at(step):
+    """Linear warmup, then cosine decay to min_lr."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = (step - args.warmup) / max(1, args.max_steps - args.warmup)
+    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def step_randomness(step):
+    """Prefix lengths and flips of the global batch from (seed, step): the same on any number of processes and after resume."""
+    g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+    prefix = torch.randint(1, cfg.n_tokens + 1, (args.batch_size,), generator=g)
+    flip = torch.rand(args.batch_size, generator=g) < 0.5
+    n = args.batch_size // dd.world_size
+    local = slice(dd.rank * n, (dd.rank + 1) * n)
+    return prefix[local].to(device), flip[local].to(device)
+
+
+def to_float(images):
+    return images.to(device, non_blocking=True).float() / 127.5 - 1
+
+
+def prefix_targets(x, prefix):
+    """Algorithm 1: the target of a prefix of i tokens is the w_i x w_i DCT low-pass of the image."""
+    if args.no_spectral:
+        return x, torch.full_like(prefix, cfg.n_tokens)
+    return lowpass(x, model.omegas[prefix - 1]), prefix
+
+
+@torch.no_grad()
+def restart_dead_codes(step):
+    """Codes unused since the last restart get random encoder outputs (gathered from all ranks: identical on each)."""
+    q = model.quantizer
+    usage, candidates = q.usage.clone(), q.last_z.flatten(0, 1)
+    if dd.world_size > 1:
+        torch.distributed.all_reduce(usage)
+        gathered = [torch.empty_like(candidates) for _ in range(dd.world_size)]
+        torch.distributed.all_gather(gathered, candidates)
+        candidates = torch.cat(gathered)
+    stats = codebook_stats(usage)
+    stats['codes_restarted'] = q.restart_dead_codes(usage, candidates, torch.Generator(device).manual_seed(args.seed + step))
+    return stats
+
+
+def codebook_stats(usage):
+    p = usage / usage.sum().clamp(min=1)
+    entropy = -(p * p.clamp(min=1e-12).log()).sum()
+    return {'codebook_used': (usage > 0).float().mean().item(), 'codebook_perplexity': entropy.exp().item()}
+
+
+@torch.no_grad()
+def save_prefix_png(tok, x, path):
+    """Figure 1 of the paper: per image, a row of targets lowpass(x, w_i) over a row of reconstructions from i tokens."""
+    prefixes = [2 ** k for k in range(int(math.log2(cfg.n_tokens)) + 1)]
+    prefixes += [cfg.n_tokens] if prefixes[-1] != cfg.n_tokens else []
+    idx = tok.encode(x)
+    rows = []
+    for img, codes in zip(x, idx):
+        n = torch.tensor(prefixes, device=device)
+        targets = lowpass(img.expand(len(prefixes), -1, -1, -1), tok.omegas[n - 1])
+        recons = tok.decode(codes.expand(len(prefixes), -1), prefix_len=n)
+        rows += [torch.cat([targets, img[None]]), torch.cat([recons, img[None]])]
+    save_grid(torch.cat(rows), path, ncol=len(prefixes) + 1)
+
+
+@torch.no_grad()
+def evaluate(tok, root):
+    """L2 and PSNR (images in [0, 1]) of every prefix against its low-pass target and against the full image."""
+    loader = torch.utils.data.DataLoader(ImageFolder(root, cfg.image_size), batch_size=100,
+                                         num_workers=args.workers, collate_fn=collate_skip_bad)
+    mse_target = torch.zeros(cfg.n_tokens, device=device)
+    mse_full = torch.zeros(cfg.n_tokens, device=device)
+    seen = 0
+    for images, _, _ in tqdm(loader, desc='eval'):
+        x = to_float(images)
+        idx = tok.encode(x)
+        for i in range(1, cfg.n_tokens + 1):
+            recon = tok.decode(idx[:, :i])
+            mse_target[i - 1] += ((recon - lowpass(x, tok.omegas[i - 1]).clamp(-1, 1)) / 2).pow(2).mean((1, 2, 3)).sum()
+            mse_full[i - 1] += ((recon - x) / 2).pow(2).mean((1, 2, 3)).sum()
+        seen += len(x)
+    mse_target, mse_full = (mse_target / seen).tolist(), (mse_full / seen).tolist()
+    table = [{'prefix': i + 1, 'omega': int(tok.omegas[i]), 'l2_vs_lowpass': mse_target[i],
+              'psnr_vs_lowpass': -10 * math.log10(mse_target[i]), 'l2_vs_image': mse_full[i],
+              'psnr_vs_image': -10 * math.log10(mse_full[i])} for i in range(cfg.n_tokens)]
+    print(f"{'prefix':>6} {'w_i':>4} {'PSNR(lowpass)':>13} {'PSNR(image)':>11}   ({seen} images of {root})")
+    for r in table:
+        print(f"{r['prefix']:>6} {r['omega']:>4} {r['psnr_vs_lowpass']:>13.2f} {r['psnr_vs_image']:>11.2f}")
+    common.log_jsonl(os.path.join(args.out_dir, 'eval.jsonl'), {'step': step, 'data': root, 'images': seen, 'prefixes': table})
+    return table
+
+
+def save_checkpoint():
+    common.atomic_save({
+        'kind': 'tokenizer', 'config': dataclasses.asdict(cfg), 'args': vars(args), 'step': step,
+        'model': model.state_dict(), 'ema': ema_model.state_dict(), 'optimizer': optimizer.state_dict(),
+        'disc': disc.state_dict() if use_gan else None,
+        'disc_optimizer': disc_optimizer.state_dict() if use_gan else None,
+        'lecam': lecam.state_dict() if use_gan else None, 'rng': common.rng_state(),
+    }, ckpt_path)
+
+
+# ----------------------------------------------------------------------------- training
+if args.eval_only:
+    if not (args.resume and args.eval_data):
+        raise SystemExit('--eval_only needs --resume CKPT and --eval_data FOLDER')
+    if dd.master:
+        evaluate(ema_model, args.eval_data)
+    common.cleanup_distributed()
+    raise SystemExit(0)
+
+dataset, loader = image_loader(args.data, cfg.image_size, args.batch_size, dd.rank, dd.world_size,
+                               args.seed, step, args.workers)
+preview = to_float(torch.stack([dataset[i][0] for i in range(0, len(dataset), max(1, len(dataset) // 8))][:8]))
+flops_per_step = 3 * flops_per_image(cfg) * args.batch_size  # forward + backward, matmuls only
+finite = torch.ones((), dtype=torch.bool, device=device)
+sums = {}
+n_bad = 0
+t_last, step_last = time.time(), step
+pbar = tqdm(total=args.max_steps, initial=step, disable=not dd.master, dynamic_ncols=True)
+data_iter = iter(loader)
+while step < args.max_steps:
+    images, _, bad = next(data_iter)
+    n_bad += bad
+    x = to_float(images)
+    prefix, flip = step_randomness(step)
+    prefix, flip = prefix[:len(x)], flip[:len(x)]  # a batch with skipped bad files is shorter
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    target, prefix = prefix_targets(x, prefix)
+    gan_on = use_gan and step >= args.disc_start
+    for group in optimizer.param_groups + (disc_optimizer.param_groups if use_gan else []):
+        group['lr'] = lr_at(step)
+
+    # tokenizer step
+    with autocast:
+        recon, vq_loss, _ = train_model(x, prefix)
+        recon = recon.float()
+        l2 = F.mse_loss(recon, target)
+        loss = args.l2_weight * l2 + vq_loss
+        terms = {'l2': l2.detach(), 'vq': vq_loss.detach()}
+        if lpips is not None:
+            terms['lpips'] = lpips(recon, target).mean()
+            loss = loss + args.lpips_weight * terms['lpips']
+        if gan_on:
+            disc.requires_grad_(False)  # the generator loss must not touch the discriminator's gradients
+            terms['gan_g'] = hinge_g_loss(disc(recon))
+            loss = loss + args.gan_weight * terms['gan_g']
+            disc.requires_grad_(True)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    terms['grad_norm'] = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+    optimizer.step()
+    common.ema_update(ema_model, model, args.ema)
+
+    # discriminator step: real = the same low-pass targets the tokenizer is asked for
+    if gan_on:
+        with autocast:
+            logits = train_disc(torch.cat([target, recon.detach()])).float()
+            real, fake = logits.chunk(2)
+            terms['gan_d'] = hinge_d_loss(real, fake)
+            d_loss = terms['gan_d'] + args.lecam_weight * lecam(real, fake)
+        disc_optimizer.zero_grad(set_to_none=True)
+        d_loss.backward()
+        torch.nn.utils.clip_grad_norm_(disc.parameters(), args.grad_clip)
+        disc_optimizer.step()
+
+    finite &= torch.isfinite(loss.detach())
+    for k, v in terms.items():
+        sums[k] = sums.get(k, 0) + v.detach().float()
+    step += 1
+    pbar.update(1)
+
+    codebook = None
+    if args.restart_every and step % args.restart_every == 0:
+        codebook = restart_dead_codes(step)
+    if step % args.log_every == 0 or step == args.max_steps:
+        if not common.all_finite(finite, dd):
+            common.stop_on_nonfinite(step, ckpt_path)
+        n = step - step_last
+        dt = time.time() - t_last
+        record = {'step': step, 'lr': lr_at(step - 1), **{k: v.item() / n for k, v in sums.items()},
+                  'images_per_s': n * args.batch_size / dt, 'mfu': flops_per_step * n / dt / 800e12 / dd.world_size,
+                  'bad_images_skipped': n_bad, **(codebook or codebook_stats(model.quantizer.usage))}
+        if dd.master:
+            common.log_jsonl(log_path, record)
+            pbar.set_postfix({k: f"{record[k]:.4g}" for k in ('l2', 'lpips', 'vq', 'codebook_used') if k in record})
+        sums, t_last, step_last = {}, time.time(), step
+    if dd.master and (step % args.sample_every == 0 or step == args.max_steps):
+        save_prefix_png(ema_model, preview, os.path.join(args.out_dir, f'prefixes_{step:07d}.png'))
+    if step % args.ckpt_every == 0 or step == args.max_steps:
+        if not common.all_finite(finite, dd):
+            common.stop_on_nonfinite(step, ckpt_path)
+        if dd.master:
+            save_checkpoint()
+pbar.close()
+if n_bad and dd.master:
+    print(f"skipped {n_bad} unreadable image(s)")
+if args.eval_data and dd.master:
+    evaluate(ema_model, args.eval_data)
+common.cleanup_distributed()
