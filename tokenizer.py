@@ -74,7 +74,7 @@ class VectorQuantizer(nn.Module):
         self.l2_norm, self.commitment = l2_norm, commitment
         self.codebook = nn.Embedding(size, dim)
         nn.init.uniform_(self.codebook.weight, -1.0 / size, 1.0 / size)
-        self.register_buffer('usage', torch.zeros(size), persistent=False)  # code counts since the last restart
+        self.register_buffer('usage', torch.zeros(size))  # code counts since the last restart (saved: exact resume)
 
     def codes(self):
         w = self.codebook.weight.float()
