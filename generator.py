@@ -1,0 +1,266 @@
+"""
+SpectralAR generator (Huang et al. 2025, sec. 3.3): a class-conditional decoder-only transformer
+over the N coarse-to-fine tokens of the 1D spectral tokenizer, built from VAR's block
+(FoundationVision/VAR models/basic_var.py): non-affine LayerNorm with per-block AdaLN from the class
+embedding, l2-normalised q/k attention with a learnable per-head scale, GELU(tanh) MLP, drop path.
+
+Sequence layout: input = [sos(class), e(t_1), ..., e(t_{N-1})], so logits[:, i] is the distribution
+of idx[:, i] given idx[:, :i] and the teacher-forcing target is idx itself (no shift).
+The class table has num_classes + 1 rows; row num_classes is the null class (CFG's unconditional
+branch). CFG convention (VAR's): logits = (1 + s) * cond - s * uncond, so s = 0 is plain conditional.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MAX_LOG_ATTN_SCALE = math.log(100.0)  # VAR clamps its per-head scale_mul at log(100)
+
+# depth/width/heads per preset; dXX follow VAR (width 64*d, heads d, drop path 0.1*d/24)
+PRESETS = {
+    **{f'd{d}': dict(depth=d, width=64 * d, heads=d, drop_path=0.1 * d / 24) for d in (16, 20, 24)},
+    'cifar_d8': dict(depth=8, width=512, heads=8, drop_path=0.1 * 8 / 24, num_classes=10),
+    'cifar_d12': dict(depth=12, width=768, heads=12, drop_path=0.1 * 12 / 24, num_classes=10),
+    'tiny': dict(depth=2, width=64, heads=4, n_tokens=8, vocab_size=32, num_classes=10),
+}
+# the paper's #Para column (Tables 2-3); our counts (N=64, K=4096, code embedding table) are
+# d16 313.8M (+1.2%), d20 605.3M (+0.9%), d24 1038.7M (+3.9%); tested to be within 5%
+PAPER_PARAMS = {'d16': 310e6, 'd20': 600e6, 'd24': 1.0e9}
+
+
+@dataclass
+class GPTConfig:
+    depth: int = 16
+    width: int = 1024
+    heads: int = 16
+    n_tokens: int = 64  # N, from the tokenizer
+    vocab_size: int = 4096  # K, from the tokenizer
+    num_classes: int = 1000
+    drop_path: float = 0.0  # rate of the last block; earlier blocks ramp linearly from 0
+    mlp_ratio: float = 4.0
+    norm_eps: float = 1e-6
+    init_head: float = 0.02  # VAR's init multipliers (utils/arg_util.py: hd, aln, alng)
+    init_adaln: float = 0.5
+    init_adaln_gamma: float = 1e-5
+
+    @classmethod
+    def preset(cls, name, **overrides):
+        return cls(**{**PRESETS[name], **overrides})
+
+
+def drop_path(x, rate, training):
+    """Stochastic depth: drop the whole residual branch per sample, rescale the survivors."""
+    if rate == 0.0 or not training:
+        return x
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - rate)
+    return x * keep / (1.0 - rate)
+
+
+def drop_labels(labels, num_classes, prob=0.1, generator=None):
+    """CFG training: replace each label by the null class (= num_classes) with probability prob."""
+    drop = torch.rand(labels.shape, device=labels.device, generator=generator) < prob
+    return labels.masked_fill(drop, num_classes)
+
+
+def sample_from_logits(logits, temperature=1.0, top_k=0, top_p=0.0, generator=None):
+    """Sample one id per row of (..., K) logits on their device; top_k=1 is greedy (argmax)."""
+    logits = logits.float() / temperature
+    if top_k > 0:
+        kth_largest = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth_largest, -math.inf)
+    if 0.0 < top_p < 1.0:
+        # keep the smallest head of the sorted distribution whose mass reaches top_p
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        drop_sorted = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), -math.inf)
+    probs = logits.softmax(dim=-1)
+    # exponential race = categorical sample without torch.multinomial's host sync (as in gpt-fast)
+    race = torch.empty_like(probs).exponential_(generator=generator).clamp_(min=torch.finfo(probs.dtype).tiny)
+    return (probs / race).argmax(dim=-1)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, width, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        # VAR biases q and v only: a k bias is a per-query constant that softmax would ignore
+        self.q_bias = nn.Parameter(torch.zeros(width))
+        self.v_bias = nn.Parameter(torch.zeros(width))
+        self.register_buffer('zero_k_bias', torch.zeros(width), persistent=False)
+        # q and k are l2-normalised, so the logit temperature is learned per head (VAR's scale_mul_1H11)
+        self.log_scale = nn.Parameter(torch.full((1, heads, 1, 1), math.log(4.0)))
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x, kv_cache=None, positions=None, visible=None):
+        """Causal over x, or, with kv_cache (2, B, H, N, D), write x's keys at `positions` and
+        attend to the cached slots allowed by the boolean mask `visible` (L, N)."""
+        B, L, C = x.shape
+        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
+        q, k, v = F.linear(x, self.qkv.weight, bias).view(B, L, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        scale = self.log_scale.clamp(max=MAX_LOG_ATTN_SCALE).exp()
+        q = F.normalize(q, dim=-1) * scale.to(q.dtype)
+        k = F.normalize(k, dim=-1)
+        if kv_cache is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
+        else:
+            kv_cache[0].index_copy_(2, positions, k.to(kv_cache.dtype))
+            kv_cache[1].index_copy_(2, positions, v.to(kv_cache.dtype))
+            out = F.scaled_dot_product_attention(q, kv_cache[0], kv_cache[1], attn_mask=visible, scale=1.0)
+        return self.proj(out.transpose(1, 2).reshape(B, L, C))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg, drop_path_rate):
+        super().__init__()
+        self.width, self.drop_path_rate = cfg.width, drop_path_rate
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps, elementwise_affine=False)
+        self.attn = SelfAttention(cfg.width, cfg.heads)
+        hidden = round(cfg.width * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(cfg.width, hidden), nn.GELU(approximate='tanh'), nn.Linear(hidden, cfg.width))
+        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(cfg.width, 6 * cfg.width))
+
+    def modulation(self, cond):
+        """(gate1, gate2, scale1, scale2, shift1, shift2), each (B, 1, C): VAR's channel order."""
+        return self.ada_lin(cond).view(-1, 1, 6, self.width).unbind(2)
+
+    def forward(self, x, modulation, kv_cache=None, positions=None, visible=None):
+        gate1, gate2, scale1, scale2, shift1, shift2 = modulation
+        h = self.attn(self.norm(x) * (1 + scale1) + shift1, kv_cache, positions, visible)
+        x = x + drop_path(h * gate1, self.drop_path_rate, self.training)
+        h = self.mlp(self.norm(x) * (1 + scale2) + shift2)
+        return x + drop_path(h * gate2, self.drop_path_rate, self.training)
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        C = cfg.width
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, C)  # last row: null class, also the sos
+        self.tok_emb = nn.Embedding(cfg.vocab_size, C)
+        self.pos_emb = nn.Parameter(torch.empty(1, cfg.n_tokens, C))
+        # python floats, not torch.linspace, so the model can be built on the meta device
+        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        self.blocks = nn.ModuleList(Block(cfg, rate) for rate in rates)
+        self.head_norm = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
+        self.head_ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 2 * C))  # VAR's AdaLNBeforeHead
+        self.head = nn.Linear(C, cfg.vocab_size)
+        self.register_buffer('slot_ids', torch.arange(cfg.n_tokens), persistent=False)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self):
+        # VAR's init_weights with its training defaults (init_std=-1 -> sqrt(1 / width / 3))
+        cfg, std = self.cfg, math.sqrt(1 / self.cfg.width / 3)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.trunc_normal_(m.weight, std=std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                m.bias.zero_()
+        nn.init.trunc_normal_(self.pos_emb, std=std)
+        self.head.weight.mul_(cfg.init_head)
+        self.head_ada_lin[-1].weight.mul_(cfg.init_adaln)
+        for block in self.blocks:
+            # residual projections shrink with depth so the residual stream keeps its scale
+            block.attn.proj.weight.div_(math.sqrt(2 * cfg.depth))
+            block.mlp[-1].weight.div_(math.sqrt(2 * cfg.depth))
+            ada_weight = block.ada_lin[-1].weight
+            ada_weight[2 * cfg.width:].mul_(cfg.init_adaln)
+            ada_weight[:2 * cfg.width].mul_(cfg.init_adaln_gamma)  # gates start near 0: blocks ~identity
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def no_weight_decay(self):
+        """Names of parameters to exclude from weight decay: biases, per-head attention scales and
+        position embeddings (the LayerNorms are non-affine, so they have none)."""
+        return {name for name, p in self.named_parameters()
+                if p.ndim < 2 or name == 'pos_emb' or name.endswith('log_scale')}
+
+    def _head(self, x, head_modulation):
+        scale, shift = head_modulation
+        return self.head(self.head_norm(x) * (1 + scale) + shift).float()
+
+    def _head_modulation(self, cond):
+        return self.head_ada_lin(cond).view(-1, 1, 2, self.cfg.width).unbind(2)
+
+    def forward(self, idx, labels):
+        """Teacher forcing. idx (B, n <= N) token ids, labels (B,) with num_classes = null class.
+        Returns float32 logits (B, n, K); logits[:, i] predicts idx[:, i] from idx[:, :i]."""
+        n = idx.shape[1]
+        assert 1 <= n <= self.cfg.n_tokens, f'sequence length {n} outside 1..{self.cfg.n_tokens}'
+        cond = self.class_emb(labels)
+        x = torch.cat((cond[:, None], self.tok_emb(idx[:, :-1])), dim=1) + self.pos_emb[:, :n]
+        for block in self.blocks:
+            x = block(x, block.modulation(cond))
+        return self._head(x, self._head_modulation(cond))
+
+    def cfg_schedule(self, cfg_scale, cfg_ramp=False):
+        """Per-position guidance scales (N,) or None when guidance is off. cfg_scale: float or a
+        tensor (N,); cfg_ramp ramps the float linearly from 0 at position 0 to cfg_scale at N-1,
+        as VAR ramps its guidance over scales."""
+        N = self.cfg.n_tokens
+        if torch.is_tensor(cfg_scale):
+            assert cfg_scale.shape == (N,), f'cfg schedule must have shape ({N},)'
+            return cfg_scale.to(device=self.pos_emb.device, dtype=torch.float32)
+        if cfg_scale == 0.0:
+            return None
+        ramp = self.slot_ids / max(N - 1, 1) if cfg_ramp else torch.ones(N, device=self.slot_ids.device)
+        return cfg_scale * ramp.float()
+
+    @torch.no_grad()
+    def generate(self, labels, cfg_scale=0.0, cfg_ramp=False, temperature=1.0, top_k=0, top_p=0.0,
+                 generator=None, prefix=None, n_steps=None, return_logits=False):
+        """Sample tokens with a KV cache. labels (B,); prefix (B, P) tokens to continue (default none);
+        n_steps tokens to add (default N - P; fewer gives a truncated, coarse sequence).
+        Returns tokens (B, P + n_steps), and with return_logits also the guided float32 logits
+        (B, n_steps, K) each new token was sampled from (before temperature / top-k / top-p)."""
+        B, N = labels.shape[0], self.cfg.n_tokens
+        n_prefix = 0 if prefix is None else prefix.shape[1]
+        n_steps = N - n_prefix if n_steps is None else n_steps
+        assert 0 <= n_steps and n_prefix + n_steps <= N, f'{n_prefix} + {n_steps} tokens exceed N={N}'
+        guidance = self.cfg_schedule(cfg_scale, cfg_ramp)
+        if guidance is not None:  # second half of the batch: the unconditional branch
+            labels = torch.cat((labels, torch.full_like(labels, self.cfg.num_classes)))
+        # the class-conditioned AdaLN terms are the same at every step: compute them once
+        cond = self.class_emb(labels)
+        modulations = [block.modulation(cond) for block in self.blocks]
+        head_modulation = self._head_modulation(cond)
+        device = cond.device
+        cache_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else cond.dtype
+        head_dim = self.cfg.width // self.cfg.heads
+        kv_cache = torch.zeros(len(self.blocks), 2, len(labels), self.cfg.heads, N, head_dim, device=device, dtype=cache_dtype)
+
+        tokens = torch.empty(B, n_prefix + n_steps, dtype=torch.long, device=device)
+        step_logits = torch.empty(B, n_steps, self.cfg.vocab_size, device=device)
+        x = cond[:, None]  # first pass: sos and the whole prefix at once
+        if n_prefix > 0:
+            tokens[:, :n_prefix] = prefix
+            x = torch.cat((x, self.tok_emb(prefix.repeat(len(labels) // B, 1))), dim=1)
+        positions = self.slot_ids[:n_prefix + 1]
+        for step in range(n_steps):  # later steps: one token at a time, static shapes
+            visible = self.slot_ids[None, :] <= positions[:, None]
+            h = x + self.pos_emb[0, positions]
+            for block, kv, modulation in zip(self.blocks, kv_cache, modulations):
+                h = block(h, modulation, kv, positions, visible)
+            logits = self._head(h[:, -1:], head_modulation)[:, 0]
+            if guidance is not None:
+                s = guidance[n_prefix + step]
+                logits = (1 + s) * logits[:B] - s * logits[B:]
+            step_logits[:, step] = logits
+            next_token = sample_from_logits(logits, temperature, top_k, top_p, generator)
+            tokens[:, n_prefix + step] = next_token
+            x = self.tok_emb(next_token.repeat(len(labels) // B))[:, None]
+            positions = positions[-1:] + 1
+        return (tokens, step_logits) if return_logits else tokens
+
+
+if __name__ == '__main__':
+    for name, paper in PAPER_PARAMS.items():
+        with torch.device('meta'):
+            count = GPT(GPTConfig.preset(name)).num_params()
+        print(f'{name}: {count / 1e6:.1f}M params, paper {paper / 1e6:.0f}M ({count / paper - 1:+.1%})')

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import scipy.fft
+import torch
+
+from dct import dct2, idct2, lowpass, omega_schedule
+
+
+@pytest.mark.parametrize('shape', [(2, 3, 32, 32), (4, 17, 9), (256, 256)])
+def test_dct2_matches_scipy_in_float32_and_float64(shape):
+    x = np.random.default_rng(0).standard_normal(shape)
+    ref = scipy.fft.dctn(x, axes=(-2, -1), norm='ortho')
+    for dtype, tol in ((torch.float32, 1e-6), (torch.float64, 1e-12)):
+        out = dct2(torch.from_numpy(x).to(dtype)).double().numpy()
+        assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < tol
+
+
+def test_idct2_inverts_dct2_and_preserves_energy():
+    x = torch.randn(3, 3, 24, 40, dtype=torch.float64)
+    X = dct2(x)
+    torch.testing.assert_close(idct2(X), x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(X.pow(2).sum((-2, -1)), x.pow(2).sum((-2, -1)), rtol=1e-12, atol=0)  # Parseval
+
+
+def test_lowpass_keeps_exactly_the_top_left_coefficients_per_sample():
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    omega = torch.tensor([1, 7, 32])
+    out = lowpass(x, omega)
+    for b, w in enumerate(omega.tolist()):
+        mask = torch.zeros(32, 32, dtype=torch.float64)
+        mask[:w, :w] = 1
+        torch.testing.assert_close(out[b], idct2(dct2(x[b]) * mask), rtol=0, atol=1e-12)
+    torch.testing.assert_close(lowpass(x, 32), x, rtol=0, atol=1e-12)  # w = size is the identity
+    torch.testing.assert_close(lowpass(x, 1)[0], x[0].mean((-2, -1), keepdim=True).expand(3, 32, 32), rtol=0, atol=1e-12)
+
+
+def test_lowpass_is_float32_accurate_under_bf16_autocast():
+    x = torch.randn(2, 3, 16, 16)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = lowpass(x, 5)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), lowpass(x.double(), 5), rtol=0, atol=1e-5)
+
+
+def test_nonuniform_schedule_is_eq9_for_64_tokens_at_256px():
+    w = omega_schedule(64, 256)
+    eq9 = [i if i <= 32 else 2 * i - 32 if i <= 48 else 12 * i - 512 for i in range(1, 65)]
+    assert w == eq9
+    assert (w[31], w[47], w[63]) == (32, 64, 256)
+
+
+@pytest.mark.parametrize('n_tokens,size', [(64, 256), (16, 32), (32, 32), (64, 512), (64, 64), (128, 256), (10, 37), (256, 256), (1, 8)])
+@pytest.mark.parametrize('kind', ['nonuniform', 'uniform'])
+def test_schedules_keep_eq7_and_end_at_the_image_size(n_tokens, size, kind):
+    w = omega_schedule(n_tokens, size, kind)
+    steps = np.diff([0] + w)
+    assert len(w) == n_tokens and w[-1] == size
+    assert steps.min() >= 1 and (np.diff(steps) >= 0).all(), steps
+
+
+def test_schedule_generalisations_documented():
+    assert omega_schedule(64, 256, 'uniform')[:3] == [4, 8, 12]
+    assert omega_schedule(64, 512)[31:33] == [64, 68]  # 512 px: increments 2, 4, 24
+    assert omega_schedule(16, 32) == list(range(1, 13)) + [14, 20, 26, 32]
+    with pytest.raises(ValueError, match='n_tokens <= size'):
+        omega_schedule(64, 32)
+    with pytest.raises(ValueError, match='unknown omega schedule'):
+        omega_schedule(8, 32, 'linear')

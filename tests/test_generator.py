@@ -1,0 +1,152 @@
+import dataclasses
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from generator import GPT, PAPER_PARAMS, GPTConfig, drop_labels, sample_from_logits  # noqa: E402
+
+
+def make_model(seed=0, **overrides):
+    """Tiny model with weights spread out like a trained one: at VAR's init the AdaLN gates are
+    ~1e-5, so every block is nearly the identity and the tests below could not see a leak."""
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig.preset('tiny', **overrides))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.endswith('log_scale'):
+                p.normal_(0.0, 0.3)
+    return model.eval()
+
+
+def random_tokens(model, batch, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(model.cfg.vocab_size, (batch, model.cfg.n_tokens), generator=g)
+
+
+def test_forward_shapes_and_config_round_trip():
+    model = make_model()
+    idx, labels = random_tokens(model, 3), torch.tensor([0, 5, model.cfg.num_classes])
+    assert model(idx, labels).shape == (3, model.cfg.n_tokens, model.cfg.vocab_size)
+    assert model(idx[:, :3], labels).shape == (3, 3, model.cfg.vocab_size)
+    rebuilt = GPT(GPTConfig(**dataclasses.asdict(model.cfg)))
+    rebuilt.load_state_dict(model.state_dict())
+    assert torch.equal(rebuilt.eval()(idx, labels), model(idx, labels))
+
+
+def test_kv_cache_generation_matches_full_forward():
+    model = make_model()
+    labels = torch.tensor([0, 3, 7, 9])
+    tokens, step_logits = model.generate(labels, top_k=1, return_logits=True)
+    full_logits = model(tokens, labels)
+    torch.testing.assert_close(step_logits, full_logits, rtol=1e-5, atol=1e-5)
+    assert torch.equal(tokens, full_logits.argmax(dim=-1))
+
+
+def test_causality():
+    model = make_model()
+    idx, labels = random_tokens(model, 2), torch.tensor([1, 2])
+    base = model(idx, labels)
+    for j in range(model.cfg.n_tokens):
+        changed = idx.clone()
+        changed[:, j] = (changed[:, j] + 1) % model.cfg.vocab_size
+        logits = model(changed, labels)
+        # logits[:, i] sees idx[:, :i], so changing token j affects positions > j only
+        assert torch.equal(logits[:, :j + 1], base[:, :j + 1])
+        if j + 1 < model.cfg.n_tokens:
+            assert not torch.allclose(logits[:, j + 1:], base[:, j + 1:])
+
+
+def test_class_label_conditions_every_position():
+    model = make_model()
+    idx = random_tokens(model, 1)
+    cond, null = model(idx, torch.tensor([4])), model(idx, torch.tensor([model.cfg.num_classes]))
+    assert not torch.isclose(cond, null).all(dim=-1).any()
+
+
+def test_cfg_scale_zero_is_conditional():
+    model = make_model()
+    labels = torch.tensor([2, 6])
+    # a zero schedule tensor forces the doubled-batch guided path
+    tokens, step_logits = model.generate(labels, cfg_scale=torch.zeros(model.cfg.n_tokens), top_k=1, return_logits=True)
+    torch.testing.assert_close(step_logits, model(tokens, labels), rtol=1e-5, atol=1e-5)
+
+
+def test_cfg_ramp_scales_each_position():
+    model = make_model()
+    labels, N, scale = torch.tensor([2, 6]), model.cfg.n_tokens, 3.0
+    expected_ramp = scale * torch.arange(N) / (N - 1)
+    torch.testing.assert_close(model.cfg_schedule(scale, cfg_ramp=True), expected_ramp)
+    g = torch.Generator().manual_seed(0)
+    tokens, step_logits = model.generate(labels, cfg_scale=scale, cfg_ramp=True, generator=g, return_logits=True)
+    cond = model(tokens, labels)
+    uncond = model(tokens, torch.full_like(labels, model.cfg.num_classes))
+    s = expected_ramp[None, :, None]
+    torch.testing.assert_close(step_logits, (1 + s) * cond - s * uncond, rtol=1e-5, atol=1e-4)
+
+
+def test_seeded_sampling_is_reproducible():
+    model = make_model()
+    labels = torch.tensor([0, 1, 2, 3])
+
+    def sample(seed):
+        return model.generate(labels, cfg_scale=1.5, top_p=0.95, generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(sample(0), sample(0))
+    assert not torch.equal(sample(0), sample(1))
+
+
+def test_top_k_and_top_p_restrict_support():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4096, 50, generator=g)
+    assert torch.equal(sample_from_logits(logits, top_k=1, generator=g), logits.argmax(dim=-1))
+    top5 = logits.topk(5, dim=-1).indices
+    assert (sample_from_logits(logits, top_k=5, generator=g)[:, None] == top5).any(dim=-1).all()
+    # probabilities 0.5, 0.3, 0.15, 0.05: the smallest head with mass >= 0.7 is {0, 1}
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log().expand(4096, 4)
+    samples = sample_from_logits(logits, top_p=0.7, generator=g)
+    assert set(samples.tolist()) == {0, 1}
+    assert set(sample_from_logits(logits, generator=g).tolist()) == {0, 1, 2, 3}
+
+
+def test_prefix_continuation_and_truncation():
+    model = make_model()
+    labels = torch.tensor([1, 8, 3])
+    full = model.generate(labels, top_k=1)
+    for n_prefix in (1, 3, model.cfg.n_tokens - 1):
+        continued = model.generate(labels, top_k=1, prefix=full[:, :n_prefix])
+        assert torch.equal(continued, full)
+    assert torch.equal(model.generate(labels, top_k=1, n_steps=3), full[:, :3])
+    assert torch.equal(model.generate(labels, top_k=1, prefix=full[:, :2], n_steps=2), full[:, :4])
+
+
+def test_drop_path_only_in_training():
+    model = make_model(drop_path=0.5)
+    idx, labels = random_tokens(model, 8), torch.arange(8)
+    assert torch.equal(model(idx, labels), model(idx, labels))
+    model.train()
+    assert not torch.equal(model(idx, labels), model(idx, labels))
+
+
+def test_no_weight_decay_names():
+    names = make_model().no_weight_decay()
+    assert {'pos_emb', 'head.bias', 'blocks.0.attn.log_scale', 'blocks.0.attn.q_bias'} <= names
+    assert not names & {'head.weight', 'tok_emb.weight', 'class_emb.weight', 'blocks.0.attn.qkv.weight'}
+
+
+def test_drop_labels():
+    labels = torch.zeros(10000, dtype=torch.long)
+    dropped = drop_labels(labels, num_classes=10, prob=0.1, generator=torch.Generator().manual_seed(0))
+    assert set(dropped.unique().tolist()) == {0, 10}
+    assert abs((dropped == 10).float().mean().item() - 0.1) < 0.02
+
+
+@pytest.mark.parametrize('name', sorted(PAPER_PARAMS))
+def test_param_count_matches_paper(name):
+    with torch.device('meta'):  # no memory is allocated for the 0.3B-1B weights
+        model = GPT(GPTConfig.preset(name))
+    assert model.cfg.width == 64 * model.cfg.depth and model.cfg.heads == model.cfg.depth
+    assert math.isclose(model.num_params(), PAPER_PARAMS[name], rel_tol=0.05)
