@@ -103,7 +103,9 @@ class VectorQuantizer(nn.Module):
         """Re-seed codes that were never picked (usage == 0) with random encoder outputs; returns how many."""
         dead = (usage == 0).nonzero().flatten()
         if len(dead):
-            pick = torch.randint(len(candidates), (len(dead),), generator=generator, device=generator.device)
+            # distinct candidates where there are enough: duplicated codes would tie in the argmin
+            pick = torch.randperm(max(len(candidates), len(dead)), generator=generator, device=generator.device)[:len(dead)]
+            pick = pick % len(candidates)
             self.codebook.weight[dead] = candidates[pick.to(candidates.device)].to(self.codebook.weight.dtype)
         self.usage.zero_()
         return len(dead)

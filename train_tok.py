@@ -86,7 +86,7 @@ else:
 model = Tokenizer(cfg).to(device)
 ema_model = copy.deepcopy(model).eval().requires_grad_(False)
 optimizer = common.adamw(model, args.lr, (0.9, 0.999), args.weight_decay, model.no_weight_decay())
-use_gan = args.gan_weight > 0 and args.disc_start < args.max_steps
+use_gan = args.gan_weight > 0
 disc = NLayerDiscriminator().to(device) if use_gan else None
 disc_optimizer = common.adamw(disc, args.lr, (0.9, 0.999), args.weight_decay) if use_gan else None
 lecam = LeCamRegularizer().to(device) if use_gan else None
@@ -102,6 +102,8 @@ if resume:
         disc_optimizer.load_state_dict(resume['disc_optimizer'])
         lecam.load_state_dict(resume['lecam'])
     common.set_rng_state(resume['rng'])
+    if not dd.master:
+        model.quantizer.usage.zero_()  # the checkpoint holds the sum over ranks: count it once
     step = resume['step']
     del resume
 
@@ -208,9 +210,15 @@ def evaluate(tok, root):
 
 
 def save_checkpoint():
+    """Called on every rank: the code usage counts are per rank, so the checkpoint stores their sum."""
+    usage = model.quantizer.usage.clone()
+    if dd.world_size > 1:
+        torch.distributed.all_reduce(usage)
+    if not dd.master:
+        return
     common.atomic_save({
         'kind': 'tokenizer', 'config': dataclasses.asdict(cfg), 'args': vars(args), 'step': step,
-        'model': model.state_dict(), 'ema': ema_model.state_dict(), 'optimizer': optimizer.state_dict(),
+        'model': {**model.state_dict(), 'quantizer.usage': usage}, 'ema': {**ema_model.state_dict(), 'quantizer.usage': usage}, 'optimizer': optimizer.state_dict(),
         'disc': disc.state_dict() if use_gan else None,
         'disc_optimizer': disc_optimizer.state_dict() if use_gan else None,
         'lecam': lecam.state_dict() if use_gan else None, 'rng': common.rng_state(),
@@ -307,8 +315,7 @@ while step < args.max_steps:
     if step % args.ckpt_every == 0 or step == args.max_steps:
         if not common.all_finite(finite, dd):
             common.stop_on_nonfinite(step, ckpt_path)
-        if dd.master:
-            save_checkpoint()
+        save_checkpoint()
 pbar.close()
 if n_bad and dd.master:
     print(f"skipped {n_bad} unreadable image(s)")
