@@ -15,13 +15,14 @@ import math
 import os
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import common
-from data import ImageFolder, collate_skip_bad, image_loader, save_grid
+from data import ImageFolder, collate_skip_bad, image_loader, save_grid, to_uint8
 from dct import lowpass
 from losses import LPIPS, LeCamRegularizer, NLayerDiscriminator, hinge_d_loss, hinge_g_loss
 from tokenizer import TokConfig, Tokenizer, flops_per_image
@@ -61,6 +62,7 @@ parser.add_argument('--ckpt_every', type=int, default=2000)
 parser.add_argument('--resume', nargs='?', const='auto', help='checkpoint to resume (no value: out_dir/ckpt.pt)')
 parser.add_argument('--eval_data', help='image folder scored at the end (L2/PSNR per prefix)')
 parser.add_argument('--eval_only', action='store_true', help='only score --resume on --eval_data')
+parser.add_argument('--eval_npz', help='also write the full-N reconstructions of --eval_data here (uint8 NHWC arr_0: rFID with fid.py)')
 args = parser.parse_args()
 
 # ----------------------------------------------------------------------------- setup
@@ -189,7 +191,7 @@ def evaluate(tok, root):
                                          num_workers=args.workers, collate_fn=collate_skip_bad)
     mse_target = torch.zeros(cfg.n_tokens, device=device)
     mse_full = torch.zeros(cfg.n_tokens, device=device)
-    seen = 0
+    seen, recons = 0, []
     for images, _, _ in tqdm(loader, desc='eval'):
         x = to_float(images)
         idx = tok.encode(x)
@@ -197,7 +199,11 @@ def evaluate(tok, root):
             recon = tok.decode(idx[:, :i])
             mse_target[i - 1] += ((recon - lowpass(x, tok.omegas[i - 1]).clamp(-1, 1)) / 2).pow(2).mean((1, 2, 3)).sum()
             mse_full[i - 1] += ((recon - x) / 2).pow(2).mean((1, 2, 3)).sum()
+        if args.eval_npz:
+            recons.append(to_uint8(recon))
         seen += len(x)
+    if args.eval_npz:
+        np.savez(args.eval_npz, arr_0=np.concatenate(recons))
     mse_target, mse_full = (mse_target / seen).tolist(), (mse_full / seen).tolist()
     table = [{'prefix': i + 1, 'omega': int(tok.omegas[i]), 'l2_vs_lowpass': mse_target[i],
               'psnr_vs_lowpass': -10 * math.log10(mse_target[i]), 'l2_vs_image': mse_full[i],
@@ -306,6 +312,8 @@ while step < args.max_steps:
         record = {'step': step, 'lr': lr_at(step - 1), **{k: v.item() / n for k, v in sums.items()},
                   'images_per_s': n * args.batch_size / dt, 'mfu': flops_per_step * n / dt / 800e12 / dd.world_size,
                   'bad_images_skipped': n_bad, **(codebook or codebook_stats(model.quantizer.usage))}
+        if device.type == 'cuda':
+            record['peak_mem_gb'] = torch.cuda.max_memory_allocated(device) / 2**30
         if dd.master:
             common.log_jsonl(log_path, record)
             pbar.set_postfix({k: f"{record[k]:.4g}" for k in ('l2', 'lpips', 'vq', 'codebook_used') if k in record})

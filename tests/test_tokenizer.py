@@ -90,5 +90,5 @@ def test_tiny_tokenizer_overfits_four_images_at_every_prefix(cifar_images):
             q = tok.quantizer
             q.restart_dead_codes(q.usage.clone(), q.last_z.flatten(0, 1), gen)
     trained = errors()
-    for before, after, bound in zip(untrained, trained, (0.01, 0.025, 0.05)):
+    for before, after, bound in zip(untrained, trained, (0.025, 0.035, 0.06)):
         assert after < bound and after < before / 3, (untrained, trained)  # the images have variance ~0.25
