@@ -1,0 +1,111 @@
+"""sample.py end to end on tiny checkpoints built by the real trainers: outputs, seeding, bad inputs."""
+import dataclasses
+import runpy
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from test_train_gen import REPO, perturb_weights, run, save_modified_tokenizer, tiny_tokenizer, train_gen  # noqa: F401 (fixture)
+from tokenizer import TokConfig, Tokenizer
+
+N_TOKENS, IMAGE_SIZE = 8, 32  # the tiny tokenizer preset
+
+
+@pytest.fixture(scope='module')
+def generator_ckpt(tiny_tokenizer, tmp_path_factory):
+    data, tok_ckpt = tiny_tokenizer
+    out_dir = tmp_path_factory.mktemp('gen')
+    train_gen(tok_ckpt, out_dir, '--data', data, '--max_steps', 3, '--lr', 0.3, '--ema', 0.9)
+    return out_dir / 'ckpt.pt'
+
+
+def sample(ckpt, out, *extra, expect_ok=True):
+    return run('sample.py', '--ckpt', ckpt, '--out', out, *extra, expect_ok=expect_ok)
+
+
+def read_samples(out_dir, n):
+    with np.load(out_dir / f'samples_{n}x{IMAGE_SIZE}x{IMAGE_SIZE}x3.npz') as f:
+        return f['arr_0'], f['labels']
+
+
+def test_outputs(generator_ckpt, tmp_path):
+    sample(generator_ckpt, tmp_path, '--classes', '0,2', '--per_class', 3, '--batch_size', 4, '--png',
+           '--truncate', 1, '--progressive', 2, '--cfg', 2.0, '--cfg_ramp', '--top_k', 5, '--top_p', 0.9)
+    images, labels = read_samples(tmp_path, 6)
+    assert images.dtype == np.uint8 and images.shape == (6, IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert labels.tolist() == [0, 0, 0, 2, 2, 2]
+    pngs = sorted(p.name for p in (tmp_path / 'png').iterdir())
+    assert pngs == ['000000_0.png', '000001_0.png', '000002_0.png', '000003_2.png', '000004_2.png', '000005_2.png']
+    assert np.array_equal(np.asarray(Image.open(tmp_path / 'png' / '000004_2.png')), images[4])
+    cell = IMAGE_SIZE + 2  # save_grid pads by 2 pixels
+    assert Image.open(tmp_path / 'grid.png').size == (3 * cell + 2, 2 * cell + 2)  # 2 classes x 3 samples
+    # 2 samples x their prefixes of 1 .. N - 1 tokens
+    assert Image.open(tmp_path / 'progressive.png').size == ((N_TOKENS - 1) * cell + 2, 2 * cell + 2)
+
+
+def test_same_seed_same_images(generator_ckpt, tmp_path):
+    flags = ('--classes', 'all', '--per_class', 4, '--batch_size', 5, '--top_k', 20, '--progressive')
+    for name, seed in (('a', 0), ('b', 0), ('c', 1)):
+        sample(generator_ckpt, tmp_path / name, '--seed', seed, *flags)
+    a, b, c = (read_samples(tmp_path / name, 12)[0] for name in 'abc')
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    cell = IMAGE_SIZE + 2
+    assert Image.open(tmp_path / 'a' / 'progressive.png').size == (N_TOKENS * cell + 2, 4 * cell + 2)  # bare flag: 4
+
+
+@pytest.fixture(scope='module')
+def bad_tokenizers(tiny_tokenizer, tmp_path_factory):
+    """A tokenizer with other weights (same N, K) and one with N = 4 tokens."""
+    root = tmp_path_factory.mktemp('bad_tok')
+
+    def four_tokens(ckpt):
+        cfg = TokConfig(**{**ckpt['config'], 'n_tokens': 4})
+        ckpt['config'] = dataclasses.asdict(cfg)
+        ckpt['model'] = ckpt['ema'] = Tokenizer(cfg).state_dict()
+
+    return (save_modified_tokenizer(tiny_tokenizer[1], root / 'other_weights.pt', perturb_weights),
+            save_modified_tokenizer(tiny_tokenizer[1], root / 'four_tokens.pt', four_tokens))
+
+
+def test_bad_inputs_name_the_fix(tiny_tokenizer, generator_ckpt, bad_tokenizers, tmp_path):
+    tok_ckpt = tiny_tokenizer[1]
+    other_weights, four_tokens = bad_tokenizers
+
+    def error(ckpt, out, *extra):
+        """sample.py's exit message, run in this process: no second torch start-up per bad input."""
+        argv = sys.argv
+        sys.argv = ['sample.py', '--ckpt', str(ckpt), '--out', str(out), *map(str, extra)]
+        try:
+            with pytest.raises(SystemExit) as stop:
+                runpy.run_path(str(REPO / 'sample.py'), run_name='__main__')
+        finally:
+            sys.argv = argv
+        return str(stop.value)
+
+    message = error(tok_ckpt, tmp_path)
+    assert 'is a tokenizer checkpoint, expected a generator checkpoint' in message and 'pass --tok_ckpt' in message
+    assert 'does not exist' in error(tmp_path / 'missing.pt', tmp_path)
+    assert 'does not exist' in error(generator_ckpt, tmp_path, '--tok_ckpt', tmp_path / 'missing.pt')
+
+    moved = torch.load(generator_ckpt, map_location='cpu', weights_only=False)
+    moved['tokenizer']['path'] = str(tmp_path / 'moved' / 'tok.pt')
+    torch.save(moved, tmp_path / 'moved_tok.pt')
+    message = error(tmp_path / 'moved_tok.pt', tmp_path)
+    assert f"tokenizer checkpoint {str(tmp_path / 'moved' / 'tok.pt')!r} named by" in message
+    assert 'does not exist: pass --tok_ckpt with the tokenizer the generator was trained on' in message
+
+    message = error(generator_ckpt, tmp_path, '--tok_ckpt', four_tokens)
+    assert 'has N=4 tokens and K=64 codes, but the generator' in message and 'trained on N=8, K=64' in message
+    assert f'pass --tok_ckpt {tok_ckpt}' in message
+    message = error(generator_ckpt, tmp_path, '--tok_ckpt', other_weights)
+    assert 'is not the checkpoint the generator was trained on' in message and 'pass that one as --tok_ckpt' in message
+
+    message = error(generator_ckpt, tmp_path, '--classes', '0,3,7')
+    assert 'class id(s) [3, 7] out of range: this generator has 3 classes, ids 0..2' in message
+    assert "expected 'all' or class ids" in error(generator_ckpt, tmp_path, '--classes', 'dog')
+    assert 'must keep at least one of the N=8 tokens' in error(generator_ckpt, tmp_path, '--truncate', 8)
+    assert not list(tmp_path.glob('*.npz'))

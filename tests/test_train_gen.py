@@ -1,0 +1,245 @@
+"""
+train_gen.py end to end on CPU: the token file (round trip, refusal of another tokenizer, resumed encoding),
+resume == uninterrupted training, torchrun == one process, the NaN stop. Tiny checkpoints are built by
+running the real scripts on a few generated images; test_sample.py imports the helpers below.
+"""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from data import ImageFolder  # noqa: E402
+from tokenizer import Tokenizer  # noqa: E402
+
+# one thread per process: the tiny models are far slower when threads fight over shared cores
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
+N_CLASSES, PER_CLASS = 3, 4
+
+
+def run(*argv, expect_ok=True):
+    result = subprocess.run([sys.executable, *map(str, argv)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    if expect_ok:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    else:
+        assert result.returncode != 0, result.stdout[-2000:]
+    return result
+
+
+def train_gen(tok_ckpt, out_dir, *extra, expect_ok=True):
+    return run('train_gen.py', '--preset', 'tiny', '--tok_ckpt', tok_ckpt, '--out_dir', out_dir, '--batch_size', 8,
+               '--workers', 0, '--log_every', 1, '--sample_every', 0, *extra, expect_ok=expect_ok)
+
+
+def make_image_folder(root):
+    """PER_CLASS images in each of N_CLASSES folders: one dominant colour per class plus noise, not square."""
+    rng = np.random.default_rng(0)
+    for c in range(N_CLASSES):
+        os.makedirs(root / f'class{c}', exist_ok=True)
+        for i in range(PER_CLASS):
+            img = rng.integers(0, 80, (40, 48, 3))
+            img[..., c] += 150
+            Image.fromarray(img.astype(np.uint8)).save(root / f'class{c}' / f'{i}.png')
+
+
+@pytest.fixture(scope='session')
+def tiny_tokenizer(tmp_path_factory):
+    """(image folder, tokenizer checkpoint): 2 steps of train_tok.py tiny, built once per session in its base temp dir."""
+    root = tmp_path_factory.getbasetemp() / 'tiny_tokenizer'
+    tok_ckpt = root / 'tok' / 'ckpt.pt'
+    if not tok_ckpt.exists():
+        make_image_folder(root / 'data')
+        run('train_tok.py', '--preset', 'tiny', '--data', root / 'data', '--lpips_weight', 0, '--gan_weight', 0,
+            '--max_steps', 2, '--batch_size', 8, '--workers', 0, '--out_dir', root / 'tok', '--log_every', 1)
+    return root / 'data', tok_ckpt
+
+
+def save_modified_tokenizer(tok_ckpt, path, edit):
+    """A tokenizer checkpoint made from tok_ckpt by edit(ckpt) (other weights, other config)."""
+    ckpt = torch.load(tok_ckpt, map_location='cpu', weights_only=False)
+    edit(ckpt)
+    torch.save(ckpt, path)
+    return path
+
+
+def perturb_weights(ckpt):
+    for weights in (ckpt['model'], ckpt['ema']):
+        weights['to_code.weight'] = weights['to_code.weight'] + 0.5
+
+
+def read_tokens(path):
+    with np.load(path) as f:
+        return f['codes'], f['labels'], json.loads(f['meta'].item())
+
+
+@pytest.fixture(scope='module')
+def token_file(tiny_tokenizer, tmp_path_factory):
+    data, tok_ckpt = tiny_tokenizer
+    path = tmp_path_factory.mktemp('tokens') / 'tokens.npz'
+    # chunks of 5 images in batches of 2: the last batch of a chunk is short and the last chunk too
+    train_gen(tok_ckpt, path.parent / 'unused', '--data', data, '--tokens', path, '--encode_only',
+              '--encode_chunk', 5, '--encode_batch', 2)
+    return path
+
+
+@pytest.fixture(scope='module')
+def other_tokenizer(tiny_tokenizer, tmp_path_factory):
+    return save_modified_tokenizer(tiny_tokenizer[1], tmp_path_factory.mktemp('other') / 'tok.pt', perturb_weights)
+
+
+def test_token_file_round_trip(tiny_tokenizer, token_file):
+    data, tok_ckpt = tiny_tokenizer
+    codes, labels, meta = read_tokens(token_file)
+    tok = Tokenizer.from_checkpoint(tok_ckpt)
+    dataset = ImageFolder(data, tok.cfg.image_size)
+    x = torch.stack([dataset[i][0] for i in range(len(dataset))]).float() / 127.5 - 1
+    expected = torch.stack([tok.encode(x), tok.encode(x.flip(-1))], dim=1).flatten(0, 1)  # rows: image, its flip
+    assert codes.dtype == np.uint16 and labels.dtype == np.int16
+    assert codes.shape == (2 * N_CLASSES * PER_CLASS, tok.cfg.n_tokens)
+    np.testing.assert_array_equal(codes, expected.numpy())
+    np.testing.assert_array_equal(labels, np.repeat(dataset.labels, 2))
+    with open(tok_ckpt, 'rb') as f:
+        assert meta['tok_sha256'] == hashlib.file_digest(f, 'sha256').hexdigest()
+    assert meta['tok_ckpt'] == str(tok_ckpt) and meta['data'] == os.path.realpath(data)
+    assert (meta['n_tokens'], meta['codebook_size'], meta['image_size']) == (tok.cfg.n_tokens, tok.cfg.codebook_size, 32)
+    assert meta['classes'] == ['class0', 'class1', 'class2'] and meta['n_rows'] == len(codes) and meta['n_bad'] == 0
+    assert not os.path.exists(f'{token_file}.partial')
+
+
+def test_token_file_of_another_tokenizer_is_refused(token_file, other_tokenizer, tmp_path):
+    before = token_file.read_bytes()
+    result = train_gen(other_tokenizer, tmp_path, '--tokens', token_file, '--encode_only', expect_ok=False)
+    assert "was made with tokenizer" in result.stderr
+    assert f"delete {token_file} to encode again, or pass --tok_ckpt" in result.stderr
+    assert token_file.read_bytes() == before
+
+
+INTERRUPT_AT_IMAGE_5 = """
+import runpy, sys
+import data
+load = data.ImageFolder.__getitem__
+def load_or_interrupt(self, i):
+    if i == 5:
+        raise KeyboardInterrupt  # as if Ctrl-C hit while chunk 2 (images 4, 5) was being encoded
+    return load(self, i)
+data.ImageFolder.__getitem__ = load_or_interrupt
+sys.argv = ['train_gen.py'] + sys.argv[1:]
+runpy.run_path('train_gen.py', run_name='__main__')
+"""
+
+
+def test_encoding_resumes_after_interruption(tiny_tokenizer, token_file, other_tokenizer, tmp_path):
+    data, tok_ckpt = tiny_tokenizer
+    path = tmp_path / 'tokens.npz'
+    flags = ('--data', data, '--tokens', path, '--encode_only', '--encode_chunk', 2, '--encode_batch', 1)
+    result = run('-c', INTERRUPT_AT_IMAGE_5, '--preset', 'tiny', '--tok_ckpt', tok_ckpt, '--workers', 0, *flags, expect_ok=False)
+    assert 'KeyboardInterrupt' in result.stderr
+    partial = tmp_path / 'tokens.npz.partial'
+    assert sorted(f.name for f in partial.glob('chunk_*')) == ['chunk_000000.npz', 'chunk_000001.npz']
+    assert not path.exists()
+
+    result = train_gen(other_tokenizer, tmp_path, *flags, expect_ok=False)
+    assert f"delete {partial} to encode again, or pass --tok_ckpt {tok_ckpt}" in result.stderr
+
+    result = train_gen(tok_ckpt, tmp_path, *flags)
+    assert 'resuming the encoding' in result.stdout and '2 of 6 chunks already done' in result.stdout
+    assert not partial.exists()
+    codes, labels, _ = read_tokens(path)
+    expected_codes, expected_labels, _ = read_tokens(token_file)
+    np.testing.assert_array_equal(codes, expected_codes)
+    np.testing.assert_array_equal(labels, expected_labels)
+
+
+def load_generator(out_dir):
+    return torch.load(out_dir / 'ckpt.pt', map_location='cpu', weights_only=False)
+
+
+def read_log(out_dir):
+    with open(out_dir / 'log.jsonl') as f:
+        return [json.loads(line) for line in f]
+
+
+def assert_same_tensors(a, b, exact=True):
+    """Nested dicts/lists of tensors (state dicts, optimizer states) are equal (or close)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same_tensors(a[k], b[k], exact)
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same_tensors(x, y, exact)
+    elif torch.is_tensor(a):
+        if exact:
+            assert torch.equal(a, b)
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    else:
+        assert a == b
+
+
+# constant lr after one warmup step, so a run stopped at max_steps 2 has the lr schedule of one to 4
+TRAIN_FLAGS = ('--warmup', 1, '--lr_end', 1.0, '--lr', 0.3, '--label_drop', 0.5, '--ema', 0.9)
+
+
+@pytest.fixture(scope='module')
+def straight_run(tiny_tokenizer, token_file, tmp_path_factory):
+    """4 uninterrupted steps: the reference of the resumed run and of the torchrun."""
+    out_dir = tmp_path_factory.mktemp('straight')
+    train_gen(tiny_tokenizer[1], out_dir, '--tokens', token_file, '--max_steps', 4, *TRAIN_FLAGS)
+    return out_dir
+
+
+def test_resume_equals_uninterrupted_run(tiny_tokenizer, token_file, straight_run, tmp_path):
+    tok_ckpt = tiny_tokenizer[1]
+    train_gen(tok_ckpt, tmp_path, '--tokens', token_file, '--max_steps', 2, *TRAIN_FLAGS)
+    assert load_generator(tmp_path)['step'] == 2
+    train_gen(tok_ckpt, tmp_path, '--tokens', token_file, '--max_steps', 4, '--resume', *TRAIN_FLAGS)
+
+    straight, halves = load_generator(straight_run), load_generator(tmp_path)
+    assert straight['kind'] == 'generator' and straight['step'] == halves['step'] == 4
+    for key in ('model', 'ema', 'optimizer'):
+        assert_same_tensors(straight[key], halves[key])
+    assert not torch.equal(straight['model']['head.weight'], straight['ema']['head.weight'])
+    assert straight['tokenizer']['path'] == str(tok_ckpt) and straight['tokenizer']['config']['n_tokens'] == 8
+    assert straight['classes'] == ['class0', 'class1', 'class2'] and straight['config']['num_classes'] == N_CLASSES
+
+    log_straight, log_halves = read_log(straight_run), read_log(tmp_path)
+    assert [r['step'] for r in log_halves] == [1, 2, 3, 4]
+    for a, b in zip(log_straight, log_halves):
+        assert len(a['loss_per_position']) == len(a['acc_per_position']) == 8
+        assert all(0 <= acc <= 1 for acc in a['acc_per_position'])
+        for key in ('loss_per_position', 'acc_per_position', 'lr'):
+            assert a[key] == b[key]
+
+
+def test_torchrun_matches_one_process(tiny_tokenizer, token_file, straight_run, tmp_path):
+    """Two processes on halves of the global batch (and each encoding its share of the chunks) = one process."""
+    data, tok_ckpt = tiny_tokenizer
+    run('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', 2, 'train_gen.py', '--preset', 'tiny',
+        '--tok_ckpt', tok_ckpt, '--out_dir', tmp_path / 'two', '--data', data, '--encode_chunk', 2, '--encode_batch', 2,
+        '--batch_size', 8, '--workers', 0, '--log_every', 1, '--sample_every', 0, '--max_steps', 4, *TRAIN_FLAGS)
+    np.testing.assert_array_equal(read_tokens(tmp_path / 'two' / 'tokens.npz')[0], read_tokens(token_file)[0])
+    # equal up to float summation order (Adam's normalised steps amplify it a little)
+    for key in ('model', 'ema'):
+        assert_same_tensors(load_generator(straight_run)[key], load_generator(tmp_path / 'two')[key], exact=False)
+    for one, two in zip(read_log(straight_run), read_log(tmp_path / 'two')):
+        assert one['loss'] == pytest.approx(two['loss'], rel=1e-5)
+
+
+def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tiny_tokenizer, token_file, tmp_path):
+    """The first step is still finite and checkpointed; its absurd lr blows the weights up and step 2 is not."""
+    result = train_gen(tiny_tokenizer[1], tmp_path, '--tokens', token_file, '--max_steps', 4, '--ckpt_every', 1,
+                       '--warmup', 1, '--lr', 1e35, expect_ok=False)
+    assert 'non-finite loss at or before step 2' in result.stderr and 'is intact' in result.stderr
+    kept = load_generator(tmp_path)
+    assert kept['step'] == 1 and all(torch.isfinite(p).all() for p in kept['model'].values())
+    assert [r['step'] for r in read_log(tmp_path)] == [1]
