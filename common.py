@@ -2,6 +2,7 @@
 Training plumbing shared by train_tok.py and train_gen.py: torchrun/DDP setup, AdamW parameter
 groups, EMA, atomic checkpoints and the NaN guard.
 """
+import hashlib
 import json
 import os
 import random
@@ -96,6 +97,20 @@ def load_checkpoint(path, kind):
         trainer = {'tokenizer': 'train_tok.py', 'generator': 'train_gen.py'}[kind]
         raise ValueError(f"{path!r} is a {found or 'foreign'} checkpoint, expected a {kind} checkpoint written by {trainer}")
     return ckpt
+
+
+def check_resume_args(args, saved_args, names):
+    """Stop when a flag given now contradicts the run being resumed (flags left at None/False are fine)."""
+    for name in names:
+        given, saved = getattr(args, name), saved_args.get(name)
+        if given not in (None, False) and name in saved_args and given != saved:
+            raise SystemExit(f"--{name} {given} differs from the checkpoint's {saved}: "
+                             f"pass --{name} {saved} (or leave it out) or start a new --out_dir")
+
+
+def file_sha256(path):
+    with open(path, 'rb') as f:
+        return hashlib.file_digest(f, 'sha256').hexdigest()
 
 
 def all_finite(flag, d):

@@ -16,7 +16,6 @@ Reproducibility: batch b samples with a generator seeded by (--seed, b), so the 
 device give the same images; another batch size gives other (equally valid) samples.
 """
 import argparse
-import hashlib
 import json
 import os
 
@@ -82,10 +81,9 @@ except ValueError as e:
 if (tok.cfg.n_tokens, tok.cfg.codebook_size) != (N, K):
     raise SystemExit(f"tokenizer {tok_path!r} has N={tok.cfg.n_tokens} tokens and K={tok.cfg.codebook_size} codes, but the "
                      f"generator {args.ckpt!r} was trained on N={N}, K={K}: pass --tok_ckpt {trained_with['path']}")
-with open(tok_path, 'rb') as f:
-    if hashlib.file_digest(f, 'sha256').hexdigest() != trained_with['sha256']:
-        raise SystemExit(f"tokenizer {tok_path!r} is not the checkpoint the generator was trained on ({trained_with['path']!r}, "
-                         f"sha256 {trained_with['sha256'][:12]}); its codes would decode wrongly: pass that one as --tok_ckpt")
+if common.file_sha256(tok_path) != trained_with['sha256']:
+    raise SystemExit(f"tokenizer {tok_path!r} is not the checkpoint the generator was trained on ({trained_with['path']!r}, "
+                     f"sha256 {trained_with['sha256'][:12]}); its codes would decode wrongly: pass that one as --tok_ckpt")
 
 # ----------------------------------------------------------------------------- what to sample
 if args.classes == 'all':

@@ -18,7 +18,6 @@ to --lr_end of it, grad clip 2.0. The log holds loss and top-1 accuracy per toke
 import argparse
 import copy
 import dataclasses
-import hashlib
 import itertools
 import json
 import os
@@ -84,16 +83,11 @@ def barrier():
         dist.barrier()
 
 
-def file_sha256(path):
-    with open(path, 'rb') as f:
-        return hashlib.file_digest(f, 'sha256').hexdigest()
-
-
 try:
     tok = Tokenizer.from_checkpoint(args.tok_ckpt, device)
 except (FileNotFoundError, ValueError) as e:
     raise SystemExit(f"--tok_ckpt: {e}")
-tok_sha256 = file_sha256(args.tok_ckpt)
+tok_sha256 = common.file_sha256(args.tok_ckpt)
 tokenizer_record = {'path': os.path.abspath(args.tok_ckpt), 'sha256': tok_sha256, 'config': dataclasses.asdict(tok.cfg)}
 N, K = tok.cfg.n_tokens, tok.cfg.codebook_size
 assert K <= 2 ** 16, f"codebook of {K} codes does not fit the token file's uint16"
@@ -221,10 +215,7 @@ if args.resume:
         raise SystemExit(f"the checkpoint was trained on the tokens of {resume['tokenizer']['path']!r}, not of "
                          f"--tok_ckpt {args.tok_ckpt!r}: pass that tokenizer or start a new --out_dir")
     cfg = GPTConfig(**resume['config'])
-    for name in ('preset', 'batch_size'):
-        if getattr(args, name) != resume['args'][name]:
-            raise SystemExit(f"--{name} {getattr(args, name)} differs from the checkpoint's {resume['args'][name]}: "
-                             f"pass --{name} {resume['args'][name]} or start a new --out_dir")
+    common.check_resume_args(args, resume['args'], ('preset', 'batch_size'))
 else:
     if args.preset not in PRESETS:
         raise SystemExit(f"unknown generator preset {args.preset!r}; choose from {sorted(PRESETS)}")

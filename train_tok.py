@@ -78,10 +78,8 @@ resume = None
 if args.resume:
     resume = common.load_checkpoint(ckpt_path if args.resume == 'auto' else args.resume, 'tokenizer')
     cfg = TokConfig(**resume['config'])
-    for name in ('preset', 'n_tokens', 'codebook_size', 'schedule', 'no_causal', 'no_spectral', 'batch_size'):
-        if name in resume['args'] and getattr(args, name) not in (None, False) and getattr(args, name) != resume['args'][name]:
-            raise SystemExit(f"--{name} {getattr(args, name)} differs from the checkpoint's {resume['args'][name]}: "
-                             f"drop the flag or start a new --out_dir")
+    common.check_resume_args(args, resume['args'], ('preset', 'n_tokens', 'codebook_size', 'schedule', 'no_causal',
+                                                    'no_spectral', 'batch_size'))
 else:
     cfg = TokConfig.preset(args.preset, n_tokens=args.n_tokens, codebook_size=args.codebook_size,
                            schedule=args.schedule, causal=False if args.no_causal else None)
