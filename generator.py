@@ -8,8 +8,13 @@ Sequence layout: input = [sos(class), e(t_1), ..., e(t_{N-1})], so logits[:, i] 
 of idx[:, i] given idx[:, :i] and the teacher-forcing target is idx itself (no shift).
 The class table has num_classes + 1 rows; row num_classes is the null class (CFG's unconditional
 branch). CFG convention (VAR's): logits = (1 + s) * cond - s * uncond, so s = 0 is plain conditional.
+
+Sampling: GPT.generate is the readable reference loop; FastSampler (or generate(..., fast=True)) runs the
+same computation with static shapes, weights pre-cast to bf16 and one CUDA graph per token step, and
+draws the same random numbers (bench.py sample times both against the hardware floor).
 """
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -66,7 +71,17 @@ def drop_labels(labels, num_classes, prob=0.1, generator=None):
 
 def sample_from_logits(logits, temperature=1.0, top_k=0, top_p=0.0, generator=None):
     """Sample one id per row of (..., K) logits on their device; top_k=1 is greedy (argmax)."""
-    logits = logits.float() / temperature
+    # exponential race = categorical sample without torch.multinomial's host sync (as in gpt-fast)
+    race = torch.empty(logits.shape, dtype=torch.float32, device=logits.device).exponential_(generator=generator)
+    return sample_with_race(logits, race, temperature, top_k, top_p)
+
+
+def sample_with_race(logits, race, temperature=1.0, top_k=0, top_p=0.0):
+    """sample_from_logits with its Exp(1) noise `race` (float32, logits' shape) drawn by the caller, so that
+    a CUDA graph can replay the sampling on noise written into a static buffer between replays."""
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
     if top_k > 0:
         kth_largest = logits.topk(top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth_largest, -math.inf)
@@ -77,9 +92,7 @@ def sample_from_logits(logits, temperature=1.0, top_k=0, top_p=0.0, generator=No
         drop_sorted = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
         logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), -math.inf)
     probs = logits.softmax(dim=-1)
-    # exponential race = categorical sample without torch.multinomial's host sync (as in gpt-fast)
-    race = torch.empty_like(probs).exponential_(generator=generator).clamp_(min=torch.finfo(probs.dtype).tiny)
-    return (probs / race).argmax(dim=-1)
+    return (probs / race.clamp(min=torch.finfo(torch.float32).tiny)).argmax(dim=-1)
 
 
 class SelfAttention(nn.Module):
@@ -214,11 +227,18 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, labels, cfg_scale=0.0, cfg_ramp=False, temperature=1.0, top_k=0, top_p=0.0,
-                 generator=None, prefix=None, n_steps=None, return_logits=False):
+                 generator=None, prefix=None, n_steps=None, return_logits=False, fast=False):
         """Sample tokens with a KV cache. labels (B,); prefix (B, P) tokens to continue (default none);
         n_steps tokens to add (default N - P; fewer gives a truncated, coarse sequence).
         Returns tokens (B, P + n_steps), and with return_logits also the guided float32 logits
-        (B, n_steps, K) each new token was sampled from (before temperature / top-k / top-p)."""
+        (B, n_steps, K) each new token was sampled from (before temperature / top-k / top-p).
+        fast=True runs the same sampling through a cached FastSampler (static shapes, CUDA graphs on a
+        GPU; see its docstring); it takes no prefix. This method stays the readable reference."""
+        if fast:
+            if prefix is not None:
+                raise ValueError('generate(fast=True) takes no prefix: use fast=False to continue a prefix')
+            return self._fast_sampler(len(labels), cfg_scale, temperature, top_k, top_p, return_logits).generate(
+                labels, cfg_scale, cfg_ramp, generator, n_steps)
         B, N = labels.shape[0], self.cfg.n_tokens
         n_prefix = 0 if prefix is None else prefix.shape[1]
         n_steps = N - n_prefix if n_steps is None else n_steps
@@ -257,6 +277,251 @@ class GPT(nn.Module):
             x = self.tok_emb(next_token.repeat(len(labels) // B))[:, None]
             positions = positions[-1:] + 1
         return (tokens, step_logits) if return_logits else tokens
+
+    def _fast_sampler(self, batch_size, cfg_scale, temperature, top_k, top_p, return_logits):
+        """The FastSampler for these settings, built (and its graphs captured) once and then reused."""
+        device = self.pos_emb.device
+        autocast = torch.is_autocast_enabled(device.type)
+        dtype = torch.get_autocast_dtype(device.type) if autocast else self.pos_emb.dtype
+        guided = torch.is_tensor(cfg_scale) or cfg_scale != 0.0  # as cfg_schedule decides
+        key = (device, dtype, batch_size, guided, float(temperature), int(top_k), float(top_p), bool(return_logits))
+        sampler = _FAST_SAMPLERS.get(self)
+        if sampler is None or sampler.key != key:
+            _FAST_SAMPLERS.pop(self, None)  # free the old one's buffers and graphs first
+            sampler = FastSampler(self, batch_size, guided, temperature, top_k, top_p, return_logits, dtype)
+            _FAST_SAMPLERS[self] = sampler
+        return sampler
+
+
+# ----------------------------------------------------------------------------- fast sampling
+# The block math of GPT.generate for one new token per row, as functions of plain tensors so that
+# FastSampler can run them on its own weight copies and optionally torch.compile them (one compile
+# serves every layer and step: the shapes never change). x is the float32 residual stream (R, C), as
+# under autocast; matmuls run in the weights' dtype; the modulation terms hold 1 + scale, not scale.
+
+def _adaln_norm(x, scale1p, shift, eps, dtype):
+    """LayerNorm(x) * (1 + scale) + shift in float32, cast to the next matmul's dtype."""
+    return torch.addcmul(shift, F.layer_norm(x, x.shape[-1:], eps=eps), scale1p).to(dtype)
+
+
+def _attn_in(x, scale1p, shift, qkv_w, qkv_b, inv_scale, eps):
+    """-> q, k, v (R, H, D) of the new token: q and k l2-normalised, q times its head's scale
+    (inv_scale (2, H, 1) holds 1 / scale for q and ones for k)."""
+    R, C = x.shape
+    H = inv_scale.shape[1]
+    qkv = F.linear(_adaln_norm(x, scale1p, shift, eps, qkv_w.dtype), qkv_w, qkv_b).view(R, 3, H, C // H)
+    qk = qkv[:, :2]
+    norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True, dtype=torch.float32)
+    qk = (qk / (norm.clamp_min(1e-12) * inv_scale)).to(qkv.dtype)  # F.normalize's eps
+    return qk[:, 0], qk[:, 1], qkv[:, 2]
+
+
+def _attn_out_mlp(x, att, gate1, scale2p, shift2, gate2, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b, eps):
+    """Rest of the block: x + proj(att) * gate1, then the gated MLP residual. att (R, C)."""
+    x = torch.addcmul(x, F.linear(att, proj_w, proj_b), gate1)
+    h = F.gelu(F.linear(_adaln_norm(x, scale2p, shift2, eps, fc1_w.dtype), fc1_w, fc1_b), approximate='tanh')
+    return torch.addcmul(x, F.linear(h, fc2_w, fc2_b), gate2)
+
+
+def _head_logits(x, scale1p, shift, head_w, head_b, eps):
+    return F.linear(_adaln_norm(x, scale1p, shift, eps, head_w.dtype), head_w, head_b).float()
+
+
+_FAST_SAMPLERS = weakref.WeakKeyDictionary()  # GPT -> the FastSampler that generate(fast=True) last used
+
+
+class FastSampler:
+    """
+    GPT.generate's sampling with everything static, for one batch size and one set of sampling settings:
+      - weights: its own copies, matmul weights in `dtype` (bf16 on a GPU: no per-step casts), embeddings
+        float32; refreshed from the model whenever a parameter changed (data pointer or version counter);
+      - buffers allocated once: the KV cache (depth, 2, R, H, N, D) with R = 2B with guidance (second
+        half: the null class) else B, the tokens (B, N), the AdaLN terms (computed once per sequence, in
+        step 0), the guidance schedule, the Exp(1) noise (B, K) of the sampler;
+      - step t is a fixed program: token t-1's embedding, every block attending to exactly the t + 1
+        cached positions (no mask: no reads of empty slots), head, guidance, top-k / top-p and the
+        exponential race on the GPU, token t written into the token buffer. No host sync anywhere.
+      - on CUDA (cuda_graphs=True) each step is captured once as a CUDA graph (N graphs sharing one
+        memory pool, replayed in order); elsewhere the same step functions run eagerly;
+      - compile=True: the per-block math (_attn_in, _attn_out_mlp, _head_logits) goes through
+        torch.compile(fullgraph=True, dynamic=False), fusing the small elementwise kernels.
+    Random numbers: before step t the noise buffer is refilled with race.exponential_(generator) outside
+    the graph, the very call (shape, dtype, order) GPT.generate makes at step t, so with the same
+    generator state both paths consume the same random stream: the same seed gives the same samples,
+    and the fast path's tokens equal the reference's wherever their logits agree to rounding (always in
+    float32 on the CPU; in bf16 on a GPU, rounding differences flip some near-tied choices, after which
+    the sequences diverge). Greedy (top_k=1) draws the noise too, to keep the generator in step.
+    """
+
+    def __init__(self, model, batch_size, guided=True, temperature=1.0, top_k=0, top_p=0.0, return_logits=False,
+                 dtype=None, cuda_graphs=True, compile=False):
+        cfg = model.cfg
+        self.device = model.pos_emb.device
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == 'cuda' else model.pos_emb.dtype)
+        self.key = (self.device, self.dtype, batch_size, guided, float(temperature), int(top_k), float(top_p),
+                    bool(return_logits))
+        self.B, self.R, self.guided = batch_size, batch_size * (2 if guided else 1), guided
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.N, self.K, self.C, self.H = cfg.n_tokens, cfg.vocab_size, cfg.width, cfg.heads
+        self.depth, self.num_classes, self.eps = cfg.depth, cfg.num_classes, cfg.norm_eps
+        self.use_graphs = cuda_graphs and self.device.type == 'cuda'
+        self.compiled = compile
+        wrap = (lambda f: torch.compile(f, fullgraph=True, dynamic=False)) if compile else (lambda f: f)
+        self._attn_in, self._attn_out_mlp, self._head_logits = wrap(_attn_in), wrap(_attn_out_mlp), wrap(_head_logits)
+        self.model_ref = weakref.ref(model)  # weak: a cached sampler must not keep its model alive
+
+        C, H, N, R, B = self.C, self.H, self.N, self.R, self.B
+        hidden = model.blocks[0].mlp[0].out_features
+        lp = dict(device=self.device, dtype=self.dtype)
+        f32 = dict(device=self.device, dtype=torch.float32)
+
+        def block_weights():
+            return dict(qkv_w=torch.empty(3 * C, C, **lp), qkv_b=torch.empty(3 * C, **lp),
+                        inv_scale=torch.ones(2, H, 1, **f32), proj_w=torch.empty(C, C, **lp), proj_b=torch.empty(C, **lp),
+                        fc1_w=torch.empty(hidden, C, **lp), fc1_b=torch.empty(hidden, **lp),
+                        fc2_w=torch.empty(C, hidden, **lp), fc2_b=torch.empty(C, **lp),
+                        ada_w=torch.empty(6 * C, C, **lp), ada_b=torch.empty(6 * C, **lp))
+        self.w = dict(class_emb=torch.empty(self.num_classes + 1, C, **f32), tok_emb=torch.empty(self.K, C, **f32),
+                      pos=torch.empty(N, C, **f32), blocks=[block_weights() for _ in range(self.depth)],
+                      head_ada_w=torch.empty(2 * C, C, **lp), head_ada_b=torch.empty(2 * C, **lp),
+                      head_w=torch.empty(self.K, C, **lp), head_b=torch.empty(self.K, **lp))
+        self._weights_key = None
+
+        self.labels = torch.full((R,), self.num_classes, dtype=torch.long, device=self.device)
+        self.guidance = torch.zeros(N, **f32)
+        self.guidance1p = torch.ones(N, **f32)
+        self.mods = [torch.zeros(R, 6 * C, **lp) for _ in range(self.depth)]
+        self.head_mods = torch.zeros(R, 2 * C, **lp)
+        self.kv = torch.zeros(self.depth, 2, R, H, N, C // H, **lp)
+        self.tokens = torch.zeros(B, N, dtype=torch.long, device=self.device)
+        self.race = torch.ones(B, self.K, **f32)
+        self.logits = torch.zeros(B, N, self.K, **f32) if return_logits else None
+        self.graphs = None
+
+    @torch.no_grad()
+    def load_weights(self, model=None):
+        """Copy (and cast) the model's weights into the sampler's own buffers, in place: graphs stay valid."""
+        model = model or self.model_ref()
+        C, w = self.C, self.w
+        w['class_emb'].copy_(model.class_emb.weight)
+        w['tok_emb'].copy_(model.tok_emb.weight)
+        w['pos'].copy_(model.pos_emb[0])
+        for bw, block in zip(w['blocks'], model.blocks):
+            attn = block.attn
+            bw['qkv_w'].copy_(attn.qkv.weight)
+            bw['qkv_b'].copy_(torch.cat((attn.q_bias, attn.zero_k_bias, attn.v_bias)))
+            bw['inv_scale'][0].copy_(attn.log_scale.clamp(max=MAX_LOG_ATTN_SCALE).neg().exp().view(self.H, 1))
+            bw['proj_w'].copy_(attn.proj.weight)
+            bw['proj_b'].copy_(attn.proj.bias)
+            bw['fc1_w'].copy_(block.mlp[0].weight)
+            bw['fc1_b'].copy_(block.mlp[0].bias)
+            bw['fc2_w'].copy_(block.mlp[2].weight)
+            bw['fc2_b'].copy_(block.mlp[2].bias)
+            bw['ada_w'].copy_(block.ada_lin[-1].weight)
+            ada_b = block.ada_lin[-1].bias.float().clone()
+            ada_b[2 * C:4 * C] += 1  # (gate1, gate2, scale1, scale2, shift1, shift2): hold 1 + scale
+            bw['ada_b'].copy_(ada_b)
+        w['head_ada_w'].copy_(model.head_ada_lin[-1].weight)
+        head_ada_b = model.head_ada_lin[-1].bias.float().clone()
+        head_ada_b[:C] += 1  # (scale, shift)
+        w['head_ada_b'].copy_(head_ada_b)
+        w['head_w'].copy_(model.head.weight)
+        w['head_b'].copy_(model.head.bias)
+
+    def _sync_weights(self, model):
+        try:
+            key = tuple((p.data_ptr(), p._version) for p in model.parameters())
+        except RuntimeError:  # e.g. inference-mode tensors have no version counter: always copy
+            key = None
+        if key is None or key != self._weights_key:
+            self.load_weights(model)
+            self._weights_key = key
+
+    def _step(self, t):
+        """Token t for every row, from token t-1 (the class token at t = 0) and the cached keys/values."""
+        B, R, C, w = self.B, self.R, self.C, self.w
+        if t == 0:  # the class-conditioned AdaLN terms, once per sequence
+            cond = F.embedding(self.labels, w['class_emb'])
+            c = F.silu(cond).to(self.dtype)
+            for bw, mods in zip(w['blocks'], self.mods):
+                mods.copy_(F.linear(c, bw['ada_w'], bw['ada_b']))
+            self.head_mods.copy_(F.linear(c, w['head_ada_w'], w['head_ada_b']))
+            x = cond + w['pos'][0]
+        else:
+            x = F.embedding(self.tokens[:, t - 1].repeat(R // B), w['tok_emb']) + w['pos'][t]
+        for bw, mods, cache in zip(w['blocks'], self.mods, self.kv):
+            gate1, gate2, scale1p, scale2p, shift1, shift2 = mods.view(R, 6, C).unbind(1)
+            q, k, v = self._attn_in(x, scale1p, shift1, bw['qkv_w'], bw['qkv_b'], bw['inv_scale'], self.eps)
+            cache[0, :, :, t].copy_(k)
+            cache[1, :, :, t].copy_(v)
+            att = F.scaled_dot_product_attention(q[:, :, None], cache[0, :, :, :t + 1], cache[1, :, :, :t + 1], scale=1.0)
+            x = self._attn_out_mlp(x, att.reshape(R, C), gate1, scale2p, shift2, gate2, bw['proj_w'], bw['proj_b'],
+                                   bw['fc1_w'], bw['fc1_b'], bw['fc2_w'], bw['fc2_b'], self.eps)
+        head_scale1p, head_shift = self.head_mods.view(R, 2, C).unbind(1)
+        logits = self._head_logits(x, head_scale1p, head_shift, w['head_w'], w['head_b'], self.eps)
+        if self.guided:  # the reference's (1 + s) * cond - s * uncond, term for term
+            logits = self.guidance1p[t] * logits[:B] - self.guidance[t] * logits[B:]
+        if self.logits is not None:
+            self.logits[:, t].copy_(logits)
+        self.tokens[:, t].copy_(sample_with_race(logits, self.race, self.temperature, self.top_k, self.top_p))
+
+    def _capture(self):
+        """Warm up on a side stream (cuBLAS handles, kernel selection, compilation), then capture each step."""
+        current = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            for t in range(self.N):
+                self._step(t)
+        current.wait_stream(side)
+        pool = torch.cuda.graph_pool_handle()
+        graphs = []
+        for t in range(self.N):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):  # one pool: safe as the graphs always replay in order
+                self._step(t)
+            graphs.append(graph)
+        self.graphs = graphs
+
+    @torch.no_grad()
+    def generate(self, labels, cfg_scale=0.0, cfg_ramp=False, generator=None, n_steps=None, events=None):
+        """Like GPT.generate without a prefix. labels (B,); cfg_scale / cfg_ramp must agree with `guided`.
+        events: optional list of n_steps + 1 CUDA timing events, recorded before step 0 and after each step.
+        Returns new tensors: tokens (B, n_steps), and with return_logits the guided logits (B, n_steps, K)."""
+        model = self.model_ref()
+        if model is None:
+            raise RuntimeError('the model of this FastSampler no longer exists')
+        n_steps = self.N if n_steps is None else n_steps
+        if tuple(labels.shape) != (self.B,):
+            raise ValueError(f'this FastSampler samples batches of {self.B}, got labels of shape {tuple(labels.shape)}')
+        if not 0 <= n_steps <= self.N:
+            raise ValueError(f'n_steps={n_steps} outside 0..{self.N}')
+        guidance = model.cfg_schedule(cfg_scale, cfg_ramp)
+        if (guidance is not None) != self.guided:
+            raise ValueError(f'this FastSampler was built with guided={self.guided} but cfg_scale={cfg_scale} '
+                             f'{"turns guidance off" if guidance is None else "asks for guidance"}')
+        with torch.autocast(self.device.type, enabled=False):  # the sampler keeps its own precision
+            self._sync_weights(model)
+            self.labels[:self.B].copy_(labels)
+            if guidance is not None:
+                self.guidance.copy_(guidance)
+                self.guidance1p.copy_(1 + guidance)
+            if self.use_graphs and self.graphs is None:
+                self._capture()
+            if events:
+                events[0].record()
+            for t in range(n_steps):
+                self.race.exponential_(generator=generator)  # GPT.generate's draw at step t, outside the graph
+                if self.graphs is not None:
+                    self.graphs[t].replay()
+                else:
+                    self._step(t)
+                if events:
+                    events[t + 1].record()
+        tokens = self.tokens[:, :n_steps].clone()
+        return (tokens, self.logits[:, :n_steps].clone()) if self.logits is not None else tokens
+
+    __call__ = generate
 
 
 if __name__ == '__main__':

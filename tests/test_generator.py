@@ -7,7 +7,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from generator import GPT, PAPER_PARAMS, GPTConfig, drop_labels, sample_from_logits  # noqa: E402
+from generator import (GPT, PAPER_PARAMS, FastSampler, GPTConfig, _FAST_SAMPLERS, drop_labels,  # noqa: E402
+                       sample_from_logits, sample_with_race)
 
 
 def make_model(seed=0, **overrides):
@@ -150,3 +151,92 @@ def test_param_count_matches_paper(name):
         model = GPT(GPTConfig.preset(name))
     assert model.cfg.width == 64 * model.cfg.depth and model.cfg.heads == model.cfg.depth
     assert math.isclose(model.num_params(), PAPER_PARAMS[name], rel_tol=0.05)
+
+
+# ----------------------------------------------------------------------------- fast path (FastSampler), on the CPU:
+# the same step functions as on a GPU, run eagerly instead of replayed from CUDA graphs
+
+@pytest.mark.parametrize('cfg_scale', [0.0, 1.5])
+def test_fast_greedy_equals_reference(cfg_scale):
+    model = make_model()
+    labels = torch.tensor([0, 3, 7, 9, 2])
+    ref_tokens, ref_logits = model.generate(labels, cfg_scale=cfg_scale, top_k=1, return_logits=True)
+    tokens, logits = model.generate(labels, cfg_scale=cfg_scale, top_k=1, return_logits=True, fast=True)
+    assert torch.equal(tokens, ref_tokens)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize('sampling', [dict(), dict(top_k=5), dict(top_p=0.9), dict(temperature=0.7, top_k=10, top_p=0.95)])
+def test_fast_sampling_uses_the_reference_random_stream(sampling):
+    model = make_model()
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+
+    def sample(seed, fast):
+        return model.generate(labels, cfg_scale=2.0, cfg_ramp=True, generator=torch.Generator().manual_seed(seed),
+                              fast=fast, **sampling)
+
+    assert torch.equal(sample(0, fast=True), sample(0, fast=True))  # same seed, same samples
+    assert not torch.equal(sample(0, fast=True), sample(1, fast=True))
+    for seed in range(3):  # the very same draws as the reference loop, so the very same samples in float32
+        assert torch.equal(sample(seed, fast=True), sample(seed, fast=False))
+
+
+def test_fast_guidance_schedule_and_truncation():
+    model = make_model()
+    labels, N = torch.tensor([2, 6, 1]), model.cfg.n_tokens
+    schedule = torch.linspace(0.5, 3.0, N)
+    ref, ref_logits = model.generate(labels, cfg_scale=schedule, top_k=1, return_logits=True)
+    tokens, logits = model.generate(labels, cfg_scale=schedule, top_k=1, return_logits=True, fast=True)
+    assert torch.equal(tokens, ref)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-4)
+    short, short_logits = model.generate(labels, cfg_scale=schedule, top_k=1, return_logits=True, fast=True, n_steps=3)
+    assert torch.equal(short, ref[:, :3]) and torch.equal(short_logits, logits[:, :3])
+
+
+def test_fast_sampler_follows_weight_updates_and_is_reused():
+    model = make_model()
+    labels = torch.tensor([4, 5])
+    before = model.generate(labels, top_k=1, fast=True)
+    sampler = _FAST_SAMPLERS[model]
+    with torch.no_grad():
+        model.head.bias[:] = torch.randn(model.cfg.vocab_size) * 10  # in place: same pointer, new version
+    after = model.generate(labels, top_k=1, fast=True)
+    assert _FAST_SAMPLERS[model] is sampler  # same settings: the cached sampler is reused
+    assert torch.equal(after, model.generate(labels, top_k=1))
+    assert not torch.equal(after, before)
+    model.generate(labels, top_k=2, fast=True)
+    assert _FAST_SAMPLERS[model] is not sampler  # other settings: a new one replaces it
+
+
+def test_fast_sampler_direct_use_and_argument_checks():
+    model = make_model()
+    labels = torch.tensor([1, 8, 3])
+    sampler = FastSampler(model, batch_size=3, guided=True, top_k=1)
+    assert torch.equal(sampler(labels, cfg_scale=1.5), model.generate(labels, cfg_scale=1.5, top_k=1))
+    with pytest.raises(ValueError, match='batches of 3'):
+        sampler(labels[:2], cfg_scale=1.5)
+    with pytest.raises(ValueError, match='guided=True'):
+        sampler(labels, cfg_scale=0.0)
+    with pytest.raises(ValueError, match='prefix'):
+        model.generate(labels, prefix=labels[:, None], fast=True)
+
+
+def test_fast_path_under_bf16_autocast():
+    """The precision of a GPU run: bf16 matmuls and KV cache, float32 residual stream, LayerNorm and logits."""
+    model = make_model()
+    labels = torch.tensor([0, 3, 7, 9])
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        tokens, logits = model.generate(labels, cfg_scale=1.5, generator=torch.Generator().manual_seed(0),
+                                        return_logits=True, fast=True)
+        s = model.cfg_schedule(1.5)[None, :, None]
+        ref = (1 + s) * model(tokens, labels) - s * model(tokens, torch.full_like(labels, model.cfg.num_classes))
+    assert _FAST_SAMPLERS[model].dtype == torch.bfloat16
+    assert ((logits - ref).norm() / ref.norm()).item() < 3e-2
+
+
+def test_sample_with_race_is_sample_from_logits():
+    logits = torch.randn(64, 50)
+    race = torch.empty(64, 50).exponential_(generator=torch.Generator().manual_seed(5))
+    for kw in (dict(), dict(top_k=3), dict(top_p=0.8, temperature=0.5)):
+        assert torch.equal(sample_with_race(logits, race, **kw),
+                           sample_from_logits(logits, generator=torch.Generator().manual_seed(5), **kw))

@@ -1,0 +1,63 @@
+"""bench.py on the CPU with the tiny presets: every subcommand runs, prints its table last and writes JSON lines."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
+
+
+def bench(*argv):
+    result = subprocess.run([sys.executable, 'bench.py', *map(str, argv)], cwd=REPO, env=ENV, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def read_records(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_sample_and_train_benches_on_cpu(tmp_path):
+    out = tmp_path / 'bench.jsonl'
+    stdout = bench('sample', '--preset', 'tiny', '--tok_preset', 'tiny', '--batch', 2, 3, '--cfg', 1.5,
+                   '--reps', 1, '--device', 'cpu', '--json', out)
+    table = stdout[stdout.index('== sample'):]
+    assert 'RANDOM weights' in stdout and 'floor img/s' in table and 'fast' in table and 'slow' in table
+    records = read_records(out)
+    assert [(r['variant'], r['batch']) for r in records] == [('slow', 2), ('fast', 2), ('slow', 3), ('fast', 3)]
+    for r in records:
+        assert 'error' not in r and r['images_per_s'] > 0 and r['gen_floor_ms'] > 0 and r['decode_ms'] > 0
+    fast = records[1]
+    assert fast['check_ok'] and fast['check_greedy_token_match'] == 1.0  # float32: the fast path is the reference
+
+    bench('train_gen', '--preset', 'tiny', '--batch', 4, '--warmup', 1, '--steps', 2, '--device', 'cpu', '--json', out)
+    bench('train_tok', '--preset', 'tiny', '--batch', 2, '--warmup', 1, '--steps', 1, '--device', 'cpu', '--json', out)
+    records = read_records(out)
+    train = {r['bench']: r for r in records[4:]}
+    assert set(train) == {'train_gen', 'train_tok'}
+    for r in train.values():
+        assert 'error' not in r and r['images_per_s'] > 0 and 0 < r['mfu'] and r['flops_per_step'] > 0
+    assert train['train_gen']['tokens_per_s'] == train['train_gen']['images_per_s'] * 8  # tiny: N = 8
+
+    stdout = bench('table', '--json', out)
+    for kind in ('sample', 'train_gen', 'train_tok'):
+        assert f'== {kind}' in stdout
+
+
+def test_loader_bench_still_works(tmp_path):
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        os.makedirs(tmp_path / 'data' / f'class{c}')
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3)).astype(np.uint8)).save(tmp_path / 'data' / f'class{c}' / f'{i}.png')
+    stdout = bench('loader', '--data', tmp_path / 'data', '--size', 32, '--batch', 4, '--workers', 0,
+                   '--warmup', 1, '--steps', 2, '--json', tmp_path / 'loader.jsonl')
+    assert 'images_per_s=' in stdout and '== loader' in stdout
+    assert read_records(tmp_path / 'loader.jsonl')[0]['bench'] == 'loader'
