@@ -126,7 +126,8 @@ with torch.no_grad(), tqdm(total=len(labels), unit='img', dynamic_ncols=True) as
         generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + batch)
         with autocast:
             codes = gpt.generate(batch_labels, cfg_scale=args.cfg, cfg_ramp=args.cfg_ramp, temperature=args.temperature,
-                                 top_k=args.top_k, top_p=args.top_p, generator=generator, n_steps=n_keep)
+                                 top_k=args.top_k, top_p=args.top_p, generator=generator, n_steps=n_keep,
+                                 fast=True)  # static KV cache + CUDA graphs; same tokens as the reference loop on CPU
             images[start:start + len(codes)] = to_uint8(tok.decode(codes))
             if batch == 0 and args.progressive:
                 save_progressive(codes[:args.progressive], os.path.join(args.out, 'progressive.png'))
