@@ -58,6 +58,11 @@ def adamw(model, lr, betas, weight_decay, no_decay=()):
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
 
+def ema_decay(decay, step):
+    """The EMA decay ramps up as (1 + step) / (10 + step), so early and short runs are not stuck at the init."""
+    return min(decay, (1 + step) / (10 + step))
+
+
 @torch.no_grad()
 def ema_update(ema_model, model, decay):
     ema_params, params = list(ema_model.parameters()), list(model.parameters())

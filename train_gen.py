@@ -315,7 +315,7 @@ while step < args.max_steps:
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
     optimizer.step()
     if ema_model is not None:
-        common.ema_update(ema_model, model, args.ema)
+        common.ema_update(ema_model, model, common.ema_decay(args.ema, step))
 
     # everything stays on the device until log time: no host sync per step
     finite &= torch.isfinite(loss.detach())

@@ -280,7 +280,7 @@ while step < args.max_steps:
     loss.backward()
     terms['grad_norm'] = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
     optimizer.step()
-    common.ema_update(ema_model, model, args.ema)
+    common.ema_update(ema_model, model, common.ema_decay(args.ema, step))
 
     # discriminator step: real = the same low-pass targets the tokenizer is asked for
     if gan_on:
