@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # CIFAR-10 end to end on one GPU: tokenizer -> tokens -> generator -> 50k samples -> FID against train.
 #   bash scripts/cifar10.sh [stage ...]     stages: stats tok gen sample fid (default: all, in order)
+#                                           extra: sweep (CFG x temperature, 10k samples each, seed 1: held out
+#                                           from the final seed 0) and truncate (Table 3: drop the last k tokens)
 # Every stage reads what the earlier ones wrote under $OUT, so any stage can be re-run alone.
 # Settings come from the environment; the defaults are the recorded run (README, "CIFAR-10").
 set -euo pipefail
@@ -8,8 +10,16 @@ DATA=${DATA:-../shared/data/cifar10}        # train/ and test/ in class folders
 OUT=${OUT:-out/cifar10}
 TOK_STEPS=${TOK_STEPS:-6000}
 GEN_STEPS=${GEN_STEPS:-6000}
+TOK_PRESET=${TOK_PRESET:-cifar}
 GEN_PRESET=${GEN_PRESET:-cifar_d8}
+WORKERS=${WORKERS:-12}
 CFG=${CFG:-1.5}
+STATS=${STATS:-$OUT/cifar10_train_stats.npz}  # shared by several runs (scripts/table4.sh)
+PER_CLASS=${PER_CLASS:-5000}                 # final samples: 50,000
+SWEEP_PER_CLASS=${SWEEP_PER_CLASS:-1000}     # sweep and truncation samples: 10,000
+SWEEP_CFGS=${SWEEP_CFGS:-0 0.5 1 1.5 2 3}
+SWEEP_TEMPS=${SWEEP_TEMPS:-1.0 0.9}
+TRUNCATE=${TRUNCATE:-0 4 8 12}              # k tokens dropped (N = 32: steps of N/8)
 TOK_FLAGS=${TOK_FLAGS:-}                    # e.g. "--no_spectral --no_causal" for a Table 4 row
 WEIGHTS=()                                  # explicit weight files (INCEPTION=, LPIPS=) when the packages are not installed
 [ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()
@@ -20,22 +30,36 @@ stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=(stats tok gen sample fid)
 for stage in "${stages[@]}"; do
   case $stage in
   stats)  # reference statistics of the 50k training images (the gFID reference)
-    [ -f "$OUT/cifar10_train_stats.npz" ] || python fid.py --save-stats "$OUT/cifar10_train_stats.npz" "$DATA/train" "${WEIGHTS_FID[@]}" ;;
+    [ -f "$STATS" ] || python fid.py --no-pr --save-stats "$STATS" "$DATA/train" "${WEIGHTS_FID[@]}" ;;
   tok)
-    python train_tok.py --preset cifar --data "$DATA/train" --out_dir "$OUT/tok" --batch_size 256 \
+    python train_tok.py --preset "$TOK_PRESET" --data "$DATA/train" --out_dir "$OUT/tok" --batch_size 256 \
       --max_steps "$TOK_STEPS" --lr 3e-4 --min_lr 3e-5 --warmup 500 --disc_start $((TOK_STEPS * 6 / 10)) \
-      --restart_every 200 --log_every 100 --sample_every 1000 --ckpt_every 1000 --workers 12 \
+      --restart_every 200 --log_every 100 --sample_every 1000 --ckpt_every 1000 --workers "$WORKERS" \
       --eval_data "$DATA/test" --eval_npz "$OUT/tok/recon_test.npz" "${WEIGHTS[@]}" $TOK_FLAGS
     python fid.py "$OUT/tok/recon_test.npz" "$DATA/test" --no-pr --json "$OUT/tok/rfid.json" "${WEIGHTS_FID[@]}" ;;
   gen)
     python train_gen.py --preset "$GEN_PRESET" --tok_ckpt "$OUT/tok/ckpt.pt" --data "$DATA/train" \
       --out_dir "$OUT/gen" --batch_size 512 --max_steps "$GEN_STEPS" --lr 2e-4 --log_every 200 \
-      --ckpt_every 2000 --sample_every 2000 --workers 12 ;;
+      --ckpt_every 2000 --sample_every 2000 --workers "$WORKERS" ;;
   sample)
-    python sample.py --ckpt "$OUT/gen/ckpt.pt" --classes all --per_class 5000 --batch_size 1000 \
+    python sample.py --ckpt "$OUT/gen/ckpt.pt" --classes all --per_class "$PER_CLASS" --batch_size 1000 \
       --cfg "$CFG" --seed 0 --progressive 8 --out "$OUT/samples" ;;
   fid)
-    python fid.py "$(ls "$OUT"/samples/samples_*.npz | head -1)" "$OUT/cifar10_train_stats.npz" --json "$OUT/samples/fid.json" "${WEIGHTS_FID[@]}" ;;
-  *) echo "unknown stage $stage: use stats tok gen sample fid" >&2; exit 2 ;;
+    python fid.py "$(ls "$OUT"/samples/samples_*.npz | head -1)" "$DATA/train" --json "$OUT/samples/fid.json" "${WEIGHTS_FID[@]}" ;;
+  sweep)
+    for cfg in $SWEEP_CFGS; do for temp in $SWEEP_TEMPS; do
+      d="$OUT/sweep/cfg${cfg}_t${temp}"
+      python sample.py --ckpt "$OUT/gen/ckpt.pt" --classes all --per_class "$SWEEP_PER_CLASS" --batch_size 1000 --cfg "$cfg" \
+        --temperature "$temp" --seed 1 --out "$d"
+      python fid.py "$(ls "$d"/samples_*.npz | head -1)" "$STATS" --no-pr --json "$d/fid.json" "${WEIGHTS_FID[@]}"
+    done; done ;;
+  truncate)
+    for k in $TRUNCATE; do
+      d="$OUT/truncate/k$k"
+      python sample.py --ckpt "$OUT/gen/ckpt.pt" --classes all --per_class "$SWEEP_PER_CLASS" --batch_size 1000 --cfg "$CFG" \
+        --truncate "$k" --seed 1 --out "$d"
+      python fid.py "$(ls "$d"/samples_*.npz | head -1)" "$STATS" --no-pr --json "$d/fid.json" "${WEIGHTS_FID[@]}"
+    done ;;
+  *) echo "unknown stage $stage: use stats tok gen sample fid sweep truncate" >&2; exit 2 ;;
   esac
 done
