@@ -1,5 +1,6 @@
 """sample.py end to end on tiny checkpoints built by the real trainers: outputs, seeding, bad inputs."""
 import dataclasses
+import os
 import runpy
 import sys
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from test_train_gen import REPO, perturb_weights, run, save_modified_tokenizer, tiny_tokenizer, train_gen  # noqa: F401 (fixture)
+from conftest import REPO, perturb_weights, run, save_modified_tokenizer, train_gen
 from tokenizer import TokConfig, Tokenizer
 
 N_TOKENS, IMAGE_SIZE = 8, 32  # the tiny tokenizer preset
@@ -81,7 +82,7 @@ def test_bad_inputs_name_the_fix(tiny_tokenizer, generator_ckpt, bad_tokenizers,
         sys.argv = ['sample.py', '--ckpt', str(ckpt), '--out', str(out), *map(str, extra)]
         try:
             with pytest.raises(SystemExit) as stop:
-                runpy.run_path(str(REPO / 'sample.py'), run_name='__main__')
+                runpy.run_path(os.path.join(REPO, "sample.py"), run_name="__main__")
         finally:
             sys.argv = argv
         return str(stop.value)
