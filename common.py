@@ -118,7 +118,7 @@ def file_sha256(path):
         return hashlib.file_digest(f, 'sha256').hexdigest()
 
 
-def all_finite(flag, d):
+def all_finite(flag):
     """flag: a device bool accumulated over steps without host syncs; one sync here, at log/checkpoint time."""
     flag = flag.clone().float()
     if dist.is_initialized():

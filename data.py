@@ -86,10 +86,10 @@ class ResumableSampler(torch.utils.data.Sampler):
     the batches one process would, and the stream can restart at any global step.
     """
 
-    def __init__(self, n, global_batch, rank=0, world_size=1, seed=0, start_step=0, shuffle=True):
+    def __init__(self, n, global_batch, rank=0, world_size=1, seed=0, start_step=0):
         assert global_batch % world_size == 0, f"global batch {global_batch} must divide by the {world_size} processes"
         self.n, self.global_batch, self.rank, self.world_size = n, global_batch, rank, world_size
-        self.seed, self.start_step, self.shuffle = seed, start_step, shuffle
+        self.seed, self.start_step = seed, start_step
         self.steps_per_epoch = n // global_batch  # drop the ragged tail so every step has a full batch
         assert self.steps_per_epoch > 0, f"dataset of {n} images is smaller than the global batch {global_batch}"
 
@@ -99,17 +99,17 @@ class ResumableSampler(torch.utils.data.Sampler):
         while True:
             epoch, k = divmod(step, self.steps_per_epoch)
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+            order = torch.randperm(self.n, generator=g)
             for k in range(k, self.steps_per_epoch):
                 start = k * self.global_batch + self.rank * local
                 yield from order[start:start + local].tolist()
             step = (epoch + 1) * self.steps_per_epoch
 
 
-def image_loader(root, size, global_batch, rank=0, world_size=1, seed=0, start_step=0, workers=4, shuffle=True):
+def image_loader(root, size, global_batch, rank=0, world_size=1, seed=0, start_step=0, workers=4):
     """Infinite loader of (uint8 images, labels, n_bad) for this rank, resumable at start_step."""
     dataset = ImageFolder(root, size)
-    sampler = ResumableSampler(len(dataset), global_batch, rank, world_size, seed, start_step, shuffle)
+    sampler = ResumableSampler(len(dataset), global_batch, rank, world_size, seed, start_step)
     return dataset, torch.utils.data.DataLoader(
         dataset, batch_size=global_batch // world_size, sampler=sampler, num_workers=workers,
         collate_fn=collate_skip_bad, pin_memory=torch.cuda.is_available(), drop_last=True,

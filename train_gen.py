@@ -326,7 +326,7 @@ while step < args.max_steps:
     pbar.update(1)
 
     if step % args.log_every == 0 or step == args.max_steps:
-        if not common.all_finite(finite, dd):
+        if not common.all_finite(finite):
             common.stop_on_nonfinite(step, ckpt_path)
         n = step - step_last
         packed = torch.cat([sums['loss_per_position'], sums['acc_per_position'], sums['grad_norm'][None]]) / n
@@ -346,7 +346,7 @@ while step < args.max_steps:
     if dd.master and args.sample_every and (step % args.sample_every == 0 or step == args.max_steps):
         save_sample_grid(os.path.join(args.out_dir, f'samples_{step:07d}.png'))
     if step % args.ckpt_every == 0 or step == args.max_steps:
-        if not common.all_finite(finite, dd):
+        if not common.all_finite(finite):
             common.stop_on_nonfinite(step, ckpt_path)
         if dd.master:
             save_checkpoint()

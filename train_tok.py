@@ -304,7 +304,7 @@ while step < args.max_steps:
     if args.restart_every and step % args.restart_every == 0:
         codebook = restart_dead_codes(step)
     if step % args.log_every == 0 or step == args.max_steps:
-        if not common.all_finite(finite, dd):
+        if not common.all_finite(finite):
             common.stop_on_nonfinite(step, ckpt_path)
         n = step - step_last
         dt = time.time() - t_last
@@ -320,7 +320,7 @@ while step < args.max_steps:
     if dd.master and (step % args.sample_every == 0 or step == args.max_steps):
         save_prefix_png(ema_model, preview, os.path.join(args.out_dir, f'prefixes_{step:07d}.png'))
     if step % args.ckpt_every == 0 or step == args.max_steps:
-        if not common.all_finite(finite, dd):
+        if not common.all_finite(finite):
             common.stop_on_nonfinite(step, ckpt_path)
         save_checkpoint()
 pbar.close()
