@@ -221,26 +221,11 @@ def spread_weights(model, seed):
             p.normal_(0.0, 0.02, generator=g)
 
 
-def gpt_param_counts(model):
-    """(matmul weights used per token, biases used per token, AdaLN weights and biases used once per sequence);
-    embeddings, positions and head scales are gathered rows, not matmuls, and left out."""
-    per_token_w, per_token_b, per_seq = 0, 0, 0
-    for name, p in model.named_parameters():
-        in_block_matmul = name.startswith('blocks.') and ('.attn.qkv.' in name or '.attn.proj.' in name or '.mlp.' in name)
-        if 'ada_lin' in name:
-            per_seq += p.numel()
-        elif name == 'head.weight' or in_block_matmul and name.endswith('.weight'):
-            per_token_w += p.numel()
-        elif name == 'head.bias' or in_block_matmul or name.endswith(('q_bias', 'v_bias')):
-            per_token_b += p.numel()
-    return per_token_w, per_token_b, per_seq
-
-
 def sample_step_floors(model, batch, guided, peaks, elem_bytes):
     """Floor (s) of each of the N steps, and the FLOPs / bytes behind it."""
     cfg = model.cfg
     R, C, L, N, K = batch * (2 if guided else 1), cfg.width, cfg.depth, cfg.n_tokens, cfg.vocab_size
-    w, b, ada = gpt_param_counts(model)
+    w, b, ada = model.matmul_param_counts()
     floors, flops_list, bytes_list = [], [], []
     for t in range(N):
         visible = t + 1
@@ -508,7 +493,7 @@ def bench_train_gen(args, device, peaks):
     use_bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
     cfg = GPTConfig.preset(args.preset)
     with torch.device('meta'):
-        w, b, ada = gpt_param_counts(GPT(cfg))
+        flops_per_sample = GPT(cfg).train_flops_per_sample()
     print(f"train_gen: GPT {args.preset} (N={cfg.n_tokens}, K={cfg.vocab_size}), random weights and tokens, "
           f"{'bf16' if use_bf16 else 'float32'}, on {device}")
 
@@ -535,9 +520,7 @@ def bench_train_gen(args, device, peaks):
             torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
             optimizer.step()
 
-        tokens = B * cfg.n_tokens
-        flops = 6 * (w * tokens + ada * B) + 12 * cfg.depth * cfg.width * cfg.n_tokens * tokens
-        return step, flops, {'tokens_per_step': tokens, 'bf16': use_bf16}
+        return step, flops_per_sample * B, {'tokens_per_step': B * cfg.n_tokens, 'bf16': use_bf16}
 
     return run_train_variants(args, device, peaks, build, args.preset, 'train_gen')
 

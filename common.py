@@ -13,6 +13,9 @@ import torch
 import torch.distributed as dist
 
 
+PEAK_FLOPS = 800e12  # bf16 matmul rate measured on an H100 (8192^3 product): the MFU denominator
+
+
 @dataclass
 class Dist:
     rank: int
@@ -129,6 +132,15 @@ def all_finite(flag):
 def stop_on_nonfinite(step, ckpt_path):
     raise SystemExit(f"non-finite loss at or before step {step}: stopped without saving; the last good checkpoint "
                      f"{ckpt_path!r} is intact. Resume from it with --resume, with a lower --lr or --grad_clip.")
+
+
+def speed_record(n_steps, seconds, global_batch, flops_per_sample, d):
+    """images/s, MFU per GPU against PEAK_FLOPS, and peak memory, for the log."""
+    rate = n_steps * global_batch / seconds
+    record = {'images_per_s': rate, 'mfu': rate * flops_per_sample / PEAK_FLOPS / d.world_size}
+    if d.device.type == 'cuda':
+        record['peak_mem_gb'] = torch.cuda.max_memory_allocated(d.device) / 2**30
+    return record
 
 
 def log_jsonl(path, record):

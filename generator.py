@@ -185,6 +185,27 @@ class GPT(nn.Module):
             ada_weight[2 * cfg.width:].mul_(cfg.init_adaln)
             ada_weight[:2 * cfg.width].mul_(cfg.init_adaln_gamma)  # gates start near 0: blocks ~identity
 
+    def matmul_param_counts(self):
+        """(matmul weights used per token, biases used per token, AdaLN weights and biases used once per
+        sequence); embeddings, positions and head scales are gathered rows, not matmuls, and left out."""
+        per_token_w, per_token_b, per_seq = 0, 0, 0
+        for name, p in self.named_parameters():
+            in_block_matmul = name.startswith('blocks.') and ('.attn.qkv.' in name or '.attn.proj.' in name or '.mlp.' in name)
+            if 'ada_lin' in name:
+                per_seq += p.numel()
+            elif name == 'head.weight' or in_block_matmul and name.endswith('.weight'):
+                per_token_w += p.numel()
+            elif name == 'head.bias' or in_block_matmul or name.endswith(('q_bias', 'v_bias')):
+                per_token_b += p.numel()
+        return per_token_w, per_token_b, per_seq
+
+    def train_flops_per_sample(self):
+        """Forward + backward FLOPs of one teacher-forced sequence: 6 x matmul weights x tokens, AdaLN once,
+        and QK^T + AV over the full N x N (the causal half is not subtracted), for MFU."""
+        cfg = self.cfg
+        w, _, ada = self.matmul_param_counts()
+        return 6 * (w * cfg.n_tokens + ada) + 12 * cfg.depth * cfg.width * cfg.n_tokens ** 2
+
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 

@@ -300,6 +300,7 @@ if args.batch_size % dd.world_size:
 rows_stream = iter(ResumableSampler(len(token_codes), args.batch_size, seed=args.seed, start_step=step))
 finite = torch.ones((), dtype=torch.bool, device=device)
 sums = new_sums()
+flops_per_sample = model.train_flops_per_sample()
 t_last, step_last = time.time(), step
 pbar = tqdm(total=args.max_steps, initial=step, disable=not dd.master, dynamic_ncols=True)
 while step < args.max_steps:
@@ -336,7 +337,8 @@ while step < args.max_steps:
         packed = packed.tolist()
         loss_pos, acc_pos, mean_grad_norm = packed[:N], packed[N:2 * N], packed[-1]
         record = {'step': step, 'lr': lr_at(step - 1), 'loss': sum(loss_pos) / N, 'acc': sum(acc_pos) / N,
-                  'grad_norm': mean_grad_norm, 'images_per_s': n * args.batch_size / (time.time() - t_last),
+                  'grad_norm': mean_grad_norm,
+                  **common.speed_record(n, time.time() - t_last, args.batch_size, flops_per_sample, dd),
                   'loss_per_position': [round(v, 5) for v in loss_pos], 'acc_per_position': [round(v, 5) for v in acc_pos]}
         if dd.master:
             common.log_jsonl(log_path, record)

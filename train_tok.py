@@ -241,8 +241,7 @@ if args.eval_only:
 dataset, loader = image_loader(args.data, cfg.image_size, args.batch_size, dd.rank, dd.world_size,
                                args.seed, step, args.workers)
 preview = to_float(torch.stack([dataset[i][0] for i in range(0, len(dataset), max(1, len(dataset) // 8))][:8]))
-flops_per_step = 3 * flops_per_image(cfg) * args.batch_size  # forward + backward, tokenizer matmuls only
-PEAK_FLOPS = 800e12  # bf16 matmul rate measured on an H100 (8192^3): the MFU denominator
+flops_per_sample = 3 * flops_per_image(cfg)  # forward + backward, tokenizer matmuls only (not LPIPS, GAN)
 finite = torch.ones((), dtype=torch.bool, device=device)
 sums = {}
 n_bad = 0
@@ -307,12 +306,9 @@ while step < args.max_steps:
         if not common.all_finite(finite):
             common.stop_on_nonfinite(step, ckpt_path)
         n = step - step_last
-        dt = time.time() - t_last
         record = {'step': step, 'lr': lr_at(step - 1), **{k: v.item() / n for k, v in sums.items()},
-                  'images_per_s': n * args.batch_size / dt, 'mfu': flops_per_step * n / dt / PEAK_FLOPS / dd.world_size,
+                  **common.speed_record(n, time.time() - t_last, args.batch_size, flops_per_sample, dd),
                   'bad_images_skipped': n_bad, **(codebook or codebook_stats(model.quantizer.usage))}
-        if device.type == 'cuda':
-            record['peak_mem_gb'] = torch.cuda.max_memory_allocated(device) / 2**30
         if dd.master:
             common.log_jsonl(log_path, record)
             pbar.set_postfix({k: f"{record[k]:.4g}" for k in ('l2', 'lpips', 'vq', 'codebook_used') if k in record})

@@ -240,3 +240,12 @@ def test_sample_with_race_is_sample_from_logits():
     for kw in (dict(), dict(top_k=3), dict(top_p=0.8, temperature=0.5)):
         assert torch.equal(sample_with_race(logits, race, **kw),
                            sample_from_logits(logits, generator=torch.Generator().manual_seed(5), **kw))
+
+
+def test_training_flops_count_every_matmul_once_per_token():
+    cfg = GPTConfig.preset('tiny')
+    C, L, N, K = cfg.width, cfg.depth, cfg.n_tokens, cfg.vocab_size
+    per_token = L * (3 * C * C + C * C + 2 * 4 * C * C) + C * K  # qkv, proj, MLP, head
+    per_sequence = L * (C * 6 * C + 6 * C) + C * 2 * C + 2 * C  # block and head AdaLN, once per class
+    attention = 2 * 2 * L * N * N * C  # QK^T and AV
+    assert GPT(cfg).train_flops_per_sample() == 6 * (per_token * N + per_sequence) + 3 * attention
