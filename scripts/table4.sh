@@ -4,12 +4,20 @@
 #   DATA=../shared/data/cifar10 ROOT=out/table4 bash scripts/table4.sh [row ...]
 # Rows: titok (no spectral supervision, no causal mask), spectral (+ spectral supervision),
 # causal (+ spectral causal mask), nonuniform (+ non-uniform schedule: full SpectralAR).
+# The rows run at the same time, row j on GPU j mod GPUS (several rows share a GPU when there are fewer
+# GPUs than rows); each writes $ROOT/<row>/run.log. Every row samples with the same settings and seed
+# (cifar10.sh's sample stage: CFG=$CFG, temperature 1, no top-k / top-p, seed 0).
 set -euo pipefail
 ROOT=${ROOT:-out/table4}
-export STATS=${STATS:-$ROOT/cifar10_train_stats.npz} TOK_STEPS=${TOK_STEPS:-3000} GEN_STEPS=${GEN_STEPS:-3000}
+GPUS=${GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}
+[ "$GPUS" -ge 1 ] || GPUS=1
+export STATS=${STATS:-$ROOT/cifar10_train_stats.npz} TOK_STEPS=${TOK_STEPS:-4000} GEN_STEPS=${GEN_STEPS:-3000}
+export CFG=${CFG:-1.5} WORKERS=${WORKERS:-3}
 rows=("$@"); [ ${#rows[@]} -eq 0 ] && rows=(titok spectral causal nonuniform)
 OUT=$ROOT bash "$(dirname "$0")/cifar10.sh" stats
-for row in "${rows[@]}"; do
+pids=()
+for j in "${!rows[@]}"; do
+  row=${rows[$j]}
   case $row in
     titok)      flags="--no_spectral --no_causal --schedule uniform" ;;
     spectral)   flags="--no_causal --schedule uniform" ;;
@@ -17,8 +25,17 @@ for row in "${rows[@]}"; do
     nonuniform) flags="--schedule nonuniform" ;;
     *) echo "unknown row $row: use titok spectral causal nonuniform" >&2; exit 2 ;;
   esac
-  OUT=$ROOT/$row TOK_FLAGS="--n_tokens 16 $flags" bash "$(dirname "$0")/cifar10.sh" tok gen sample fid
+  mkdir -p "$ROOT/$row"
+  CUDA_VISIBLE_DEVICES=$((j % GPUS)) OUT=$ROOT/$row TOK_FLAGS="--n_tokens 16 $flags" \
+    bash "$(dirname "$0")/cifar10.sh" tok gen sample fid >"$ROOT/$row/run.log" 2>&1 &
+  pids+=($!)
+done
+failed=0
+for j in "${!rows[@]}"; do
+  wait "${pids[$j]}" || { echo "row ${rows[$j]} failed: see $ROOT/${rows[$j]}/run.log" >&2; failed=1; }
 done
 for row in "${rows[@]}"; do
+  [ -f "$ROOT/$row/samples/fid.json" ] || continue
   python -c "import json,sys; r=json.load(open('$ROOT/$row/samples/fid.json')); t=json.load(open('$ROOT/$row/tok/rfid.json')); print(f'$row: gFID-50k {r[\"fid\"]:.2f}  rFID {t[\"fid\"]:.2f}')"
 done
+exit $failed
