@@ -29,120 +29,152 @@ from data import save_grid, to_uint8
 from generator import GPT, GPTConfig
 from tokenizer import Tokenizer
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument('--ckpt', required=True, help='generator checkpoint written by train_gen.py')
-parser.add_argument('--tok_ckpt', help="tokenizer checkpoint (default: the one the generator's checkpoint names)")
-parser.add_argument('--out', default='samples', help='output folder')
-parser.add_argument('--classes', default='all', help="'all' or class ids like 1,2,3")
-parser.add_argument('--per_class', type=int, default=50)
-parser.add_argument('--cfg', type=float, default=1.5, help="guidance scale s: (1 + s) cond - s uncond; 0 is plain conditional")
-parser.add_argument('--cfg_ramp', action='store_true', help='guidance ramps linearly from 0 (first token) to --cfg (last)')
-parser.add_argument('--temperature', type=float, default=1.0)
-parser.add_argument('--top_k', type=int, default=0, help='0: off')
-parser.add_argument('--top_p', type=float, default=0.0, help='0: off')
-parser.add_argument('--seed', type=int, default=0)
-parser.add_argument('--batch_size', type=int, default=64)
-parser.add_argument('--png', action='store_true', help='also write every sample as a PNG')
-parser.add_argument('--truncate', type=int, default=0, help='decode from the first N - k tokens')
-parser.add_argument('--progressive', type=int, nargs='?', const=4, default=0, metavar='K',
-                    help='coarse-to-fine strips of the first K samples (bare flag: 4; at most one batch)')
-parser.add_argument('--no_ema', action='store_true', help='use the raw weights even when the checkpoint has EMA weights')
-parser.add_argument('--bf16', action=argparse.BooleanOptionalAction, default=None, help='bf16 autocast (default: on with CUDA)')
-parser.add_argument('--device', default='auto')
-args = parser.parse_args()
 
-device = torch.device(args.device if args.device != 'auto' else 'cuda' if torch.cuda.is_available() else 'cpu')
-use_bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
-autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--ckpt', required=True, help='generator checkpoint written by train_gen.py')
+    parser.add_argument('--tok_ckpt', help="tokenizer checkpoint (default: the one the generator's checkpoint names)")
+    parser.add_argument('--out', default='samples', help='output folder')
+    parser.add_argument('--classes', default='all', help="'all' or class ids like 1,2,3")
+    parser.add_argument('--per_class', type=int, default=50)
+    parser.add_argument('--cfg', type=float, default=1.5, help="guidance scale s: (1 + s) cond - s uncond; 0 is plain conditional")
+    parser.add_argument('--cfg_ramp', action='store_true', help='guidance ramps linearly from 0 (first token) to --cfg (last)')
+    parser.add_argument('--temperature', type=float, default=1.0)
+    parser.add_argument('--top_k', type=int, default=0, help='0: off')
+    parser.add_argument('--top_p', type=float, default=0.0, help='0: off')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--batch_size', type=int, default=64)
+    parser.add_argument('--png', action='store_true', help='also write every sample as a PNG')
+    parser.add_argument('--truncate', type=int, default=0, help='decode from the first N - k tokens')
+    parser.add_argument('--progressive', type=int, nargs='?', const=4, default=0, metavar='K',
+                        help='coarse-to-fine strips of the first K samples (bare flag: 4; at most one batch)')
+    parser.add_argument('--no_ema', action='store_true', help='use the raw weights even when the checkpoint has EMA weights')
+    parser.add_argument('--bf16', action=argparse.BooleanOptionalAction, default=None, help='bf16 autocast (default: on with CUDA)')
+    parser.add_argument('--device', default='auto')
+    return parser.parse_args(argv)
 
-# ----------------------------------------------------------------------------- checkpoints
-try:
-    ckpt = common.load_checkpoint(args.ckpt, 'generator')
-except FileNotFoundError as e:
-    raise SystemExit(f"--ckpt: {e}")
-except ValueError as e:
-    raise SystemExit(f"--ckpt: {e}. --ckpt takes the generator; its tokenizer is found from it (or pass --tok_ckpt)")
-cfg = GPTConfig(**ckpt['config'])
-gpt = GPT(cfg)
-gpt.load_state_dict(ckpt['model'] if args.no_ema or ckpt['ema'] is None else ckpt['ema'])
-gpt = gpt.to(device).eval()
-trained_with = ckpt['tokenizer']
-N, K = cfg.n_tokens, cfg.vocab_size
 
-tok_path = args.tok_ckpt or trained_with['path']
-if not os.path.isfile(tok_path):
-    raise SystemExit(f"tokenizer checkpoint {tok_path!r} does not exist" if args.tok_ckpt else
-                     f"tokenizer checkpoint {tok_path!r} named by {args.ckpt!r} does not exist: "
-                     f"pass --tok_ckpt with the tokenizer the generator was trained on")
-try:
-    tok = Tokenizer.from_checkpoint(tok_path, device)
-except ValueError as e:
-    raise SystemExit(f"--tok_ckpt: {e}")
-if (tok.cfg.n_tokens, tok.cfg.codebook_size) != (N, K):
-    raise SystemExit(f"tokenizer {tok_path!r} has N={tok.cfg.n_tokens} tokens and K={tok.cfg.codebook_size} codes, but the "
-                     f"generator {args.ckpt!r} was trained on N={N}, K={K}: pass --tok_ckpt {trained_with['path']}")
-if common.file_sha256(tok_path) != trained_with['sha256']:
-    raise SystemExit(f"tokenizer {tok_path!r} is not the checkpoint the generator was trained on ({trained_with['path']!r}, "
-                     f"sha256 {trained_with['sha256'][:12]}); its codes would decode wrongly: pass that one as --tok_ckpt")
-
-# ----------------------------------------------------------------------------- what to sample
-if args.classes == 'all':
-    classes = list(range(cfg.num_classes))
-else:
+def load_models(ckpt_path, tok_path=None, device='cpu', no_ema=False):
+    """-> (generator, tokenizer, generator checkpoint): the generator (its EMA weights unless no_ema) and the
+    tokenizer it was trained on, checked to be that very file; stops with a message naming the fix."""
     try:
-        classes = [int(c) for c in args.classes.split(',')]
+        ckpt = common.load_checkpoint(ckpt_path, 'generator')
+    except FileNotFoundError as e:
+        raise SystemExit(f"--ckpt: {e}")
+    except ValueError as e:
+        raise SystemExit(f"--ckpt: {e}. --ckpt takes the generator; its tokenizer is found from it (or pass --tok_ckpt)")
+    cfg = GPTConfig(**ckpt['config'])
+    gpt = GPT(cfg)
+    gpt.load_state_dict(ckpt['model'] if no_ema or ckpt['ema'] is None else ckpt['ema'])
+    gpt = gpt.to(device).eval()
+    trained_with = ckpt['tokenizer']
+    N, K = cfg.n_tokens, cfg.vocab_size
+
+    path = tok_path or trained_with['path']
+    if not os.path.isfile(path):
+        raise SystemExit(f"tokenizer checkpoint {path!r} does not exist" if tok_path else
+                         f"tokenizer checkpoint {path!r} named by {ckpt_path!r} does not exist: "
+                         f"pass --tok_ckpt with the tokenizer the generator was trained on")
+    try:
+        tok = Tokenizer.from_checkpoint(path, device)
+    except ValueError as e:
+        raise SystemExit(f"--tok_ckpt: {e}")
+    if (tok.cfg.n_tokens, tok.cfg.codebook_size) != (N, K):
+        raise SystemExit(f"tokenizer {path!r} has N={tok.cfg.n_tokens} tokens and K={tok.cfg.codebook_size} codes, but the "
+                         f"generator {ckpt_path!r} was trained on N={N}, K={K}: pass --tok_ckpt {trained_with['path']}")
+    if common.file_sha256(path) != trained_with['sha256']:
+        raise SystemExit(f"tokenizer {path!r} is not the checkpoint the generator was trained on ({trained_with['path']!r}, "
+                         f"sha256 {trained_with['sha256'][:12]}); its codes would decode wrongly: pass that one as --tok_ckpt")
+    tok.path = path
+    return gpt, tok, ckpt
+
+
+def parse_classes(spec, num_classes):
+    """--classes 'all' or ids like '1,2,3' -> list of class ids, each checked to be one of the generator's."""
+    if spec == 'all':
+        return list(range(num_classes))
+    try:
+        classes = [int(c) for c in spec.split(',')]
     except ValueError:
-        raise SystemExit(f"--classes {args.classes!r}: expected 'all' or class ids like 1,2,3")
-    out_of_range = [c for c in classes if not 0 <= c < cfg.num_classes]
+        raise SystemExit(f"--classes {spec!r}: expected 'all' or class ids like 1,2,3")
+    out_of_range = [c for c in classes if not 0 <= c < num_classes]
     if out_of_range:
-        raise SystemExit(f"--classes: class id(s) {out_of_range} out of range: this generator has {cfg.num_classes} "
-                         f"classes, ids 0..{cfg.num_classes - 1}")
-if not 0 <= args.truncate < N:
-    raise SystemExit(f"--truncate {args.truncate}: must keep at least one of the N={N} tokens (0 <= k < {N})")
-if args.per_class < 1 or args.batch_size < 1:
-    raise SystemExit("--per_class and --batch_size must be at least 1")
-n_keep = N - args.truncate
-labels = np.repeat(np.array(classes, dtype=np.int64), args.per_class)
-H = tok.cfg.image_size
-images = np.empty((len(labels), H, H, 3), dtype=np.uint8)
-os.makedirs(os.path.join(args.out, 'png') if args.png else args.out, exist_ok=True)
-print(f"{len(labels)} samples of {len(classes)} class(es) from {args.ckpt} (step {ckpt['step']}), decoding {n_keep}/{N} "
-      f"tokens with {tok_path}, cfg {args.cfg}{' ramped' if args.cfg_ramp else ''}, on {device}, bf16 {use_bf16}")
+        raise SystemExit(f"--classes: class id(s) {out_of_range} out of range: this generator has {num_classes} "
+                         f"classes, ids 0..{num_classes - 1}")
+    return classes
 
 
 @torch.no_grad()
-def save_progressive(codes, path):
+def sample_batches(gpt, tok, labels, batch_size, seed, n_keep, cfg=0.0, cfg_ramp=False, temperature=1.0, top_k=0,
+                   top_p=0.0, bf16=False):
+    """Yields (start, codes, uint8 images) per batch of `labels` (a numpy int array). Batch b draws from a
+    generator seeded by (seed, b); the codes are the first n_keep tokens, decoded from that prefix alone."""
+    device = gpt.pos_emb.device
+    for batch, start in enumerate(range(0, len(labels), batch_size)):
+        batch_labels = torch.from_numpy(labels[start:start + batch_size]).to(device)
+        generator = torch.Generator(device).manual_seed(seed * 1_000_003 + batch)
+        # autocast per batch, not around the loop: held across a yield it would leak into the caller's code
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            codes = gpt.generate(batch_labels, cfg_scale=cfg, cfg_ramp=cfg_ramp, temperature=temperature, top_k=top_k,
+                                 top_p=top_p, generator=generator, n_steps=n_keep,
+                                 fast=True)  # static KV cache + CUDA graphs; same tokens as the reference loop on CPU
+            images = to_uint8(tok.decode(codes))
+        yield start, codes, images
+
+
+@torch.no_grad()
+def save_progressive(tok, codes, path):
     """Figure 1: one row per sample, column i decoded from the first i tokens (coarse to fine)."""
     n = codes.shape[1]
-    prefix = torch.arange(1, n + 1, device=device)
+    prefix = torch.arange(1, n + 1, device=codes.device)
     rows = [tok.decode(c.expand(n, -1), prefix_len=prefix) for c in codes]
     save_grid(torch.cat(rows), path, ncol=n)
 
 
-# ----------------------------------------------------------------------------- sampling
-with torch.no_grad(), tqdm(total=len(labels), unit='img', dynamic_ncols=True) as pbar:
-    for batch, start in enumerate(range(0, len(labels), args.batch_size)):
-        batch_labels = torch.from_numpy(labels[start:start + args.batch_size]).to(device)
-        generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + batch)
-        with autocast:
-            codes = gpt.generate(batch_labels, cfg_scale=args.cfg, cfg_ramp=args.cfg_ramp, temperature=args.temperature,
-                                 top_k=args.top_k, top_p=args.top_p, generator=generator, n_steps=n_keep,
-                                 fast=True)  # static KV cache + CUDA graphs; same tokens as the reference loop on CPU
-            images[start:start + len(codes)] = to_uint8(tok.decode(codes))
-            if batch == 0 and args.progressive:
-                save_progressive(codes[:args.progressive], os.path.join(args.out, 'progressive.png'))
-        if args.png:
-            for i in range(start, start + len(codes)):
-                Image.fromarray(images[i]).save(os.path.join(args.out, 'png', f'{i:06d}_{labels[i]}.png'))
-        pbar.update(len(codes))
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device if args.device != 'auto' else 'cuda' if torch.cuda.is_available() else 'cpu')
+    use_bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
+    gpt, tok, ckpt = load_models(args.ckpt, args.tok_ckpt, device, args.no_ema)
+    N, num_classes = gpt.cfg.n_tokens, gpt.cfg.num_classes
 
-npz_path = os.path.join(args.out, f'samples_{len(images)}x{H}x{H}x3.npz')
-np.savez(npz_path, arr_0=images, labels=labels)
-shown_classes, shown_per_class = min(8, len(classes)), min(8, args.per_class)
-shown = [c * args.per_class + j for c in range(shown_classes) for j in range(shown_per_class)]
-save_grid(torch.from_numpy(images[shown]).permute(0, 3, 1, 2).float() / 127.5 - 1,
-          os.path.join(args.out, 'grid.png'), ncol=shown_per_class)
-with open(os.path.join(args.out, 'sample_args.json'), 'w') as f:
-    json.dump({**vars(args), 'n': len(images), 'generator_step': ckpt['step'], 'tokenizer': tok_path,
-               'device': str(device), 'bf16': use_bf16}, f, indent=1)
-print(f"wrote {npz_path} and {os.path.join(args.out, 'grid.png')}")
+    classes = parse_classes(args.classes, num_classes)
+    if not 0 <= args.truncate < N:
+        raise SystemExit(f"--truncate {args.truncate}: must keep at least one of the N={N} tokens (0 <= k < {N})")
+    if args.per_class < 1 or args.batch_size < 1:
+        raise SystemExit("--per_class and --batch_size must be at least 1")
+    n_keep = N - args.truncate
+    labels = np.repeat(np.array(classes, dtype=np.int64), args.per_class)
+    H = tok.cfg.image_size
+    images = np.empty((len(labels), H, H, 3), dtype=np.uint8)
+    os.makedirs(os.path.join(args.out, 'png') if args.png else args.out, exist_ok=True)
+    print(f"{len(labels)} samples of {len(classes)} class(es) from {args.ckpt} (step {ckpt['step']}), decoding {n_keep}/{N} "
+          f"tokens with {tok.path}, cfg {args.cfg}{' ramped' if args.cfg_ramp else ''}, on {device}, bf16 {use_bf16}")
+
+    batches = sample_batches(gpt, tok, labels, args.batch_size, args.seed, n_keep, args.cfg, args.cfg_ramp,
+                             args.temperature, args.top_k, args.top_p, use_bf16)
+    with tqdm(total=len(labels), unit='img', dynamic_ncols=True) as pbar:
+        for start, codes, batch_images in batches:
+            images[start:start + len(codes)] = batch_images
+            if start == 0 and args.progressive:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    save_progressive(tok, codes[:args.progressive], os.path.join(args.out, 'progressive.png'))
+            if args.png:
+                for i in range(start, start + len(codes)):
+                    Image.fromarray(images[i]).save(os.path.join(args.out, 'png', f'{i:06d}_{labels[i]}.png'))
+            pbar.update(len(codes))
+
+    npz_path = os.path.join(args.out, f'samples_{len(images)}x{H}x{H}x3.npz')
+    np.savez(npz_path, arr_0=images, labels=labels)
+    shown_classes, shown_per_class = min(8, len(classes)), min(8, args.per_class)
+    shown = [c * args.per_class + j for c in range(shown_classes) for j in range(shown_per_class)]
+    save_grid(torch.from_numpy(images[shown]).permute(0, 3, 1, 2).float() / 127.5 - 1,
+              os.path.join(args.out, 'grid.png'), ncol=shown_per_class)
+    with open(os.path.join(args.out, 'sample_args.json'), 'w') as f:
+        json.dump({**vars(args), 'n': len(images), 'generator_step': ckpt['step'], 'tokenizer': tok.path,
+                   'device': str(device), 'bf16': use_bf16}, f, indent=1)
+    print(f"wrote {npz_path} and {os.path.join(args.out, 'grid.png')}")
+
+
+if __name__ == '__main__':
+    main()

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # CIFAR-10 end to end on one GPU: tokenizer -> tokens -> generator -> 50k samples -> FID against train.
-#   bash scripts/cifar10.sh [stage ...]     stages: stats tok gen sample fid (default: all, in order)
-#                                           extra: sweep (CFG x temperature, 10k samples each, seed 1: held out
-#                                           from the final seed 0) and truncate (Table 3: drop the last k tokens)
+#   bash scripts/cifar10.sh [stage ...]     stages: stats tok gen sample fid (default: these, in order)
+#   bash scripts/cifar10.sh stats tok gen sweep sample fid truncate      a full run, with the extra stages:
+#     sweep     sweep.py: CFG x temperature x top-k by FID, 10k samples each, seed 1 (held out from the
+#               final seed 0); writes $OUT/sweep/best_flags, the sample.py flags of the lowest FID
+#     sample    with $OUT/sweep/best_flags when it exists (delete it to go back to --cfg $CFG)
+#     truncate  Table 3: drop the last k tokens, at the sweep's best setting (else --cfg $CFG), 10k samples, seed 1
 # Every stage reads what the earlier ones wrote under $OUT, so any stage can be re-run alone.
 # Settings come from the environment; the defaults are the recorded run (README, "CIFAR-10").
 set -euo pipefail
@@ -19,12 +22,21 @@ PER_CLASS=${PER_CLASS:-5000}                 # final samples: 50,000
 SWEEP_PER_CLASS=${SWEEP_PER_CLASS:-1000}     # sweep and truncation samples: 10,000
 SWEEP_CFGS=${SWEEP_CFGS:-0 0.5 1 1.5 2 3}
 SWEEP_TEMPS=${SWEEP_TEMPS:-1.0 0.9}
+SWEEP_TOPKS=${SWEEP_TOPKS:-0 100}           # 0: off
 TRUNCATE=${TRUNCATE:-0 4 8 12}              # k tokens dropped (N = 32: steps of N/8)
 TOK_FLAGS=${TOK_FLAGS:-}                    # e.g. "--no_spectral --no_causal" for a Table 4 row
 WEIGHTS=()                                  # explicit weight files (INCEPTION=, LPIPS=) when the packages are not installed
 [ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()
 [ -n "${LPIPS:-}" ] && WEIGHTS=(--lpips_path "$LPIPS")
 mkdir -p "$OUT"
+
+sampling_flags() {  # the sweep's best setting when the sweep stage has run, else --cfg $CFG (one word per flag)
+  if [ -f "$OUT/sweep/best_flags" ]; then
+    echo "$1: $(cat "$OUT/sweep/best_flags") (from $OUT/sweep/best_flags)" >&2; cat "$OUT/sweep/best_flags"
+  else
+    echo "$1: --cfg $CFG (no $OUT/sweep/best_flags)" >&2; echo "--cfg $CFG"
+  fi
+}
 stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=(stats tok gen sample fid)
 
 for stage in "${stages[@]}"; do
@@ -43,23 +55,17 @@ for stage in "${stages[@]}"; do
       --ckpt_every 2000 --sample_every 2000 --workers "$WORKERS" ;;
   sample)
     python sample.py --ckpt "$OUT/gen/ckpt.pt" --classes all --per_class "$PER_CLASS" --batch_size 1000 \
-      --cfg "$CFG" --seed 0 --progressive 8 --out "$OUT/samples" ;;
+      $(sampling_flags sample) --seed 0 --progressive 8 --out "$OUT/samples" ;;
   fid)
     python fid.py "$(ls "$OUT"/samples/samples_*.npz | head -1)" "$DATA/train" --json "$OUT/samples/fid.json" "${WEIGHTS_FID[@]}" ;;
-  sweep)
-    for cfg in $SWEEP_CFGS; do for temp in $SWEEP_TEMPS; do
-      d="$OUT/sweep/cfg${cfg}_t${temp}"
-      python sample.py --ckpt "$OUT/gen/ckpt.pt" --classes all --per_class "$SWEEP_PER_CLASS" --batch_size 1000 --cfg "$cfg" \
-        --temperature "$temp" --seed 1 --out "$d"
-      python fid.py "$(ls "$d"/samples_*.npz | head -1)" "$STATS" --no-pr --json "$d/fid.json" "${WEIGHTS_FID[@]}"
-    done; done ;;
+  sweep)  # the lists unquoted: one value per word
+    python sweep.py --ckpt "$OUT/gen/ckpt.pt" --ref "$STATS" --classes all --per_class "$SWEEP_PER_CLASS" \
+      --batch_size 1000 --seed 1 --cfg $SWEEP_CFGS --temperature $SWEEP_TEMPS --top_k $SWEEP_TOPKS \
+      --json "$OUT/sweep/sweep.json" --best_flags "$OUT/sweep/best_flags" "${WEIGHTS_FID[@]}" ;;
   truncate)
-    for k in $TRUNCATE; do
-      d="$OUT/truncate/k$k"
-      python sample.py --ckpt "$OUT/gen/ckpt.pt" --classes all --per_class "$SWEEP_PER_CLASS" --batch_size 1000 --cfg "$CFG" \
-        --truncate "$k" --seed 1 --out "$d"
-      python fid.py "$(ls "$d"/samples_*.npz | head -1)" "$STATS" --no-pr --json "$d/fid.json" "${WEIGHTS_FID[@]}"
-    done ;;
-  *) echo "unknown stage $stage: use stats tok gen sample fid sweep truncate" >&2; exit 2 ;;
+    python sweep.py --ckpt "$OUT/gen/ckpt.pt" --ref "$STATS" --classes all --per_class "$SWEEP_PER_CLASS" \
+      --batch_size 1000 --seed 1 $(sampling_flags truncate) --truncate $TRUNCATE --json "$OUT/truncate/truncate.json" \
+      "${WEIGHTS_FID[@]}" ;;
+  *) echo "unknown stage $stage: use stats tok gen sweep sample fid truncate" >&2; exit 2 ;;
   esac
 done

@@ -1,0 +1,143 @@
+"""
+Sweep a generator's sampling settings by FID in one process: the generator, tokenizer, Inception network and
+reference statistics load once, then every point of the grid (the product of the values given) is sampled and scored.
+
+    python sweep.py --ckpt out/gen/ckpt.pt --ref out/cifar10_train_stats.npz --cfg 0 0.5 1 1.5 2 3 \\
+        --temperature 1.0 0.9 --top_k 0 100 --json out/sweep/sweep.json --best_flags out/sweep/best_flags
+    python sample.py --ckpt out/gen/ckpt.pt $(cat out/sweep/best_flags) --per_class 5000 --out samples   # final
+    python sweep.py --ckpt out/gen/ckpt.pt --ref out/cifar10_train_stats.npz --truncate 0 4 8 12      # Table 3
+
+--ref: statistics written by `fid.py --save-stats` (or a folder of images, whose features are computed first).
+Every setting samples --per_class images of each class with the same --seed (default 1, held out from sample.py's
+default 0: the final samples then score a setting on images it was not picked on) and prints a table line.
+--best_flags: the sample.py flags of the lowest-FID setting. --truncate k (decode from the first N - k tokens) is an
+ablation, not a way to sample: rows with k > 0 compete for the best only when every row truncates.
+"""
+import argparse
+import itertools
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+import fid
+import sample
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--ckpt', required=True, help='generator checkpoint written by train_gen.py')
+    parser.add_argument('--tok_ckpt', help="tokenizer checkpoint (default: the one the generator's checkpoint names)")
+    parser.add_argument('--ref', required=True, help='reference: statistics .npz from fid.py --save-stats, or images')
+    parser.add_argument('--inception', metavar='PATH', help='Inception weights (default: found as fid.py finds them)')
+    parser.add_argument('--resize', choices=['tf1', 'pytorch'], default='tf1', help="as fid.py's --resize")
+    parser.add_argument('--cfg', type=float, nargs='+', default=[1.5], help='guidance scales')
+    parser.add_argument('--cfg_ramp', action='store_true', help='every setting ramps its guidance (as sample.py)')
+    parser.add_argument('--temperature', type=float, nargs='+', default=[1.0])
+    parser.add_argument('--top_k', type=int, nargs='+', default=[0], help='0: off')
+    parser.add_argument('--top_p', type=float, nargs='+', default=[0.0], help='0: off')
+    parser.add_argument('--truncate', type=int, nargs='+', default=[0], help='drop the last k tokens (Table 3)')
+    parser.add_argument('--classes', default='all', help="'all' or class ids like 1,2,3 (FID wants all)")
+    parser.add_argument('--per_class', type=int, default=1000, help='samples per class and setting')
+    parser.add_argument('--batch_size', type=int, default=1000)
+    parser.add_argument('--seed', type=int, default=1, help="held out from sample.py's default seed 0")
+    parser.add_argument('--bf16', action=argparse.BooleanOptionalAction, default=None, help='bf16 autocast (default: on with CUDA)')
+    parser.add_argument('--device', default='auto')
+    parser.add_argument('--json', metavar='OUT', help='write every row and the best as JSON')
+    parser.add_argument('--best_flags', metavar='OUT', help="write the best row's sample.py flags as one line")
+    return parser.parse_args(argv)
+
+
+def check_grid(args, n_tokens, vocab_size):
+    """Stops with a message naming the bad value before anything is sampled."""
+    if args.per_class < 1 or args.batch_size < 1:
+        raise SystemExit(f"--per_class {args.per_class} --batch_size {args.batch_size}: both must be at least 1")
+    checks = [('--truncate', args.truncate, lambda k: 0 <= k < n_tokens,
+               f'0..{n_tokens - 1} (decoding keeps at least one of the N={n_tokens} tokens)'),
+              ('--top_k', args.top_k, lambda k: 0 <= k <= vocab_size, f'0 (off) .. K={vocab_size}'),
+              ('--top_p', args.top_p, lambda p: 0 <= p <= 1, '0 (off) .. 1'),
+              ('--temperature', args.temperature, lambda t: t > 0, 'a value above 0')]
+    for flag, values, ok, allowed in checks:
+        bad = [v for v in values if not ok(v)]
+        if bad:
+            raise SystemExit(f"{flag} {' '.join(map(str, bad))}: out of range, use {allowed}")
+
+
+def score(images, inception, device, resize, ref):
+    """FID (and sFID where the reference has spatial statistics) of uint8 NHWC images against the reference."""
+    features = fid.compute_features(images, inception, device, resize)
+    scores = dict(fid=fid.frechet_distance(*fid.statistics(features['pool']), ref['mu'], ref['sigma']), sfid=None)
+    if ref['mu_s'] is not None:
+        scores['sfid'] = fid.frechet_distance(*fid.statistics(features['spatial']), ref['mu_s'], ref['sigma_s'])
+    return scores
+
+
+def best_row(rows):
+    """The lowest-FID row; truncated rows only when every row truncates (they are an ablation, not a setting)."""
+    return min([row for row in rows if row['truncate'] == 0] or rows, key=lambda row: row['fid'])
+
+
+def sample_flags(row, cfg_ramp):
+    return (f"--cfg {row['cfg']} --temperature {row['temperature']} --top_k {row['top_k']} --top_p {row['top_p']}"
+            + (' --cfg_ramp' if cfg_ramp else ''))
+
+
+def write(path, text):
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    with open(path, 'w') as f:
+        f.write(text)
+
+
+def sweep(args):
+    device = torch.device(args.device if args.device != 'auto' else 'cuda' if torch.cuda.is_available() else 'cpu')
+    use_bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
+    gpt, tok, ckpt = sample.load_models(args.ckpt, args.tok_ckpt, device)
+    N = gpt.cfg.n_tokens
+    check_grid(args, N, gpt.cfg.vocab_size)
+    classes = sample.parse_classes(args.classes, gpt.cfg.num_classes)
+    labels = np.repeat(np.array(classes, dtype=np.int64), args.per_class)
+    evaluation = fid.Evaluation(args.inception, device, args.resize)
+    ref = evaluation.image_set(args.ref, need_pool=False)
+    inception = evaluation.model  # a stats --ref has not loaded it: missing weights should stop us before sampling
+
+    grid = list(itertools.product(args.cfg, args.temperature, args.top_k, args.top_p, args.truncate))
+    print(f"{len(grid)} setting(s) x {len(labels)} samples ({len(classes)} classes x {args.per_class}, seed {args.seed}) "
+          f"from {args.ckpt} (step {ckpt['step']}) with {tok.path}, {'ramped' if args.cfg_ramp else 'constant'} "
+          f"guidance, on {device}, bf16 {use_bf16}", flush=True)
+    print(f"{'cfg':>6} {'temp':>6} {'top_k':>6} {'top_p':>6} {'trunc':>6} {'FID':>9} {'sFID':>9} {'s':>7}")
+    rows = []
+    for cfg, temperature, top_k, top_p, truncate in grid:
+        start_time = time.perf_counter()
+        batches = sample.sample_batches(gpt, tok, labels, args.batch_size, args.seed, N - truncate, cfg, args.cfg_ramp,
+                                        temperature, top_k, top_p, use_bf16)
+        images = np.concatenate([batch_images for _, _, batch_images in batches])
+        row = dict(cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p, truncate=truncate,
+                   **score(images, inception, device, args.resize, ref), seconds=time.perf_counter() - start_time)
+        rows.append(row)
+        sfid = '-' if row['sfid'] is None else f"{row['sfid']:.3f}"
+        print(f"{cfg:>6g} {temperature:>6g} {top_k:>6d} {top_p:>6g} {truncate:>6d} {row['fid']:>9.3f} {sfid:>9} "
+              f"{row['seconds']:>7.1f}", flush=True)
+
+    best = best_row(rows)
+    flags = sample_flags(best, args.cfg_ramp)
+    print(f"best: FID {best['fid']:.3f}" + (f" (decoding {N - best['truncate']}/{N} tokens)" if best['truncate'] else '')
+          + f" with {flags}")
+    if args.json:
+        write(args.json, json.dumps(dict(rows=rows, best=best, best_flags=flags, args=vars(args), n=len(labels),
+                                         generator_step=ckpt['step'], tokenizer=tok.path, device=str(device),
+                                         bf16=use_bf16, inception_weights=inception.weights_path), indent=1))
+    if args.best_flags:
+        write(args.best_flags, flags + '\n')
+
+
+def main(argv=None):
+    try:
+        sweep(parse_args(argv))
+    except fid.FIDError as e:  # bad --ref or --inception: its message says what to do
+        raise SystemExit(f"sweep.py: error: {e}")
+
+
+if __name__ == '__main__':
+    main()
