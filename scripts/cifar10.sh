@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # CIFAR-10 end to end on one GPU: tokenizer -> tokens -> generator -> 50k samples -> FID against train.
-#   bash scripts/cifar10.sh [stage ...]     stages: stats tok gen sample fid (default: these, in order)
-#   bash scripts/cifar10.sh stats tok gen sweep sample fid truncate      a full run, with the extra stages:
+#   bash scripts/cifar10.sh [stage ...]     stages: stats tok gen sweep sample fid truncate (default: all, in order)
 #     sweep     sweep.py: CFG x temperature x top-k by FID, 10k samples each, seed 1 (held out from the
 #               final seed 0); writes $OUT/sweep/best_flags, the sample.py flags of the lowest FID
 #     sample    with $OUT/sweep/best_flags when it exists (delete it to go back to --cfg $CFG)
@@ -11,7 +10,7 @@
 set -euo pipefail
 DATA=${DATA:-../shared/data/cifar10}        # train/ and test/ in class folders
 OUT=${OUT:-out/cifar10}
-TOK_STEPS=${TOK_STEPS:-6000}
+TOK_STEPS=${TOK_STEPS:-10000}
 GEN_STEPS=${GEN_STEPS:-6000}
 TOK_PRESET=${TOK_PRESET:-cifar}
 GEN_PRESET=${GEN_PRESET:-cifar_d8}
@@ -20,11 +19,11 @@ CFG=${CFG:-1.5}
 STATS=${STATS:-$OUT/cifar10_train_stats.npz}  # shared by several runs (scripts/table4.sh)
 PER_CLASS=${PER_CLASS:-5000}                 # final samples: 50,000
 SWEEP_PER_CLASS=${SWEEP_PER_CLASS:-1000}     # sweep and truncation samples: 10,000
-SWEEP_CFGS=${SWEEP_CFGS:-0 0.5 1 1.5 2 3}
+SWEEP_CFGS=${SWEEP_CFGS:-1 1.5 2 3}
 SWEEP_TEMPS=${SWEEP_TEMPS:-1.0 0.9}
-SWEEP_TOPKS=${SWEEP_TOPKS:-0 100}           # 0: off
+SWEEP_TOPKS=${SWEEP_TOPKS:-0}               # 0: off; e.g. "0 100" adds top-k 100
 TRUNCATE=${TRUNCATE:-0 4 8 12}              # k tokens dropped (N = 32: steps of N/8)
-TOK_FLAGS=${TOK_FLAGS:-}                    # e.g. "--no_spectral --no_causal" for a Table 4 row
+TOK_FLAGS=${TOK_FLAGS---compile}            # the train_tok.py extras; table4.sh passes each row's (no --compile)
 WEIGHTS=()                                  # explicit weight files (INCEPTION=, LPIPS=) when the packages are not installed
 [ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()
 [ -n "${LPIPS:-}" ] && WEIGHTS=(--lpips_path "$LPIPS")
@@ -37,7 +36,7 @@ sampling_flags() {  # the sweep's best setting when the sweep stage has run, els
     echo "$1: --cfg $CFG (no $OUT/sweep/best_flags)" >&2; echo "--cfg $CFG"
   fi
 }
-stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=(stats tok gen sample fid)
+stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=(stats tok gen sweep sample fid truncate)
 
 for stage in "${stages[@]}"; do
   case $stage in
