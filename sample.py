@@ -5,6 +5,7 @@ Sample class-conditional images from a train_gen.py checkpoint, decoded by the t
     python sample.py --ckpt out/gen/ckpt.pt --classes 207,360,387 --per_class 8 --truncate 16 --progressive 3
 
 VAR evaluates FID with --cfg 1.5 --cfg_ramp --top_k 900 --top_p 0.96 (its guidance always ramps over scales).
+sweep.py picks these settings by FID on a held-out seed and writes them as flags for this script.
 Writes to --out:
   samples_{n}x{H}x{W}x3.npz  ADM format: arr_0 uint8 (n, H, W, 3) and labels (n,), read by fid.py and ADM's evaluator
   grid.png                   up to 8 samples (columns) of each of the first 8 classes (rows)
