@@ -55,6 +55,28 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def device_and_bf16(args):
+    """--device ('auto': CUDA when there is one) and --bf16 (default: on with CUDA)."""
+    device = torch.device(args.device if args.device != 'auto' else 'cuda' if torch.cuda.is_available() else 'cpu')
+    return device, device.type == 'cuda' if args.bf16 is None else args.bf16
+
+
+def check_settings(args, n_tokens, vocab_size):
+    """Stops with a message naming the bad value before anything is sampled. The sampling flags may be single
+    values (sample.py) or lists of them (sweep.py)."""
+    if args.per_class < 1 or args.batch_size < 1:
+        raise SystemExit(f"--per_class {args.per_class} --batch_size {args.batch_size}: both must be at least 1")
+    checks = [('--truncate', args.truncate, lambda k: 0 <= k < n_tokens,
+               f'0..{n_tokens - 1} (decoding must keep at least one of the N={n_tokens} tokens)'),
+              ('--top_k', args.top_k, lambda k: 0 <= k <= vocab_size, f'0 (off) .. K={vocab_size}'),
+              ('--top_p', args.top_p, lambda p: 0 <= p <= 1, '0 (off) .. 1'),
+              ('--temperature', args.temperature, lambda t: t > 0, 'a value above 0')]
+    for flag, values, ok, allowed in checks:
+        bad = [v for v in (values if isinstance(values, list) else [values]) if not ok(v)]
+        if bad:
+            raise SystemExit(f"{flag} {' '.join(map(str, bad))}: out of range, use {allowed}")
+
+
 def load_models(ckpt_path, tok_path=None, device='cpu', no_ema=False):
     """-> (generator, tokenizer, generator checkpoint): the generator (its EMA weights unless no_ema) and the
     tokenizer it was trained on, checked to be that very file; stops with a message naming the fix."""
@@ -134,16 +156,11 @@ def save_progressive(tok, codes, path):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = torch.device(args.device if args.device != 'auto' else 'cuda' if torch.cuda.is_available() else 'cpu')
-    use_bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
+    device, use_bf16 = device_and_bf16(args)
     gpt, tok, ckpt = load_models(args.ckpt, args.tok_ckpt, device, args.no_ema)
-    N, num_classes = gpt.cfg.n_tokens, gpt.cfg.num_classes
-
-    classes = parse_classes(args.classes, num_classes)
-    if not 0 <= args.truncate < N:
-        raise SystemExit(f"--truncate {args.truncate}: must keep at least one of the N={N} tokens (0 <= k < {N})")
-    if args.per_class < 1 or args.batch_size < 1:
-        raise SystemExit("--per_class and --batch_size must be at least 1")
+    N = gpt.cfg.n_tokens
+    classes = parse_classes(args.classes, gpt.cfg.num_classes)
+    check_settings(args, N, gpt.cfg.vocab_size)
     n_keep = N - args.truncate
     labels = np.repeat(np.array(classes, dtype=np.int64), args.per_class)
     H = tok.cfg.image_size

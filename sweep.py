@@ -20,7 +20,6 @@ import os
 import time
 
 import numpy as np
-import torch
 
 import fid
 import sample
@@ -50,21 +49,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def check_grid(args, n_tokens, vocab_size):
-    """Stops with a message naming the bad value before anything is sampled."""
-    if args.per_class < 1 or args.batch_size < 1:
-        raise SystemExit(f"--per_class {args.per_class} --batch_size {args.batch_size}: both must be at least 1")
-    checks = [('--truncate', args.truncate, lambda k: 0 <= k < n_tokens,
-               f'0..{n_tokens - 1} (decoding keeps at least one of the N={n_tokens} tokens)'),
-              ('--top_k', args.top_k, lambda k: 0 <= k <= vocab_size, f'0 (off) .. K={vocab_size}'),
-              ('--top_p', args.top_p, lambda p: 0 <= p <= 1, '0 (off) .. 1'),
-              ('--temperature', args.temperature, lambda t: t > 0, 'a value above 0')]
-    for flag, values, ok, allowed in checks:
-        bad = [v for v in values if not ok(v)]
-        if bad:
-            raise SystemExit(f"{flag} {' '.join(map(str, bad))}: out of range, use {allowed}")
-
-
 def score(images, inception, device, resize, ref):
     """FID (and sFID where the reference has spatial statistics) of uint8 NHWC images against the reference."""
     features = fid.compute_features(images, inception, device, resize)
@@ -91,11 +75,10 @@ def write(path, text):
 
 
 def sweep(args):
-    device = torch.device(args.device if args.device != 'auto' else 'cuda' if torch.cuda.is_available() else 'cpu')
-    use_bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
+    device, use_bf16 = sample.device_and_bf16(args)
     gpt, tok, ckpt = sample.load_models(args.ckpt, args.tok_ckpt, device)
     N = gpt.cfg.n_tokens
-    check_grid(args, N, gpt.cfg.vocab_size)
+    sample.check_settings(args, N, gpt.cfg.vocab_size)
     classes = sample.parse_classes(args.classes, gpt.cfg.num_classes)
     labels = np.repeat(np.array(classes, dtype=np.int64), args.per_class)
     evaluation = fid.Evaluation(args.inception, device, args.resize)
