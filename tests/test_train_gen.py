@@ -154,7 +154,7 @@ def test_resume_equals_uninterrupted_run(tiny_tokenizer, token_file, straight_ru
     assert straight['classes'] == ['class0', 'class1', 'class2'] and straight['config']['num_classes'] == N_CLASSES
 
     log_straight, log_halves = read_log(straight_run), read_log(tmp_path)
-    assert [r['step'] for r in log_halves] == [1, 2, 3, 4]
+    assert [r['step'] for r in log_straight] == [r['step'] for r in log_halves] == [1, 2, 3, 4]
     for a, b in zip(log_straight, log_halves):
         assert len(a['loss_per_position']) == len(a['acc_per_position']) == 8
         assert all(0 <= acc <= 1 for acc in a['acc_per_position'])
@@ -172,7 +172,9 @@ def test_torchrun_matches_one_process(tiny_tokenizer, token_file, straight_run, 
     # equal up to float summation order (Adam's normalised steps amplify it a little)
     for key in ('model', 'ema'):
         assert_same_tensors(load_generator(straight_run)[key], load_generator(tmp_path / 'two')[key], exact=False)
-    for one, two in zip(read_log(straight_run), read_log(tmp_path / 'two')):
+    log_one, log_two = read_log(straight_run), read_log(tmp_path / 'two')
+    assert [r['step'] for r in log_one] == [r['step'] for r in log_two] == [1, 2, 3, 4]
+    for one, two in zip(log_one, log_two):
         assert one['loss'] == pytest.approx(two['loss'], rel=1e-5)
 
 
