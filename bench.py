@@ -564,12 +564,9 @@ def bench_train_tok(args, device, peaks):
     cfg = TokConfig.preset(args.preset)
     lpips, lpips_source = make_lpips(device) if args.lpips else (None, 'off')
     size = cfg.image_size
-    with torch.device(device):
-        disc_probe = NLayerDiscriminator()
     one = torch.rand(1, 3, size, size, device=device) * 2 - 1
     f_lpips = conv_flops(lpips, one, one) if lpips is not None else 0
-    f_disc = conv_flops(disc_probe, one) if args.gan else 0
-    del disc_probe
+    f_disc = conv_flops(NLayerDiscriminator().to(device), one) if args.gan else 0
     print(f"train_tok: tokenizer {args.preset} ({size} px, N={cfg.n_tokens}, K={cfg.codebook_size}), random weights and "
           f"images, LPIPS weights {lpips_source}, GAN {'on' if args.gan else 'off'}, "
           f"{'bf16' if use_bf16 else 'float32'}, on {device}")

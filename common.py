@@ -87,12 +87,22 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state['cuda'])
 
 
-def atomic_save(obj, path):
-    """Write to a temp file and rename: a crash mid-write never leaves a truncated checkpoint behind."""
+def step_generator(seed, step, device='cpu'):
+    """The random stream of one step (or batch) from (seed, step): the same on any number of processes and after resume."""
+    return torch.Generator(device).manual_seed(seed * 1_000_003 + step)
+
+
+def atomic_write(path, write):
+    """write(binary file) into a temp file, then rename: a crash mid-write never leaves a truncated file behind."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save(obj, tmp)
+    with open(tmp, 'wb') as f:
+        write(f)
     os.replace(tmp, path)
+
+
+def atomic_save(obj, path):
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path, kind):

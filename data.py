@@ -120,6 +120,11 @@ def image_loader(root, size, global_batch, rank=0, world_size=1, seed=0, start_s
         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
 
 
+def to_float(images, device):
+    """uint8 images (B, 3, H, W) -> float32 in [-1, 1] on device, as the tokenizer takes them."""
+    return images.to(device, non_blocking=True).float() / 127.5 - 1
+
+
 def to_uint8(images):
     """Images in [-1, 1] (B, 3, H, W) -> uint8 (B, H, W, 3) numpy, rounding as ADM's samplers do."""
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

@@ -135,7 +135,7 @@ def sample_batches(gpt, tok, labels, batch_size, seed, n_keep, cfg=0.0, cfg_ramp
     device = gpt.pos_emb.device
     for batch, start in enumerate(range(0, len(labels), batch_size)):
         batch_labels = torch.from_numpy(labels[start:start + batch_size]).to(device)
-        generator = torch.Generator(device).manual_seed(seed * 1_000_003 + batch)
+        generator = common.step_generator(seed, batch, device)
         # autocast per batch, not around the loop: held across a yield it would leak into the caller's code
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             codes = gpt.generate(batch_labels, cfg_scale=cfg, cfg_ramp=cfg_ramp, temperature=temperature, top_k=top_k,

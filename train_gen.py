@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import common
-from data import ImageFolder, ResumableSampler, collate_skip_bad, save_grid
+from data import ImageFolder, ResumableSampler, collate_skip_bad, save_grid, to_float
 from generator import GPT, PRESETS, GPTConfig, drop_labels
 from tokenizer import Tokenizer
 
@@ -101,13 +101,6 @@ def refuse_other_tokenizer(made_with, what):
                          f"again, or pass --tok_ckpt {made_with['tok_ckpt']}")
 
 
-def atomic_savez(path, **arrays):
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, 'wb') as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
-
-
 def encode_dataset():
     """Encode --data and its flips into tokens_path, chunk by chunk; finished chunks of an interrupted run are kept."""
     if args.data is None:
@@ -129,10 +122,7 @@ def encode_dataset():
                              f"delete {partial!r} or rerun with its settings")
     elif dd.master:
         os.makedirs(partial, exist_ok=True)
-        tmp = f"{settings_path}.tmp"
-        with open(tmp, 'w') as f:
-            json.dump(settings, f)
-        os.replace(tmp, settings_path)
+        common.atomic_write(settings_path, lambda f: f.write(json.dumps(settings).encode()))
 
     def chunk_path(k):
         return os.path.join(partial, f'chunk_{k:06d}.npz')
@@ -157,7 +147,7 @@ def encode_dataset():
     codes, labels, n_bad = [], [], 0
     for i, (images, batch_labels, bad) in enumerate(loader):
         if len(images):
-            x = images.to(device, non_blocking=True).float() / 127.5 - 1
+            x = to_float(images, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.encode_bf16):
                 both = tok.encode(torch.cat([x, x.flip(-1)]))
             codes.append(both.view(2, len(x), N).transpose(0, 1).reshape(-1, N).int().cpu().numpy().astype(np.uint16))
@@ -165,8 +155,9 @@ def encode_dataset():
         n_bad += bad
         pbar.update(len(batches[i]))
         if i + 1 == len(batches) or batch_chunk[i + 1] != batch_chunk[i]:
-            atomic_savez(chunk_path(batch_chunk[i]), codes=np.concatenate(codes or [np.zeros((0, N), np.uint16)]),
+            chunk = dict(codes=np.concatenate(codes or [np.zeros((0, N), np.uint16)]),
                          labels=np.concatenate(labels or [np.zeros(0, np.int16)]), n_bad=n_bad)
+            common.atomic_write(chunk_path(batch_chunk[i]), lambda f: np.savez(f, **chunk))
             codes, labels, n_bad = [], [], 0
     pbar.close()
     barrier()
@@ -181,7 +172,7 @@ def encode_dataset():
                 n_bad += int(chunk['n_bad'])
         codes, labels = np.concatenate(parts['codes']), np.concatenate(parts['labels'])
         meta = {**settings, 'n_rows': len(codes), 'n_bad': n_bad}
-        atomic_savez(tokens_path, codes=codes, labels=labels, meta=np.array(json.dumps(meta)))
+        common.atomic_write(tokens_path, lambda f: np.savez(f, codes=codes, labels=labels, meta=np.array(json.dumps(meta))))
         shutil.rmtree(partial)
         print(f"wrote {tokens_path}: {len(codes)} token rows of {len(dataset) - n_bad} images and their flips"
               + (f", {n_bad} unreadable image(s) skipped" if n_bad else ""))
@@ -260,7 +251,7 @@ def next_batch(rows_stream, step):
     over the whole global batch, so any number of processes and a resumed run see the same batches."""
     rows = np.fromiter(itertools.islice(rows_stream, args.batch_size), dtype=np.int64, count=args.batch_size)
     labels = torch.from_numpy(token_labels[rows].astype(np.int64))
-    labels = drop_labels(labels, cfg.num_classes, args.label_drop, torch.Generator().manual_seed(args.seed * 1_000_003 + step))
+    labels = drop_labels(labels, cfg.num_classes, args.label_drop, common.step_generator(args.seed, step))
     local = slice(dd.rank * args.batch_size // dd.world_size, (dd.rank + 1) * args.batch_size // dd.world_size)
     idx = torch.from_numpy(token_codes[rows[local]].astype(np.int64))
     return idx.to(device, non_blocking=True), labels[local].to(device, non_blocking=True)

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import common
-from data import ImageFolder, collate_skip_bad, image_loader, save_grid, to_uint8
+from data import ImageFolder, collate_skip_bad, image_loader, save_grid, to_float, to_uint8
 from dct import lowpass
 from losses import LPIPS, LeCamRegularizer, NLayerDiscriminator, hinge_d_loss, hinge_g_loss
 from tokenizer import TokConfig, Tokenizer, flops_per_image
@@ -127,16 +127,12 @@ def lr_at(step):
 
 def step_randomness(step):
     """Prefix lengths and flips of the global batch from (seed, step): the same on any number of processes and after resume."""
-    g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+    g = common.step_generator(args.seed, step)
     prefix = torch.randint(1, cfg.n_tokens + 1, (args.batch_size,), generator=g)
     flip = torch.rand(args.batch_size, generator=g) < 0.5
     n = args.batch_size // dd.world_size
     local = slice(dd.rank * n, (dd.rank + 1) * n)
-    return prefix[local].to(device), flip[local].to(device)
-
-
-def to_float(images):
-    return images.to(device, non_blocking=True).float() / 127.5 - 1
+    return prefix[local].to(device, non_blocking=True), flip[local].to(device, non_blocking=True)  # no host sync
 
 
 def prefix_targets(x, prefix):
@@ -191,7 +187,7 @@ def evaluate(tok, root):
     mse_full = torch.zeros(cfg.n_tokens, device=device)
     seen, recons = 0, []
     for images, _, _ in tqdm(loader, desc='eval'):
-        x = to_float(images)
+        x = to_float(images, device)
         idx = tok.encode(x)
         for i in range(1, cfg.n_tokens + 1):
             recon = tok.decode(idx[:, :i])
@@ -240,7 +236,7 @@ if args.eval_only:
 
 dataset, loader = image_loader(args.data, cfg.image_size, args.batch_size, dd.rank, dd.world_size,
                                args.seed, step, args.workers)
-preview = to_float(torch.stack([dataset[i][0] for i in range(0, len(dataset), max(1, len(dataset) // 8))][:8]))
+preview = to_float(torch.stack([dataset[i][0] for i in range(0, len(dataset), max(1, len(dataset) // 8))][:8]), device)
 flops_per_sample = 3 * flops_per_image(cfg)  # forward + backward, tokenizer matmuls only (not LPIPS, GAN)
 finite = torch.ones((), dtype=torch.bool, device=device)
 sums = {}
@@ -251,7 +247,7 @@ data_iter = iter(loader)
 while step < args.max_steps:
     images, _, bad = next(data_iter)
     n_bad += bad
-    x = to_float(images)
+    x = to_float(images, device)
     prefix, flip = step_randomness(step)
     prefix, flip = prefix[:len(x)], flip[:len(x)]  # a batch with skipped bad files is shorter
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
