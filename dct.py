@@ -84,9 +84,13 @@ def omega_schedule(n_tokens, size, kind="nonuniform"):
     Where the target is flatter than one frequency per token (small images, many tokens, e.g.
     32 px with N=16: 1 x 8, 1 x 4, 5 x 4 -> 8, 12, 32), steps of 1 are used and the
     excess goes to the last quarter.
+
+    More tokens than frequencies (N > size, e.g. N=64 at 32 px) cannot keep eq. (7): then runs of
+    consecutive tokens share a cut-off, w_i = ceil(target(i)) clamped to [1, size] (uniform, N=64,
+    32 px: 1, 1, 2, 2, ..., 32, 32), so later tokens of a run refine the same low-pass image.
     """
-    if n_tokens < 1 or size < n_tokens:
-        raise ValueError(f"need 1 <= n_tokens <= size (every token adds >= 1 frequency), got n_tokens={n_tokens}, size={size}")
+    if n_tokens < 1 or size < 1:
+        raise ValueError(f"need n_tokens >= 1 and size >= 1, got n_tokens={n_tokens}, size={size}")
     if kind == "uniform":
         knots = [(0, 0), (n_tokens, size)]
     elif kind == "nonuniform":
@@ -100,6 +104,8 @@ def omega_schedule(n_tokens, size, kind="nonuniform"):
                 return y0 + (y1 - y0) * (i - x0) / (x1 - x0)
         return size
 
+    if n_tokens > size:  # a departure from eq. (7): increments of 0 inside each run
+        return [min(size, max(1, math.ceil(target(i) - 1e-9))) for i in range(1, n_tokens + 1)]
     omegas, w, step = [], 0, 1
     for i in range(1, n_tokens + 1):
         most = (size - w) // (n_tokens - i + 1)

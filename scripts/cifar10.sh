@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CIFAR-10 end to end on one GPU: tokenizer -> tokens -> generator -> 50k samples -> FID against train.
 #   bash scripts/cifar10.sh [stage ...]     stages: stats tok gen sweep sample fid truncate (default: all, in order)
-#     sweep     sweep.py: CFG x temperature x top-k by FID, 10k samples each, seed 1 (held out from the
-#               final seed 0); writes $OUT/sweep/best_flags, the sample.py flags of the lowest FID
+#     sweep     sweep.py by FID, 10k samples each, seed 1 (held out from the final seed 0), in two rounds:
+#               CFG x temperature, then top-k x top-p at the best of round 1 (coordinate search: a
+#               full product is too long); writes $OUT/sweep/best_flags, the sample.py flags of the lowest FID
 #     sample    with $OUT/sweep/best_flags when it exists (delete it to go back to --cfg $CFG)
 #     truncate  Table 3: drop the last k tokens, at the sweep's best setting (else --cfg $CFG), 10k samples, seed 1
 # Every stage reads what the earlier ones wrote under $OUT, so any stage can be re-run alone.
@@ -21,7 +22,8 @@ PER_CLASS=${PER_CLASS:-5000}                 # final samples: 50,000
 SWEEP_PER_CLASS=${SWEEP_PER_CLASS:-1000}     # sweep and truncation samples: 10,000
 SWEEP_CFGS=${SWEEP_CFGS:-1 1.5 2 3}
 SWEEP_TEMPS=${SWEEP_TEMPS:-1.0 0.9}
-SWEEP_TOPKS=${SWEEP_TOPKS:-0}               # 0: off; e.g. "0 100" adds top-k 100
+SWEEP_TOPKS=${SWEEP_TOPKS:-0 100 300}       # round 2; 0: off
+SWEEP_TOPPS=${SWEEP_TOPPS:-0 0.9 0.95}      # round 2; 0: off
 TRUNCATE=${TRUNCATE:-0 4 8 12}              # k tokens dropped (N = 32: steps of N/8)
 TOK_FLAGS=${TOK_FLAGS---compile}            # the train_tok.py extras; table4.sh passes each row's (no --compile)
 WEIGHTS=()                                  # explicit weight files (INCEPTION=, LPIPS=) when the packages are not installed
@@ -57,10 +59,12 @@ for stage in "${stages[@]}"; do
       $(sampling_flags sample) --seed 0 --progressive 8 --out "$OUT/samples" ;;
   fid)
     python fid.py "$(ls "$OUT"/samples/samples_*.npz | head -1)" "$DATA/train" --json "$OUT/samples/fid.json" "${WEIGHTS_FID[@]}" ;;
-  sweep)  # the lists unquoted: one value per word
-    python sweep.py --ckpt "$OUT/gen/ckpt.pt" --ref "$STATS" --classes all --per_class "$SWEEP_PER_CLASS" \
-      --batch_size 1000 --seed 1 --cfg $SWEEP_CFGS --temperature $SWEEP_TEMPS --top_k $SWEEP_TOPKS \
-      --json "$OUT/sweep/sweep.json" --best_flags "$OUT/sweep/best_flags" "${WEIGHTS_FID[@]}" ;;
+  sweep)  # the lists unquoted: one value per word; round 2's --top_k/--top_p come after (and override) round 1's flags
+    sweep=(python sweep.py --ckpt "$OUT/gen/ckpt.pt" --ref "$STATS" --classes all --per_class "$SWEEP_PER_CLASS"
+           --batch_size 1000 --seed 1 --best_flags "$OUT/sweep/best_flags" "${WEIGHTS_FID[@]}")
+    "${sweep[@]}" --cfg $SWEEP_CFGS --temperature $SWEEP_TEMPS --json "$OUT/sweep/sweep.json"
+    "${sweep[@]}" $(cat "$OUT/sweep/best_flags") --top_k $SWEEP_TOPKS --top_p $SWEEP_TOPPS \
+      --json "$OUT/sweep/sweep_filter.json" ;;
   truncate)
     python sweep.py --ckpt "$OUT/gen/ckpt.pt" --ref "$STATS" --classes all --per_class "$SWEEP_PER_CLASS" \
       --batch_size 1000 --seed 1 $(sampling_flags truncate) --truncate $TRUNCATE --json "$OUT/truncate/truncate.json" \

@@ -62,7 +62,16 @@ def test_schedule_generalisations_documented():
     assert omega_schedule(64, 256, 'uniform')[:3] == [4, 8, 12]
     assert omega_schedule(64, 512)[31:33] == [64, 68]  # 512 px: increments 2, 4, 24
     assert omega_schedule(16, 32) == list(range(1, 13)) + [14, 20, 26, 32]
-    with pytest.raises(ValueError, match='n_tokens <= size'):
-        omega_schedule(64, 32)
     with pytest.raises(ValueError, match='unknown omega schedule'):
         omega_schedule(8, 32, 'linear')
+
+
+@pytest.mark.parametrize('kind', ['nonuniform', 'uniform'])
+def test_more_tokens_than_frequencies_share_cutoffs_in_runs(kind):
+    w = omega_schedule(64, 32, kind)
+    steps = np.diff([0] + w)
+    assert len(w) == 64 and w[0] >= 1 and w[-1] == 32 and steps.min() >= 0
+    if kind == 'uniform':
+        assert w == [(i + 1) // 2 for i in range(1, 65)]  # two tokens per frequency
+    else:  # eq. (9)'s shape: half the tokens on w <= size / 8
+        assert w[31] == 4 and w[47] == 8
