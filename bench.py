@@ -305,6 +305,9 @@ def bench_sample(args, device, peaks):
         with autocast:  # the decoder's time does not depend on the generator variant: measured once
             tokens = model.generate(labels, cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, generator=g)
             decode_s = statistics.median(timed(lambda: tok.decode(tokens), device, args.reps, warmup=1))
+            if args.compile:  # the fast+compile row decodes as sample.py --compile does
+                compiled_decode = torch.compile(tok.decode)
+                decode_compiled_s = statistics.median(timed(lambda: compiled_decode(tokens), device, args.reps, warmup=2))
         base = {'bench': 'sample', 'model': f"{args.preset}/{args.tok_preset}", 'batch': B, 'cfg': args.cfg,
                 'top_k': args.top_k, 'top_p': args.top_p, 'bf16': use_bf16, 'random_weights': True, **peaks,
                 'gen_floor_ms': gen_floor * 1e3, 'decode_floor_ms': decode_floor * 1e3, 'decode_ms': decode_s * 1e3,
@@ -312,9 +315,14 @@ def bench_sample(args, device, peaks):
                 'floor_images_per_s': B / (gen_floor + decode_floor), 'step_floor_ms': [f * 1e3 for f in floors]}
         variants = ['slow'] + (['fast-nograph'] if device.type == 'cuda' else []) + ['fast']
         for variant in variants + (['fast+compile'] if args.compile else []):
-            record = {**base, 'variant': variant}
+            record = {**base, 'variant': variant, 'decode': 'eager'}
+            decode = tok.decode
+            if variant == 'fast+compile':
+                decode = compiled_decode
+                record.update(decode='compiled', decode_ms=decode_compiled_s * 1e3,
+                              decode_mfu=B * decoder_flops / decode_compiled_s / peaks['matmul_flops_per_s'])
             try:
-                record.update(sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, floors,
+                record.update(sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, floors, decode,
                                              profile=args.profile and bi == len(args.batch) - 1))
                 if args.check and bi == 0 and variant in ('fast', 'fast+compile'):
                     record.update(check_fast_path(model, labels, args, use_bf16, autocast, variant == 'fast+compile'))
@@ -337,7 +345,7 @@ def print_sample_line(r):
             f"({r['gen_over_floor']:.2f}x its floor")
     if 'worst_step_over_floor' in r:
         line += f"; worst step {r['worst_step']} at {r['worst_step_over_floor']:.2f}x, {r['steps_over_2x_floor']} steps over 2x"
-    line += f"), decode {r['decode_ms']:.1f} ms, peak {fmt(r['peak_mem_gb'], '.2f')} GB, first call {r['first_call_s']:.1f} s"
+    line += f"), decode ({r['decode']}) {r['decode_ms']:.1f} ms, peak {fmt(r['peak_mem_gb'], '.2f')} GB, first call {r['first_call_s']:.1f} s"
     if 'check_logits_rel_err' in r:
         line += (f"\n{'':16}check {'ok' if r['check_ok'] else 'FAILED'}: logits vs float32 teacher-forced forward rel err "
                  f"{r['check_logits_rel_err']:.2e} (slow path {r['check_slow_logits_rel_err']:.2e}); tokens equal to the "
@@ -352,8 +360,9 @@ def print_sample_line(r):
             print(f"{'':18}{k['ms']:8.2f} ms {k['count']:6d}x  {k['name'][:90]}")
 
 
-def sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, floors, profile=False):
-    """Times one generator variant at one batch size; everything it builds is freed when it returns."""
+def sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, floors, decode, profile=False):
+    """Times one generator variant (and `decode`, tok.decode or its compiled twin, end to end) at one batch size;
+    everything it builds is freed when it returns."""
     from generator import FastSampler
     device, B, N = labels.device, len(labels), model.cfg.n_tokens
     sampling = dict(temperature=1.0, top_k=args.top_k, top_p=args.top_p)
@@ -375,7 +384,7 @@ def sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, flo
         sync(device)
         out['first_call_s'] = time.perf_counter() - t0
         gen_s = statistics.median(timed(generate, device, args.reps, warmup=1))
-        e2e_s = statistics.median(timed(lambda: tok.decode(generate()), device, args.reps, warmup=1))
+        e2e_s = statistics.median(timed(lambda: decode(generate()), device, args.reps, warmup=1))
     out['peak_mem_gb'] = peak_gb(device)
     out.update(gen_ms=gen_s * 1e3, ms_per_step=gen_s * 1e3 / N, e2e_ms=e2e_s * 1e3, images_per_s=B / e2e_s,
                gen_images_per_s=B / gen_s)

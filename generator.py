@@ -248,17 +248,18 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, labels, cfg_scale=0.0, cfg_ramp=False, temperature=1.0, top_k=0, top_p=0.0,
-                 generator=None, prefix=None, n_steps=None, return_logits=False, fast=False):
+                 generator=None, prefix=None, n_steps=None, return_logits=False, fast=False, compile=False):
         """Sample tokens with a KV cache. labels (B,); prefix (B, P) tokens to continue (default none);
         n_steps tokens to add (default N - P; fewer gives a truncated, coarse sequence).
         Returns tokens (B, P + n_steps), and with return_logits also the guided float32 logits
         (B, n_steps, K) each new token was sampled from (before temperature / top-k / top-p).
         fast=True runs the same sampling through a cached FastSampler (static shapes, CUDA graphs on a
-        GPU; see its docstring); it takes no prefix. This method stays the readable reference."""
+        GPU; see its docstring), with compile=True also torch.compile'd; it takes no prefix. This method stays
+        the readable reference."""
         if fast:
             if prefix is not None:
                 raise ValueError('generate(fast=True) takes no prefix: use fast=False to continue a prefix')
-            return self._fast_sampler(len(labels), cfg_scale, temperature, top_k, top_p, return_logits).generate(
+            return self._fast_sampler(len(labels), cfg_scale, temperature, top_k, top_p, return_logits, compile).generate(
                 labels, cfg_scale, cfg_ramp, generator, n_steps)
         B, N = labels.shape[0], self.cfg.n_tokens
         n_prefix = 0 if prefix is None else prefix.shape[1]
@@ -299,17 +300,19 @@ class GPT(nn.Module):
             positions = positions[-1:] + 1
         return (tokens, step_logits) if return_logits else tokens
 
-    def _fast_sampler(self, batch_size, cfg_scale, temperature, top_k, top_p, return_logits):
+    def _fast_sampler(self, batch_size, cfg_scale, temperature, top_k, top_p, return_logits, compile=False):
         """The FastSampler for these settings, built (and its graphs captured) once and then reused."""
         device = self.pos_emb.device
         autocast = torch.is_autocast_enabled(device.type)
         dtype = torch.get_autocast_dtype(device.type) if autocast else self.pos_emb.dtype
         guided = torch.is_tensor(cfg_scale) or cfg_scale != 0.0  # as cfg_schedule decides
-        key = (device, dtype, batch_size, guided, float(temperature), int(top_k), float(top_p), bool(return_logits))
+        key = (device, dtype, batch_size, guided, float(temperature), int(top_k), float(top_p), bool(return_logits),
+               bool(compile))
         sampler = _FAST_SAMPLERS.get(self)
         if sampler is None or sampler.key != key:
             _FAST_SAMPLERS.pop(self, None)  # free the old one's buffers and graphs first
-            sampler = FastSampler(self, batch_size, guided, temperature, top_k, top_p, return_logits, dtype)
+            sampler = FastSampler(self, batch_size, guided, temperature, top_k, top_p, return_logits, dtype,
+                                  compile=compile)
             _FAST_SAMPLERS[self] = sampler
         return sampler
 
@@ -380,7 +383,7 @@ class FastSampler:
         self.device = model.pos_emb.device
         self.dtype = dtype or (torch.bfloat16 if self.device.type == 'cuda' else model.pos_emb.dtype)
         self.key = (self.device, self.dtype, batch_size, guided, float(temperature), int(top_k), float(top_p),
-                    bool(return_logits))
+                    bool(return_logits), bool(compile))
         self.B, self.R, self.guided = batch_size, batch_size * (2 if guided else 1), guided
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.N, self.K, self.C, self.H = cfg.n_tokens, cfg.vocab_size, cfg.width, cfg.heads

@@ -176,6 +176,7 @@ class LPIPS(nn.Module):
         if any((head.weight < 0).any() for head in self.heads):
             raise ValueError(f"LPIPS heads from {self.weights_source} have negative weights: not lpips v0.1 heads")
         self.requires_grad_(False)
+        self.to(memory_format=torch.channels_last)
         self.eval()
 
     def train(self, mode=True):
@@ -190,14 +191,16 @@ class LPIPS(nn.Module):
         return taps
 
     def forward(self, x, y):
-        # the unit normalisation (eps 1e-10) and tiny distances are fragile in half precision
+        # The VGG trunk runs in the caller's precision (bf16 under the trainer's autocast: at 256 px it is
+        # most of a tokenizer step in float32), channels_last for the convolution kernels. The unit
+        # normalisation (eps 1e-10) and the tiny distances are fragile in half precision: float32.
+        dtype = self.heads[0].weight.dtype
+        both = (torch.cat([x, y]).to(dtype) - self.input_shift.to(dtype)) / self.input_scale.to(dtype)
+        taps = self.feature_taps(both.contiguous(memory_format=torch.channels_last))
         with torch.autocast(device_type=x.device.type, enabled=False):
-            dtype = self.heads[0].weight.dtype
-            both = torch.cat([x, y]).to(dtype)
-            taps = self.feature_taps((both - self.input_shift.to(dtype)) / self.input_scale.to(dtype))
             distance = 0
             for head, tap in zip(self.heads, taps):
-                tap_x, tap_y = unit_normalize(tap).chunk(2)
+                tap_x, tap_y = unit_normalize(tap.float()).chunk(2)
                 distance = distance + head((tap_x - tap_y) ** 2).mean(dim=(1, 2, 3))
             return distance
 

@@ -51,6 +51,8 @@ def parse_args(argv=None):
                         help='coarse-to-fine strips of the first K samples (bare flag: 4; at most one batch)')
     parser.add_argument('--no_ema', action='store_true', help='use the raw weights even when the checkpoint has EMA weights')
     parser.add_argument('--bf16', action=argparse.BooleanOptionalAction, default=None, help='bf16 autocast (default: on with CUDA)')
+    parser.add_argument('--compile', action='store_true', help="torch.compile the sampler's block math and the decoder "
+                        "(GPU; pays off over many batches, see bench.py sample)")
     parser.add_argument('--device', default='auto')
     return parser.parse_args(argv)
 
@@ -129,10 +131,11 @@ def parse_classes(spec, num_classes):
 
 @torch.no_grad()
 def sample_batches(gpt, tok, labels, batch_size, seed, n_keep, cfg=0.0, cfg_ramp=False, temperature=1.0, top_k=0,
-                   top_p=0.0, bf16=False):
+                   top_p=0.0, bf16=False, compile=False):
     """Yields (start, codes, uint8 images) per batch of `labels` (a numpy int array). Batch b draws from a
     generator seeded by (seed, b); the codes are the first n_keep tokens, decoded from that prefix alone."""
     device = gpt.pos_emb.device
+    decode = torch.compile(tok.decode) if compile else tok.decode
     for batch, start in enumerate(range(0, len(labels), batch_size)):
         batch_labels = torch.from_numpy(labels[start:start + batch_size]).to(device)
         generator = common.step_generator(seed, batch, device)
@@ -140,8 +143,8 @@ def sample_batches(gpt, tok, labels, batch_size, seed, n_keep, cfg=0.0, cfg_ramp
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             codes = gpt.generate(batch_labels, cfg_scale=cfg, cfg_ramp=cfg_ramp, temperature=temperature, top_k=top_k,
                                  top_p=top_p, generator=generator, n_steps=n_keep,
-                                 fast=True)  # static KV cache + CUDA graphs; same tokens as the reference loop on CPU
-            images = to_uint8(tok.decode(codes))
+                                 fast=True, compile=compile)  # static KV cache + CUDA graphs; on CPU the same tokens as the reference loop
+            images = to_uint8(decode(codes))
         yield start, codes, images
 
 
@@ -170,7 +173,7 @@ def main(argv=None):
           f"tokens with {tok.path}, cfg {args.cfg}{' ramped' if args.cfg_ramp else ''}, on {device}, bf16 {use_bf16}")
 
     batches = sample_batches(gpt, tok, labels, args.batch_size, args.seed, n_keep, args.cfg, args.cfg_ramp,
-                             args.temperature, args.top_k, args.top_p, use_bf16)
+                             args.temperature, args.top_k, args.top_p, use_bf16, args.compile)
     with tqdm(total=len(labels), unit='img', dynamic_ncols=True) as pbar:
         for start, codes, batch_images in batches:
             images[start:start + len(codes)] = batch_images

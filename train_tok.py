@@ -57,7 +57,7 @@ parser.add_argument('--workers', type=int, default=8)
 parser.add_argument('--seed', type=int, default=0)
 parser.add_argument('--device', default='auto')
 parser.add_argument('--log_every', type=int, default=50)
-parser.add_argument('--sample_every', type=int, default=2000, help='steps between prefix-reconstruction PNGs')
+parser.add_argument('--sample_every', type=int, default=2000, help='steps between prefix-reconstruction PNGs (0: never)')
 parser.add_argument('--ckpt_every', type=int, default=2000)
 parser.add_argument('--resume', nargs='?', const='auto', help='checkpoint to resume (no value: out_dir/ckpt.pt)')
 parser.add_argument('--eval_data', help='image folder scored at the end (L2/PSNR per prefix)')
@@ -309,7 +309,7 @@ while step < args.max_steps:
             common.log_jsonl(log_path, record)
             pbar.set_postfix({k: f"{record[k]:.4g}" for k in ('l2', 'lpips', 'vq', 'codebook_used') if k in record})
         sums, t_last, step_last = {}, time.time(), step
-    if dd.master and (step % args.sample_every == 0 or step == args.max_steps):
+    if dd.master and args.sample_every and (step % args.sample_every == 0 or step == args.max_steps):
         save_prefix_png(ema_model, preview, os.path.join(args.out_dir, f'prefixes_{step:07d}.png'))
     if step % args.ckpt_every == 0 or step == args.max_steps:
         if not common.all_finite(finite):

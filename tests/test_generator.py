@@ -206,6 +206,9 @@ def test_fast_sampler_follows_weight_updates_and_is_reused():
     assert not torch.equal(after, before)
     model.generate(labels, top_k=2, fast=True)
     assert _FAST_SAMPLERS[model] is not sampler  # other settings: a new one replaces it
+    plain = _FAST_SAMPLERS[model]
+    compiled = model._fast_sampler(2, 0.0, 1.0, 2, 0.0, False, compile=True)  # built only: compiles on first call
+    assert compiled is not plain and compiled._attn_in is not plain._attn_in
 
 
 def test_fast_sampler_direct_use_and_argument_checks():

