@@ -58,6 +58,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import common
+
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -137,10 +139,10 @@ def measure_peaks(device):
 
 
 def write_json(path, records):
+    """Append the records to the --json file, if one was given."""
     if path:
-        with open(path, 'a') as f:
-            for r in records:
-                f.write(json.dumps(r) + '\n')
+        for record in records:
+            common.log_jsonl(path, record)
 
 
 def fmt(v, spec):
@@ -497,7 +499,6 @@ def run_train_variants(args, device, peaks, build, model_name, bench):
 
 
 def bench_train_gen(args, device, peaks):
-    import common
     from generator import GPT, GPTConfig, drop_labels
     use_bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
     cfg = GPTConfig.preset(args.preset)
@@ -565,7 +566,6 @@ def make_lpips(device):
 
 
 def bench_train_tok(args, device, peaks):
-    import common
     from dct import lowpass
     from losses import LeCamRegularizer, NLayerDiscriminator, hinge_d_loss, hinge_g_loss
     from tokenizer import TokConfig, Tokenizer, flops_per_image

@@ -597,10 +597,6 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
-def fid_from_feats(features1, features2):
-    return frechet_distance(*statistics(features1), *statistics(features2))
-
-
 def inception_score(logits, split_size=IS_SPLIT_SIZE):
     """ADM's IS: mean over splits of exp(E_x KL(p(y|x) || p(y)))."""
     log_p = torch.log_softmax(torch.as_tensor(logits, dtype=torch.float64), dim=1)

@@ -210,10 +210,10 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def no_weight_decay(self):
-        """Names of parameters to exclude from weight decay: biases, per-head attention scales and
-        position embeddings (the LayerNorms are non-affine, so they have none)."""
-        return {name for name, p in self.named_parameters()
-                if p.ndim < 2 or name == 'pos_emb' or name.endswith('log_scale')}
+        """Names of the multi-dimensional parameters to keep out of weight decay, for common.adamw (which
+        leaves out the 1-D ones, the biases, itself): the position embeddings and the per-head attention
+        scales, shaped (1, heads, 1, 1)."""
+        return {name for name, _ in self.named_parameters() if name == 'pos_emb' or name.endswith('.log_scale')}
 
     def _head(self, x, head_modulation):
         scale, shift = head_modulation

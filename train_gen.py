@@ -179,22 +179,25 @@ def encode_dataset():
     barrier()
 
 
-def read_token_file(path):
+def check_token_file(path):
+    """The token file's meta, once it is known to match --tok_ckpt and --data (np.load leaves the codes unread)."""
     with np.load(path) as f:
-        codes, labels, meta = f['codes'], f['labels'], json.loads(f['meta'].item())
+        meta = json.loads(f['meta'].item())
     refuse_other_tokenizer(meta, path)
     if args.data and os.path.realpath(args.data) != meta['data']:
         raise SystemExit(f"{path!r} holds the tokens of {meta['data']!r}, not of --data {args.data!r}: "
                          f"delete it to encode again, or drop --data")
-    return codes, labels, meta
+    return meta
 
 
 if not os.path.exists(tokens_path):
     encode_dataset()
-token_codes, token_labels, token_meta = read_token_file(tokens_path)
+token_meta = check_token_file(tokens_path)
 if args.encode_only:
     common.cleanup_distributed()
     raise SystemExit(0)
+with np.load(tokens_path) as f:
+    token_codes, token_labels = f['codes'], f['labels']
 
 # ----------------------------------------------------------------------------- model
 num_classes = max(1, len(token_meta['classes']))  # a folder without class subfolders is one class

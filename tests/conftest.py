@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,13 +10,16 @@ from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-SHARED_DATA = os.path.join(os.path.dirname(REPO), 'shared', 'data')
+# shared/ sits beside the checkout, or inside it where only the working tree was copied
+SHARED_DATA = next((d for d in (Path(REPO).parent / 'shared' / 'data', Path(REPO) / 'shared' / 'data') if d.is_dir()),
+                   Path(REPO).parent / 'shared' / 'data')
 
 
-@pytest.fixture
+@pytest.fixture(scope='session')
 def cifar_test_dir():
-    path = os.path.join(SHARED_DATA, 'cifar10', 'test')
-    if not os.path.isdir(path):
+    """The real CIFAR-10 test images (<class>/<image>.jpg); the test is skipped where shared data is absent."""
+    path = SHARED_DATA / 'cifar10' / 'test'
+    if not path.is_dir():
         pytest.skip(f'real images not found at {path}')
     return path
 

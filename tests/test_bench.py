@@ -1,22 +1,11 @@
 """bench.py on the CPU with the tiny presets: every subcommand runs, prints its table last and writes JSON lines."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
+from conftest import make_image_folder, run
 
 
 def bench(*argv):
-    result = subprocess.run([sys.executable, 'bench.py', *map(str, argv)], cwd=REPO, env=ENV, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
+    return run('bench.py', *argv).stdout
 
 
 def read_records(path):
@@ -52,11 +41,7 @@ def test_sample_and_train_benches_on_cpu(tmp_path):
 
 
 def test_loader_bench_still_works(tmp_path):
-    rng = np.random.default_rng(0)
-    for c in range(2):
-        os.makedirs(tmp_path / 'data' / f'class{c}')
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 255, (40, 48, 3)).astype(np.uint8)).save(tmp_path / 'data' / f'class{c}' / f'{i}.png')
+    make_image_folder(tmp_path / 'data')
     stdout = bench('loader', '--data', tmp_path / 'data', '--size', 32, '--batch', 4, '--workers', 0,
                    '--warmup', 1, '--steps', 2, '--json', tmp_path / 'loader.jsonl')
     assert 'images_per_s=' in stdout and '== loader' in stdout

@@ -1,18 +1,11 @@
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from causality import causality_table, load_images, make_tokens, r2_avg  # noqa: E402
-
-CIFAR10_TEST = REPO_ROOT.parent / "shared" / "data" / "cifar10" / "test"
+from causality import causality_table, load_images, make_tokens, r2_avg
 
 
 def naive_r2_avg(token, earlier_tokens):
@@ -92,9 +85,8 @@ def test_load_images_folder_and_npz(tmp_path, capsys):
     assert torch.equal(images, expected)
 
 
-@pytest.mark.skipif(not CIFAR10_TEST.is_dir(), reason=f"CIFAR-10 test images not found at {CIFAR10_TEST}")
-def test_spectral_more_causal_than_raster_on_cifar10_subset():
-    table = causality_table(load_images(str(CIFAR10_TEST), max_images=500))
+def test_spectral_more_causal_than_raster_on_cifar10_subset(cifar_test_dir):
+    table = causality_table(load_images(str(cifar_test_dir), max_images=500))
     for i, (spectral, raster) in enumerate(zip(table["spectral"], table["raster"]), start=2):
         assert spectral > raster, f"token {i}: spectral {spectral:.3f} <= raster {raster:.3f}"
     assert table["spectral"][2] > 0.98  # the image is nearly determined by its w=24 low-pass

@@ -2,8 +2,6 @@
 numpy reference and TensorFlow's own values, the metric maths, and the CLI on small synthetic sets."""
 import importlib.util
 import json
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +10,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-import fid  # noqa: E402
+import fid
+from conftest import SHARED_DATA
 
-SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
 pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.load` is deprecated:DeprecationWarning')
 
 
@@ -25,12 +21,14 @@ pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.load` is deprecated:D
 # normalised 299x299 NCHW input; it has no resize or normalisation of its own).
 
 @pytest.fixture(scope='module')
-def torchscript_path():
-    spec = importlib.util.find_spec(fid.FID_HELPER_PACKAGE)
-    path = spec and os.path.join(list(spec.submodule_search_locations)[0], fid.FID_HELPER_WEIGHTS)
-    if not path or not os.path.isfile(path):
-        pytest.skip(f'TorchScript Inception weights not installed: {fid.FID_HELPER_INSTALL}')
-    return path
+def torchscript_path(tmp_path_factory):
+    # fid's own search, with torch hub emptied: it would prefer pytorch-fid's (non-TorchScript) file there
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path_factory.mktemp('empty_torch_hub')))
+        try:
+            return fid.find_inception_weights()
+        except fid.FIDError:
+            pytest.skip(f'TorchScript Inception weights not installed: {fid.FID_HELPER_INSTALL}')
 
 
 @pytest.fixture(scope='module')
@@ -198,9 +196,11 @@ def test_fid_of_a_set_with_itself_is_zero_and_fid_is_symmetric():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(300, 16))
     b = rng.normal(size=(200, 16)) @ rng.normal(size=(16, 16)) * 0.5 + 1
-    assert abs(fid.fid_from_feats(a, a)) < 1e-8
-    assert fid.fid_from_feats(a, b) > 1
-    assert fid.fid_from_feats(a, b) == pytest.approx(fid.fid_from_feats(b, a), rel=1e-8)
+    (mu_a, sigma_a), (mu_b, sigma_b) = fid.statistics(a), fid.statistics(b)
+    assert abs(fid.frechet_distance(mu_a, sigma_a, mu_a, sigma_a)) < 1e-8
+    assert fid.frechet_distance(mu_a, sigma_a, mu_b, sigma_b) > 1
+    assert fid.frechet_distance(mu_a, sigma_a, mu_b, sigma_b) == pytest.approx(
+        fid.frechet_distance(mu_b, sigma_b, mu_a, sigma_a), rel=1e-8)
 
 
 def test_singular_product_of_covariances_is_regularised_with_a_warning():

@@ -1,13 +1,11 @@
 import dataclasses
 import math
-import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from generator import (GPT, PAPER_PARAMS, FastSampler, GPTConfig, _FAST_SAMPLERS, drop_labels,  # noqa: E402
+import common
+from generator import (GPT, PAPER_PARAMS, FastSampler, GPTConfig, _FAST_SAMPLERS, drop_labels,
                        sample_from_logits, sample_with_race)
 
 
@@ -132,10 +130,18 @@ def test_drop_path_only_in_training():
     assert not torch.equal(model(idx, labels), model(idx, labels))
 
 
-def test_no_weight_decay_names():
-    names = make_model().no_weight_decay()
-    assert {'pos_emb', 'head.bias', 'blocks.0.attn.log_scale', 'blocks.0.attn.q_bias'} <= names
-    assert not names & {'head.weight', 'tok_emb.weight', 'class_emb.weight', 'blocks.0.attn.qkv.weight'}
+def test_weight_decay_spares_biases_scales_and_positions():
+    # the optimizer train_gen.py builds: its first group decays, its second does not
+    model = make_model()
+    optimizer = common.adamw(model, 1e-4, (0.9, 0.95), 0.05, model.no_weight_decay())
+    names = {id(p): name for name, p in model.named_parameters()}
+    decay, no_decay = ({names[id(p)] for p in group['params']} for group in optimizer.param_groups)
+    assert [group['weight_decay'] for group in optimizer.param_groups] == [0.05, 0.0]
+    assert not decay & no_decay and decay | no_decay == set(names.values())
+    log_scales = {name for name in names.values() if name.endswith('log_scale')}
+    assert len(log_scales) == model.cfg.depth
+    assert {'pos_emb', 'head.bias', 'blocks.0.attn.q_bias'} | log_scales <= no_decay
+    assert {'head.weight', 'tok_emb.weight', 'class_emb.weight', 'blocks.0.attn.qkv.weight'} <= decay
 
 
 def test_drop_labels():

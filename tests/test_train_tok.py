@@ -12,16 +12,13 @@ from conftest import REPO
 
 
 @pytest.fixture(scope='module')
-def image_dir(tmp_path_factory):
+def image_dir(tmp_path_factory, cifar_test_dir):
     """24 real CIFAR-10 test images in 3 class folders."""
-    src = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'cifar10', 'test')
-    if not os.path.isdir(src):
-        pytest.skip(f'real images not found at {src}')
     root = tmp_path_factory.mktemp('images')
     for cls in ('airplane', 'cat', 'ship'):
         os.makedirs(root / cls)
-        for f in sorted(os.listdir(os.path.join(src, cls)))[:8]:
-            shutil.copy(os.path.join(src, cls, f), root / cls / f)
+        for f in sorted(os.listdir(cifar_test_dir / cls))[:8]:
+            shutil.copy(cifar_test_dir / cls / f, root / cls / f)
     return root
 
 
