@@ -236,9 +236,10 @@ if dd.master:
     os.makedirs(args.out_dir, exist_ok=True)
     print(f"generator {cfg}\n{model.num_params() / 1e6:.1f}M params, {len(token_codes)} token rows of "
           f"{num_classes} classes, peak lr {peak_lr:.3g}, {dd.world_size} process(es) on {device}, bf16 {use_bf16}")
-train_model = DDP(model, device_ids=[dd.local_rank] if device.type == 'cuda' else None) if dd.world_size > 1 else model
-if args.compile:
-    train_model = torch.compile(train_model)
+# compile first, then DDP (as nanoGPT): compiling the DDP wrapper splits the graph at every gradient bucket
+train_model = torch.compile(model) if args.compile else model
+if dd.world_size > 1:
+    train_model = DDP(train_model, device_ids=[dd.local_rank] if device.type == 'cuda' else None)
 
 
 def lr_at(step):
