@@ -33,7 +33,8 @@ share of tokens equal to the reference loop's for the same seed (sampled and gre
 (matmul, attention, other) and the top kernels.
 
 train_gen / train_tok: forward + backward + fused AdamW steps in-process, bf16 autocast on CUDA, on
-random tokens / random images; --compile adds a torch.compile row next to the eager one.
+random tokens / random images; --compile adds a torch.compile row next to the eager one; --profile adds
+the CUDA kernel time of one step by class and its top kernels.
   train_gen FLOPs per step: 6 x matmul weights x tokens (qkv, proj, MLP, head per token; AdaLN per
   sample) + 12 depth width N per token (attention, counted as non-causal, as nanoGPT).
   train_tok mirrors train_tok.py's step after --disc_start: tokenizer (L2 + VQ + LPIPS + hinge GAN),
@@ -355,11 +356,14 @@ def print_sample_line(r):
                  f"{r['check_greedy_token_match']:.1%} (rows {r['check_greedy_rows_equal']:.1%})")
     print(line)
     if 'profile' in r:
-        p = r['profile']
-        print(f"{'':16}kernel ms by class: " + ', '.join(f"{k} {v:.2f}" for k, v in p['kernel_ms_by_class'].items())
-              + f" ({p['n_kernels']} kernels, no CUDA graph)")
-        for k in p['top_kernels'][:8]:
-            print(f"{'':18}{k['ms']:8.2f} ms {k['count']:6d}x  {k['name'][:90]}")
+        print_profile(r['profile'], 'no CUDA graph')
+
+
+def print_profile(p, what):
+    print(f"{'':16}kernel ms by class: " + ', '.join(f"{k} {v:.2f}" for k, v in p['kernel_ms_by_class'].items())
+          + f" ({p['n_kernels']} kernels, {what})")
+    for k in p['top_kernels'][:8]:
+        print(f"{'':18}{k['ms']:8.2f} ms {k['count']:6d}x  {k['name'][:90]}")
 
 
 def sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, floors, decode, profile=False):
@@ -485,6 +489,8 @@ def run_train_variants(args, device, peaks, build, model_name, bench):
                     record['tokens_per_s'] = record['tokens_per_step'] / dt
                 if 'tokenizer_flops_per_step' in record:
                     record['mfu_tokenizer_only'] = record['tokenizer_flops_per_step'] / dt / peaks['matmul_flops_per_s']
+                if args.profile and (prof := kernel_profile(step, device)):
+                    record['profile'] = prof
                 del step
             except Exception as e:
                 traceback.print_exc()
@@ -495,6 +501,8 @@ def run_train_variants(args, device, peaks, build, model_name, bench):
             print(f"  {variant:>8} batch {B}: " + ('ERROR ' + record['error'] if 'error' in record else
                   f"{record['images_per_s']:.1f} images/s, {record['ms_per_step']:.1f} ms/step, MFU {record['mfu']:.1%}, "
                   f"peak {fmt(record['peak_mem_gb'], '.2f')} GB (first {args.warmup} steps {record['warmup_s']:.1f} s)"))
+            if 'profile' in record:
+                print_profile(record['profile'], 'one step')
     return records
 
 
@@ -677,6 +685,7 @@ def main(argv=None):
         if name == 'train_tok':
             p.add_argument('--lpips', action=argparse.BooleanOptionalAction, default=True)
             p.add_argument('--gan', action=argparse.BooleanOptionalAction, default=True)
+        p.add_argument('--profile', action='store_true', help='kernel time by class of one timed step (CUDA)')
         device_args(p)
 
     p = sub.add_parser('table', help='print the table of a JSON-lines file written by --json')

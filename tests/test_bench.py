@@ -26,7 +26,7 @@ def test_sample_and_train_benches_on_cpu(tmp_path):
     fast = records[1]
     assert fast['check_ok'] and fast['check_greedy_token_match'] == 1.0  # float32: the fast path is the reference
 
-    bench('train_gen', '--preset', 'tiny', '--batch', 4, '--warmup', 1, '--steps', 2, '--device', 'cpu', '--json', out)
+    bench('train_gen', '--preset', 'tiny', '--batch', 4, '--warmup', 1, '--steps', 2, '--profile', '--device', 'cpu', '--json', out)
     bench('train_tok', '--preset', 'tiny', '--batch', 2, '--warmup', 1, '--steps', 1, '--device', 'cpu', '--json', out)
     records = read_records(out)
     train = {r['bench']: r for r in records[4:]}
