@@ -306,8 +306,7 @@ class GPT(nn.Module):
         autocast = torch.is_autocast_enabled(device.type)
         dtype = torch.get_autocast_dtype(device.type) if autocast else self.pos_emb.dtype
         guided = torch.is_tensor(cfg_scale) or cfg_scale != 0.0  # as cfg_schedule decides
-        key = (device, dtype, batch_size, guided, float(temperature), int(top_k), float(top_p), bool(return_logits),
-               bool(compile))
+        key = _sampler_key(device, dtype, batch_size, guided, temperature, top_k, top_p, return_logits, compile)
         sampler = _FAST_SAMPLERS.get(self)
         if sampler is None or sampler.key != key:
             _FAST_SAMPLERS.pop(self, None)  # free the old one's buffers and graphs first
@@ -354,6 +353,12 @@ def _head_logits(x, scale1p, shift, head_w, head_b, eps):
 _FAST_SAMPLERS = weakref.WeakKeyDictionary()  # GPT -> the FastSampler that generate(fast=True) last used
 
 
+def _sampler_key(device, dtype, batch_size, guided, temperature, top_k, top_p, return_logits, compile):
+    """What a FastSampler is built for: generate(fast=True) reuses the cached one only when this matches."""
+    return (device, dtype, batch_size, guided, float(temperature), int(top_k), float(top_p), bool(return_logits),
+            bool(compile))
+
+
 class FastSampler:
     """
     GPT.generate's sampling with everything static, for one batch size and one set of sampling settings:
@@ -382,8 +387,8 @@ class FastSampler:
         cfg = model.cfg
         self.device = model.pos_emb.device
         self.dtype = dtype or (torch.bfloat16 if self.device.type == 'cuda' else model.pos_emb.dtype)
-        self.key = (self.device, self.dtype, batch_size, guided, float(temperature), int(top_k), float(top_p),
-                    bool(return_logits), bool(compile))
+        self.key = _sampler_key(self.device, self.dtype, batch_size, guided, temperature, top_k, top_p, return_logits,
+                                compile)
         self.B, self.R, self.guided = batch_size, batch_size * (2 if guided else 1), guided
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.N, self.K, self.C, self.H = cfg.n_tokens, cfg.vocab_size, cfg.width, cfg.heads
