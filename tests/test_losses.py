@@ -145,7 +145,8 @@ def test_bf16_autocast_trunk_stays_close_to_float32(lpips):
     reference = lpips(x, y)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         distance = lpips(x, y)
-    assert distance.dtype == torch.float32
+        assert lpips.feature_taps(x)[0].dtype == torch.bfloat16  # the trunk did follow the autocast
+    assert distance.dtype == torch.float32 and not torch.equal(distance, reference)
     torch.testing.assert_close(distance, reference, rtol=0.03, atol=0)
 
 
