@@ -37,6 +37,7 @@ from scipy import linalg
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm import tqdm
 
+import common
 from data import IMAGE_EXTENSIONS, find_images
 
 INPUT_SIZE = 299
@@ -651,14 +652,14 @@ class Evaluation:
     """What the CLI needs: options, and the network, loaded only when some input needs it."""
 
     def __init__(self, inception=None, device='cpu', resize='tf1', batch_size=500, workers=8, tf32=False,
-                 channels_last=False, verbose=True):
+                 channels_last=False):
         self.inception, self.device, self.resize = inception, torch.device(device), resize
         self.batch_size, self.workers, self.tf32, self.channels_last = batch_size, workers, tf32, channels_last
-        self.verbose, self._model = verbose, None
+        self._model = None
 
-    def log(self, message):
-        if self.verbose:
-            print(message, flush=True)
+    @staticmethod
+    def log(message):
+        print(message, flush=True)
 
     @property
     def weights_path(self):
@@ -675,7 +676,7 @@ class Evaluation:
         loader, count = image_batches(path, self.batch_size, self.workers, pin_memory=self.device.type == 'cuda')
         features = compute_features(loader, self.model, self.device, self.resize, tf32=self.tf32,
                                     total=math.ceil(count / self.batch_size),
-                                    progress=self.verbose and sys.stderr.isatty())
+                                    progress=sys.stderr.isatty())
         readable = len(features['pool'])
         if features['unreadable']:
             self.log(f'{path}: skipped {features["unreadable"]} unreadable file(s)')
@@ -742,7 +743,8 @@ def save_stats(path, image_set, resize, weights_path, with_pool=True):
         arrays['pool'] = np.asarray(image_set['pool'], dtype=np.float32)
     if image_set['n'] is not None:
         arrays['num_images'] = np.array(image_set['n'])
-    np.savez(path, **arrays)
+    # atomic: scripts reuse a stats file that exists, so a killed run must not leave half of one
+    common.atomic_write(path if path.endswith('.npz') else path + '.npz', lambda f: np.savez(f, **arrays))
 
 
 def _images_per_second(network, x, iterations, tf32):
@@ -836,8 +838,7 @@ def run(args):
         report = dict(metrics, unavailable=unavailable, samples=args.inputs[0], ref=args.inputs[1],
                       num_samples=sets[0]['n'], num_ref=sets[1]['n'], resize=args.resize, tf32=args.tf32,
                       weights=evaluation.weights_path)
-        with open(args.json, 'w') as f:
-            json.dump(report, f, indent=2)
+        common.atomic_write(args.json, lambda f: f.write(json.dumps(report, indent=2).encode()))
     return 0
 
 
