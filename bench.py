@@ -139,6 +139,11 @@ def measure_peaks(device):
             'matmul_dtype': str(dtype).replace('torch.', '')}
 
 
+def error_text(e):
+    """The first line of an exception, for a record that failed."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+
+
 def write_json(path, records):
     """Append the records to the --json file, if one was given."""
     if path:
@@ -281,7 +286,7 @@ def kernel_profile(fn, device):
 def bench_sample(args, device, peaks):
     from generator import GPT, GPTConfig
     from tokenizer import TokConfig, Tokenizer, flops_per_image
-    use_bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
+    use_bf16 = args.bf16  # resolved in main
     tok_cfg = TokConfig.preset(args.tok_preset)
     cfg = GPTConfig.preset(args.preset, n_tokens=tok_cfg.n_tokens, vocab_size=tok_cfg.codebook_size)
     torch.manual_seed(args.seed)
@@ -306,7 +311,7 @@ def bench_sample(args, device, peaks):
               f"decode floor {decode_floor * 1e3:.2f} ms ({B * decoder_flops / 1e12:.2f} TFLOP) -> at best "
               f"{B / (gen_floor + decode_floor):.0f} images/s end to end")
         with autocast:  # the decoder's time does not depend on the generator variant: measured once
-            tokens = model.generate(labels, cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, generator=g)
+            tokens = torch.randint(cfg.vocab_size, (B, cfg.n_tokens), device=device, generator=g)
             decode_s = statistics.median(timed(lambda: tok.decode(tokens), device, args.reps, warmup=1))
             if args.compile:  # the fast+compile row decodes as sample.py --compile does
                 compiled_decode = torch.compile(tok.decode)
@@ -332,7 +337,7 @@ def bench_sample(args, device, peaks):
                 record.update(gen_over_floor=record['gen_ms'] / record['gen_floor_ms'])
             except Exception as e:
                 traceback.print_exc()
-                record['error'] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+                record['error'] = error_text(e)
             free_memory(device)
             records.append(record)
             write_json(args.json, [record])  # record by record: a run cut short keeps what it measured
@@ -494,7 +499,7 @@ def run_train_variants(args, device, peaks, build, model_name, bench):
                 del step
             except Exception as e:
                 traceback.print_exc()
-                record['error'] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+                record['error'] = error_text(e)
             free_memory(device)
             records.append(record)
             write_json(args.json, [record])
@@ -508,7 +513,7 @@ def run_train_variants(args, device, peaks, build, model_name, bench):
 
 def bench_train_gen(args, device, peaks):
     from generator import GPT, GPTConfig, drop_labels
-    use_bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
+    use_bf16 = args.bf16  # resolved in main
     cfg = GPTConfig.preset(args.preset)
     with torch.device('meta'):
         flops_per_sample = GPT(cfg).train_flops_per_sample()
@@ -577,7 +582,7 @@ def bench_train_tok(args, device, peaks):
     from dct import lowpass
     from losses import LeCamRegularizer, NLayerDiscriminator, hinge_d_loss, hinge_g_loss
     from tokenizer import TokConfig, Tokenizer, flops_per_image
-    use_bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
+    use_bf16 = args.bf16  # resolved in main
     cfg = TokConfig.preset(args.preset)
     lpips, lpips_source = make_lpips(device) if args.lpips else (None, 'off')
     size = cfg.image_size
@@ -704,6 +709,7 @@ def main(argv=None):
         write_json(args.json, records)
     else:
         device = pick_device(args.device)
+        args.bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
         peaks = measure_peaks(device)
         records = {'sample': bench_sample, 'train_gen': bench_train_gen, 'train_tok': bench_train_tok}[args.what](
             args, device, peaks)
@@ -713,5 +719,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     main()

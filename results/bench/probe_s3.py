@@ -121,7 +121,7 @@ def profile_train(kind, argv):
     {'tok': bench.bench_train_tok, 'gen': bench.bench_train_gen}[kind](args, dev, peaks)
 
 if 'tok' in what:
-    profile_train('tok', dict(preset='titok_b64', batch=[64], lpips=True, gan=True, bf16=None, compile=True, seed=0))
+    profile_train('tok', dict(preset='titok_b64', batch=[64], lpips=True, gan=True, bf16=True, compile=True, seed=0))
 if 'gen' in what:
-    profile_train('gen', dict(preset='d16', batch=[256], bf16=None, compile=True, seed=0))
+    profile_train('gen', dict(preset='d16', batch=[256], bf16=True, compile=True, seed=0))
 json.dump(out, open(os.path.join(os.environ.get('OUT', '.'), 'probe.json'), 'w'), indent=1)
