@@ -16,11 +16,11 @@ ablation, not a way to sample: rows with k > 0 compete for the best only when ev
 import argparse
 import itertools
 import json
-import os
 import time
 
 import numpy as np
 
+import common
 import fid
 import sample
 
@@ -69,9 +69,7 @@ def sample_flags(row, cfg_ramp):
 
 
 def write(path, text):
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    with open(path, 'w') as f:
-        f.write(text)
+    common.atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def sweep(args):

@@ -39,6 +39,9 @@ sampling_flags() {  # the sweep's best setting when the sweep stage has run, els
   fi
 }
 stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=(stats tok gen sweep sample fid truncate)
+# the sweep and truncate stages: 10k samples per setting on the held-out seed 1
+sweep=(python sweep.py --ckpt "$OUT/gen/ckpt.pt" --ref "$STATS" --classes all --per_class "$SWEEP_PER_CLASS"
+       --batch_size 1000 --seed 1 "${WEIGHTS_FID[@]}")
 
 for stage in "${stages[@]}"; do
   case $stage in
@@ -60,15 +63,12 @@ for stage in "${stages[@]}"; do
   fid)
     python fid.py "$(ls "$OUT"/samples/samples_*.npz | head -1)" "$DATA/train" --json "$OUT/samples/fid.json" "${WEIGHTS_FID[@]}" ;;
   sweep)  # the lists unquoted: one value per word; round 2's --top_k/--top_p come after (and override) round 1's flags
-    sweep=(python sweep.py --ckpt "$OUT/gen/ckpt.pt" --ref "$STATS" --classes all --per_class "$SWEEP_PER_CLASS"
-           --batch_size 1000 --seed 1 --best_flags "$OUT/sweep/best_flags" "${WEIGHTS_FID[@]}")
-    "${sweep[@]}" --cfg $SWEEP_CFGS --temperature $SWEEP_TEMPS --json "$OUT/sweep/sweep.json"
+    "${sweep[@]}" --cfg $SWEEP_CFGS --temperature $SWEEP_TEMPS --json "$OUT/sweep/sweep.json" \
+      --best_flags "$OUT/sweep/best_flags"
     "${sweep[@]}" $(cat "$OUT/sweep/best_flags") --top_k $SWEEP_TOPKS --top_p $SWEEP_TOPPS \
-      --json "$OUT/sweep/sweep_filter.json" ;;
+      --json "$OUT/sweep/sweep_filter.json" --best_flags "$OUT/sweep/best_flags" ;;
   truncate)
-    python sweep.py --ckpt "$OUT/gen/ckpt.pt" --ref "$STATS" --classes all --per_class "$SWEEP_PER_CLASS" \
-      --batch_size 1000 --seed 1 $(sampling_flags truncate) --truncate $TRUNCATE --json "$OUT/truncate/truncate.json" \
-      "${WEIGHTS_FID[@]}" ;;
+    "${sweep[@]}" $(sampling_flags truncate) --truncate $TRUNCATE --json "$OUT/truncate/truncate.json" ;;
   *) echo "unknown stage $stage: use stats tok gen sweep sample fid truncate" >&2; exit 2 ;;
   esac
 done
