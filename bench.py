@@ -602,7 +602,9 @@ def bench_train_tok(args, device, peaks):
         ema_model = copy.deepcopy(model).eval().requires_grad_(False)
         optimizer = common.adamw(model, 1e-4, (0.9, 0.999), 1e-4, model.no_weight_decay())
         disc_optimizer = common.adamw(disc, 1e-4, (0.9, 0.999), 1e-4) if args.gan else None
-        train_model = torch.compile(model) if compile else model
+        compiled = torch.compile if compile else (lambda module: module)  # as train_tok.py: the losses too
+        train_model, disc_net = compiled(model), compiled(disc) if args.gan else None
+        lpips_loss = compiled(lpips) if lpips is not None else None
         g = torch.Generator(device).manual_seed(args.seed)
         images = [torch.rand(B, 3, size, size, device=device, generator=g) * 2 - 1 for _ in range(2)]
         state = {'i': 0}
@@ -620,10 +622,10 @@ def bench_train_tok(args, device, peaks):
                 recon = recon.float()
                 loss = F.mse_loss(recon, target) + vq_loss
                 if lpips is not None:
-                    loss = loss + lpips(recon, target).mean()
+                    loss = loss + lpips_loss(recon, target).mean()
                 if args.gan:
                     disc.requires_grad_(False)
-                    loss = loss + 0.1 * hinge_g_loss(disc(recon))
+                    loss = loss + 0.1 * hinge_g_loss(disc_net(recon))
                     disc.requires_grad_(True)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -632,7 +634,7 @@ def bench_train_tok(args, device, peaks):
             common.ema_update(ema_model, model, 0.999)
             if args.gan:
                 with autocast:
-                    logits = disc(torch.cat([target, recon.detach()])).float()
+                    logits = disc_net(torch.cat([target, recon.detach()])).float()
                     real, fake = logits.chunk(2)
                     d_loss = hinge_d_loss(real, fake) + 0.001 * lecam(real, fake)
                 disc_optimizer.zero_grad(set_to_none=True)

@@ -21,6 +21,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+try:  # ships with CUDA builds of torch; the fast sampler's attention kernel uses it when present
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
 MAX_LOG_ATTN_SCALE = math.log(100.0)  # VAR clamps its per-head scale_mul at log(100)
 
 # depth/width/heads per preset; dXX follow VAR (width 64*d, heads d, drop path 0.1*d/24)
@@ -350,6 +356,61 @@ def _head_logits(x, scale1p, shift, head_w, head_b, eps):
     return F.linear(_adaln_norm(x, scale1p, shift, eps, head_w.dtype), head_w, head_b).float()
 
 
+def decode_attention(q, k, v, k_cache, v_cache, t):
+    """One sampling step's attention: the new query of each (row, head) over cache positions 0..t-1 and the
+    new key/value, which are also written to position t. q, k, v (R, H, D), caches (R, H, N, D); q carries
+    its scale (the softmax scale is 1). Returns (R, H, D).
+    On CUDA with Triton this is one kernel that reads only the t cached positions. cuDNN's SDPA (the best
+    of torch's kernels for a query of length 1) spends ~45 us per call even for a short cache: most of a
+    generation's attention time (results/bench/h100_probe_s3.json)."""
+    if triton is not None and q.is_cuda:
+        return _decode_attention_triton(q, k, v, k_cache, v_cache, t)
+    k_cache[:, :, t].copy_(k)
+    v_cache[:, :, t].copy_(v)
+    return F.scaled_dot_product_attention(q[:, :, None], k_cache[:, :, :t + 1], v_cache[:, :, :t + 1], scale=1.0)[:, :, 0]
+
+
+if triton is not None:
+    @triton.jit
+    def _decode_attention_kernel(q, k, v, k_cache, v_cache, out, t, q_row, k_row, v_row, cache_row, cache_head,
+                                 H: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr):
+        row, head = tl.program_id(0), tl.program_id(1)
+        d = tl.arange(0, D)
+        q_vec = tl.load(q + row * q_row + head * D + d).to(tl.float32)
+        k_new = tl.load(k + row * k_row + head * D + d)
+        v_new = tl.load(v + row * v_row + head * D + d)
+        # scores of the t cached positions (rows >= t are masked: never read) and of the new one
+        positions = tl.arange(0, BLOCK_N)
+        cached = positions < t
+        offsets = row * cache_row + head * cache_head + positions[:, None] * D + d[None, :]
+        keys = tl.load(k_cache + offsets, mask=cached[:, None], other=0.0).to(tl.float32)
+        scores = tl.where(cached, tl.sum(keys * q_vec[None, :], axis=1), float('-inf'))
+        score_new = tl.sum(k_new.to(tl.float32) * q_vec, axis=0)
+        top = tl.maximum(tl.max(scores, axis=0), score_new)
+        p = tl.exp(scores - top)
+        p_new = tl.exp(score_new - top)
+        values = tl.load(v_cache + offsets, mask=cached[:, None], other=0.0).to(tl.float32)
+        mixed = tl.sum(p[:, None] * values, axis=0) + p_new * v_new.to(tl.float32)
+        tl.store(out + (row * H + head) * D + d, (mixed / (tl.sum(p, axis=0) + p_new)).to(out.dtype.element_ty))
+        tl.store(k_cache + row * cache_row + head * cache_head + t * D + d, k_new)
+        tl.store(v_cache + row * cache_row + head * cache_head + t * D + d, v_new)
+
+
+def _decode_attention_triton(q, k, v, k_cache, v_cache, t):
+    R, H, D = q.shape
+    N = k_cache.shape[2]
+    for name, x in (('q', q), ('k', k), ('v', v)):
+        if x.stride(2) != 1 or x.stride(1) != D:
+            raise ValueError(f'decode_attention: {name} must have contiguous heads, got strides {x.stride()}')
+    if k_cache.stride() != v_cache.stride() or k_cache.stride()[2:] != (D, 1):
+        raise ValueError(f'decode_attention: caches need (N, D) contiguous per head, got {k_cache.stride()}')
+    out = torch.empty(R, H, D, device=q.device, dtype=q.dtype)
+    _decode_attention_kernel[(R, H)](q, k, v, k_cache, v_cache, out, t, q.stride(0), k.stride(0), v.stride(0),
+                                     k_cache.stride(0), k_cache.stride(1), H=H, D=D,
+                                     BLOCK_N=triton.next_power_of_2(N), num_warps=4)
+    return out
+
+
 _FAST_SAMPLERS = weakref.WeakKeyDictionary()  # GPT -> the FastSampler that generate(fast=True) last used
 
 
@@ -368,7 +429,7 @@ class FastSampler:
         half: the null class) else B, the tokens (B, N), the AdaLN terms (computed once per sequence, in
         step 0), the guidance schedule, the Exp(1) noise (B, K) of the sampler;
       - step t is a fixed program: token t-1's embedding, every block attending to exactly the t + 1
-        cached positions (no mask: no reads of empty slots), head, guidance, top-k / top-p and the
+        cached positions (decode_attention: no mask, no reads of empty slots), head, guidance, top-k / top-p and the
         exponential race on the GPU, token t written into the token buffer. No host sync anywhere.
       - on CUDA (cuda_graphs=True) each step is captured once as a CUDA graph (N graphs sharing one
         memory pool, replayed in order); elsewhere the same step functions run eagerly;
@@ -480,9 +541,7 @@ class FastSampler:
         for bw, mods, cache in zip(w['blocks'], self.mods, self.kv):
             gate1, gate2, scale1p, scale2p, shift1, shift2 = mods.view(R, 6, C).unbind(1)
             q, k, v = self._attn_in(x, scale1p, shift1, bw['qkv_w'], bw['qkv_b'], bw['inv_scale'], self.eps)
-            cache[0, :, :, t].copy_(k)
-            cache[1, :, :, t].copy_(v)
-            att = F.scaled_dot_product_attention(q[:, :, None], cache[0, :, :, :t + 1], cache[1, :, :, :t + 1], scale=1.0)
+            att = decode_attention(q, k, v, cache[0], cache[1], t)
             x = self._attn_out_mlp(x, att.reshape(R, C), gate1, scale2p, shift2, gate2, bw['proj_w'], bw['proj_b'],
                                    bw['fc1_w'], bw['fc1_b'], bw['fc2_w'], bw['fc2_b'], self.eps)
         head_scale1p, head_shift = self.head_mods.view(R, 2, C).unbind(1)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import common
-from generator import (GPT, PAPER_PARAMS, FastSampler, GPTConfig, _FAST_SAMPLERS, drop_labels,
+import generator
+from generator import (GPT, PAPER_PARAMS, FastSampler, GPTConfig, _FAST_SAMPLERS, decode_attention, drop_labels,
                        sample_from_logits, sample_with_race)
 
 
@@ -241,6 +242,41 @@ def test_fast_path_under_bf16_autocast():
         ref = (1 + s) * model(tokens, labels) - s * model(tokens, torch.full_like(labels, model.cfg.num_classes))
     assert _FAST_SAMPLERS[model].dtype == torch.bfloat16
     assert ((logits - ref).norm() / ref.norm()).item() < 3e-2
+
+
+def decode_attention_case(device, dtype, R=6, H=4, N=16, D=16, seed=0):
+    """q, k, v of one step (as _attn_in lays them out: views of one qkv tensor) and a cache filled with noise."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(R, 3, H, D, generator=g).to(device, dtype)
+    cache = torch.randn(2, R, H, N, D, generator=g).to(device, dtype)
+    return qkv[:, 0], qkv[:, 1], qkv[:, 2], cache
+
+
+@pytest.mark.parametrize('t', [0, 1, 7, 15])
+def test_decode_attention_is_softmax_over_cache_and_new_entry(t):
+    q, k, v, cache = decode_attention_case('cpu', torch.float32)
+    filled = cache.clone()
+    out = decode_attention(q, k, v, filled[0], filled[1], t)
+    keys = torch.cat([cache[0, :, :, :t], k[:, :, None]], dim=2)  # positions 0..t-1, then the new one
+    values = torch.cat([cache[1, :, :, :t], v[:, :, None]], dim=2)
+    weights = torch.softmax(torch.einsum('rhd,rhnd->rhn', q, keys), dim=-1)  # scale 1: q carries it
+    torch.testing.assert_close(out, torch.einsum('rhn,rhnd->rhd', weights, values))
+    assert torch.equal(filled[0, :, :, t], k) and torch.equal(filled[1, :, :, t], v)
+    untouched = [i for i in range(cache.shape[3]) if i != t]
+    assert torch.equal(filled[:, :, :, untouched], cache[:, :, :, untouched])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or generator.triton is None, reason='needs CUDA and Triton')
+@pytest.mark.parametrize('t', [0, 1, 33, 63])
+def test_decode_attention_triton_kernel_matches_sdpa(t):
+    q, k, v, cache = decode_attention_case('cuda', torch.bfloat16, R=512, H=16, N=64, D=64)
+    by_kernel, by_sdpa = cache.clone(), cache.clone()
+    out = generator._decode_attention_triton(q, k, v, by_kernel[0], by_kernel[1], t)
+    by_sdpa[0, :, :, t], by_sdpa[1, :, :, t] = k, v
+    ref = torch.nn.functional.scaled_dot_product_attention(q[:, :, None].float(), by_sdpa[0, :, :, :t + 1].float(),
+                                                           by_sdpa[1, :, :, :t + 1].float(), scale=1.0)[:, :, 0]
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)  # bf16 output
+    assert torch.equal(by_kernel, by_sdpa)  # the new key/value written, nothing else touched
 
 
 def test_sample_with_race_is_sample_from_logits():
