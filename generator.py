@@ -407,7 +407,7 @@ def _decode_attention_triton(q, k, v, k_cache, v_cache, t):
     out = torch.empty(R, H, D, device=q.device, dtype=q.dtype)
     _decode_attention_kernel[(R, H)](q, k, v, k_cache, v_cache, out, t, q.stride(0), k.stride(0), v.stride(0),
                                      k_cache.stride(0), k_cache.stride(1), H=H, D=D,
-                                     BLOCK_N=triton.next_power_of_2(N), num_warps=4)
+                                     BLOCK_N=triton.next_power_of_2(N), num_warps=1)  # probe_s4: 1 warp is fastest
     return out
 
 
