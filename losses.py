@@ -234,11 +234,9 @@ class NLayerDiscriminator(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, 0.0, 0.02)  # pix2pix/taming init
-        # channels_last, as LPIPS: in NCHW, cuDNN transposes every conv's input and output on the GPU
-        self.to(memory_format=torch.channels_last)
 
     def forward(self, images):
-        return self.main(images.contiguous(memory_format=torch.channels_last))
+        return self.main(images)
 
 
 def hinge_d_loss(logits_real, logits_fake):
