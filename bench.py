@@ -265,19 +265,22 @@ def kernel_profile(fn, device):
                 us = e.time_range.elapsed_us()
                 count, total = by_name.get(e.name, (0, 0.0))
                 by_name[e.name] = (count + 1, total + us)
-        classes = {'matmul': 0.0, 'attention': 0.0, 'other': 0.0}
+        classes, kernel_class = {'matmul': 0.0, 'attention': 0.0, 'other': 0.0}, {}
         for name, (_, us) in by_name.items():
             low = name.lower()
             if any(k in low for k in ('flash', 'fmha', 'attention', 'attn', 'sdpa')):
-                classes['attention'] += us
+                kernel_class[name] = 'attention'
             elif any(k in low for k in ('gemm', 'cutlass', 'nvjet', 'xmma', 'cublas', 'gemv', 'matmul', 'splitk')):
-                classes['matmul'] += us
+                kernel_class[name] = 'matmul'
             else:
-                classes['other'] += us
-        top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:12]
+                kernel_class[name] = 'other'
+            classes[kernel_class[name]] += us
+        def top(names):
+            return [{'name': n[:120], 'count': by_name[n][0], 'ms': by_name[n][1] / 1e3}
+                    for n in sorted(names, key=lambda n: -by_name[n][1])[:12]]
         return {'kernel_ms_by_class': {k: v / 1e3 for k, v in classes.items()},
                 'n_kernels': sum(c for c, _ in by_name.values()),
-                'top_kernels': [{'name': n[:120], 'count': c, 'ms': us / 1e3} for n, (c, us) in top]}
+                'top_kernels': top(by_name), 'top_other_kernels': top(n for n in by_name if kernel_class[n] == 'other')}
     except Exception as e:  # the profiler is a diagnosis, never a reason to lose the run
         print(f"profile failed: {e!r}")
         return None
@@ -367,8 +370,10 @@ def print_sample_line(r):
 def print_profile(p, what):
     print(f"{'':16}kernel ms by class: " + ', '.join(f"{k} {v:.2f}" for k, v in p['kernel_ms_by_class'].items())
           + f" ({p['n_kernels']} kernels, {what})")
-    for k in p['top_kernels'][:8]:
-        print(f"{'':18}{k['ms']:8.2f} ms {k['count']:6d}x  {k['name'][:90]}")
+    for title, kernels in (('top kernels', p['top_kernels']), ('top non-matmul, non-attention', p['top_other_kernels'])):
+        print(f"{'':16}{title}:")
+        for k in kernels[:8]:
+            print(f"{'':18}{k['ms']:8.2f} ms {k['count']:6d}x  {k['name'][:90]}")
 
 
 def sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, floors, decode, profile=False):

@@ -374,31 +374,37 @@ if triton is not None:
     @triton.jit
     def _decode_attention_kernel(q, k, v, k_cache, v_cache, out, t, q_row, k_row, v_row, cache_row, cache_head,
                                  H: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr):
+        """One program per (row, head): online softmax over the t cached positions in chunks of BLOCK_N
+        (a loop bounded by t: no reads past it, and few registers per chunk, so many programs per SM),
+        started from the new position's score and value."""
         row, head = tl.program_id(0), tl.program_id(1)
         d = tl.arange(0, D)
         q_vec = tl.load(q + row * q_row + head * D + d).to(tl.float32)
         k_new = tl.load(k + row * k_row + head * D + d)
         v_new = tl.load(v + row * v_row + head * D + d)
-        # scores of the t cached positions (rows >= t are masked: never read) and of the new one
-        positions = tl.arange(0, BLOCK_N)
-        cached = positions < t
-        offsets = row * cache_row + head * cache_head + positions[:, None] * D + d[None, :]
-        keys = tl.load(k_cache + offsets, mask=cached[:, None], other=0.0).to(tl.float32)
-        scores = tl.where(cached, tl.sum(keys * q_vec[None, :], axis=1), float('-inf'))
-        score_new = tl.sum(k_new.to(tl.float32) * q_vec, axis=0)
-        top = tl.maximum(tl.max(scores, axis=0), score_new)
-        p = tl.exp(scores - top)
-        p_new = tl.exp(score_new - top)
-        values = tl.load(v_cache + offsets, mask=cached[:, None], other=0.0).to(tl.float32)
-        mixed = tl.sum(p[:, None] * values, axis=0) + p_new * v_new.to(tl.float32)
-        tl.store(out + (row * H + head) * D + d, (mixed / (tl.sum(p, axis=0) + p_new)).to(out.dtype.element_ty))
-        tl.store(k_cache + row * cache_row + head * cache_head + t * D + d, k_new)
-        tl.store(v_cache + row * cache_row + head * cache_head + t * D + d, v_new)
+        top = tl.sum(k_new.to(tl.float32) * q_vec, axis=0)  # running max of the scores
+        mass = tl.full((), 1.0, tl.float32)  # running sum of exp(score - top)
+        mixed = v_new.to(tl.float32)  # running sum of exp(score - top) * value
+        base = row * cache_row + head * cache_head
+        for start in range(0, t, BLOCK_N):
+            positions = start + tl.arange(0, BLOCK_N)
+            cached = positions < t
+            offsets = base + positions[:, None] * D + d[None, :]
+            keys = tl.load(k_cache + offsets, mask=cached[:, None], other=0.0).to(tl.float32)
+            scores = tl.where(cached, tl.sum(keys * q_vec[None, :], axis=1), float('-inf'))
+            new_top = tl.maximum(top, tl.max(scores, axis=0))
+            shrink, p = tl.exp(top - new_top), tl.exp(scores - new_top)
+            values = tl.load(v_cache + offsets, mask=cached[:, None], other=0.0).to(tl.float32)
+            mass = mass * shrink + tl.sum(p, axis=0)
+            mixed = mixed * shrink + tl.sum(p[:, None] * values, axis=0)
+            top = new_top
+        tl.store(out + (row * H + head) * D + d, (mixed / mass).to(out.dtype.element_ty))
+        tl.store(k_cache + base + t * D + d, k_new)
+        tl.store(v_cache + base + t * D + d, v_new)
 
 
 def _decode_attention_triton(q, k, v, k_cache, v_cache, t):
     R, H, D = q.shape
-    N = k_cache.shape[2]
     for name, x in (('q', q), ('k', k), ('v', v)):
         if x.stride(2) != 1 or x.stride(1) != D:
             raise ValueError(f'decode_attention: {name} must have contiguous heads, got strides {x.stride()}')
@@ -406,8 +412,7 @@ def _decode_attention_triton(q, k, v, k_cache, v_cache, t):
         raise ValueError(f'decode_attention: caches need (N, D) contiguous per head, got {k_cache.stride()}')
     out = torch.empty(R, H, D, device=q.device, dtype=q.dtype)
     _decode_attention_kernel[(R, H)](q, k, v, k_cache, v_cache, out, t, q.stride(0), k.stride(0), v.stride(0),
-                                     k_cache.stride(0), k_cache.stride(1), H=H, D=D,
-                                     BLOCK_N=triton.next_power_of_2(N), num_warps=1)  # probe_s4: 1 warp is fastest
+                                     k_cache.stride(0), k_cache.stride(1), H=H, D=D, BLOCK_N=16, num_warps=1)
     return out
 
 

@@ -2,7 +2,9 @@
     python results/bench/probe_s4.py OUT.json attn gen sampler      # from the repo root
 attn: one sampling step's attention (d16 at batch 256 with CFG: 512 rows, 16 heads, D 64, cache of 64):
       torch's SDPA (it picks cuDNN) after writing the new key/value, against generator.decode_attention's
-      Triton kernel at 1-8 warps; each timed as 20 calls in a CUDA graph, as the sampler replays them.
+      Triton kernel per chunk size (BLOCK_N) and warp count; each timed as 20 calls in a CUDA graph, as the
+      sampler replays them. ('attn_one_tile' in the JSON: the kernel's first version, one 64-row tile
+      with masked loads instead of the chunk loop, 1-8 warps.)
 gen:  ms per train_gen d16 step (batch 256, bf16, compiled) for variants of SelfAttention's q/k
       l2-normalisation (whose backward was the largest non-matmul kernel) and of where the loss is computed.
 sampler: generate(fast=True, compile=True) at batch 256 with CFG, torch.compile's default mode against
@@ -64,17 +66,17 @@ if 'attn' in what:
         cache[1, :, :, t].copy_(v)
         return F.scaled_dot_product_attention(q[:, :, None], cache[0, :, :, :t + 1], cache[1, :, :, :t + 1], scale=1.0)
 
-    def kernel(t, warps):
+    def kernel(t, block, warps):
         o = torch.empty(R, H, D, device=dev, dtype=torch.bfloat16)
         generator._decode_attention_kernel[(R, H)](q, k, v, cache[0], cache[1], o, t, q.stride(0), k.stride(0),
                                                   v.stride(0), cache[0].stride(0), cache[0].stride(1), H=H, D=D,
-                                                  BLOCK_N=N, num_warps=warps)
+                                                  BLOCK_N=block, num_warps=warps)
         return o
 
     rows = []
     for t in (0, 8, 33, 63):
         row = {'t': t, 'floor_us': R * H * D * 2 * 2 * (t + 1) / 2.97e12 * 1e6, 'sdpa_us': graph_time_us(lambda: sdpa(t))}
-        row.update({f'triton_w{w}_us': graph_time_us(lambda: kernel(t, w)) for w in (1, 2, 4, 8)})
+        row.update({f'triton_b{b}_w{w}_us': graph_time_us(lambda: kernel(t, b, w)) for b in (8, 16, 32) for w in (1, 2, 4)})
         rows.append(row)
         print('attn', row, flush=True)
     results['attn'] = rows
