@@ -7,6 +7,10 @@ attn: one sampling step's attention (d16 at batch 256 with CFG: 512 rows, 16 hea
       with masked loads instead of the chunk loop, 1-8 warps.)
 gen:  ms per train_gen d16 step (batch 256, bf16, compiled) for variants of SelfAttention's q/k
       l2-normalisation (whose backward was the largest non-matmul kernel) and of where the loss is computed.
+      Caveat: the variants go in through functools.partialmethod, which dynamo does not trace through:
+      graph breaks, and per-block recompiles (drop_path_rate) past the cache limit, so every variant runs
+      slower than bench.py's step (84 vs 67.5 ms). Only the ranking was used; bench.py train_gen measured
+      the chosen variant as the code now has it.
 sampler: generate(fast=True, compile=True) at batch 256 with CFG, torch.compile's default mode against
       mode='max-autotune-no-cudagraphs' (Triton GEMM templates with fused epilogues) for the block math.
 """
