@@ -541,8 +541,8 @@ def bench_train_gen(args, device, peaks):
             idx, labels = batches[state['i'] % len(batches)]
             state['i'] += 1
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = train_model(idx, labels)
-            loss = F.cross_entropy(logits.transpose(1, 2), idx, reduction='none').mean()
+                _, token_loss = train_model(idx, labels, with_loss=True)
+            loss = token_loss.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)

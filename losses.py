@@ -190,18 +190,24 @@ class LPIPS(nn.Module):
                 taps.append(images)
         return taps
 
-    def forward(self, x, y):
+    def scaled_taps(self, images):
         # The VGG trunk runs in the caller's precision (bf16 under the trainer's autocast: at 256 px it is
-        # most of a tokenizer step in float32), channels_last for the convolution kernels. The unit
-        # normalisation (eps 1e-10) and the tiny distances are fragile in half precision: float32.
+        # most of a tokenizer step in float32), channels_last for the convolution kernels.
         dtype = self.heads[0].weight.dtype
-        both = (torch.cat([x, y]).to(dtype) - self.input_shift.to(dtype)) / self.input_scale.to(dtype)
-        taps = self.feature_taps(both.contiguous(memory_format=torch.channels_last))
+        images = (images.to(dtype) - self.input_shift.to(dtype)) / self.input_scale.to(dtype)
+        return self.feature_taps(images.contiguous(memory_format=torch.channels_last))
+
+    def forward(self, x, y):
+        # One trunk pass per image: a target that needs no gradient (the trainer's) goes through without
+        # autograd, so the backward computes VGG's input gradients for x alone, not for a batch of both.
+        taps_x = self.scaled_taps(x)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and y.requires_grad):
+            taps_y = self.scaled_taps(y)
+        # the unit normalisation (eps 1e-10) and the tiny distances are fragile in half precision: float32
         with torch.autocast(device_type=x.device.type, enabled=False):
             distance = 0
-            for head, tap in zip(self.heads, taps):
-                tap_x, tap_y = unit_normalize(tap.float()).chunk(2)
-                distance = distance + head((tap_x - tap_y) ** 2).mean(dim=(1, 2, 3))
+            for head, tap_x, tap_y in zip(self.heads, taps_x, taps_y):
+                distance = distance + head((unit_normalize(tap_x.float()) - unit_normalize(tap_y.float())) ** 2).mean(dim=(1, 2, 3))
             return distance
 
 

@@ -27,7 +27,6 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -302,9 +301,8 @@ while step < args.max_steps:
     idx, labels = next_batch(rows_stream, step)
     for group in optimizer.param_groups:
         group['lr'] = lr_at(step)
-    with autocast:
-        logits = train_model(idx, labels)  # float32 (B, N, K); logits[:, i] predicts idx[:, i]
-    token_loss = F.cross_entropy(logits.transpose(1, 2), idx, reduction='none')  # (B, N)
+    with autocast:  # float32 logits (B, N, K), logits[:, i] predicts idx[:, i]; token_loss (B, N)
+        logits, token_loss = train_model(idx, labels, with_loss=True)
     loss = token_loss.mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

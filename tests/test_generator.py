@@ -37,6 +37,15 @@ def test_forward_shapes_and_config_round_trip():
     assert torch.equal(rebuilt.eval()(idx, labels), model(idx, labels))
 
 
+def test_forward_with_loss_is_the_cross_entropy_of_each_position():
+    model = make_model()
+    idx, labels = random_tokens(model, 3), torch.tensor([1, 5, 10])
+    logits, token_loss = model(idx, labels, with_loss=True)
+    assert torch.equal(logits, model(idx, labels)) and token_loss.shape == idx.shape
+    expected = -logits.log_softmax(-1).gather(-1, idx[..., None])[..., 0]
+    torch.testing.assert_close(token_loss, expected)
+
+
 def test_kv_cache_generation_matches_full_forward():
     model = make_model()
     labels = torch.tensor([0, 3, 7, 9])

@@ -167,11 +167,15 @@ def test_distance_grows_with_noise_on_real_images(lpips, cifar_test_dir):
     assert (distances.diff(dim=0) > 0).all(), distances
 
 
-def test_frozen_but_gradient_reaches_input(lpips):
+def test_frozen_but_gradient_reaches_inputs_that_need_it(lpips):
     a, b = map(nhwc_to_nchw, synthetic_pair(32))
     x = a.clone().requires_grad_(True)
     lpips(x, b).sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    x2, y = a.clone().requires_grad_(True), b.clone().requires_grad_(True)  # a target with a gradient gets one too
+    lpips(x2, y).sum().backward()
+    assert y.grad.abs().sum() > 0
+    torch.testing.assert_close(x2.grad, x.grad)
     assert all(not p.requires_grad and p.grad is None for p in lpips.parameters())
     lpips.train()
     assert not lpips.training
