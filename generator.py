@@ -10,8 +10,9 @@ The class table has num_classes + 1 rows; row num_classes is the null class (CFG
 branch). CFG convention (VAR's): logits = (1 + s) * cond - s * uncond, so s = 0 is plain conditional.
 
 Sampling: GPT.generate is the readable reference loop; FastSampler (or generate(..., fast=True)) runs the
-same computation with static shapes, weights pre-cast to bf16 and one CUDA graph per token step, and
-draws the same random numbers (bench.py sample times both against the hardware floor).
+same computation with static shapes, weights pre-cast to bf16, one CUDA graph per token step and a Triton
+attention kernel over the KV cache (decode_attention), and draws the same random numbers (bench.py sample
+times both against the hardware floor).
 """
 import math
 import weakref
