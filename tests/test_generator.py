@@ -303,3 +303,10 @@ def test_training_flops_count_every_matmul_once_per_token():
     per_sequence = L * (C * 6 * C + 6 * C) + C * 2 * C + 2 * C  # block and head AdaLN, once per class
     attention = 2 * 2 * L * N * N * C  # QK^T and AV
     assert GPT(cfg).train_flops_per_sample() == 6 * (per_token * N + per_sequence) + 3 * attention
+
+
+def test_training_forward_with_loss_compiles_to_one_graph():
+    model = make_model(drop_path=0.1).train()
+    idx = random_tokens(model, 4)
+    explanation = torch._dynamo.explain(model)(idx, torch.tensor([0, 1, 2, 10]), with_loss=True)
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]

@@ -92,3 +92,13 @@ def test_tiny_tokenizer_overfits_four_images_at_every_prefix(cifar_images):
     trained = errors()
     for before, after, bound in zip(untrained, trained, (0.025, 0.035, 0.06)):
         assert after < bound and after < before / 3, (untrained, trained)  # the images have variance ~0.25
+
+
+def test_training_forward_compiles_to_one_graph():
+    """A graph break (bincount's data-dependent shape did it) splits torch.compile's forward and backward and
+    made the titok_b64 step host-bound on an H100 (README, Throughput)."""
+    tok = Tokenizer(TokConfig.preset('tiny')).train()
+    x = torch.rand(4, 3, tok.cfg.image_size, tok.cfg.image_size) * 2 - 1
+    explanation = torch._dynamo.explain(tok)(x, torch.tensor([1, 3, 5, 8]))
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
+    assert tok.quantizer.usage.sum() == 4 * tok.cfg.n_tokens  # the count still happened (in the traced run)
