@@ -94,8 +94,8 @@ class VectorQuantizer(nn.Module):
             zq = codebook[idx]
             loss = F.mse_loss(zq, z.detach()) + self.commitment * F.mse_loss(z, zq.detach())
             if self.training:
-                # index_add_, not bincount: bincount's output shape depends on the data, which splits a
-                # compiled forward (and backward) in three at this line
+                # index_add_, not bincount: bincount's output shape depends on the data, which breaks a
+                # compiled forward (and backward) at this line: four graphs instead of one
                 self.usage.index_add_(0, idx.flatten(), torch.ones(idx.numel(), device=idx.device, dtype=self.usage.dtype))
             self.last_z = z.detach()  # the trainer restarts dead codes from these
             return z + (zq - z).detach(), idx, loss

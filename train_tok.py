@@ -120,7 +120,9 @@ train_disc = disc_net  # the discriminator step's wrapper
 lpips_loss = compiled(lpips) if lpips is not None else None
 if dd.world_size > 1:
     device_ids = [dd.local_rank] if device.type == 'cuda' else None
-    train_model = DDP(train_model, device_ids=device_ids)
+    # broadcast_buffers=False: the code-usage counts are per rank (summed at restarts and checkpoints), and
+    # DDP's default would overwrite them with rank 0's before every forward; the other buffers are constants
+    train_model = DDP(train_model, device_ids=device_ids, broadcast_buffers=False)
     train_disc = DDP(disc_net, device_ids=device_ids) if use_gan else None
 
 

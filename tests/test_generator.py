@@ -254,11 +254,13 @@ def test_fast_path_under_bf16_autocast():
 
 
 def decode_attention_case(device, dtype, R=6, H=4, N=16, D=16, seed=0):
-    """q, k, v of one step (as _attn_in lays them out: views of one qkv tensor) and a cache filled with noise."""
+    """q, k, v of one step laid out as _attn_in returns them (q and k views of an (R, 2, H, D) tensor, v of
+    the (R, 3, H, D) qkv: different row strides) and a cache filled with noise."""
     g = torch.Generator().manual_seed(seed)
     qkv = torch.randn(R, 3, H, D, generator=g).to(device, dtype)
+    qk = torch.randn(R, 2, H, D, generator=g).to(device, dtype)
     cache = torch.randn(2, R, H, N, D, generator=g).to(device, dtype)
-    return qkv[:, 0], qkv[:, 1], qkv[:, 2], cache
+    return qk[:, 0], qk[:, 1], qkv[:, 2], cache
 
 
 @pytest.mark.parametrize('t', [0, 1, 7, 15])
@@ -273,6 +275,8 @@ def test_decode_attention_is_softmax_over_cache_and_new_entry(t):
     assert torch.equal(filled[0, :, :, t], k) and torch.equal(filled[1, :, :, t], v)
     untouched = [i for i in range(cache.shape[3]) if i != t]
     assert torch.equal(filled[:, :, :, untouched], cache[:, :, :, untouched])
+    with pytest.raises(IndexError, match='outside the cache'):
+        decode_attention(q, k, v, filled[0], filled[1], cache.shape[3])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or generator.triton is None, reason='needs CUDA and Triton')

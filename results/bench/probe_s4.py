@@ -16,7 +16,6 @@ sampler: generate(fast=True, compile=True) at batch 256 with CFG, torch.compile'
 """
 import functools
 import json
-import math
 import sys
 from pathlib import Path
 
