@@ -207,7 +207,8 @@ class LPIPS(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             distance = 0
             for head, tap_x, tap_y in zip(self.heads, taps_x, taps_y):
-                distance = distance + head((unit_normalize(tap_x.float()) - unit_normalize(tap_y.float())) ** 2).mean(dim=(1, 2, 3))
+                squared = (unit_normalize(tap_x.float()) - unit_normalize(tap_y.float())) ** 2
+                distance = distance + head(squared).mean(dim=(1, 2, 3))
             return distance
 
 
