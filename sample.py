@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import common
-from data import save_grid, to_uint8
+from data import save_grid, to_float, to_uint8
 from generator import GPT, GPTConfig
 from tokenizer import Tokenizer
 
@@ -189,7 +189,7 @@ def main(argv=None):
     np.savez(npz_path, arr_0=images, labels=labels)
     shown_classes, shown_per_class = min(8, len(classes)), min(8, args.per_class)
     shown = [c * args.per_class + j for c in range(shown_classes) for j in range(shown_per_class)]
-    save_grid(torch.from_numpy(images[shown]).permute(0, 3, 1, 2).float() / 127.5 - 1,
+    save_grid(to_float(torch.from_numpy(images[shown]).permute(0, 3, 1, 2), 'cpu'),
               os.path.join(args.out, 'grid.png'), ncol=shown_per_class)
     with open(os.path.join(args.out, 'sample_args.json'), 'w') as f:
         json.dump({**vars(args), 'n': len(images), 'generator_step': ckpt['step'], 'tokenizer': tok.path,
