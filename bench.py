@@ -18,7 +18,9 @@ a 64 MiB copy and a 1024^3 float32 product). Every floor below uses those two me
 sample: the reference GPT.generate loop ('slow') and FastSampler ('fast'; on CUDA also 'fast-nograph',
 the same steps launched eagerly, and with --compile 'fast+compile') at each --batch, with CFG (a 2B-row
 batch) unless --cfg 0, bf16 on CUDA. Reported:
-images/s end to end (generate + tokenizer decode to pixels), generator ms per batch and per step,
+images/s end to end (generate + tokenizer decode to pixels, one batch at a time), images/s of
+sample.py's loop (fast paths: 6 batches through sample.sample_batches, which decodes batch b on a side
+stream while batch b + 1 samples, uint8 to the host), generator ms per batch and per step,
 tokenizer decode ms, peak memory, and the floors. Floor of step t (t + 1 visible positions), R rows:
   FLOPs  2 R (matmul weights of the blocks + head) + 4 R depth width (t + 1)     (QK^T, AV)
   bytes  weights of the blocks + head (bf16) + AdaLN terms R depth 6 width (bf16)
@@ -160,7 +162,8 @@ def fmt(v, spec):
 def print_table(records):
     """One short table per bench kind (the last thing printed)."""
     kinds = [('sample', [('model', 'model', 's'), ('variant', 'variant', 's'), ('B', 'batch', 'd'),
-                         ('img/s', 'images_per_s', '.0f'), ('floor img/s', 'floor_images_per_s', '.0f'),
+                         ('img/s', 'images_per_s', '.0f'), ('sample.py img/s', 'sample_py_images_per_s', '.0f'),
+                         ('floor img/s', 'floor_images_per_s', '.0f'),
                          ('gen ms', 'gen_ms', '.1f'), ('ms/step', 'ms_per_step', '.3f'),
                          ('gen/floor', 'gen_over_floor', '.2f'), ('worst step/floor', 'worst_step_over_floor', '.2f'),
                          ('decode ms', 'decode_ms', '.1f'), ('dec MFU', 'decode_mfu', '.1%'),
@@ -357,6 +360,8 @@ def print_sample_line(r):
     if 'worst_step_over_floor' in r:
         line += f"; worst step {r['worst_step']} at {r['worst_step_over_floor']:.2f}x, {r['steps_over_2x_floor']} steps over 2x"
     line += f"), decode ({r['decode']}) {r['decode_ms']:.1f} ms, peak {fmt(r['peak_mem_gb'], '.2f')} GB, first call {r['first_call_s']:.1f} s"
+    if 'sample_py_images_per_s' in r:
+        line += f"\n{'':16}sample.py's loop (decode overlapped with the next batch): {r['sample_py_images_per_s']:.0f} images/s"
     if 'check_logits_rel_err' in r:
         line += (f"\n{'':16}check {'ok' if r['check_ok'] else 'FAILED'}: logits vs float32 teacher-forced forward rel err "
                  f"{r['check_logits_rel_err']:.2e} (slow path {r['check_slow_logits_rel_err']:.2e}); tokens equal to the "
@@ -416,6 +421,9 @@ def sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, flo
         worst = max(range(N), key=ratios.__getitem__)
         out.update(step_ms=step_ms, step_over_floor=ratios, worst_step=worst, worst_step_over_floor=ratios[worst],
                    median_step_over_floor=statistics.median(ratios), steps_over_2x_floor=sum(r > 2 for r in ratios))
+    if variant != 'slow':
+        out['groups'] = len(sampler.row_groups)
+        out['sample_py_images_per_s'] = sample_py_throughput(model, tok, B, args, use_bf16, variant == 'fast+compile')
     if profile and variant in ('fast', 'fast+compile') and device.type == 'cuda':
         del sampler
         eager = FastSampler(model, B, args.cfg != 0, **sampling, dtype=dtype, cuda_graphs=False,
@@ -425,6 +433,26 @@ def sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, flo
         if prof:
             out['profile'] = prof
     return out
+
+
+def sample_py_throughput(model, tok, B, args, use_bf16, compile, n_batches=6):
+    """Images/s of sample.py's own loop (sample.sample_batches: on CUDA batch b decodes on a side stream while
+    batch b + 1 samples; uint8 images to the host) over n_batches of B, after one untimed pass."""
+    import numpy as np
+    import sample
+    from generator import _FAST_SAMPLERS
+    labels = np.random.default_rng(args.seed).integers(model.cfg.num_classes, size=n_batches * B)
+
+    def run():
+        for _ in sample.sample_batches(model, tok, labels, B, args.seed, model.cfg.n_tokens, args.cfg, top_k=args.top_k,
+                                       top_p=args.top_p, bf16=use_bf16, compile=compile):
+            pass
+    run()
+    t0 = time.perf_counter()
+    run()  # ends on the last batch's copy to the host: no sync needed
+    seconds = time.perf_counter() - t0
+    _FAST_SAMPLERS.pop(model, None)  # its KV cache and graphs
+    return n_batches * B / seconds
 
 
 def check_fast_path(model, labels, args, use_bf16, autocast, compile):
