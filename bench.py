@@ -422,7 +422,6 @@ def sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, flo
         out.update(step_ms=step_ms, step_over_floor=ratios, worst_step=worst, worst_step_over_floor=ratios[worst],
                    median_step_over_floor=statistics.median(ratios), steps_over_2x_floor=sum(r > 2 for r in ratios))
     if variant != 'slow':
-        out['groups'] = len(sampler.row_groups)
         out['sample_py_images_per_s'] = sample_py_throughput(model, tok, B, args, use_bf16, variant == 'fast+compile')
     if profile and variant in ('fast', 'fast+compile') and device.type == 'cuda':
         del sampler

@@ -450,9 +450,7 @@ class FastSampler:
       - on CUDA (cuda_graphs=True) each step is captured once as a CUDA graph (N graphs sharing one
         memory pool, replayed in order); elsewhere the same step functions run eagerly;
       - compile=True: the per-block math (_attn_in, _attn_out_mlp, _head_logits) goes through
-        torch.compile(fullgraph=True, dynamic=False), fusing the small elementwise kernels;
-      - groups: the R rows split into this many groups (default 2 on CUDA, e.g. the conditional and the
-        unconditional half), which run the blocks on their own CUDA streams, concurrently.
+        torch.compile(fullgraph=True, dynamic=False), fusing the small elementwise kernels.
     Random numbers: before step t the noise buffer is refilled with race.exponential_(generator) outside
     the graph, the very call (shape, dtype, order) GPT.generate makes at step t, so with the same
     generator state both paths consume the same random stream: the same seed gives the same samples,
@@ -462,7 +460,7 @@ class FastSampler:
     """
 
     def __init__(self, model, batch_size, guided=True, temperature=1.0, top_k=0, top_p=0.0, return_logits=False,
-                 dtype=None, cuda_graphs=True, compile=False, groups=None):
+                 dtype=None, cuda_graphs=True, compile=False):
         cfg = model.cfg
         self.device = model.pos_emb.device
         self.dtype = dtype or (torch.bfloat16 if self.device.type == 'cuda' else model.pos_emb.dtype)
@@ -473,9 +471,6 @@ class FastSampler:
         self.N, self.K, self.C, self.H = cfg.n_tokens, cfg.vocab_size, cfg.width, cfg.heads
         self.depth, self.num_classes, self.eps = cfg.depth, cfg.num_classes, cfg.norm_eps
         self.use_graphs = cuda_graphs and self.device.type == 'cuda'
-        groups = min(groups or (2 if self.device.type == 'cuda' else 1), self.R)
-        self.row_groups = [slice(self.R * i // groups, self.R * (i + 1) // groups) for i in range(groups)]
-        self.streams = [torch.cuda.Stream(self.device) for _ in self.row_groups] if groups > 1 and self.device.type == 'cuda' else []
         wrap = (lambda f: torch.compile(f, fullgraph=True, dynamic=False)) if compile else (lambda f: f)
         self._attn_in, self._attn_out_mlp, self._head_logits = wrap(_attn_in), wrap(_attn_out_mlp), wrap(_head_logits)
         self.model_ref = weakref.ref(model)  # weak: a cached sampler must not keep its model alive
@@ -559,7 +554,12 @@ class FastSampler:
             x = cond + w['pos'][0]
         else:
             x = F.embedding(self.tokens[:, t - 1].repeat(R // B), w['tok_emb']) + w['pos'][t]
-        x = self._blocks_by_group(x, t)
+        for bw, mods, cache in zip(w['blocks'], self.mods, self.kv):
+            gate1, gate2, scale1p, scale2p, shift1, shift2 = mods.view(R, 6, C).unbind(1)
+            q, k, v = self._attn_in(x, scale1p, shift1, bw['qkv_w'], bw['qkv_b'], bw['inv_scale'], self.eps)
+            att = decode_attention(q, k, v, cache[0], cache[1], t)
+            x = self._attn_out_mlp(x, att.reshape(R, C), gate1, scale2p, shift2, gate2, bw['proj_w'], bw['proj_b'],
+                                   bw['fc1_w'], bw['fc1_b'], bw['fc2_w'], bw['fc2_b'], self.eps)
         head_scale1p, head_shift = self.head_mods.view(R, 2, C).unbind(1)
         logits = self._head_logits(x, head_scale1p, head_shift, w['head_w'], w['head_b'], self.eps)
         if self.guided:  # the reference's (1 + s) * cond - s * uncond, term for term
@@ -567,34 +567,6 @@ class FastSampler:
         if self.logits is not None:
             self.logits[:, t].copy_(logits)
         self.tokens[:, t].copy_(sample_with_race(logits, self.race, self.temperature, self.top_k, self.top_p))
-
-    def _blocks(self, x, rows, t):
-        """Every block for the residual stream x of the rows `rows` (a slice of the R rows)."""
-        n, C, w = x.shape[0], self.C, self.w
-        for bw, mods, cache in zip(w['blocks'], self.mods, self.kv):
-            gate1, gate2, scale1p, scale2p, shift1, shift2 = mods[rows].view(n, 6, C).unbind(1)
-            q, k, v = self._attn_in(x, scale1p, shift1, bw['qkv_w'], bw['qkv_b'], bw['inv_scale'], self.eps)
-            att = decode_attention(q, k, v, cache[0, rows], cache[1, rows], t)
-            x = self._attn_out_mlp(x, att.reshape(n, C), gate1, scale2p, shift2, gate2, bw['proj_w'], bw['proj_b'],
-                                   bw['fc1_w'], bw['fc1_b'], bw['fc2_w'], bw['fc2_b'], self.eps)
-        return x
-
-    def _blocks_by_group(self, x, t):
-        """The blocks for each row group, each group on its own CUDA stream (one after another elsewhere): the
-        groups are independent, so the GPU overlaps one group's GEMMs with another's attention and small
-        kernels, which alone leave most SMs idle at a few hundred rows."""
-        if len(self.row_groups) == 1:
-            return self._blocks(x, self.row_groups[0], t)
-        current = torch.cuda.current_stream(self.device) if self.streams else None
-        outs = []
-        for rows, stream in zip(self.row_groups, self.streams or [None] * len(self.row_groups)):
-            if stream is not None:
-                stream.wait_stream(current)
-            with torch.cuda.stream(stream):  # a no-op for None
-                outs.append(self._blocks(x[rows], rows, t))
-        for stream in self.streams:
-            current.wait_stream(stream)  # the join; x and outs outlive it, so no memory is reused early
-        return torch.cat(outs)
 
     def _capture(self):
         """Warm up on a side stream (cuBLAS handles, kernel selection, compilation), then capture each step."""

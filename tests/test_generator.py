@@ -240,19 +240,6 @@ def test_fast_sampler_direct_use_and_argument_checks():
         model.generate(labels, prefix=labels[:, None], fast=True)
 
 
-def test_fast_sampler_row_groups_sample_the_same_tokens():
-    """The rows split into groups (on CUDA: one stream each) give what one group gives, uneven splits included."""
-    model = make_model()
-    labels = torch.tensor([0, 3, 7, 9, 2])
-    one_tokens, one_logits = FastSampler(model, 5, guided=True, top_k=1, return_logits=True, groups=1)(labels, cfg_scale=1.5)
-    for groups in (2, 3):
-        sampler = FastSampler(model, 5, guided=True, top_k=1, return_logits=True, groups=groups)
-        assert [r.stop - r.start for r in sampler.row_groups] == ([5, 5] if groups == 2 else [3, 3, 4])
-        tokens, logits = sampler(labels, cfg_scale=1.5)
-        assert torch.equal(tokens, one_tokens)
-        torch.testing.assert_close(logits, one_logits, rtol=1e-5, atol=1e-4)
-
-
 def test_fast_path_under_bf16_autocast():
     """The precision of a GPU run: bf16 matmuls and KV cache, float32 residual stream, LayerNorm and logits."""
     model = make_model()

@@ -1,7 +1,8 @@
 """One-off diagnosis (session 5, one H100), kept as the record of the figures it gave (h100_probe_s5.json):
     python results/bench/probe_s5.py OUT.json groups kernels gemm      # from the repo root
 groups:  FastSampler (d16, batch 256, CFG: 512 rows, bf16, compiled, CUDA graphs) generate ms with the rows
-         split into 1, 2 and 4 groups on their own streams.
+         split into 1, 2 and 4 groups on their own streams (FastSampler's `groups` argument of commit 604680f,
+         removed after this measured 90.0 / 99.5 / 125.6 ms: the streams slowed sampling down).
 kernels: every CUDA kernel of one un-graphed compiled step (t = 4 and t = 60, one group), in launch order,
          for block 0, and the step's kernel time by kind.
 gemm:    each block GEMM of a sampling step (F.linear with bias, bf16) at 128, 256 and 512 rows, 20 calls in a
