@@ -335,63 +335,69 @@ class GPT(nn.Module):
 # FastSampler can run them on its own weight copies and optionally torch.compile them (one compile
 # serves every layer and step: the shapes never change). x is the float32 residual stream (R, C), as
 # under autocast; matmuls run in the weights' dtype; the modulation terms hold 1 + scale, not scale.
+# The cuts between the functions are where fusion stops anyway (the GEMMs, the attention kernel), except
+# one: a block's gated MLP residual is added at the start of the next function (`pending`), so that it
+# fuses with the next LayerNorm into one kernel instead of two (one per layer and step).
 
 def _adaln_norm(x, scale1p, shift, eps, dtype):
     """LayerNorm(x) * (1 + scale) + shift in float32, cast to the next matmul's dtype."""
     return torch.addcmul(shift, F.layer_norm(x, x.shape[-1:], eps=eps), scale1p).to(dtype)
 
 
-def _attn_in(x, scale1p, shift, qkv_w, qkv_b, inv_scale, eps):
-    """-> q, k, v (R, H, D) of the new token: q and k l2-normalised, q times its head's scale
-    (inv_scale (2, H, 1) holds 1 / scale for q and ones for k)."""
-    R, C = x.shape
-    H = inv_scale.shape[1]
-    qkv = F.linear(_adaln_norm(x, scale1p, shift, eps, qkv_w.dtype), qkv_w, qkv_b).view(R, 3, H, C // H)
-    qk = qkv[:, :2]
-    norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True, dtype=torch.float32)
-    qk = (qk / (norm.clamp_min(1e-12) * inv_scale)).to(qkv.dtype)  # F.normalize's eps
-    return qk[:, 0], qk[:, 1], qkv[:, 2]
+def _attn_in(x, pending, scale1p, shift, qkv_w, qkv_b, eps):
+    """x plus the previous block's MLP residual `pending` ((output, gate), or None in the first block), then the
+    qkv projection of the new token -> (x, qkv (R, 3C)); decode_attention normalises q and k."""
+    if pending is not None:
+        x = torch.addcmul(x, *pending)
+    return x, F.linear(_adaln_norm(x, scale1p, shift, eps, qkv_w.dtype), qkv_w, qkv_b)
 
 
-def _attn_out_mlp(x, att, gate1, scale2p, shift2, gate2, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b, eps):
-    """Rest of the block: x + proj(att) * gate1, then the gated MLP residual. att (R, C)."""
+def _attn_out_mlp(x, att, gate1, scale2p, shift2, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b, eps):
+    """x + proj(att) * gate1, then the MLP on it -> (x, MLP output); its gated residual is left pending. att (R, C)."""
     x = torch.addcmul(x, F.linear(att, proj_w, proj_b), gate1)
     h = F.gelu(F.linear(_adaln_norm(x, scale2p, shift2, eps, fc1_w.dtype), fc1_w, fc1_b), approximate='tanh')
-    return torch.addcmul(x, F.linear(h, fc2_w, fc2_b), gate2)
+    return x, F.linear(h, fc2_w, fc2_b)
 
 
-def _head_logits(x, scale1p, shift, head_w, head_b, eps):
+def _head_logits(x, pending, scale1p, shift, head_w, head_b, eps):
+    x = torch.addcmul(x, *pending)
     return F.linear(_adaln_norm(x, scale1p, shift, eps, head_w.dtype), head_w, head_b).float()
 
 
-def decode_attention(q, k, v, k_cache, v_cache, t):
-    """One sampling step's attention: the new query of each (row, head) over cache positions 0..t-1 and the
-    new key/value, which are also written to position t. q, k, v (R, H, D), caches (R, H, N, D); q carries
-    its scale (the softmax scale is 1). Returns (R, H, D).
-    On CUDA with Triton (and a power-of-two head size) this is one kernel that reads only the t cached
-    positions: 6-50 us per call for d16 at batch 256 with CFG, against 49-180 us for cuDNN's SDPA, the best
-    of torch's kernels at query length 1 (results/bench/h100_probe_s4.json)."""
+def decode_attention(q, k, v, k_cache, v_cache, t, q_scale):
+    """One sampling step of VAR's attention for one new token per row: q and k l2-normalised, q times its
+    head's scale q_scale (H,) float32 (the softmax scale is then 1), the new key/value written to cache
+    position t, and q attended over positions 0..t. q, k, v (R, H, D) as the qkv projection gives them,
+    caches (R, H, N, D) holding normalised keys. Returns (R, H, D).
+    On CUDA with Triton (and a power-of-two head size) this is one kernel that also does the normalisation
+    and reads only the t cached positions: 6-50 us per call for d16 at batch 256 with CFG, against 49-180 us
+    for cuDNN's SDPA, the best of torch's kernels at query length 1 (results/bench/h100_probe_s4.json)."""
     if not 0 <= t < k_cache.shape[2]:
         raise IndexError(f'decode_attention: position {t} outside the cache of {k_cache.shape[2]}')
     D = q.shape[-1]
     if triton is not None and q.is_cuda and D & (D - 1) == 0:
-        return _decode_attention_triton(q, k, v, k_cache, v_cache, t)
-    k_cache[:, :, t].copy_(k)
+        return _decode_attention_triton(q, k, v, k_cache, v_cache, t, q_scale)
+    q = (F.normalize(q.float(), dim=-1) * q_scale[:, None]).to(k_cache.dtype)
+    k_cache[:, :, t].copy_(F.normalize(k.float(), dim=-1))
     v_cache[:, :, t].copy_(v)
     return F.scaled_dot_product_attention(q[:, :, None], k_cache[:, :, :t + 1], v_cache[:, :, :t + 1], scale=1.0)[:, :, 0]
 
 
 if triton is not None:
     @triton.jit
-    def _decode_attention_kernel(q, k, v, k_cache, v_cache, out, t, q_row, k_row, v_row, cache_row, cache_head,
-                                 H: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr):
-        """One program per (row, head): online softmax over the t cached positions in chunks of BLOCK_N
+    def _decode_attention_kernel(q, k, v, k_cache, v_cache, out, q_scale, t, q_row, k_row, v_row, cache_row,
+                                 cache_head, H: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr):
+        """One program per (row, head): q and the new k normalised (and rounded to the cache dtype, as the
+        reference loop's are), then an online softmax over the t cached positions in chunks of BLOCK_N
         (a loop bounded by t: no reads past it, and few registers per chunk, so many programs per SM),
         started from the new position's score and value."""
         row, head = tl.program_id(0), tl.program_id(1)
         d = tl.arange(0, D)
         q_vec = tl.load(q + row * q_row + head * D + d).to(tl.float32)
-        k_new = tl.load(k + row * k_row + head * D + d)
+        q_vec = q_vec / tl.maximum(tl.sqrt(tl.sum(q_vec * q_vec, axis=0)), 1e-12) * tl.load(q_scale + head)
+        q_vec = q_vec.to(k_cache.dtype.element_ty).to(tl.float32)
+        k_new = tl.load(k + row * k_row + head * D + d).to(tl.float32)
+        k_new = (k_new / tl.maximum(tl.sqrt(tl.sum(k_new * k_new, axis=0)), 1e-12)).to(k_cache.dtype.element_ty)
         v_new = tl.load(v + row * v_row + head * D + d)
         top = tl.sum(k_new.to(tl.float32) * q_vec, axis=0)  # running max of the scores
         mass = tl.full((), 1.0, tl.float32)  # running sum of exp(score - top)
@@ -411,10 +417,10 @@ if triton is not None:
             top = new_top
         tl.store(out + (row * H + head) * D + d, (mixed / mass).to(out.dtype.element_ty))
         tl.store(k_cache + base + t * D + d, k_new)
-        tl.store(v_cache + base + t * D + d, v_new)
+        tl.store(v_cache + base + t * D + d, v_new.to(v_cache.dtype.element_ty))
 
 
-def _decode_attention_triton(q, k, v, k_cache, v_cache, t):
+def _decode_attention_triton(q, k, v, k_cache, v_cache, t, q_scale):
     R, H, D = q.shape
     for name, x in (('q', q), ('k', k), ('v', v)):
         if x.stride(2) != 1 or x.stride(1) != D:
@@ -422,7 +428,7 @@ def _decode_attention_triton(q, k, v, k_cache, v_cache, t):
     if k_cache.stride() != v_cache.stride() or k_cache.stride()[2:] != (D, 1):
         raise ValueError(f'decode_attention: caches need (N, D) contiguous per head, got {k_cache.stride()}')
     out = torch.empty(R, H, D, device=q.device, dtype=q.dtype)
-    _decode_attention_kernel[(R, H)](q, k, v, k_cache, v_cache, out, t, q.stride(0), k.stride(0), v.stride(0),
+    _decode_attention_kernel[(R, H)](q, k, v, k_cache, v_cache, out, q_scale, t, q.stride(0), k.stride(0), v.stride(0),
                                      k_cache.stride(0), k_cache.stride(1), H=H, D=D, BLOCK_N=16, num_warps=1)
     return out
 
@@ -482,7 +488,7 @@ class FastSampler:
 
         def block_weights():
             return dict(qkv_w=torch.empty(3 * C, C, **lp), qkv_b=torch.empty(3 * C, **lp),
-                        inv_scale=torch.ones(2, H, 1, **f32), proj_w=torch.empty(C, C, **lp), proj_b=torch.empty(C, **lp),
+                        q_scale=torch.ones(H, **f32), proj_w=torch.empty(C, C, **lp), proj_b=torch.empty(C, **lp),
                         fc1_w=torch.empty(hidden, C, **lp), fc1_b=torch.empty(hidden, **lp),
                         fc2_w=torch.empty(C, hidden, **lp), fc2_b=torch.empty(C, **lp),
                         ada_w=torch.empty(6 * C, C, **lp), ada_b=torch.empty(6 * C, **lp))
@@ -515,7 +521,7 @@ class FastSampler:
             attn = block.attn
             bw['qkv_w'].copy_(attn.qkv.weight)
             bw['qkv_b'].copy_(torch.cat((attn.q_bias, attn.zero_k_bias, attn.v_bias)))
-            bw['inv_scale'][0].copy_(attn.log_scale.clamp(max=MAX_LOG_ATTN_SCALE).neg().exp().view(self.H, 1))
+            bw['q_scale'].copy_(attn.log_scale.clamp(max=MAX_LOG_ATTN_SCALE).exp().view(self.H))
             bw['proj_w'].copy_(attn.proj.weight)
             bw['proj_b'].copy_(attn.proj.bias)
             bw['fc1_w'].copy_(block.mlp[0].weight)
@@ -554,14 +560,17 @@ class FastSampler:
             x = cond + w['pos'][0]
         else:
             x = F.embedding(self.tokens[:, t - 1].repeat(R // B), w['tok_emb']) + w['pos'][t]
+        pending = None  # each block's gated MLP residual, added by the next function (see _attn_in)
         for bw, mods, cache in zip(w['blocks'], self.mods, self.kv):
             gate1, gate2, scale1p, scale2p, shift1, shift2 = mods.view(R, 6, C).unbind(1)
-            q, k, v = self._attn_in(x, scale1p, shift1, bw['qkv_w'], bw['qkv_b'], bw['inv_scale'], self.eps)
-            att = decode_attention(q, k, v, cache[0], cache[1], t)
-            x = self._attn_out_mlp(x, att.reshape(R, C), gate1, scale2p, shift2, gate2, bw['proj_w'], bw['proj_b'],
-                                   bw['fc1_w'], bw['fc1_b'], bw['fc2_w'], bw['fc2_b'], self.eps)
+            x, qkv = self._attn_in(x, pending, scale1p, shift1, bw['qkv_w'], bw['qkv_b'], self.eps)
+            q, k, v = qkv.view(R, 3, self.H, C // self.H).unbind(1)
+            att = decode_attention(q, k, v, cache[0], cache[1], t, bw['q_scale'])
+            x, mlp_out = self._attn_out_mlp(x, att.reshape(R, C), gate1, scale2p, shift2, bw['proj_w'], bw['proj_b'],
+                                            bw['fc1_w'], bw['fc1_b'], bw['fc2_w'], bw['fc2_b'], self.eps)
+            pending = (mlp_out, gate2)
         head_scale1p, head_shift = self.head_mods.view(R, 2, C).unbind(1)
-        logits = self._head_logits(x, head_scale1p, head_shift, w['head_w'], w['head_b'], self.eps)
+        logits = self._head_logits(x, pending, head_scale1p, head_shift, w['head_w'], w['head_b'], self.eps)
         if self.guided:  # the reference's (1 + s) * cond - s * uncond, term for term
             logits = self.guidance1p[t] * logits[:B] - self.guidance[t] * logits[B:]
         if self.logits is not None:

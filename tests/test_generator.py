@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import common
 import generator
@@ -254,42 +255,52 @@ def test_fast_path_under_bf16_autocast():
 
 
 def decode_attention_case(device, dtype, R=6, H=4, N=16, D=16, seed=0):
-    """q, k, v of one step laid out as _attn_in returns them (q and k views of an (R, 2, H, D) tensor, v of
-    the (R, 3, H, D) qkv: different row strides) and a cache filled with noise."""
+    """q, k, v of one step laid out as the sampler passes them (views of an (R, 3, H, D) qkv projection,
+    not yet normalised), per-head scales of q, and a cache filled with noise."""
     g = torch.Generator().manual_seed(seed)
-    qkv = torch.randn(R, 3, H, D, generator=g).to(device, dtype)
-    qk = torch.randn(R, 2, H, D, generator=g).to(device, dtype)
+    qkv = (3 * torch.randn(R, 3, H, D, generator=g)).to(device, dtype)
+    q_scale = torch.linspace(1.0, 20.0, H).to(device)
     cache = torch.randn(2, R, H, N, D, generator=g).to(device, dtype)
-    return qk[:, 0], qk[:, 1], qkv[:, 2], cache
+    return qkv[:, 0], qkv[:, 1], qkv[:, 2], q_scale, cache
+
+
+def reference_attention(q, k, v, q_scale, cache, t):
+    """VAR's attention spelled out in float32: normalised q (times its scale) and keys, softmax over positions
+    0..t-1 of the cache and the new entry -> (output, normalised new key)."""
+    q, k = F.normalize(q.float(), dim=-1) * q_scale[:, None], F.normalize(k.float(), dim=-1)
+    keys = torch.cat([cache[0, :, :, :t].float(), k[:, :, None]], dim=2)
+    values = torch.cat([cache[1, :, :, :t].float(), v[:, :, None].float()], dim=2)
+    weights = torch.softmax(torch.einsum('rhd,rhnd->rhn', q, keys), dim=-1)
+    return torch.einsum('rhn,rhnd->rhd', weights, values), k
 
 
 @pytest.mark.parametrize('t', [0, 1, 7, 15])
 def test_decode_attention_is_softmax_over_cache_and_new_entry(t):
-    q, k, v, cache = decode_attention_case('cpu', torch.float32)
+    q, k, v, q_scale, cache = decode_attention_case('cpu', torch.float32)
     filled = cache.clone()
-    out = decode_attention(q, k, v, filled[0], filled[1], t)
-    keys = torch.cat([cache[0, :, :, :t], k[:, :, None]], dim=2)  # positions 0..t-1, then the new one
-    values = torch.cat([cache[1, :, :, :t], v[:, :, None]], dim=2)
-    weights = torch.softmax(torch.einsum('rhd,rhnd->rhn', q, keys), dim=-1)  # scale 1: q carries it
-    torch.testing.assert_close(out, torch.einsum('rhn,rhnd->rhd', weights, values))
-    assert torch.equal(filled[0, :, :, t], k) and torch.equal(filled[1, :, :, t], v)
+    out = decode_attention(q, k, v, filled[0], filled[1], t, q_scale)
+    ref, k_normalised = reference_attention(q, k, v, q_scale, cache, t)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(filled[0, :, :, t], k_normalised)
+    assert torch.equal(filled[1, :, :, t], v)
     untouched = [i for i in range(cache.shape[3]) if i != t]
     assert torch.equal(filled[:, :, :, untouched], cache[:, :, :, untouched])
     with pytest.raises(IndexError, match='outside the cache'):
-        decode_attention(q, k, v, filled[0], filled[1], cache.shape[3])
+        decode_attention(q, k, v, filled[0], filled[1], cache.shape[3], q_scale)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or generator.triton is None, reason='needs CUDA and Triton')
 @pytest.mark.parametrize('t', [0, 1, 33, 63])
-def test_decode_attention_triton_kernel_matches_sdpa(t):
-    q, k, v, cache = decode_attention_case('cuda', torch.bfloat16, R=512, H=16, N=64, D=64)
-    by_kernel, by_sdpa = cache.clone(), cache.clone()
-    out = generator._decode_attention_triton(q, k, v, by_kernel[0], by_kernel[1], t)
-    by_sdpa[0, :, :, t], by_sdpa[1, :, :, t] = k, v
-    ref = torch.nn.functional.scaled_dot_product_attention(q[:, :, None].float(), by_sdpa[0, :, :, :t + 1].float(),
-                                                           by_sdpa[1, :, :, :t + 1].float(), scale=1.0)[:, :, 0]
-    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)  # bf16 output
-    assert torch.equal(by_kernel, by_sdpa)  # the new key/value written, nothing else touched
+def test_decode_attention_triton_kernel_matches_reference(t):
+    q, k, v, q_scale, cache = decode_attention_case('cuda', torch.bfloat16, R=512, H=16, N=64, D=64)
+    filled = cache.clone()
+    out = generator._decode_attention_triton(q, k, v, filled[0], filled[1], t, q_scale)
+    ref, k_normalised = reference_attention(q, k, v, q_scale, cache, t)
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)  # bf16 q, cache and output
+    torch.testing.assert_close(filled[0, :, :, t].float(), k_normalised, rtol=1e-2, atol=4e-3)
+    assert torch.equal(filled[1, :, :, t], v)
+    untouched = [i for i in range(cache.shape[3]) if i != t]
+    assert torch.equal(filled[:, :, :, untouched], cache[:, :, :, untouched])
 
 
 def test_sample_with_race_is_sample_from_logits():

@@ -5,6 +5,9 @@ groups:  FastSampler (d16, batch 256, CFG: 512 rows, bf16, compiled, CUDA graphs
          removed after this measured 90.0 / 99.5 / 125.6 ms: the streams slowed sampling down).
 kernels: every CUDA kernel of one un-graphed compiled step (t = 4 and t = 60, one group), in launch order,
          for block 0, and the step's kernel time by kind.
+fc1gelu: the MLP's first GEMM and its GELU(tanh) at 512 rows, 20 calls in a CUDA graph: F.linear + F.gelu
+         compiled (a cuBLAS GEMM, then a Triton pointwise kernel) against torch._addmm_activation(use_gelu=True)
+         (cuBLASLt's GELU epilogue).
 gemm:    each block GEMM of a sampling step (F.linear with bias, bf16) at 128, 256 and 512 rows, 20 calls in a
          CUDA graph, against its FLOP floor at the measured matmul rate.
 """
@@ -76,6 +79,30 @@ if 'kernels' in what:
         for n, us in names[:16]:
             print(f'   {us:7.1f} us  {n}')
     results['kernels'] = out
+
+def graph_us(fn, calls=20):
+    fn()
+    graph, side = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return event_ms(graph.replay) * 1e3 / calls
+
+
+if 'fc1gelu' in what:
+    x = torch.randn(512, 1024, device=dev, dtype=torch.bfloat16)
+    w = torch.randn(4096, 1024, device=dev, dtype=torch.bfloat16) / 32
+    b = torch.randn(4096, device=dev, dtype=torch.bfloat16)
+    compiled = torch.compile(lambda x, w, b: F.gelu(F.linear(x, w, b), approximate='tanh'), fullgraph=True)
+    epilogue = lambda: torch._addmm_activation(b, x, w.t(), use_gelu=True)  # noqa: E731
+    err = ((epilogue().float() - compiled(x, w, b).float()).norm() / compiled(x, w, b).float().norm()).item()
+    results['fc1gelu'] = {'compiled_us': graph_us(lambda: compiled(x, w, b)), 'epilogue_us': graph_us(epilogue),
+                          'rel_diff': err}
+    print(results['fc1gelu'], flush=True)
 
 if 'gemm' in what:
     C, hidden = 1024, 4096
