@@ -18,9 +18,9 @@ a 64 MiB copy and a 1024^3 float32 product). Every floor below uses those two me
 sample: the reference GPT.generate loop ('slow') and FastSampler ('fast'; on CUDA also 'fast-nograph',
 the same steps launched eagerly, and with --compile 'fast+compile') at each --batch, with CFG (a 2B-row
 batch) unless --cfg 0, bf16 on CUDA. Reported:
-images/s end to end (generate + tokenizer decode to pixels, one batch at a time), images/s of
-sample.py's loop (fast paths: 6 batches through sample.sample_batches, which decodes batch b on a side
-stream while batch b + 1 samples, uint8 to the host), generator ms per batch and per step,
+images/s end to end (generate + tokenizer decode to pixels), images/s of sample.py's own loop (fast
+paths: 6 batches through sample.sample_batches, uint8 images copied to the host), generator ms per batch
+and per step,
 tokenizer decode ms, peak memory, and the floors. Floor of step t (t + 1 visible positions), R rows:
   FLOPs  2 R (matmul weights of the blocks + head) + 4 R depth width (t + 1)     (QK^T, AV)
   bytes  weights of the blocks + head (bf16) + AdaLN terms R depth 6 width (bf16)
@@ -361,7 +361,7 @@ def print_sample_line(r):
         line += f"; worst step {r['worst_step']} at {r['worst_step_over_floor']:.2f}x, {r['steps_over_2x_floor']} steps over 2x"
     line += f"), decode ({r['decode']}) {r['decode_ms']:.1f} ms, peak {fmt(r['peak_mem_gb'], '.2f')} GB, first call {r['first_call_s']:.1f} s"
     if 'sample_py_images_per_s' in r:
-        line += f"\n{'':16}sample.py's loop (decode overlapped with the next batch): {r['sample_py_images_per_s']:.0f} images/s"
+        line += f"\n{'':16}sample.py's loop: {r['sample_py_images_per_s']:.0f} images/s"
     if 'check_logits_rel_err' in r:
         line += (f"\n{'':16}check {'ok' if r['check_ok'] else 'FAILED'}: logits vs float32 teacher-forced forward rel err "
                  f"{r['check_logits_rel_err']:.2e} (slow path {r['check_slow_logits_rel_err']:.2e}); tokens equal to the "
@@ -435,8 +435,8 @@ def sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, flo
 
 
 def sample_py_throughput(model, tok, B, args, use_bf16, compile, n_batches=6):
-    """Images/s of sample.py's own loop (sample.sample_batches: on CUDA batch b decodes on a side stream while
-    batch b + 1 samples; uint8 images to the host) over n_batches of B, after one untimed pass."""
+    """Images/s of sample.py's own loop (sample.sample_batches: generate, decode, uint8 images to the host) over
+    n_batches of B, after one untimed pass."""
     import numpy as np
     import sample
     from generator import _FAST_SAMPLERS

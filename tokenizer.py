@@ -7,7 +7,6 @@ Decoder: [one mask token per patch | quantized latents 1..i] -> pre-LN ViT -> pi
 The spectral causal mask lets latent i see only latents <= i (encoder and decoder), so a prefix of
 i codes is a self-contained description of the image at frequency w_i.
 """
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -53,7 +52,7 @@ PRESETS = {
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block; `attend(q, k, v)` applies the token pattern (masked_attention, split_attention)."""
+    """Pre-LN transformer block; attention takes an explicit boolean mask (True = may attend)."""
 
     def __init__(self, width, heads):
         super().__init__()
@@ -62,27 +61,12 @@ class Block(nn.Module):
         self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
 
-    def forward(self, x, attend):
+    def forward(self, x, mask):
         B, L, D = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        x = x + self.proj(attend(q, k, v).transpose(1, 2).reshape(B, L, D))
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.proj(attn.transpose(1, 2).reshape(B, L, D))
         return x + self.mlp(self.ln2(x))
-
-
-def masked_attention(mask):
-    """Attention under a boolean mask (True = may attend), (L, L) or per sample (B, 1, L, L)."""
-    return functools.partial(F.scaled_dot_product_attention, attn_mask=mask)
-
-
-def split_attention(mask, n_context, context_keys):
-    """Attention under the (L, L) mask `mask` whose first n_context rows allow exactly keys[:context_keys]
-    (spectral_mask's context rows do): those rows go through SDPA without a mask, where its flash kernel
-    runs, and only the latent rows take the masked kernel. Same output as masked_attention(mask)."""
-    def attend(q, k, v):
-        context = F.scaled_dot_product_attention(q[:, :, :n_context], k[:, :, :context_keys], v[:, :, :context_keys])
-        latents = F.scaled_dot_product_attention(q[:, :, n_context:], k, v, attn_mask=mask[n_context:])
-        return torch.cat((context, latents), dim=2)
-    return attend
 
 
 class VectorQuantizer(nn.Module):
@@ -194,27 +178,20 @@ class Tokenizer(nn.Module):
         """Images in [-1, 1] (B, 3, H, W) -> continuous pre-quantization latents (B, N, code_dim)."""
         h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.enc_pos
         h = torch.cat([h, (self.latent_queries + self.enc_latent_pos).expand(len(x), -1, -1)], dim=1)
-        attend = split_attention(self.enc_mask, self.grid ** 2, self.grid ** 2)  # patches see patches
         for block in self.encoder:
-            h = block(h, attend)
+            h = block(h, self.enc_mask)
         return self.to_code(self.enc_ln(h[:, -self.cfg.n_tokens:]))
 
-    def decode_codes(self, zq, prefix_len=None):
-        """Quantized latents (B, n, code_dim), n <= N -> images. prefix_len (B,): each sample's prefix length,
-        latents past it invisible (training's random prefixes); None: all n latents visible, and attended with
-        split_attention (no per-sample mask)."""
-        B, n, P = zq.shape[0], zq.shape[1], self.grid ** 2
+    def decode_codes(self, zq, prefix_len):
+        """Quantized latents (B, N, code_dim) and prefix lengths (B,) -> images; latents past the prefix are invisible."""
+        B, N, P = len(zq), self.cfg.n_tokens, self.grid ** 2
         h = torch.cat([(self.mask_token + self.dec_pos).expand(B, -1, -1),
-                       self.from_code(zq) + self.dec_latent_pos[:n]], dim=1)
-        mask = self.dec_mask[:P + n, :P + n]
-        if prefix_len is None:
-            attend = split_attention(mask, P, P + n)  # mask tokens see everything
-        else:
-            visible = torch.ones(B, P + n, dtype=torch.bool, device=zq.device)
-            visible[:, P:] = torch.arange(n, device=zq.device) < prefix_len[:, None]
-            attend = masked_attention((mask & visible[:, None, :])[:, None])  # (B, 1, L, L)
+                       self.from_code(zq) + self.dec_latent_pos], dim=1)
+        visible = torch.ones(B, P + N, dtype=torch.bool, device=zq.device)
+        visible[:, P:] = torch.arange(N, device=zq.device) < prefix_len[:, None]
+        mask = (self.dec_mask & visible[:, None, :])[:, None]  # (B, 1, L, L)
         for block in self.decoder:
-            h = block(h, attend)
+            h = block(h, mask)
         patches = self.to_pixels(self.dec_ln(h[:, :P]))  # (B, P, p*p*3)
         img = F.fold(patches.transpose(1, 2), self.cfg.image_size, self.cfg.patch_size, stride=self.cfg.patch_size)
         return self.pixel_conv(img)
@@ -222,6 +199,8 @@ class Tokenizer(nn.Module):
     def forward(self, x, prefix_len=None):
         """Training pass: returns (reconstruction from each sample's prefix, VQ loss, codes)."""
         zq, idx, vq_loss = self.quantizer(self.encode_latents(x))
+        if prefix_len is None:
+            prefix_len = torch.full((len(x),), self.cfg.n_tokens, device=x.device)
         return self.decode_codes(zq.to(x.dtype), prefix_len), vq_loss, idx
 
     @torch.no_grad()
@@ -232,10 +211,16 @@ class Tokenizer(nn.Module):
     @torch.no_grad()
     def decode(self, idx, prefix_len=None):
         """Codes (B, n) with n <= N (a prefix) -> images in [-1, 1]. prefix_len (B,) may cut further per sample."""
-        n, N = idx.shape[1], self.cfg.n_tokens
+        B, n = idx.shape
+        N = self.cfg.n_tokens
         if n > N:
             raise ValueError(f"got {n} tokens but this tokenizer has N = {N}")
-        return self.decode_codes(self.quantizer.lookup(idx), prefix_len).clamp(-1, 1)
+        full = torch.zeros(B, N, dtype=torch.long, device=idx.device)
+        full[:, :n] = idx
+        if prefix_len is None:
+            prefix_len = torch.full((B,), n, device=idx.device)
+        zq = self.quantizer.lookup(full)
+        return self.decode_codes(zq, prefix_len).clamp(-1, 1)
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())

@@ -1,9 +1,8 @@
-import pytest
 import torch
 import torch.nn.functional as F
 
 from dct import lowpass
-from tokenizer import TokConfig, Tokenizer, masked_attention, spectral_mask, split_attention
+from tokenizer import TokConfig, Tokenizer
 
 
 def tiny(**overrides):
@@ -39,16 +38,6 @@ def test_decoding_prefix_i_ignores_codes_after_i_and_prefixes_differ_per_sample(
     mixed = tok.decode(idx, prefix_len=torch.tensor([2, 8, 5]))
     for b, n in enumerate([2, 8, 5]):
         torch.testing.assert_close(mixed[b], tok.decode(idx[b:b + 1, :n])[0], rtol=0, atol=1e-5)
-
-
-@pytest.mark.parametrize('causal', [True, False])
-@pytest.mark.parametrize('context_sees_tokens', [True, False])  # decoder, encoder
-def test_split_attention_equals_the_masked_spectral_pattern(causal, context_sees_tokens):
-    P, N = 12, 5
-    mask = spectral_mask(P, N, causal, context_sees_tokens)
-    q, k, v = torch.randn(3, 2, 4, P + N, 8).unbind(0)
-    split = split_attention(mask, P, P + N if context_sees_tokens else P)(q, k, v)
-    torch.testing.assert_close(split, masked_attention(mask)(q, k, v))
 
 
 def test_quantizer_straight_through_and_float32_distances_under_autocast():

@@ -60,7 +60,7 @@ if 'groups' in what:
 
 if 'kernels' in what:
     from torch.profiler import ProfilerActivity, profile
-    sampler = FastSampler(model, B, True, dtype=torch.bfloat16, compile=True, cuda_graphs=False, groups=1)
+    sampler = FastSampler(model, B, True, dtype=torch.bfloat16, compile=True, cuda_graphs=False)
     sampler.generate(labels, cfg_scale=1.5)
     out = {}
     for t in (4, 60):
