@@ -241,6 +241,34 @@ def test_fast_sampler_direct_use_and_argument_checks():
         model.generate(labels, prefix=labels[:, None], fast=True)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_fast_sampler_on_cuda_samples_as_the_reference_loop():
+    """The GPU path (CUDA graphs, the Triton attention, cuBLASLt's GELU epilogue; eager and compiled) in
+    float32: the reference loop's greedy tokens and logits, and its samples under top-k / top-p for a seed."""
+    model = make_model().cuda()
+    labels = torch.tensor([0, 3, 7, 9, 2], device='cuda')
+    ref_tokens, ref_logits = model.generate(labels, cfg_scale=1.5, top_k=1, return_logits=True)
+    seed = lambda: torch.Generator('cuda').manual_seed(0)  # noqa: E731
+    ref_sampled = model.generate(labels, cfg_scale=1.5, top_k=5, top_p=0.9, generator=seed())
+    for compile in (False, True):
+        sampler = FastSampler(model, 5, guided=True, top_k=1, return_logits=True, dtype=torch.float32, compile=compile)
+        tokens, logits = sampler(labels, cfg_scale=1.5)
+        assert torch.equal(tokens, ref_tokens)
+        torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
+        sampler = FastSampler(model, 5, guided=True, top_k=5, top_p=0.9, dtype=torch.float32, compile=compile)
+        assert torch.equal(sampler(labels, cfg_scale=1.5, generator=seed()), ref_sampled)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_cuda_addmm_gelu_epilogue_is_the_tanh_gelu():
+    """_attn_out_mlp relies on it (the model's MLP uses GELU(tanh)); on the CPU the op uses the exact GELU."""
+    g = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*shape, generator=g).cuda() for shape in ((64, 32), (128, 32), (128,)))
+    fused = torch._addmm_activation(b, x, w.t() / 4, use_gelu=True)
+    torch.testing.assert_close(fused, F.gelu(F.linear(x, w / 4, b), approximate='tanh'), rtol=1e-5, atol=1e-5)
+    assert (fused - F.gelu(F.linear(x, w / 4, b))).abs().max() > 1e-4  # the exact GELU differs by this much
+
+
 def test_fast_path_under_bf16_autocast():
     """The precision of a GPU run: bf16 matmuls and KV cache, float32 residual stream, LayerNorm and logits."""
     model = make_model()
@@ -298,7 +326,9 @@ def test_decode_attention_triton_kernel_matches_reference(t):
     filled = cache.clone()
     out = generator._decode_attention_triton(q, k, v, filled[0], filled[1], t, q_scale)
     ref, k_normalised = reference_attention(q, k, v, q_scale, cache, t)
-    torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=1e-2)  # bf16 output
+    # bf16 output; and q is rounded to bf16 after normalising, where a last-bit difference in the float32 norm
+    # can flip a rounding: at q_scale 20 that moves an output by up to ~1e-2
+    torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=3e-2)
     torch.testing.assert_close(filled[0, :, :, t].float(), k_normalised, rtol=0, atol=4e-3)  # a bf16 ulp at most
     assert torch.equal(filled[1, :, :, t], v)
     untouched = [i for i in range(cache.shape[3]) if i != t]
