@@ -133,9 +133,13 @@ def parse_classes(spec, num_classes):
 def sample_batches(gpt, tok, labels, batch_size, seed, n_keep, cfg=0.0, cfg_ramp=False, temperature=1.0, top_k=0,
                    top_p=0.0, bf16=False, compile=False):
     """Yields (start, codes, uint8 images) per batch of `labels` (a numpy int array). Batch b draws from a
-    generator seeded by (seed, b); the codes are the first n_keep tokens, decoded from that prefix alone."""
+    generator seeded by (seed, b); the codes are the first n_keep tokens, decoded from that prefix alone.
+    On CUDA batch b decodes on a side stream while batch b + 1 samples: the sampler's small kernels leave
+    most of the GPU to the decoder's large ones (bench.py sample, 'sample.py' column)."""
     device = gpt.pos_emb.device
     decode = torch.compile(tok.decode) if compile else tok.decode
+    decode_stream = torch.cuda.Stream(device) if device.type == 'cuda' else None  # None: run in order
+    pending = None  # (start, codes, decoded images) of the batch being decoded
     for batch, start in enumerate(range(0, len(labels), batch_size)):
         batch_labels = torch.from_numpy(labels[start:start + batch_size]).to(device)
         generator = common.step_generator(seed, batch, device)
@@ -144,8 +148,19 @@ def sample_batches(gpt, tok, labels, batch_size, seed, n_keep, cfg=0.0, cfg_ramp
             codes = gpt.generate(batch_labels, cfg_scale=cfg, cfg_ramp=cfg_ramp, temperature=temperature, top_k=top_k,
                                  top_p=top_p, generator=generator, n_steps=n_keep,
                                  fast=True, compile=compile)  # static KV cache + CUDA graphs; on CPU the same tokens as the reference loop
-            images = to_uint8(decode(codes))
-        yield start, codes, images
+        if pending is not None:
+            yield to_host(*pending, decode_stream)  # waits for batch b - 1 only; batch b is queued behind it
+        if decode_stream is not None:
+            decode_stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(decode_stream), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            pending = (start, codes, decode(codes))  # codes stay referenced until decoded: no early reuse
+    if pending is not None:
+        yield to_host(*pending, decode_stream)
+
+
+def to_host(start, codes, decoded, stream):
+    with torch.cuda.stream(stream):  # the copy to the host waits for the decode stream only
+        return start, codes, to_uint8(decoded)
 
 
 @torch.no_grad()
