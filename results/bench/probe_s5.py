@@ -1,5 +1,8 @@
-"""One-off diagnosis (session 5, one H100), kept as the record of the figures it gave (h100_probe_s5.json):
-    python results/bench/probe_s5.py OUT.json groups kernels gemm      # from the repo root
+"""One-off diagnosis (session 5, one H100), kept as the record of the figures it gave:
+    python results/bench/probe_s5.py OUT.json groups kernels gemm      # h100_probe_s5.json (commit 604680f)
+    python results/bench/probe_s5.py OUT.json kernels fc1gelu          # h100_probe_s5_fused.json (commit e3a5a92:
+                                                                       # residual + LayerNorm fused, q/k norm in
+                                                                       # decode_attention; before the GELU epilogue)
 groups:  FastSampler (d16, batch 256, CFG: 512 rows, bf16, compiled, CUDA graphs) generate ms with the rows
          split into 1, 2 and 4 groups on their own streams (FastSampler's `groups` argument of commit 604680f,
          removed after this measured 90.0 / 99.5 / 125.6 ms: the streams slowed sampling down).
