@@ -421,7 +421,7 @@ def sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, flo
         worst = max(range(N), key=ratios.__getitem__)
         out.update(step_ms=step_ms, step_over_floor=ratios, worst_step=worst, worst_step_over_floor=ratios[worst],
                    median_step_over_floor=statistics.median(ratios), steps_over_2x_floor=sum(r > 2 for r in ratios))
-    if variant != 'slow':
+    if variant in ('fast', 'fast+compile'):  # sample.py always uses CUDA graphs: no 'fast-nograph' twin
         out['sample_py_images_per_s'] = sample_py_throughput(model, tok, B, args, use_bf16, variant == 'fast+compile')
     if profile and variant in ('fast', 'fast+compile') and device.type == 'cuda':
         del sampler

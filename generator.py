@@ -489,6 +489,9 @@ class FastSampler:
         self.depth, self.num_classes, self.eps = cfg.depth, cfg.num_classes, cfg.norm_eps
         self.use_graphs = cuda_graphs and self.device.type == 'cuda'
         wrap = (lambda f: torch.compile(f, fullgraph=True, dynamic=False)) if compile else (lambda f: f)
+        if compile:  # every batch size and sampling setting is a static specialisation of the same functions, and
+            # with fullgraph=True dynamo's default limit of 8 per function would stop the 5th batch size with an error
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self._attn_in, self._attn_out_mlp, self._head_logits = wrap(_attn_in), wrap(_attn_out_mlp), wrap(_head_logits)
         self._sample = wrap(sample_with_race)
         self.model_ref = weakref.ref(model)  # weak: a cached sampler must not keep its model alive
@@ -533,7 +536,8 @@ class FastSampler:
             attn = block.attn
             bw['qkv_w'].copy_(attn.qkv.weight)
             bw['qkv_b'].copy_(torch.cat((attn.q_bias, attn.zero_k_bias, attn.v_bias)))
-            bw['q_scale'].copy_(attn.log_scale.clamp(max=MAX_LOG_ATTN_SCALE).exp().view(self.H))
+            # rounded to the matmul dtype first, as SelfAttention's scale is under autocast
+            bw['q_scale'].copy_(attn.log_scale.clamp(max=MAX_LOG_ATTN_SCALE).exp().view(self.H).to(self.dtype))
             bw['proj_w'].copy_(attn.proj.weight)
             bw['proj_b'].copy_(attn.proj.bias)
             bw['fc1_w'].copy_(block.mlp[0].weight)

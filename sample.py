@@ -17,6 +17,7 @@ Reproducibility: batch b samples with a generator seeded by (--seed, b), so the 
 device give the same images; another batch size gives other (equally valid) samples.
 """
 import argparse
+import contextlib
 import json
 import os
 
@@ -138,7 +139,14 @@ def sample_batches(gpt, tok, labels, batch_size, seed, n_keep, cfg=0.0, cfg_ramp
     GPU never idles during the host copy (bench.py sample's 'sample.py img/s': 1,576 -> 1,996 at batch 256)."""
     device = gpt.pos_emb.device
     decode = torch.compile(tok.decode) if compile else tok.decode
-    decode_stream = torch.cuda.Stream(device) if device.type == 'cuda' else None  # None: run in order
+    overlap = device.type == 'cuda'
+    decode_stream = torch.cuda.Stream(device) if overlap else None
+    on_decode_stream = (lambda: torch.cuda.stream(decode_stream)) if overlap else contextlib.nullcontext
+
+    def to_host(start, codes, decoded):
+        with on_decode_stream():  # the copy to the host waits for the decode stream only
+            return start, codes, to_uint8(decoded)
+
     pending = None  # (start, codes, decoded images) of the batch being decoded
     for batch, start in enumerate(range(0, len(labels), batch_size)):
         batch_labels = torch.from_numpy(labels[start:start + batch_size]).to(device)
@@ -149,18 +157,16 @@ def sample_batches(gpt, tok, labels, batch_size, seed, n_keep, cfg=0.0, cfg_ramp
                                  top_p=top_p, generator=generator, n_steps=n_keep,
                                  fast=True, compile=compile)  # static KV cache + CUDA graphs; on CPU the same tokens as the reference loop
         if pending is not None:
-            yield to_host(*pending, decode_stream)  # waits for batch b - 1 only; batch b is queued behind it
-        if decode_stream is not None:
+            yield to_host(*pending)  # waits for batch b - 1 only; batch b is queued behind it
+        if overlap:
             decode_stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(decode_stream), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with on_decode_stream(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             pending = (start, codes, decode(codes))  # codes stay referenced until decoded: no early reuse
+        if not overlap:  # nothing to overlap with: hand the batch over now
+            yield to_host(*pending)
+            pending = None
     if pending is not None:
-        yield to_host(*pending, decode_stream)
-
-
-def to_host(start, codes, decoded, stream):
-    with torch.cuda.stream(stream):  # the copy to the host waits for the decode stream only
-        return start, codes, to_uint8(decoded)
+        yield to_host(*pending)
 
 
 @torch.no_grad()

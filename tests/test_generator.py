@@ -269,6 +269,24 @@ def test_cuda_addmm_gelu_epilogue_is_the_tanh_gelu():
     assert (fused - F.gelu(F.linear(x, w / 4, b))).abs().max() > 1e-4  # the exact GELU differs by this much
 
 
+def test_compiled_fast_samplers_for_many_batch_sizes_in_one_process(monkeypatch):
+    """Every batch size is a static specialisation of the same compiled step functions (the first block's
+    _attn_in and the later ones' are two); with fullgraph=True, dynamo's default limit of 8 per function would
+    stop the 5th batch size with an error. backend='eager': dynamo's tracing and guards, no code generation."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, 'compile', lambda f, **kw: compile_(f, backend='eager', **kw))
+    monkeypatch.setattr(torch._dynamo.config, 'recompile_limit', 8)  # the default, restored afterwards
+    torch._dynamo.reset()
+    try:
+        model = make_model()
+        for B in range(1, 7):
+            labels = torch.arange(B)
+            plain = FastSampler(model, B, guided=True, top_k=1)(labels, cfg_scale=1.5)
+            assert torch.equal(FastSampler(model, B, guided=True, top_k=1, compile=True)(labels, cfg_scale=1.5), plain)
+    finally:
+        torch._dynamo.reset()
+
+
 def test_fast_path_under_bf16_autocast():
     """The precision of a GPU run: bf16 matmuls and KV cache, float32 residual stream, LayerNorm and logits."""
     model = make_model()

@@ -1,4 +1,6 @@
-"""One-off diagnosis (session 4, one H100), kept as the record of the figures it gave (h100_probe_s4*.json):
+"""One-off diagnosis (session 4, one H100), kept as the record of the figures it gave (h100_probe_s4*.json).
+It ran against commit 4966e88; its `attn` mode calls the decode-attention kernel with that commit's arguments
+(session 5 moved the q/k normalisation into the kernel and added q_scale), so check that commit out to rerun it:
     python results/bench/probe_s4.py OUT.json attn gen sampler      # from the repo root
 attn: one sampling step's attention (d16 at batch 256 with CFG: 512 rows, 16 heads, D 64, cache of 64):
       torch's SDPA (it picks cuDNN) after writing the new key/value, against generator.decode_attention's
