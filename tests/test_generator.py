@@ -269,7 +269,7 @@ def test_cuda_addmm_gelu_epilogue_is_the_tanh_gelu():
     assert (fused - F.gelu(F.linear(x, w / 4, b))).abs().max() > 1e-4  # the exact GELU differs by this much
 
 
-def test_compiled_fast_samplers_for_many_batch_sizes_in_one_process(monkeypatch):
+def test_compiled_fast_samplers_many_batch_sizes_in_one_process_and_reference_draws(monkeypatch):
     """Every batch size is a static specialisation of the same compiled step functions (the first block's
     _attn_in and the later ones' are two); with fullgraph=True, dynamo's default limit of 8 per function would
     stop the 5th batch size with an error. backend='eager': dynamo's tracing and guards, no code generation."""
@@ -283,6 +283,12 @@ def test_compiled_fast_samplers_for_many_batch_sizes_in_one_process(monkeypatch)
             labels = torch.arange(B)
             plain = FastSampler(model, B, guided=True, top_k=1)(labels, cfg_scale=1.5)
             assert torch.equal(FastSampler(model, B, guided=True, top_k=1, compile=True)(labels, cfg_scale=1.5), plain)
+        # the traced guidance schedule and top-k / top-p / temperature draw what the reference loop draws
+        sampling = dict(temperature=0.8, top_k=10, top_p=0.9)
+        sampler = FastSampler(model, 6, guided=True, compile=True, **sampling)
+        tokens = sampler(labels, cfg_scale=2.0, cfg_ramp=True, generator=torch.Generator().manual_seed(3))
+        assert torch.equal(tokens, model.generate(labels, cfg_scale=2.0, cfg_ramp=True,
+                                                  generator=torch.Generator().manual_seed(3), **sampling))
     finally:
         torch._dynamo.reset()
 
