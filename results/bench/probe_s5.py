@@ -50,6 +50,20 @@ def event_ms(fn, reps=5):
     return sorted(times)[len(times) // 2]
 
 
+def graph_us(fn, calls=20):
+    """Microseconds per call of fn, captured `calls` times in one CUDA graph (as the sampler replays it)."""
+    fn()
+    graph, side = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return event_ms(graph.replay) * 1e3 / calls
+
+
 if 'groups' in what:
     rows = []
     for groups in (1, 2, 4):
@@ -83,19 +97,6 @@ if 'kernels' in what:
             print(f'   {us:7.1f} us  {n}')
     results['kernels'] = out
 
-def graph_us(fn, calls=20):
-    fn()
-    graph, side = torch.cuda.CUDAGraph(), torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    return event_ms(graph.replay) * 1e3 / calls
-
-
 if 'fc1gelu' in what:
     x = torch.randn(512, 1024, device=dev, dtype=torch.bfloat16)
     w = torch.randn(4096, 1024, device=dev, dtype=torch.bfloat16) / 32
@@ -116,16 +117,7 @@ if 'gemm' in what:
             x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
             w = torch.randn(N, K, device=dev, dtype=torch.bfloat16)
             b = torch.randn(N, device=dev, dtype=torch.bfloat16)
-            F.linear(x, w, b)
-            graph, side = torch.cuda.CUDAGraph(), torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                F.linear(x, w, b)
-            torch.cuda.current_stream().wait_stream(side)
-            with torch.cuda.graph(graph):
-                for _ in range(20):
-                    F.linear(x, w, b)
-            us = event_ms(graph.replay) * 1e3 / 20
+            us = graph_us(lambda: F.linear(x, w, b))
             floor = 2 * M * K * N / peaks['matmul_flops_per_s'] * 1e6
             rows.append({'M': M, 'gemm': name, 'us': us, 'floor_us': floor, 'tflops': 2 * M * K * N / us / 1e6})
             print(rows[-1], flush=True)
