@@ -1,0 +1,160 @@
+"""One-off diagnosis (session 6, one H100), kept as the record of the figures it gave:
+    python results/bench/probe_s6.py OUT.json decode overlap gemm_autotune
+decode:        the titok_b64 decoder at batch 256 (full 64-token prefix), compiled, in variants: autocast over
+               float32 weights (sample.py's way), a bfloat16 copy of the weights without autocast, that with the
+               static (1, 1, L, L) mask instead of the per-sample one, and both under
+               mode='max-autotune-no-cudagraphs'; plus the kernel time by class of the first.
+overlap:       sample.py's loop (sample.sample_batches, --compile, 6 batches of 256, CFG 1.5) with the generator on
+               the default stream, and on a high-priority stream (the decode side stream stays at the default
+               priority, so the block scheduler serves the generator's small kernels first).
+gemm_autotune: the four block GEMMs of a sampling step at 512 rows: cuBLAS against inductor's max-autotune
+               choice, each 20 calls in a CUDA graph.
+"""
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import sample  # noqa: E402
+from bench import kernel_profile, measure_peaks, spread_weights  # noqa: E402
+from generator import _FAST_SAMPLERS, GPT, GPTConfig  # noqa: E402
+from tokenizer import TokConfig, Tokenizer, flops_per_image  # noqa: E402
+
+out_path, what = sys.argv[1], sys.argv[2:]
+results = json.loads(Path(out_path).read_text()) if Path(out_path).exists() else {}
+dev = torch.device('cuda', 0)
+peaks = measure_peaks(dev)
+results['peaks'] = peaks
+B = 256
+torch.manual_seed(0)
+tok_cfg = TokConfig.preset('titok_b64')
+with torch.device(dev):
+    tok = Tokenizer(tok_cfg).eval()
+autocast = torch.autocast('cuda', dtype=torch.bfloat16)
+
+
+def event_ms(fn, reps=7):
+    fn()
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def graph_us(fn, calls=20):
+    fn()
+    graph, side = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return event_ms(graph.replay) * 1e3 / calls
+
+
+def decode_static_mask(model, zq):
+    """Tokenizer.decode_codes for a full prefix: the (L, L) spectral mask broadcast over the batch."""
+    P = model.grid ** 2
+    h = torch.cat([(model.mask_token + model.dec_pos).expand(len(zq), -1, -1),
+                   model.from_code(zq) + model.dec_latent_pos], dim=1)
+    for block in model.decoder:
+        h = block(h, model.dec_mask)
+    patches = model.to_pixels(model.dec_ln(h[:, :P]))
+    img = F.fold(patches.transpose(1, 2), model.cfg.image_size, model.cfg.patch_size, stride=model.cfg.patch_size)
+    return model.pixel_conv(img).clamp(-1, 1)
+
+
+if 'decode' in what:
+    tokens = torch.randint(tok_cfg.codebook_size, (B, tok_cfg.n_tokens), device=dev)
+    flops = B * (flops_per_image(tok_cfg, 1) - flops_per_image(tok_cfg, 0))
+    tok16 = copy.deepcopy(tok).to(torch.bfloat16)
+    zq16 = tok.quantizer.lookup(tokens).to(torch.bfloat16)
+    full = torch.full((B,), tok_cfg.n_tokens, device=dev)
+    variants = {
+        'autocast': (lambda f: (lambda: f(tokens)), tok.decode, True),
+        'bf16': (lambda f: (lambda: f(zq16, full)), tok16.decode_codes, False),
+        'bf16+static_mask': (lambda f: (lambda: f(tok16, zq16)), decode_static_mask, False),
+    }
+    rows = []
+    for mode in ('default', 'max-autotune-no-cudagraphs'):
+        for name, (call, fn, use_autocast) in variants.items():
+            if mode != 'default' and name == 'bf16':
+                continue
+            t0 = time.perf_counter()
+            run = call(torch.compile(fn, mode=mode))
+            with torch.autocast('cuda', dtype=torch.bfloat16, enabled=use_autocast), torch.no_grad():
+                run()
+                torch.cuda.synchronize()
+                compile_s = time.perf_counter() - t0
+                ms = event_ms(run)
+                prof = kernel_profile(run, dev) if name == 'autocast' and mode == 'default' else None
+            rows.append({'variant': name, 'mode': mode, 'ms': ms, 'mfu': flops / (ms / 1e3) / peaks['matmul_flops_per_s'],
+                         'compile_s': compile_s, **({'profile': prof} if prof else {})})
+            print({k: v for k, v in rows[-1].items() if k != 'profile'}, flush=True)
+            if prof:
+                print(prof['kernel_ms_by_class'], prof['n_kernels'])
+                for k in prof['top_kernels'][:10]:
+                    print(f"  {k['ms']:7.2f} ms {k['count']:4d}x {k['name'][:100]}")
+            torch._dynamo.reset()
+    results['decode'] = rows
+
+if 'overlap' in what:
+    model = GPT(GPTConfig.preset('d16', n_tokens=64, vocab_size=4096)).to(dev).eval()
+    spread_weights(model, 0)
+    labels = np.random.default_rng(0).integers(1000, size=6 * B)
+
+    def loop_images_per_s():
+        def run():
+            for _ in sample.sample_batches(model, tok, labels, B, 0, 64, 1.5, bf16=True, compile=True):
+                pass
+        run()
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+        return len(labels) / statistics.median(times)
+
+    rows = []
+    for priority in (None, 'high'):
+        stream = torch.cuda.Stream(priority=torch.cuda.Stream.priority_range()[1]) if priority else torch.cuda.current_stream()
+        with torch.cuda.stream(stream):
+            rows.append({'generator_stream': priority or 'default', 'images_per_s': loop_images_per_s()})
+        torch.cuda.synchronize()
+        print(rows[-1], flush=True)
+    _FAST_SAMPLERS.pop(model, None)
+    results['overlap'] = rows
+
+if 'gemm_autotune' in what:
+    C, hidden, M = 1024, 4096, 512
+    rows = []
+    for name, (K, N) in {'qkv': (C, 3 * C), 'proj': (C, C), 'fc1': (C, hidden), 'fc2': (hidden, C)}.items():
+        x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
+        w = torch.randn(N, K, device=dev, dtype=torch.bfloat16) / K ** 0.5
+        b = torch.randn(N, device=dev, dtype=torch.bfloat16)
+        tuned = torch.compile(lambda x, w, b: F.linear(x, w, b), mode='max-autotune-no-cudagraphs', dynamic=False)
+        err = ((tuned(x, w, b).float() - F.linear(x, w, b).float()).norm() / F.linear(x, w, b).float().norm()).item()
+        rows.append({'gemm': name, 'M': M, 'cublas_us': graph_us(lambda: F.linear(x, w, b)),
+                     'autotuned_us': graph_us(lambda: tuned(x, w, b)), 'rel_diff': err,
+                     'floor_us': 2 * M * K * N / peaks['matmul_flops_per_s'] * 1e6})
+        print(rows[-1], flush=True)
+        torch._dynamo.reset()
+    results['gemm_autotune'] = rows
+
+Path(out_path).write_text(json.dumps(results, indent=1))
