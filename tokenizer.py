@@ -182,14 +182,18 @@ class Tokenizer(nn.Module):
             h = block(h, self.enc_mask)
         return self.to_code(self.enc_ln(h[:, -self.cfg.n_tokens:]))
 
-    def decode_codes(self, zq, prefix_len):
-        """Quantized latents (B, N, code_dim) and prefix lengths (B,) -> images; latents past the prefix are invisible."""
-        B, N, P = len(zq), self.cfg.n_tokens, self.grid ** 2
+    def decode_codes(self, zq, prefix_len=None):
+        """Quantized latents (B, n, code_dim), n <= N, -> images. prefix_len (B,) hides each sample's latents past
+        its own prefix (a per-sample mask); None decodes all n, on P + n tokens under the static spectral mask,
+        which spares SDPA reading a (B, L, L) mask (sampling decodes this way)."""
+        B, n, P = len(zq), zq.shape[1], self.grid ** 2
         h = torch.cat([(self.mask_token + self.dec_pos).expand(B, -1, -1),
-                       self.from_code(zq) + self.dec_latent_pos], dim=1)
-        visible = torch.ones(B, P + N, dtype=torch.bool, device=zq.device)
-        visible[:, P:] = torch.arange(N, device=zq.device) < prefix_len[:, None]
-        mask = (self.dec_mask & visible[:, None, :])[:, None]  # (B, 1, L, L)
+                       self.from_code(zq) + self.dec_latent_pos[:n]], dim=1)
+        mask = self.dec_mask[:P + n, :P + n]
+        if prefix_len is not None:
+            visible = torch.ones(B, P + n, dtype=torch.bool, device=zq.device)
+            visible[:, P:] = torch.arange(n, device=zq.device) < prefix_len[:, None]
+            mask = (mask & visible[:, None, :])[:, None]  # (B, 1, L, L)
         for block in self.decoder:
             h = block(h, mask)
         patches = self.to_pixels(self.dec_ln(h[:, :P]))  # (B, P, p*p*3)
@@ -197,10 +201,8 @@ class Tokenizer(nn.Module):
         return self.pixel_conv(img)
 
     def forward(self, x, prefix_len=None):
-        """Training pass: returns (reconstruction from each sample's prefix, VQ loss, codes)."""
+        """Training pass: returns (reconstruction from each sample's prefix (all N tokens when None), VQ loss, codes)."""
         zq, idx, vq_loss = self.quantizer(self.encode_latents(x))
-        if prefix_len is None:
-            prefix_len = torch.full((len(x),), self.cfg.n_tokens, device=x.device)
         return self.decode_codes(zq.to(x.dtype), prefix_len), vq_loss, idx
 
     @torch.no_grad()
@@ -211,16 +213,9 @@ class Tokenizer(nn.Module):
     @torch.no_grad()
     def decode(self, idx, prefix_len=None):
         """Codes (B, n) with n <= N (a prefix) -> images in [-1, 1]. prefix_len (B,) may cut further per sample."""
-        B, n = idx.shape
-        N = self.cfg.n_tokens
-        if n > N:
-            raise ValueError(f"got {n} tokens but this tokenizer has N = {N}")
-        full = torch.zeros(B, N, dtype=torch.long, device=idx.device)
-        full[:, :n] = idx
-        if prefix_len is None:
-            prefix_len = torch.full((B,), n, device=idx.device)
-        zq = self.quantizer.lookup(full)
-        return self.decode_codes(zq, prefix_len).clamp(-1, 1)
+        if idx.shape[1] > self.cfg.n_tokens:
+            raise ValueError(f"got {idx.shape[1]} tokens but this tokenizer has N = {self.cfg.n_tokens}")
+        return self.decode_codes(self.quantizer.lookup(idx), prefix_len).clamp(-1, 1)
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())

@@ -7,6 +7,12 @@ decode:        the titok_b64 decoder at batch 256 (full 64-token prefix), compil
 overlap:       sample.py's loop (sample.sample_batches, --compile, 6 batches of 256, CFG 1.5) with the generator on
                the default stream, and on a high-priority stream (the decode side stream stays at the default
                priority, so the block scheduler serves the generator's small kernels first).
+overlap2:      a copy of sample.py's loop in which the decoder's cuBLAS GEMMs are limited to fewer SMs
+               (torch._C._set_sm_carveout_experimental around the decode call), so the decode of batch b runs
+               beside the generator's small kernels of batch b + 1; generator stream default or high priority.
+pixelconv:     the decoder's last 3x3 conv (3 -> 3 channels) at batch 256: bf16 NCHW (as under autocast), float32,
+               bf16 channels_last, and compiled; each with torch.backends.cudnn.benchmark off and on.
+decode_cudnn:  the compiled tok.decode at batch 256 (full prefix) with cudnn.benchmark off and on.
 gemm_autotune: the four block GEMMs of a sampling step at 512 rows: cuBLAS against inductor's max-autotune
                choice, each 20 calls in a CUDA graph.
 """
@@ -140,6 +146,85 @@ if 'overlap' in what:
         print(rows[-1], flush=True)
     _FAST_SAMPLERS.pop(model, None)
     results['overlap'] = rows
+
+if 'overlap2' in what:
+    model = GPT(GPTConfig.preset('d16', n_tokens=64, vocab_size=4096)).to(dev).eval()
+    spread_weights(model, 0)
+    labels = torch.randint(1000, (6, B), device=dev)
+    tokens = torch.randint(tok_cfg.codebook_size, (B, tok_cfg.n_tokens), device=dev)
+    decode = torch.compile(tok.decode)
+    n_sms = torch.cuda.get_device_properties(dev).multi_processor_count
+
+    def loop(carveout):
+        """sample.sample_batches' schedule: batch b decodes (and goes to the host) on a side stream while b + 1 samples."""
+        side, pending, out = torch.cuda.Stream(), None, []
+        for b, batch_labels in enumerate(labels):
+            with autocast:
+                codes = model.generate(batch_labels, cfg_scale=1.5, fast=True, compile=True)
+            if pending is not None:
+                with torch.cuda.stream(side):
+                    out.append(pending.to('cpu', torch.uint8))
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), autocast:
+                torch._C._set_sm_carveout_experimental(carveout)
+                pending = decode(codes).add(1).mul(127.5)
+                torch._C._set_sm_carveout_experimental(0)
+        with torch.cuda.stream(side):
+            out.append(pending.to('cpu', torch.uint8))
+        return out
+
+    rows = []
+    for priority in (None, 'high'):
+        stream = torch.cuda.Stream(priority=torch.cuda.Stream.priority_range()[1]) if priority else torch.cuda.current_stream()
+        with torch.cuda.stream(stream):
+            for carveout in (0, n_sms // 4, n_sms // 2, 3 * n_sms // 4):
+                loop(carveout)
+                times = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    loop(carveout)
+                    times.append(time.perf_counter() - t0)
+                with autocast:
+                    torch._C._set_sm_carveout_experimental(carveout)
+                    decode_ms = event_ms(lambda: decode(tokens))
+                    torch._C._set_sm_carveout_experimental(0)
+                rows.append({'generator_stream': priority or 'default', 'carveout_sms': carveout,
+                             'images_per_s': labels.numel() / statistics.median(times), 'decode_alone_ms': decode_ms})
+                print(rows[-1], flush=True)
+        torch.cuda.synchronize()
+    _FAST_SAMPLERS.pop(model, None)
+    results['overlap2'] = rows
+
+if 'pixelconv' in what:
+    conv = tok.pixel_conv
+    x = torch.randn(B, 3, 256, 256, device=dev)
+    compiled = torch.compile(conv)
+    variants = {'bf16 autocast NCHW': (lambda: conv(x16), True), 'float32 NCHW': (lambda: conv(x), False),
+                'bf16 autocast channels_last': (lambda: conv(x16_cl), True), 'bf16 autocast compiled': (lambda: compiled(x16), True)}
+    x16, x16_cl = x.bfloat16(), x.bfloat16().contiguous(memory_format=torch.channels_last)
+    rows = []
+    for benchmark in (False, True):
+        torch.backends.cudnn.benchmark = benchmark
+        for name, (fn, use_autocast) in variants.items():
+            with torch.autocast('cuda', dtype=torch.bfloat16, enabled=use_autocast), torch.no_grad():
+                rows.append({'variant': name, 'cudnn_benchmark': benchmark, 'ms': event_ms(fn)})
+            print(rows[-1], flush=True)
+    torch.backends.cudnn.benchmark = False
+    results['pixelconv'] = rows
+
+if 'decode_cudnn' in what:
+    tokens = torch.randint(tok_cfg.codebook_size, (B, tok_cfg.n_tokens), device=dev)
+    rows = []
+    for benchmark in (False, True):
+        torch.backends.cudnn.benchmark = benchmark
+        decode = torch.compile(tok.decode)
+        with autocast:
+            rows.append({'cudnn_benchmark': benchmark, 'decode_ms': event_ms(lambda: decode(tokens))})
+            prof = kernel_profile(lambda: decode(tokens), dev)
+        print(rows[-1], prof['kernel_ms_by_class'], [(round(k['ms'], 2), k['name'][:60]) for k in prof['top_kernels'][:6]], flush=True)
+        torch._dynamo.reset()
+    torch.backends.cudnn.benchmark = False
+    results['decode_cudnn'] = rows
 
 if 'gemm_autotune' in what:
     C, hidden, M = 1024, 4096, 512
