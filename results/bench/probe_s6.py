@@ -13,6 +13,8 @@ overlap2:      a copy of sample.py's loop in which the decoder's cuBLAS GEMMs ar
 pixelconv:     the decoder's last 3x3 conv (3 -> 3 channels) at batch 256: bf16 NCHW (as under autocast), float32,
                bf16 channels_last, and compiled; each with torch.backends.cudnn.benchmark off and on.
 decode_cudnn:  the compiled tok.decode at batch 256 (full prefix) with cudnn.benchmark off and on.
+gemm_tunable:  the same four GEMMs (and fc1 with cuBLASLt's GELU epilogue) with torch.cuda.tunable (TunableOp: times
+               every cuBLAS / cuBLASLt algorithm for the shape on first call) against the default heuristic.
 gemm_autotune: the four block GEMMs of a sampling step at 512 rows: cuBLAS against inductor's max-autotune
                choice, each 20 calls in a CUDA graph.
 """
@@ -225,6 +227,29 @@ if 'decode_cudnn' in what:
         torch._dynamo.reset()
     torch.backends.cudnn.benchmark = False
     results['decode_cudnn'] = rows
+
+if 'gemm_tunable' in what:
+    C, hidden, M = 1024, 4096, 512
+    cases = {}
+    for name, (K, N) in {'qkv': (C, 3 * C), 'proj': (C, C), 'fc1': (C, hidden), 'fc2': (hidden, C)}.items():
+        x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
+        w = torch.randn(N, K, device=dev, dtype=torch.bfloat16) / K ** 0.5
+        b = torch.randn(N, device=dev, dtype=torch.bfloat16)
+        cases[name] = (lambda x=x, w=w, b=b: F.linear(x, w, b), 2 * M * K * N)
+        if name == 'fc1':
+            cases['fc1+gelu'] = (lambda x=x, w=w, b=b: torch._addmm_activation(b, x, w.t(), use_gelu=True), 2 * M * K * N)
+    rows = {name: {'gemm': name, 'default_us': graph_us(fn), 'floor_us': f / peaks['matmul_flops_per_s'] * 1e6}
+            for name, (fn, f) in cases.items()}
+    torch.cuda.tunable.enable(True)
+    torch.cuda.tunable.tuning_enable(True)
+    torch.cuda.tunable.write_file_on_exit(False)
+    torch.cuda.tunable.set_filename(str(Path(out_path).with_suffix('.tunableop.csv')))
+    for name, (fn, _) in cases.items():
+        rows[name]['tunable_us'] = graph_us(fn)
+        print(rows[name], flush=True)
+    print(torch.cuda.tunable.get_results())
+    torch.cuda.tunable.enable(False)
+    results['gemm_tunable'] = list(rows.values())
 
 if 'gemm_autotune' in what:
     C, hidden, M = 1024, 4096, 512
