@@ -242,7 +242,6 @@ if 'gemm_tunable' in what:
             for name, (fn, f) in cases.items()}
     torch.cuda.tunable.enable(True)
     torch.cuda.tunable.tuning_enable(True)
-    torch.cuda.tunable.write_file_on_exit(False)
     torch.cuda.tunable.set_filename(str(Path(out_path).with_suffix('.tunableop.csv')))
     for name, (fn, _) in cases.items():
         rows[name]['tunable_us'] = graph_us(fn)
