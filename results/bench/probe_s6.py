@@ -1,5 +1,14 @@
-"""One-off diagnosis (session 6, one H100), kept as the record of the figures it gave:
-    python results/bench/probe_s6.py OUT.json decode overlap gemm_autotune
+"""One-off diagnosis (session 6, one H100, torch 2.11), kept as the record of the figures it gave. All of them are
+in h100_probe_s6.json, merged from these runs (the first two before commit 1e2b106 gave Tokenizer.decode its
+static-mask path; the decode section has its own copy of that path, decode_static_mask):
+    python results/bench/probe_s6.py OUT.json overlap gemm_autotune     # commit 0cc3e29
+    python results/bench/probe_s6.py OUT.json decode                    # commit 0cc3e29
+    python results/bench/probe_s6.py OUT.json pixelconv overlap2        # commit 1e2b106 (its pixelconv: superseded)
+    python results/bench/probe_s6.py OUT.json pixelconv decode_cudnn    # commit 1e2b106
+    python results/bench/probe_s6.py OUT.json gemm_tunable              # commit 8263933
+and, for 'train_tok_cudnn_benchmark', bench.py run in-process with torch.backends.cudnn.benchmark set to False, then True:
+    python -c "import sys, torch; torch.backends.cudnn.benchmark = True; import bench; \
+               sys.argv = ['bench.py', 'train_tok', '--batch', '64', '--compile', '--steps', '15']; bench.main()"
 decode:        the titok_b64 decoder at batch 256 (full 64-token prefix), compiled, in variants: autocast over
                float32 weights (sample.py's way), a bfloat16 copy of the weights without autocast, that with the
                static (1, 1, L, L) mask instead of the per-sample one, and both under
@@ -13,7 +22,7 @@ overlap2:      a copy of sample.py's loop in which the decoder's cuBLAS GEMMs ar
 pixelconv:     the decoder's last 3x3 conv (3 -> 3 channels) at batch 256: bf16 NCHW (as under autocast), float32,
                bf16 channels_last, and compiled; each with torch.backends.cudnn.benchmark off and on.
 decode_cudnn:  the compiled tok.decode at batch 256 (full prefix) with cudnn.benchmark off and on.
-gemm_tunable:  the same four GEMMs (and fc1 with cuBLASLt's GELU epilogue) with torch.cuda.tunable (TunableOp: times
+gemm_tunable:  the four block GEMMs at 512 rows (and fc1 with cuBLASLt's GELU epilogue) with torch.cuda.tunable (TunableOp: times
                every cuBLAS / cuBLASLt algorithm for the shape on first call) against the default heuristic.
 gemm_autotune: the four block GEMMs of a sampling step at 512 rows: cuBLAS against inductor's max-autotune
                choice, each 20 calls in a CUDA graph.
