@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import common  # noqa: E402
+from bench import cuda_graph  # noqa: E402
 import generator  # noqa: E402
 from generator import GPT, GPTConfig, MAX_LOG_ATTN_SCALE  # noqa: E402
 
@@ -37,15 +38,7 @@ dev = torch.device('cuda')
 def graph_time_us(fn, calls=20, reps=10):
     for _ in range(10):
         fn()
-    graph, side = torch.cuda.CUDAGraph(), torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    return event_time_ms(graph.replay, reps) * 1e3 / calls
+    return event_time_ms(cuda_graph(fn, calls).replay, reps) * 1e3 / calls
 
 
 def event_time_ms(fn, reps):

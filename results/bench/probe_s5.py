@@ -15,6 +15,7 @@ gemm:    each block GEMM of a sampling step (F.linear with bias, bf16) at 128, 2
          CUDA graph, against its FLOP floor at the measured matmul rate.
 """
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench import measure_peaks, spread_weights  # noqa: E402
+from bench import graph_us, measure_peaks, spread_weights, timed  # noqa: E402
 from generator import GPT, FastSampler, GPTConfig  # noqa: E402
 
 out_path, what = sys.argv[1], sys.argv[2:]
@@ -36,39 +37,11 @@ spread_weights(model, 0)
 labels = torch.randint(1000, (B,), device=dev)
 
 
-def event_ms(fn, reps=5):
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
-
-
-def graph_us(fn, calls=20):
-    """Microseconds per call of fn, captured `calls` times in one CUDA graph (as the sampler replays it)."""
-    fn()
-    graph, side = torch.cuda.CUDAGraph(), torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    return event_ms(graph.replay) * 1e3 / calls
-
-
 if 'groups' in what:
     rows = []
     for groups in (1, 2, 4):
         sampler = FastSampler(model, B, True, dtype=torch.bfloat16, compile=True, groups=groups)
-        ms = event_ms(lambda: sampler.generate(labels, cfg_scale=1.5))
+        ms = statistics.median(timed(lambda: sampler.generate(labels, cfg_scale=1.5), dev, 5)) * 1e3
         rows.append({'groups': groups, 'generate_ms': ms})
         print(rows[-1], flush=True)
         del sampler
@@ -104,7 +77,7 @@ if 'fc1gelu' in what:
     compiled = torch.compile(lambda x, w, b: F.gelu(F.linear(x, w, b), approximate='tanh'), fullgraph=True)
     epilogue = lambda: torch._addmm_activation(b, x, w.t(), use_gelu=True)  # noqa: E731
     err = ((epilogue().float() - compiled(x, w, b).float()).norm() / compiled(x, w, b).float().norm()).item()
-    results['fc1gelu'] = {'compiled_us': graph_us(lambda: compiled(x, w, b)), 'epilogue_us': graph_us(epilogue),
+    results['fc1gelu'] = {'compiled_us': graph_us(lambda: compiled(x, w, b), dev), 'epilogue_us': graph_us(epilogue, dev),
                           'rel_diff': err}
     print(results['fc1gelu'], flush=True)
 
@@ -117,7 +90,7 @@ if 'gemm' in what:
             x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
             w = torch.randn(N, K, device=dev, dtype=torch.bfloat16)
             b = torch.randn(N, device=dev, dtype=torch.bfloat16)
-            us = graph_us(lambda: F.linear(x, w, b))
+            us = graph_us(lambda: F.linear(x, w, b), dev)
             floor = 2 * M * K * N / peaks['matmul_flops_per_s'] * 1e6
             rows.append({'M': M, 'gemm': name, 'us': us, 'floor_us': floor, 'tflops': 2 * M * K * N / us / 1e6})
             print(rows[-1], flush=True)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import sample  # noqa: E402
-from bench import kernel_profile, measure_peaks, spread_weights  # noqa: E402
+from bench import graph_us as bench_graph_us, kernel_profile, measure_peaks, spread_weights, timed  # noqa: E402
 from generator import _FAST_SAMPLERS, GPT, GPTConfig  # noqa: E402
 from tokenizer import TokConfig, Tokenizer, flops_per_image  # noqa: E402
 
@@ -57,32 +57,12 @@ with torch.device(dev):
 autocast = torch.autocast('cuda', dtype=torch.bfloat16)
 
 
-def event_ms(fn, reps=7):
-    fn()
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+def event_ms(fn):
+    return statistics.median(timed(fn, dev, 7, warmup=2)) * 1e3
 
 
-def graph_us(fn, calls=20):
-    fn()
-    graph, side = torch.cuda.CUDAGraph(), torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    return event_ms(graph.replay) * 1e3 / calls
+def graph_us(fn):
+    return bench_graph_us(fn, dev, reps=7, warmup=2)
 
 
 def decode_static_mask(model, zq):
