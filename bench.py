@@ -19,8 +19,8 @@ sample: the reference GPT.generate loop ('slow') and FastSampler ('fast'; on CUD
 the same steps launched eagerly, and with --compile 'fast+compile') at each --batch, with CFG (a 2B-row
 batch) unless --cfg 0, bf16 on CUDA. Reported:
 images/s end to end (generate + tokenizer decode to pixels, one batch), images/s of sample.py's own loop
-(fast paths: 6 batches through sample.sample_batches, uint8 images copied to the host; on CUDA batch b's
-copy runs on a side stream while batch b + 1 samples and decodes), generator ms per batch and per step,
+(fast paths: 6 batches through sample.sample_batches, uint8 images copied to the host; on CUDA it decodes
+and copies batch b on a side stream while batch b + 1 samples), generator ms per batch and per step,
 tokenizer decode ms, peak memory, and the floors. Floor of step t (t + 1 visible positions), R rows:
   FLOPs  2 R (matmul weights of the blocks + head) + 4 R depth width (t + 1)     (QK^T, AV)
   bytes  weights of the blocks + head (bf16) + AdaLN terms R depth 6 width (bf16)
@@ -457,8 +457,8 @@ def sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, flo
 
 def sample_py_throughput(model, tok, B, args, use_bf16, compile, n_batches=6):
     """Images/s of sample.py's own loop (sample.sample_batches: generate, decode, uint8 images to the host; on
-    CUDA batch b's copy runs on a side stream while batch b + 1 samples and decodes) over n_batches of B, after
-    one untimed pass."""
+    CUDA batch b decodes and copies on a side stream while batch b + 1 samples) over n_batches of B, after one
+    untimed pass."""
     import numpy as np
     import sample
     from generator import _FAST_SAMPLERS

@@ -125,14 +125,9 @@ def to_float(images, device):
     return images.to(device, non_blocking=True).float() / 127.5 - 1
 
 
-def uint8_images(images):
-    """Images in [-1, 1] (B, 3, H, W) -> uint8 (B, H, W, 3) on their device, rounding as ADM's samplers do."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-
-
 def to_uint8(images):
-    """uint8_images as a numpy array."""
-    return uint8_images(images).cpu().numpy()
+    """Images in [-1, 1] (B, 3, H, W) -> uint8 (B, H, W, 3) numpy, rounding as ADM's samplers do."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def save_grid(images, path, ncol, pad=2):
