@@ -2,6 +2,7 @@
 (h100_probe_s7.json):
     python results/bench/probe_s7.py OUT.json decode
     python results/bench/probe_s7.py OUT.json train_attn attn_cfg
+    git show b0b0fe6:sample.py > OLD.py && python results/bench/probe_s7.py OUT.json loop OLD.py  # at commit 3812950
 decode:     the titok_b64 decoder at batch 256 (full 64-token prefix), bfloat16 weights, compiled, as one functional
             copy of Tokenizer.decode_codes with three switches: attention (SDPA with the static (L, L) mask, or
             FlexAttention with a block mask), the MLP's GELU (exact as a separate kernel, or tanh fused into the fc1
@@ -11,10 +12,17 @@ train_attn: the tokenizer's attention alone, forward + backward at batch 64 (L =
             the decoder's per-sample (B, 1, L, L) prefix mask (train_tok's), or with the encoder's static mask,
             against compiled FlexAttention with the same masks as block masks (the per-sample one rebuilt each call,
             its build included).
+loop:       sample.py's loop at batch 256 (bench.sample_py_throughput: 6 batches, --compile, CFG 1.5, d16 +
+            titok_b64), 4 runs alternating between this checkout's sample.py and the one at OLD.py. Run at
+            commit 3812950, whose loop decoded on the sampling stream and copied batch b to the host on a side
+            stream, against b0b0fe6's (batch b decodes and copies on a side stream beside the sampling of b + 1).
+            The second was faster, and 3812950 was reverted.
 attn_cfg:   generator.decode_attention's kernel at 512 rows (d16, batch 256 with CFG) and cache positions t, for
             chunk sizes BLOCK_N and warps per program; the landed config is BLOCK_N=16, num_warps=1.
 """
+import argparse
 import copy
+import importlib.util
 import json
 import statistics
 import sys
@@ -30,7 +38,7 @@ from bench import graph_us as bench_graph_us, kernel_profile, measure_peaks, tim
 from generator import _decode_attention_kernel  # noqa: E402
 from tokenizer import TokConfig, Tokenizer, flops_per_image  # noqa: E402
 
-out_path, what = sys.argv[1], sys.argv[2:]
+out_path, what = sys.argv[1], [a for a in sys.argv[2:] if not a.endswith('.py')]
 results = json.loads(Path(out_path).read_text()) if Path(out_path).exists() else {}
 dev = torch.device('cuda', 0)
 peaks = measure_peaks(dev)
@@ -175,5 +183,26 @@ if 'attn_cfg' in what:
                              'floor_us': floor_us})
                 print(rows[-1], flush=True)
     results['attn_cfg'] = rows
+
+if 'loop' in what:
+    import bench
+    import sample
+    from generator import GPT, GPTConfig
+    old_path = next(a for a in sys.argv[2:] if a.endswith('.py'))
+    spec = importlib.util.spec_from_file_location('sample_old', old_path)
+    sample_old = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sample_old)
+    model = GPT(GPTConfig.preset('d16', n_tokens=N, vocab_size=tok_cfg.codebook_size)).to(dev).eval()
+    bench.spread_weights(model, 0)
+    args = argparse.Namespace(seed=0, cfg=1.5, top_k=0, top_p=0.0)
+    rows = []
+    for run in range(4):
+        for name, module in (('this checkout', sample), ('OLD.py', sample_old)):
+            sys.modules['sample'] = module  # sample_py_throughput imports it
+            rows.append({'sample_py': name, 'run': run,
+                         'images_per_s': bench.sample_py_throughput(model, tok, 256, args, True, True)})
+            print(rows[-1], flush=True)
+    sys.modules['sample'] = sample
+    results['loop'] = rows
 
 Path(out_path).write_text(json.dumps(results, indent=1))
