@@ -69,6 +69,7 @@ class Block(nn.Module):
         return x + self.mlp_out(self.ln2(x))
 
     def mlp_out(self, h):
+        """The MLP branch, fc2(GELU(fc1(h)))."""
         fc1, fc2 = self.mlp[0], self.mlp[2]
         dtype = torch.get_autocast_dtype('cuda') if torch.is_autocast_enabled('cuda') else fc1.weight.dtype
         if h.is_cuda and dtype == torch.bfloat16 and not torch.is_grad_enabled():
