@@ -40,7 +40,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import sample  # noqa: E402
-from bench import graph_us as bench_graph_us, kernel_profile, measure_peaks, spread_weights, timed  # noqa: E402
+from bench import (graph_us as bench_graph_us, kernel_profile, measure_peaks, print_profile,  # noqa: E402
+                   spread_weights, timed)
 from generator import _FAST_SAMPLERS, GPT, GPTConfig  # noqa: E402
 from tokenizer import TokConfig, Tokenizer, flops_per_image  # noqa: E402
 
@@ -105,9 +106,7 @@ if 'decode' in what:
                          'compile_s': compile_s, **({'profile': prof} if prof else {})})
             print({k: v for k, v in rows[-1].items() if k != 'profile'}, flush=True)
             if prof:
-                print(prof['kernel_ms_by_class'], prof['n_kernels'])
-                for k in prof['top_kernels'][:10]:
-                    print(f"  {k['ms']:7.2f} ms {k['count']:4d}x {k['name'][:100]}")
+                print_profile(prof, 'one compiled decode')
             torch._dynamo.reset()
     results['decode'] = rows
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench import graph_us as bench_graph_us, kernel_profile, measure_peaks, timed  # noqa: E402
+from bench import graph_us as bench_graph_us, kernel_profile, measure_peaks, print_profile, timed  # noqa: E402
 from generator import _decode_attention_kernel  # noqa: E402
 from tokenizer import TokConfig, Tokenizer, flops_per_image  # noqa: E402
 
@@ -113,16 +113,13 @@ if 'decode' in what:
             compile_s = time.perf_counter() - t0
             reference = img.float() if reference is None else reference
             ms = event_ms(run)
-            last = (attention, gelu, conv) == variants[-1]
-            prof = kernel_profile(run, dev) if last or attention == 'sdpa' and gelu == 'exact' and conv == 'cudnn' else None
+            prof = kernel_profile(run, dev) if (attention, gelu, conv) in (variants[0], variants[-1]) else None
             rows.append({'attention': attention, 'gelu': gelu, 'conv': conv, 'ms': ms, 'compile_s': compile_s,
                          'mfu': flops / (ms / 1e3) / peaks['matmul_flops_per_s'],
                          'max_abs_diff': (img.float() - reference).abs().max().item(), **({'profile': prof} if prof else {})})
             print({k: v for k, v in rows[-1].items() if k != 'profile'}, flush=True)
             if prof:
-                print(prof['kernel_ms_by_class'], prof['n_kernels'])
-                for k in prof['top_kernels'][:12]:
-                    print(f"  {k['ms']:7.2f} ms {k['count']:4d}x {k['name'][:100]}")
+                print_profile(prof, 'one compiled decode')
             torch._dynamo.reset()
     results['decode'] = rows
 
