@@ -1,11 +1,18 @@
 """
 Training plumbing shared by train_tok.py and train_gen.py: torchrun/DDP setup, AdamW parameter
-groups, EMA, atomic checkpoints and the NaN guard.
+groups, EMA, atomic checkpoints (loaded without running code), resume settings and the NaN guard.
 """
+import argparse
+import contextlib
+import copy
+import glob
 import hashlib
 import json
 import os
+import pickle
 import random
+import tempfile
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +41,7 @@ def setup_distributed(device_arg='auto'):
     local_rank = int(os.environ.get('LOCAL_RANK', 0))
     if device_arg == 'auto':
         device_arg = 'cuda' if torch.cuda.is_available() else 'cpu'
+    check_device(device_arg)
     if device_arg.startswith('cuda'):
         device = torch.device('cuda', local_rank)
         torch.cuda.set_device(device)
@@ -42,6 +50,27 @@ def setup_distributed(device_arg='auto'):
     if world > 1:
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     return Dist(rank, local_rank, world, device)
+
+
+def check_device(device_arg):
+    """Stop with the fix when --device names hardware this machine or this torch build lacks."""
+    try:
+        device = torch.device(device_arg)
+    except RuntimeError as e:
+        raise SystemExit(f"--device {device_arg}: {e}; use auto, cpu or cuda")
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device_arg}: CUDA is not available (torch {torch.__version__}); "
+                         f"use --device cpu, or leave --device auto")
+
+
+def check_flags(args, positive=(), non_negative=()):
+    """Stop with a message for counts a run cannot use: flags in positive must be >= 1, in non_negative >= 0
+    (0 = never); a None (flag left to its default rule) passes."""
+    for names, low, rule in ((positive, 1, 'at least 1'), (non_negative, 0, '0 (never) or more')):
+        for name in names:
+            value = getattr(args, name)
+            if value is not None and value < low:
+                raise SystemExit(f"--{name} {value}: must be {rule}")
 
 
 def cleanup_distributed():
@@ -78,13 +107,19 @@ def ema_update(ema_model, model, decay):
 
 
 def rng_state():
-    return {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state(),
-            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    """Every random stream, as tensors, ints and lists only (so a checkpoint loads with weights_only=True)."""
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    return {'python': random.getstate(), 'numpy': {'key': torch.from_numpy(key.astype(np.int64)), 'pos': pos,
+                                                   'has_gauss': has_gauss, 'gauss': gauss},
+            'torch': torch.get_rng_state(), 'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def set_rng_state(state):
     random.setstate(state['python'])
-    np.random.set_state(state['numpy'])
+    numpy = state['numpy']
+    if isinstance(numpy, dict):
+        numpy = ('MT19937', numpy['key'].numpy().astype(np.uint32), numpy['pos'], numpy['has_gauss'], numpy['gauss'])
+    np.random.set_state(numpy)  # a tuple holding an ndarray in checkpoints written before rng_state() held tensors
     torch.set_rng_state(state['torch'])
     if state['cuda'] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state['cuda'])
@@ -95,38 +130,132 @@ def step_generator(seed, step, device='cpu'):
     return torch.Generator(device).manual_seed(seed * 1_000_003 + step)
 
 
+def remove_stale_temp_files(path):
+    """Delete the temp files of atomic writes to path whose process is gone (killed mid-save, disk full)."""
+    for tmp in glob.glob(glob.escape(path) + '.tmp.*'):
+        pid = tmp.rsplit('.', 1)[1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def atomic_write(path, write):
-    """write(binary file) into a temp file, then rename: a crash mid-write never leaves a truncated file behind."""
+    """write(binary file) into a temp file, then rename: a crash mid-write never leaves a truncated file behind,
+    and a failed write (disk full) leaves no temp file either."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    remove_stale_temp_files(path)
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, 'wb') as f:
-        write(f)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def check_writable(folder, flag, error=SystemExit):
+    """Stop before any work when folder (created if missing) cannot take files: a read-only --out_dir would
+    otherwise fail only at the first log or checkpoint write, hours in."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise error(f"{flag}: {folder!r} is not a writable folder ({e.strerror}): pass another {flag}")
 
 
 def atomic_save(obj, path):
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+# numpy arrays in the RNG state of checkpoints written before rng_state() stored tensors
+LEGACY_CHECKPOINT_GLOBALS = [np.ndarray, np.dtype, np.dtypes.UInt32DType, np._core.multiarray._reconstruct]
+CHECKPOINT_KEYS = {'tokenizer': ('config', 'model', 'step'), 'generator': ('config', 'model', 'step', 'tokenizer')}
+
+
 def load_checkpoint(path, kind):
-    """Load a checkpoint written by train_tok.py ('tokenizer') or train_gen.py ('generator') and check its kind."""
+    """Load a checkpoint written by train_tok.py ('tokenizer') or train_gen.py ('generator') and check its kind.
+    weights_only: a checkpoint is data (tensors, numbers, strings, lists, dicts); one whose pickle would import
+    or call anything else is refused without running it. Raises ValueError with the reason for any other file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    trainer = {'tokenizer': 'train_tok.py', 'generator': 'train_gen.py'}[kind]
+    try:
+        with torch.serialization.safe_globals(LEGACY_CHECKPOINT_GLOBALS):
+            ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        if 'Weights only load failed' in str(e):
+            raise ValueError(f"{path!r} holds objects other than tensors, numbers, strings, lists and dicts: refused "
+                             f"unread, since loading it could run code. A {kind} checkpoint comes from {trainer}") from None
+        raise ValueError(f"{path!r} is not a checkpoint (a damaged or foreign file: {e}); "
+                         f"use a checkpoint written by {trainer}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"{path!r} cannot be read as a checkpoint ({type(e).__name__}: {str(e).splitlines()[0]}): it is "
+                         f"truncated or not a checkpoint; use an intact checkpoint written by {trainer}") from None
     found = ckpt.get('kind') if isinstance(ckpt, dict) else None
     if found != kind:
-        trainer = {'tokenizer': 'train_tok.py', 'generator': 'train_gen.py'}[kind]
         raise ValueError(f"{path!r} is a {found or 'foreign'} checkpoint, expected a {kind} checkpoint written by {trainer}")
+    missing = [key for key in CHECKPOINT_KEYS[kind] if key not in ckpt]
+    if missing:
+        raise ValueError(f"{path!r} is a {kind} checkpoint without {', '.join(missing)}: it was not written by "
+                         f"{trainer}; use one that was")
     return ckpt
 
 
-def check_resume_args(args, saved_args, names):
-    """Stop when a flag given now contradicts the run being resumed (flags left at None/False are fine)."""
-    for name in names:
-        given, saved = getattr(args, name), saved_args.get(name)
-        if given not in (None, False) and name in saved_args and given != saved:
-            raise SystemExit(f"--{name} {given} differs from the checkpoint's {saved}: "
-                             f"pass --{name} {saved} (or leave it out) or start a new --out_dir")
+def load_resume_checkpoint(args, ckpt_path, kind):
+    """The checkpoint --resume names (its bare form: ckpt_path), or a stop with the reason and the fix."""
+    path = ckpt_path if args.resume == 'auto' else args.resume
+    try:
+        return load_checkpoint(path, kind)
+    except FileNotFoundError as e:
+        raise SystemExit(f"--resume: {e}: drop --resume to start a new run, or pass --resume PATH_TO_CKPT")
+    except ValueError as e:
+        raise SystemExit(f"--resume: {e}")
+
+
+def flags_given(parser, argv=None):
+    """The dests of the flags given on the command line (not left at their defaults)."""
+    probe = copy.deepcopy(parser)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS  # flags left out then leave no attribute at all
+    return set(vars(probe.parse_args(argv)))
+
+
+def apply_resume_args(parser, args, saved_args, fixed, keep=()):
+    """Resume reads its settings from the checkpoint: every flag not given on the command line takes the value
+    the run was started with (saved_args), except those in keep (where and how to run: device, workers...).
+    A flag in fixed (it shapes the model or the data stream) given with another value than the run's stops.
+    Returns the names given anew that change the run (e.g. --lr, --max_steps)."""
+    given = flags_given(parser)
+    for name in fixed:
+        value, saved = getattr(args, name), saved_args.get(name)
+        if name in given and name in saved_args and value != saved:
+            shown = (lambda v: f"with --{name}" if v is True else f"without --{name}" if v is False else f"with --{name} {v}")
+            raise SystemExit(f"--{name}{'' if value is True else f' {value}'} contradicts the checkpoint, which was trained "
+                             f"{shown(saved)}: "
+                             f"leave --{name} out when resuming (resume reads it from the checkpoint), "
+                             f"or start a new run in another --out_dir")
+    changed = []
+    for name, saved in saved_args.items():
+        if not hasattr(args, name) or name in keep or name == 'resume':
+            continue
+        if name not in given:
+            setattr(args, name, saved)
+        elif getattr(args, name) != saved:
+            changed.append(name)
+    return changed
 
 
 def file_sha256(path):
@@ -142,9 +271,43 @@ def all_finite(flag):
     return bool(flag.item())
 
 
-def stop_on_nonfinite(step, ckpt_path):
-    raise SystemExit(f"non-finite loss at or before step {step}: stopped without saving; the last good checkpoint "
-                     f"{ckpt_path!r} is intact. Resume from it with --resume, with a lower --lr or --grad_clip.")
+def states_finite(*states):
+    """Device bool: every floating tensor in these state dicts / optimizer states (nested dicts and lists) is
+    finite. A loss can be finite while the update it drove was not, so a checkpoint checks the weights too."""
+    tensors = []
+
+    def collect(x):
+        if torch.is_tensor(x):
+            if x.is_floating_point():
+                tensors.append(x)
+        elif isinstance(x, dict):
+            for v in x.values():
+                collect(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                collect(v)
+    for state in states:
+        collect(state)
+    return torch.stack([torch.isfinite(t).all() for t in tensors]).all() if tensors else torch.ones((), dtype=torch.bool)
+
+
+def check_checkpoint_finite(step, ckpt_path, finite, loss_of_weights, *states):
+    """Before a checkpoint is written (call on every rank): stop unless the losses since the last check (finite, a
+    device bool), the loss of the weights about to be saved (loss_of_weights) and every floating tensor of states
+    (model, optimizer) are finite, so the last good checkpoint is never overwritten. The training losses were
+    computed before each update: an lr of 1e9 leaves weights after step 1 that are finite but that no step survives."""
+    if not all_finite(finite & states_finite(*states) & torch.isfinite(loss_of_weights)):
+        stop_on_nonfinite(step, ckpt_path, 'loss or weights')
+
+
+def stop_on_nonfinite(step, ckpt_path, what='loss'):
+    """Stop without saving; name the checkpoint to resume from only if one was written."""
+    if os.path.isfile(ckpt_path):
+        advice = (f"the last checkpoint written, {ckpt_path!r}, held finite weights and is intact: resume from it with "
+                  f"--resume and a lower --lr or --grad_clip")
+    else:
+        advice = f"no checkpoint was written yet ({ckpt_path!r} does not exist): start again with a lower --lr or --grad_clip"
+    raise SystemExit(f"non-finite {what} at or before step {step}: stopped without saving; {advice}.")
 
 
 def speed_record(n_steps, seconds, global_batch, flops_per_sample, d):

@@ -2,6 +2,7 @@
 Image loading shared by the trainers and the evaluators: an ImageFolder that never crashes on a
 bad file, ADM's center crop, and a sampler whose order survives kill-and-resume and DDP.
 """
+import itertools
 import os
 import warnings
 
@@ -12,22 +13,52 @@ from PIL import Image
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff', '.gif')
 
 
-def find_images(root):
-    """Sorted paths of the image files under root, recursively (symlinked folders are followed)."""
-    return sorted(os.path.join(folder, name) for folder, _, names in os.walk(root, followlinks=True)
-                  for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+def find_images(root, dataset_root=None):
+    """Sorted paths of the image files under root, recursively. Symbolic links are followed, but never into a folder
+    already walked (a link loop would list images again and again), nor, when root is one class of dataset_root, to
+    a file or folder of dataset_root outside root (the link's image would get this class's label)."""
+    real_root = os.path.realpath(root)
+    fenced = os.path.realpath(dataset_root) if dataset_root else None
+
+    def allowed(path):
+        real = os.path.realpath(path)
+        return fenced is None or not is_inside(real, fenced) or is_inside(real, real_root)
+
+    paths, walked = [], set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        walked.add(os.path.realpath(folder))
+        subfolders[:] = [d for d in subfolders if os.path.realpath(os.path.join(folder, d)) not in walked
+                         and allowed(os.path.join(folder, d))]
+        paths += [os.path.join(folder, name) for name in names
+                  if name.lower().endswith(IMAGE_EXTENSIONS) and allowed(os.path.join(folder, name))]
+    return sorted(paths)
+
+
+def is_inside(path, folder):
+    return os.path.commonpath([path, folder]) == folder
 
 
 def list_images(root):
-    """Sorted image paths under root (recursive) and their class ids (sorted top-level folder name)."""
+    """Sorted image paths under root (recursive) and their class ids (sorted top-level folder name; hidden
+    folders such as .ipynb_checkpoints are not classes). A root without class folders is one class."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"image folder {root!r} does not exist: pass --data <folder with <class>/<image> files>")
-    classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
-    paths, labels = [], []
-    for label, cls in enumerate(classes or ['.']):
-        found = find_images(os.path.join(root, cls))
-        paths += found
-        labels += [label] * len(found)
+    classes = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith('.'))
+    if not classes:
+        paths = find_images(root)
+        labels = [0] * len(paths)
+    else:
+        per_class = [find_images(os.path.join(root, cls), dataset_root=root) for cls in classes]
+        empty = [cls for cls, found in zip(classes, per_class) if not found]
+        if empty and len(empty) < len(classes):
+            raise FileNotFoundError(f"class folder(s) {', '.join(empty)} of {root!r} hold no images: remove them or add "
+                                    f"images (an empty folder would still take a class id)")
+        paths = [path for found in per_class for path in found]
+        labels = [label for label, found in enumerate(per_class) for _ in found]
+        loose = [d.name for d in os.scandir(root) if d.is_file() and d.name.lower().endswith(IMAGE_EXTENSIONS)]
+        if loose:
+            warnings.warn(f"{len(loose)} image(s) directly in {root!r}, beside its class folders, are not used "
+                          f"(e.g. {loose[0]!r}): move them into a class folder")
     if not paths:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r}")
     return paths, labels, classes
@@ -44,13 +75,32 @@ def center_crop_arr(img, size):
     return arr[top:top + size, left:left + size]
 
 
-def load_rgb(path):
-    """Open an image as RGB (grey, RGBA, CMYK, palette all converted); raises on unreadable/truncated files."""
+# Pillow modes wider than 8 bits per channel and the value of their white; convert('RGB') would clip them to 255
+HIGH_BIT_DEPTH_WHITE = {'I;16': 65535, 'I;16L': 65535, 'I;16B': 65535, 'I;16N': 65535,
+                        'I': 65535,  # 32-bit ints: how Pillow opens 16-bit grey PNGs and TIFFs
+                        'F': 1.0}  # float images hold [0, 1]
+UNREADABLE_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # PIL's, for bad files
+
+
+def to_8bit(img):
+    """A 16-bit, 32-bit int or float grey image scaled to 8-bit 'L' (white stays white); other modes unchanged."""
+    white = HIGH_BIT_DEPTH_WHITE.get(img.mode)
+    if white is None:
+        return img
+    arr = np.asarray(img, dtype=np.float64) * (255 / white)
+    return Image.fromarray(arr.round().clip(0, 255).astype(np.uint8), 'L')
+
+
+def load_rgb(path, transparent_to_white=True):
+    """Open an image as 8-bit RGB (grey, 16-bit, RGBA, CMYK, palette all converted); raises one of
+    UNREADABLE_IMAGE_ERRORS on unreadable, truncated or oversized (decompression bomb) files.
+    transparent_to_white: composite alpha onto white; False drops it (as pytorch-fid's FID does)."""
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # PIL's palette-transparency and EXIF chatter
         with Image.open(path) as img:
             img.load()
-            if img.mode == 'RGBA' or (img.mode == 'P' and 'transparency' in img.info):
+            img = to_8bit(img)
+            if transparent_to_white and (img.mode == 'RGBA' or (img.mode == 'P' and 'transparency' in img.info)):
                 img = img.convert('RGBA')
                 background = Image.new('RGBA', img.size, (255, 255, 255, 255))
                 img = Image.alpha_composite(background, img)  # transparent -> white, not black
@@ -70,9 +120,24 @@ class ImageFolder(torch.utils.data.Dataset):
     def __getitem__(self, i):
         try:
             arr = center_crop_arr(load_rgb(self.paths[i]), self.size)
-        except (OSError, ValueError, SyntaxError):  # what PIL raises for corrupt, truncated or unknown files
+        except UNREADABLE_IMAGE_ERRORS:
             return None
         return torch.from_numpy(arr.copy()).permute(2, 0, 1), self.labels[i]
+
+
+def readable_samples(dataset, n):
+    """Up to n readable samples of dataset (preview images), evenly spread over it where those are readable."""
+    spread = range(0, len(dataset), max(1, len(dataset) // n))
+    others = (i for i in range(len(dataset)) if i not in spread)  # stand-ins for unreadable ones
+    found = []
+    for i in itertools.chain(spread, others):
+        if len(found) == n:
+            break
+        if (item := dataset[i]) is not None:
+            found.append(item)
+    if not found:
+        raise SystemExit(f"none of the {len(dataset)} image files could be read: check the folder's files")
+    return found
 
 
 def collate_skip_bad(batch):

@@ -32,13 +32,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
 from scipy import linalg
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm import tqdm
 
 import common
-from data import IMAGE_EXTENSIONS, find_images
+from data import IMAGE_EXTENSIONS, UNREADABLE_IMAGE_ERRORS, find_images, load_rgb
 
 INPUT_SIZE = 299
 SPATIAL_CHANNELS = 7  # ADM keeps mixed_6/conv[..., :7]: 17 * 17 * 7 = 2023 sFID features
@@ -400,10 +399,9 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index):
-        try:
-            with Image.open(self.paths[index]) as image:
-                rgb = image.convert('RGB')  # grey, palette and RGBA (alpha dropped, as pytorch-fid) -> RGB
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        try:  # grey, 16-bit, palette and RGBA (alpha dropped, as pytorch-fid) -> 8-bit RGB
+            rgb = load_rgb(self.paths[index], transparent_to_white=False)
+        except UNREADABLE_IMAGE_ERRORS:
             return None  # unreadable: counted and reported by the caller
         return torch.from_numpy(np.array(rgb))
 
@@ -819,6 +817,11 @@ def main(argv=None):
 def run(args):
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         raise FIDError('CUDA is not available; use --device cpu')
+    if args.batch < 1 or args.workers < 0:
+        raise FIDError(f'--batch {args.batch} --workers {args.workers}: the batch must be at least 1, workers 0 or more')
+    for flag, path in (('--save-stats', args.save_stats), ('--json', args.json)):
+        if path:  # checked before the feature pass, which the write comes after
+            common.check_writable(os.path.dirname(os.path.abspath(path)), flag, error=FIDError)
     evaluation = Evaluation(args.inception, args.device, args.resize, args.batch, args.workers, args.tf32,
                             args.channels_last)
     if args.bench:

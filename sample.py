@@ -19,6 +19,7 @@ device give the same images; another batch size gives other (equally valid) samp
 import argparse
 import contextlib
 import json
+import math
 import os
 
 import numpy as np
@@ -73,7 +74,8 @@ def check_settings(args, n_tokens, vocab_size):
                f'0..{n_tokens - 1} (decoding must keep at least one of the N={n_tokens} tokens)'),
               ('--top_k', args.top_k, lambda k: 0 <= k <= vocab_size, f'0 (off) .. K={vocab_size}'),
               ('--top_p', args.top_p, lambda p: 0 <= p <= 1, '0 (off) .. 1'),
-              ('--temperature', args.temperature, lambda t: t > 0, 'a value above 0')]
+              ('--temperature', args.temperature, lambda t: t > 0, 'a value above 0'),
+              ('--cfg', args.cfg, math.isfinite, 'a finite guidance scale (0: plain conditional)')]
     for flag, values, ok, allowed in checks:
         bad = [v for v in (values if isinstance(values, list) else [values]) if not ok(v)]
         if bad:
@@ -189,7 +191,7 @@ def main(argv=None):
     labels = np.repeat(np.array(classes, dtype=np.int64), args.per_class)
     H = tok.cfg.image_size
     images = np.empty((len(labels), H, H, 3), dtype=np.uint8)
-    os.makedirs(os.path.join(args.out, 'png') if args.png else args.out, exist_ok=True)
+    common.check_writable(os.path.join(args.out, 'png') if args.png else args.out, '--out')  # before hours of sampling
     print(f"{len(labels)} samples of {len(classes)} class(es) from {args.ckpt} (step {ckpt['step']}), decoding {n_keep}/{N} "
           f"tokens with {tok.path}, cfg {args.cfg}{' ramped' if args.cfg_ramp else ''}, on {device}, bf16 {use_bf16}")
 

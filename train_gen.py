@@ -58,7 +58,8 @@ parser.add_argument('--log_every', type=int, default=100)
 parser.add_argument('--ckpt_every', type=int, default=5000)
 parser.add_argument('--sample_every', type=int, default=5000, help='steps between sample grid PNGs (0: never)')
 parser.add_argument('--sample_cfg', type=float, default=1.5, help='CFG scale of the sample grids')
-parser.add_argument('--resume', nargs='?', const='auto', help='checkpoint to resume (no value: out_dir/ckpt.pt)')
+parser.add_argument('--resume', nargs='?', const='auto', help='checkpoint to resume (no value: out_dir/ckpt.pt); '
+                    'flags left out take the checkpoint\'s values')
 parser.add_argument('--encode_only', action='store_true', help='write the token file and exit')
 parser.add_argument('--encode_batch', type=int, default=256, help='images per encoding batch and process (x2 with flips)')
 parser.add_argument('--encode_chunk', type=int, default=10_000, help='images per chunk (an interrupted encoding resumes by chunk)')
@@ -66,6 +67,11 @@ parser.add_argument('--encode_bf16', action='store_true',
                     help='encode under bf16 autocast: faster, but it changed 23%% of the codes of a small CIFAR tokenizer (default: fp32)')
 parser.add_argument('--workers', type=int, default=8, help='image loading processes for encoding')
 args = parser.parse_args()
+common.check_flags(args, positive=('batch_size', 'max_steps', 'log_every', 'ckpt_every', 'encode_batch', 'encode_chunk'),
+                   non_negative=('warmup', 'sample_every', 'workers'))
+# where and how to run, and what the token file holds: never taken from a resumed checkpoint
+MACHINE_FLAGS = ('tok_ckpt', 'data', 'tokens', 'out_dir', 'device', 'workers', 'compile', 'bf16', 'encode_only',
+                 'encode_batch', 'encode_chunk', 'encode_bf16')
 
 # ----------------------------------------------------------------------------- setup
 dd = common.setup_distributed(args.device)
@@ -200,16 +206,24 @@ with np.load(tokens_path) as f:
 
 # ----------------------------------------------------------------------------- model
 num_classes = max(1, len(token_meta['classes']))  # a folder without class subfolders is one class
+if len(token_codes) and (token_codes.max() >= K or token_labels.min() < 0 or token_labels.max() >= num_classes):
+    raise SystemExit(f"{tokens_path!r} holds codes outside 0..{K - 1} or labels outside 0..{num_classes - 1}, so it was not "
+                     f"encoded by --tok_ckpt from its {num_classes} classes: delete it to encode again")
 torch.manual_seed(args.seed)  # here, not earlier: the encoding's DataLoader draws from the global RNG
 resume = None
 if args.resume:
-    resume = common.load_checkpoint(ckpt_path if args.resume == 'auto' else args.resume, 'generator')
+    resume = common.load_resume_checkpoint(args, ckpt_path, 'generator')
     if resume['tokenizer']['sha256'] != tok_sha256:
         raise SystemExit(f"the checkpoint was trained on the tokens of {resume['tokenizer']['path']!r}, not of "
                          f"--tok_ckpt {args.tok_ckpt!r}: pass that tokenizer or start a new --out_dir")
     cfg = GPTConfig(**resume['config'])
-    common.check_resume_args(args, resume['args'], ('preset', 'batch_size'))
+    changed = common.apply_resume_args(parser, args, resume['args'], fixed=('preset', 'batch_size', 'seed'), keep=MACHINE_FLAGS)
+    if dd.master:
+        print(f"resuming at step {resume['step']} with the checkpoint's settings"
+              + (f", changed: {', '.join('--' + name for name in changed)}" if changed else ""))
 else:
+    if 'preset' not in common.flags_given(parser) and dd.master:
+        print(f"no --preset given: using {args.preset}; --preset tiny is the CPU smoke test")
     if args.preset not in PRESETS:
         raise SystemExit(f"unknown generator preset {args.preset!r}; choose from {sorted(PRESETS)}")
     cfg = GPTConfig.preset(args.preset, n_tokens=N, vocab_size=K, num_classes=num_classes)
@@ -232,7 +246,7 @@ if resume:
 peak_lr = args.lr * args.batch_size / 256
 warmup = max(1, args.max_steps // 50 if args.warmup is None else args.warmup)
 if dd.master:
-    os.makedirs(args.out_dir, exist_ok=True)
+    common.check_writable(args.out_dir, '--out_dir')
     print(f"generator {cfg}\n{model.num_params() / 1e6:.1f}M params, {len(token_codes)} token rows of "
           f"{num_classes} classes, peak lr {peak_lr:.3g}, {dd.world_size} process(es) on {device}, bf16 {use_bf16}")
 # compile first, then DDP (as nanoGPT): compiling the DDP wrapper splits the graph at every gradient bucket
@@ -277,6 +291,16 @@ def save_sample_grid(path):
 def new_sums():
     return {'loss_per_position': torch.zeros(N, device=device), 'acc_per_position': torch.zeros(N, device=device),
             'grad_norm': torch.zeros((), device=device)}
+
+
+@torch.no_grad()
+def loss_of_current_weights(idx, labels):
+    """The loss of the weights about to be saved, on the last batch (common.check_checkpoint_finite says why)."""
+    model.eval()
+    with autocast:
+        _, token_loss = model(idx, labels, with_loss=True)
+    model.train()
+    return token_loss.mean()
 
 
 def save_checkpoint():
@@ -341,8 +365,8 @@ while step < args.max_steps:
     if dd.master and args.sample_every and (step % args.sample_every == 0 or step == args.max_steps):
         save_sample_grid(os.path.join(args.out_dir, f'samples_{step:07d}.png'))
     if step % args.ckpt_every == 0 or step == args.max_steps:
-        if not common.all_finite(finite):
-            common.stop_on_nonfinite(step, ckpt_path)
+        states = [model.state_dict(), optimizer.state_dict()] + ([ema_model.state_dict()] if ema_model is not None else [])
+        common.check_checkpoint_finite(step, ckpt_path, finite, loss_of_current_weights(idx, labels), *states)
         if dd.master:
             save_checkpoint()
 pbar.close()

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import common
-from data import ImageFolder, collate_skip_bad, image_loader, save_grid, to_float, to_uint8
+from data import ImageFolder, collate_skip_bad, image_loader, readable_samples, save_grid, to_float, to_uint8
 from dct import lowpass
 from losses import LPIPS, LeCamRegularizer, NLayerDiscriminator, hinge_d_loss, hinge_g_loss
 from tokenizer import TokConfig, Tokenizer, flops_per_image
@@ -58,12 +58,17 @@ parser.add_argument('--seed', type=int, default=0)
 parser.add_argument('--device', default='auto')
 parser.add_argument('--log_every', type=int, default=50)
 parser.add_argument('--sample_every', type=int, default=2000, help='steps between prefix-reconstruction PNGs (0: never)')
-parser.add_argument('--ckpt_every', type=int, default=2000)
-parser.add_argument('--resume', nargs='?', const='auto', help='checkpoint to resume (no value: out_dir/ckpt.pt)')
+parser.add_argument('--ckpt_every', type=int, default=2000, help='steps between checkpoints (one is always written at --max_steps)')
+parser.add_argument('--resume', nargs='?', const='auto', help='checkpoint to resume (no value: out_dir/ckpt.pt); '
+                    'flags left out take the checkpoint\'s values')
 parser.add_argument('--eval_data', help='image folder scored at the end (L2/PSNR per prefix)')
 parser.add_argument('--eval_only', action='store_true', help='only score --resume on --eval_data')
 parser.add_argument('--eval_npz', help='also write the full-N reconstructions of --eval_data here (uint8 NHWC arr_0: rFID with fid.py)')
 args = parser.parse_args()
+common.check_flags(args, positive=('batch_size', 'max_steps', 'log_every', 'ckpt_every'),
+                   non_negative=('warmup', 'disc_start', 'restart_every', 'sample_every', 'workers'))
+# where and how to run, not what to train: never taken from a resumed checkpoint
+MACHINE_FLAGS = ('data', 'out_dir', 'device', 'workers', 'compile', 'bf16', 'lpips_path', 'eval_data', 'eval_only', 'eval_npz')
 
 # ----------------------------------------------------------------------------- setup
 dd = common.setup_distributed(args.device)
@@ -76,11 +81,20 @@ log_path = os.path.join(args.out_dir, 'log.jsonl')
 
 resume = None
 if args.resume:
-    resume = common.load_checkpoint(ckpt_path if args.resume == 'auto' else args.resume, 'tokenizer')
+    resume = common.load_resume_checkpoint(args, ckpt_path, 'tokenizer')
     cfg = TokConfig(**resume['config'])
-    common.check_resume_args(args, resume['args'], ('preset', 'n_tokens', 'codebook_size', 'schedule', 'no_causal',
-                                                    'no_spectral', 'batch_size'))
+    run_settings = {**resume['args'], 'n_tokens': cfg.n_tokens, 'codebook_size': cfg.codebook_size,
+                    'schedule': cfg.schedule, 'no_causal': not cfg.causal}
+    changed = common.apply_resume_args(parser, args, run_settings, keep=MACHINE_FLAGS, fixed=(
+        'preset', 'n_tokens', 'codebook_size', 'schedule', 'no_causal', 'no_spectral', 'batch_size', 'seed'))
+    if dd.master:
+        print(f"resuming at step {resume['step']} with the checkpoint's settings"
+              + (f", changed: {', '.join('--' + name for name in changed)}" if changed else "")
+              + (f"; it has reached --max_steps {args.max_steps}: raise --max_steps to train further"
+                 if resume['step'] >= args.max_steps and not args.eval_only else ""))
 else:
+    if 'preset' not in common.flags_given(parser) and dd.master:
+        print(f"no --preset given: using {args.preset} (the paper's 256 px tokenizer); --preset tiny is the CPU smoke test")
     cfg = TokConfig.preset(args.preset, n_tokens=args.n_tokens, codebook_size=args.codebook_size,
                            schedule=args.schedule, causal=False if args.no_causal else None)
 model = Tokenizer(cfg).to(device)
@@ -97,7 +111,10 @@ if resume:
     model.load_state_dict(resume['model'])
     ema_model.load_state_dict(resume['ema'])
     optimizer.load_state_dict(resume['optimizer'])
-    if use_gan:
+    if use_gan and resume['disc'] is None:
+        if dd.master:
+            print("the checkpoint has no discriminator (trained with --gan_weight 0): the GAN starts with a new one")
+    elif use_gan:
         disc.load_state_dict(resume['disc'])
         disc_optimizer.load_state_dict(resume['disc_optimizer'])
         lecam.load_state_dict(resume['lecam'])
@@ -108,7 +125,7 @@ if resume:
     del resume
 
 if dd.master:
-    os.makedirs(args.out_dir, exist_ok=True)
+    common.check_writable(args.out_dir, '--out_dir')
     print(f"tokenizer {cfg}\n{model.num_params() / 1e6:.1f}M params, {dd.world_size} process(es) on {device}, "
           f"bf16 {use_bf16}" + (f", LPIPS weights: {lpips.weights_source}" if lpips else ", no LPIPS"))
 # compile first, then DDP (as nanoGPT). The losses too: at 256 px, LPIPS's float32 distance maps and the
@@ -218,6 +235,16 @@ def evaluate(tok, root):
     return table
 
 
+@torch.no_grad()
+def loss_of_current_weights(x, prefix, target):
+    """The loss of the weights about to be saved, on the last batch (common.check_checkpoint_finite says why)."""
+    model.eval()  # eval: the code usage counts stay as training left them
+    with autocast:
+        recon, vq_loss, _ = model(x, prefix)
+    model.train()
+    return F.mse_loss(recon.float(), target) + vq_loss
+
+
 def save_checkpoint():
     """Called on every rank: the code usage counts are per rank, so the checkpoint stores their sum."""
     usage = model.quantizer.usage.clone()
@@ -245,17 +272,20 @@ if args.eval_only:
 
 dataset, loader = image_loader(args.data, cfg.image_size, args.batch_size, dd.rank, dd.world_size,
                                args.seed, step, args.workers)
-preview = to_float(torch.stack([dataset[i][0] for i in range(0, len(dataset), max(1, len(dataset) // 8))][:8]), device)
+preview = to_float(torch.stack([image for image, _ in readable_samples(dataset, 8)]), device)
 flops_per_sample = 3 * flops_per_image(cfg)  # forward + backward, tokenizer matmuls only (not LPIPS, GAN)
 finite = torch.ones((), dtype=torch.bool, device=device)
 sums = {}
-n_bad = 0
+n_bad, n_empty_batches = 0, 0
 t_last, step_last = time.time(), step
 pbar = tqdm(total=args.max_steps, initial=step, disable=not dd.master, dynamic_ncols=True)
 data_iter = iter(loader)
 while step < args.max_steps:
     images, _, bad = next(data_iter)
     n_bad += bad
+    if not len(images):  # no readable image in this process's batch: draw the next one (counted, logged)
+        n_empty_batches += 1
+        continue
     x = to_float(images, device)
     prefix, flip = step_randomness(step)
     prefix, flip = prefix[:len(x)], flip[:len(x)]  # a batch with skipped bad files is shorter
@@ -313,7 +343,7 @@ while step < args.max_steps:
         n = step - step_last
         record = {'step': step, 'lr': lr_at(step - 1), **{k: v.item() / n for k, v in sums.items()},
                   **common.speed_record(n, time.time() - t_last, args.batch_size, flops_per_sample, dd),
-                  'bad_images_skipped': n_bad, **(codebook or codebook_stats(model.quantizer.usage))}
+                  'bad_images_skipped': n_bad, 'empty_batches_skipped': n_empty_batches, **(codebook or codebook_stats(model.quantizer.usage))}
         if dd.master:
             common.log_jsonl(log_path, record)
             pbar.set_postfix({k: f"{record[k]:.4g}" for k in ('l2', 'lpips', 'vq', 'codebook_used') if k in record})
@@ -321,12 +351,13 @@ while step < args.max_steps:
     if dd.master and args.sample_every and (step % args.sample_every == 0 or step == args.max_steps):
         save_prefix_png(ema_model, preview, os.path.join(args.out_dir, f'prefixes_{step:07d}.png'))
     if step % args.ckpt_every == 0 or step == args.max_steps:
-        if not common.all_finite(finite):
-            common.stop_on_nonfinite(step, ckpt_path)
+        states = [model.state_dict(), ema_model.state_dict(), optimizer.state_dict()]
+        states += [disc.state_dict(), disc_optimizer.state_dict()] if use_gan else []
+        common.check_checkpoint_finite(step, ckpt_path, finite, loss_of_current_weights(x, prefix, target), *states)
         save_checkpoint()
 pbar.close()
 if n_bad and dd.master:
-    print(f"skipped {n_bad} unreadable image(s)")
+    print(f"skipped {n_bad} unreadable image(s)" + (f", {n_empty_batches} batch(es) without any readable one" if n_empty_batches else ""))
 if args.eval_data and dd.master:
     evaluate(ema_model, args.eval_data)
 common.cleanup_distributed()
