@@ -12,7 +12,6 @@ import os
 import pickle
 import random
 import tempfile
-import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -201,9 +200,10 @@ def load_checkpoint(path, kind):
                              f"unread, since loading it could run code. A {kind} checkpoint comes from {trainer}") from None
         raise ValueError(f"{path!r} is not a checkpoint (a damaged or foreign file: {e}); "
                          f"use a checkpoint written by {trainer}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise ValueError(f"{path!r} cannot be read as a checkpoint ({type(e).__name__}: {str(e).splitlines()[0]}): it is "
-                         f"truncated or not a checkpoint; use an intact checkpoint written by {trainer}") from None
+    except Exception as e:  # random bytes raise almost anything (EOFError, UnicodeDecodeError, RuntimeError...)
+        reason = f"{type(e).__name__}: {e}".partition('\n')[0]
+        raise ValueError(f"{path!r} cannot be read as a checkpoint ({reason}): it is truncated or not a checkpoint; "
+                         f"use an intact checkpoint written by {trainer}") from None
     found = ckpt.get('kind') if isinstance(ckpt, dict) else None
     if found != kind:
         raise ValueError(f"{path!r} is a {found or 'foreign'} checkpoint, expected a {kind} checkpoint written by {trainer}")

@@ -89,7 +89,63 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(image_dir, tmp_path):
 def test_mismatched_resume_settings_and_wrong_checkpoints_stop_with_a_fix(image_dir, tmp_path):
     train(image_dir, tmp_path / 'out', '--max_steps', '1')
     result = train(image_dir, tmp_path / 'out', '--max_steps', '2', '--resume', '--n_tokens', '4', check=False)
-    assert result.returncode != 0 and '--n_tokens 4 differs from the checkpoint' in result.stderr
+    assert result.returncode != 0 and '--n_tokens 4 contradicts the checkpoint, which was trained with --n_tokens 8' in result.stderr
     torch.save({'kind': 'generator'}, tmp_path / 'gen.pt')
     result = train(image_dir, tmp_path / 'out2', '--resume', str(tmp_path / 'gen.pt'), check=False)
     assert 'is a generator checkpoint, expected a tokenizer checkpoint' in result.stderr
+
+
+@pytest.fixture(scope='module')
+def asset_images(tmp_path_factory):
+    """8 CIFAR-10 images of the repository's assets in 2 class folders (no shared data needed)."""
+    root = tmp_path_factory.mktemp('asset_images')
+    for cls in ('airplane', 'cat'):
+        os.makedirs(root / cls)
+        for f in sorted(os.listdir(os.path.join(REPO, 'assets', 'cifar10_sample', cls)))[:4]:
+            shutil.copy(os.path.join(REPO, 'assets', 'cifar10_sample', cls, f), root / cls / f)
+    return root
+
+
+def test_batch_without_readable_image_is_skipped_and_counted(asset_images, tmp_path):
+    data = tmp_path / 'data'
+    shutil.copytree(asset_images, data)
+    for cls in ('airplane', 'cat'):
+        for i in range(12):
+            (data / cls / f'empty_{i}.jpg').write_bytes(b'')  # 8 readable of 32; some preview picks are empty too
+    train(data, tmp_path / 'out', '--max_steps', '8', '--batch_size', '4', '--gan_weight', '0')
+    logs = [json.loads(line) for line in open(tmp_path / 'out' / 'log.jsonl')]
+    assert [r['step'] for r in logs] == list(range(1, 9))
+    assert logs[-1]['empty_batches_skipped'] > 0 and logs[-1]['bad_images_skipped'] > 0
+
+
+def test_diverged_weights_are_never_checkpointed_nor_called_good(asset_images, tmp_path):
+    # lr 1e9: the loss of step 1 is finite, the weights after it are finite (~1e9) but no later loss is
+    flags = ('--gan_weight', '0', '--ckpt_every', '1', '--lr', '1e9', '--min_lr', '1e9')
+    result = train(asset_images, tmp_path / 'fresh', '--max_steps', '4', *flags, check=False)
+    assert result.returncode != 0 and 'non-finite loss or weights at or before step 1' in result.stderr
+    assert 'no checkpoint was written yet' in result.stderr and 'the last checkpoint' not in result.stderr
+    assert not os.path.exists(tmp_path / 'fresh' / 'ckpt.pt')
+
+    train(asset_images, tmp_path / 'out', '--max_steps', '2', '--gan_weight', '0')
+    result = train(asset_images, tmp_path / 'out', '--max_steps', '4', '--resume', *flags, check=False)
+    assert result.returncode != 0 and f"the last checkpoint written, {str(tmp_path / 'out' / 'ckpt.pt')!r}" in result.stderr
+    kept = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)
+    assert kept['step'] == 2 and all(v.abs().max() < 1e3 for v in kept['model'].values() if v.is_floating_point())
+    assert train(asset_images, tmp_path / 'out', '--max_steps', '3', '--resume', '--lr', '1e-4', '--ckpt_every', '1').returncode == 0
+
+
+def test_resume_reads_its_settings_from_the_checkpoint(asset_images, tmp_path):
+    train(asset_images, tmp_path / 'out', '--max_steps', '1', '--gan_weight', '0', '--lr', '3e-4')
+    bare = [sys.executable, os.path.join(REPO, 'train_tok.py'), '--data', str(asset_images), '--out_dir', str(tmp_path / 'out'),
+            '--workers', '0', '--resume']
+    result = subprocess.run(bare + ['--max_steps', '2'], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert 'resuming at step 1 with the checkpoint\'s settings, changed: --max_steps' in result.stdout
+    resumed = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)
+    assert resumed['step'] == 2 and resumed['config']['n_tokens'] == 8
+    assert (resumed['args']['preset'], resumed['args']['batch_size'], resumed['args']['lr']) == ('tiny', 8, 3e-4)
+
+    result = subprocess.run(bare + ['--seed', '1'], capture_output=True, text=True, cwd=REPO)
+    assert '--seed 1 contradicts the checkpoint, which was trained with --seed 0: leave --seed out' in result.stderr
+    result = subprocess.run(bare + ['--max_steps', '3', '--gan_weight', '0.1'], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0 and 'the GAN starts with a new one' in result.stdout, result.stderr

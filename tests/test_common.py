@@ -1,0 +1,103 @@
+"""common.py's checkpoint loading and atomic writes against hostile or damaged files."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import common
+from conftest import REPO
+
+
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}',))
+
+
+def test_checkpoint_whose_pickle_runs_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / 'code_ran'
+    torch.save({'kind': 'generator', 'config': RunsCode(marker)}, tmp_path / 'evil.pt')
+    with pytest.raises(ValueError, match='refused unread, since loading it could run code'):
+        common.load_checkpoint(tmp_path / 'evil.pt', 'generator')
+    assert not marker.exists()
+
+
+def test_checkpoints_written_by_the_trainers_load_with_weights_only(tiny_tokenizer):
+    ckpt = torch.load(tiny_tokenizer[1], map_location='cpu', weights_only=True)
+    assert ckpt['kind'] == 'tokenizer' and isinstance(ckpt['args'], dict)
+    common.set_rng_state(ckpt['rng'])
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+    torch.save({'rng': common.rng_state()}, tmp_path / 'rng.pt')
+    expected = random.random(), np.random.rand(), np.random.randn(), torch.rand(1)
+    common.set_rng_state(torch.load(tmp_path / 'rng.pt', weights_only=True)['rng'])
+    assert (random.random(), np.random.rand(), np.random.randn(), torch.rand(1)) == expected
+
+
+def test_damaged_checkpoints_are_refused_with_the_reason(tmp_path):
+    torch.save({'kind': 'tokenizer', 'config': {}, 'model': {'w': torch.zeros(1000)}, 'step': 1}, tmp_path / 'good.pt')
+    good = (tmp_path / 'good.pt').read_bytes()
+    for name, content in (('empty.pt', b''), ('truncated.pt', good[:len(good) // 2]), ('random.pt', os.urandom(3000)),
+                          ('text.pt', b'hello\n')):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=f"{name}.* (cannot be read as a checkpoint|is not a checkpoint|refused unread)"):
+            common.load_checkpoint(tmp_path / name, 'tokenizer')
+    torch.save({'kind': 'tokenizer', 'model': {}}, tmp_path / 'no_config.pt')
+    with pytest.raises(ValueError, match='a tokenizer checkpoint without config, step: it was not written by train_tok.py'):
+        common.load_checkpoint(tmp_path / 'no_config.pt', 'tokenizer')
+
+
+def test_atomic_write_removes_stale_and_failed_temp_files(tmp_path):
+    path = tmp_path / 'ckpt.pt'
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    stale = tmp_path / f'ckpt.pt.tmp.{int(dead.stdout)}'  # left by a process killed mid-save
+    stale.write_bytes(b'x' * 100)
+    live = tmp_path / f'ckpt.pt.tmp.{os.getppid()}'  # a save still under way in another process
+    live.write_bytes(b'x')
+
+    def disk_full(f):
+        f.write(b'partial')
+        raise OSError(28, 'No space left on device')
+    with pytest.raises(OSError):
+        common.atomic_write(str(path), disk_full)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
+    common.atomic_write(str(path), lambda f: f.write(b'ok'))
+    assert path.read_bytes() == b'ok'
+
+
+def test_states_finite_looks_into_optimizer_state():
+    weights = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(weights.parameters())
+    weights(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    assert common.states_finite(weights.state_dict(), optimizer.state_dict())
+    optimizer.state[weights.weight]['exp_avg_sq'][0, 0] = float('inf')
+    assert not common.states_finite(weights.state_dict(), optimizer.state_dict())
+
+
+@pytest.mark.parametrize('flags, message', [
+    (('--ckpt_every', '0'), '--ckpt_every 0: must be at least 1'),
+    (('--batch_size', '0'), '--batch_size 0: must be at least 1'),
+    (('--sample_every', '-1'), '--sample_every -1: must be 0 (never) or more'),
+    (('--device', 'cuda'), '--device cuda: CUDA is not available'),
+])
+def test_unusable_flags_stop_with_a_message(tmp_path, flags, message):
+    if 'cuda' in flags and torch.cuda.is_available():
+        pytest.skip('CUDA is available here')
+    result = subprocess.run([sys.executable, 'train_tok.py', '--preset', 'tiny', '--data', str(tmp_path),
+                             '--out_dir', str(tmp_path / 'out'), *flags], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode != 0 and message in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_check_writable_names_the_flag(tmp_path):
+    (tmp_path / 'file').write_bytes(b'')
+    with pytest.raises(SystemExit, match=r"--out_dir: .*file/sub' is not a writable folder .*: pass another --out_dir"):
+        common.check_writable(str(tmp_path / 'file' / 'sub'), '--out_dir')
