@@ -1,4 +1,5 @@
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -90,3 +91,19 @@ def test_spectral_more_causal_than_raster_on_cifar10_subset(cifar_test_dir):
     for i, (spectral, raster) in enumerate(zip(table["spectral"], table["raster"]), start=2):
         assert spectral > raster, f"token {i}: spectral {spectral:.3f} <= raster {raster:.3f}"
     assert table["spectral"][2] > 0.98  # the image is nearly determined by its w=24 low-pass
+
+
+def test_too_few_images_are_refused_not_tabled(tmp_path, monkeypatch):
+    import causality
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    monkeypatch.setattr(sys, "argv", ["causality.py", str(tmp_path)])
+    with pytest.raises(SystemExit, match="3 readable image.s.: R2_avg needs at least 100"):
+        causality.main()
+
+
+def test_nchw_npz_is_refused_with_the_transpose(tmp_path):
+    np.savez(tmp_path / "nchw.npz", arr_0=np.zeros((4, 3, 32, 32), np.uint8))
+    with pytest.raises(SystemExit, match=r"arr_0 must be uint8 images \(N, H, W, 3\).*arr.transpose\(0, 2, 3, 1\)"):
+        load_images(str(tmp_path / "nchw.npz"))

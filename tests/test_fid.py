@@ -390,3 +390,13 @@ def test_few_images_warn_of_a_singular_covariance(stub, tmp_path, capsys):
     write_images(tmp_path / 'ref', 1, count=6)
     assert run_cli(tmp_path / 'samples', tmp_path / 'ref', '--no-pr')[0] == 0
     assert 'covariance is singular' in capsys.readouterr().err
+
+
+def test_unwritable_save_stats_and_zero_batch_stop_before_the_feature_pass(stub, tmp_path, capsys, monkeypatch):
+    write_images(tmp_path / 'ref', 1)
+    (tmp_path / 'a_file').write_text('')
+    monkeypatch.setattr(fid, 'compute_features', lambda *a, **k: pytest.fail('features computed before the check'))
+    assert fid.main(['--save-stats', str(tmp_path / 'a_file' / 'ref.npz'), str(tmp_path / 'ref'), '--device', 'cpu']) == 2
+    assert "--save-stats: " in capsys.readouterr().err
+    assert fid.main(['--save-stats', str(tmp_path / 'ref.npz'), str(tmp_path / 'ref'), '--device', 'cpu', '--batch', '0']) == 2
+    assert '--batch 0 --workers 8: the batch must be at least 1' in capsys.readouterr().err

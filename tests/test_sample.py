@@ -110,3 +110,34 @@ def test_bad_inputs_name_the_fix(tiny_tokenizer, generator_ckpt, bad_tokenizers,
     assert "expected 'all' or class ids" in error(generator_ckpt, tmp_path, '--classes', 'dog')
     assert 'must keep at least one of the N=8 tokens' in error(generator_ckpt, tmp_path, '--truncate', 8)
     assert not list(tmp_path.glob('*.npz'))
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """A folder that takes no files: read-only, or where that binds no one (root), /proc/self."""
+    folder = tmp_path / 'read_only'
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        (folder / 'probe').write_bytes(b'')
+    except OSError:
+        return folder
+    if not os.path.isdir('/proc/self'):
+        pytest.skip('no way to make an unwritable folder here')
+    return '/proc/self'
+
+
+def test_nonfinite_cfg_and_unwritable_out_stop_before_sampling(generator_ckpt, tmp_path, unwritable_dir, monkeypatch):
+    import sample as sample_module
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError('sampled although the settings were bad')
+    monkeypatch.setattr(sample_module, 'sample_batches', no_sampling)
+    for cfg in ('nan', 'inf', '-inf'):
+        with pytest.raises(SystemExit, match=f'--cfg {cfg}: out of range, use a finite guidance scale'):
+            sample_module.main(['--ckpt', str(generator_ckpt), '--out', str(tmp_path), f'--cfg={cfg}', '--per_class', '1'])
+    with pytest.raises(SystemExit, match=f"--out: '{unwritable_dir}' is not a writable folder"):
+        sample_module.main(['--ckpt', str(generator_ckpt), '--out', str(unwritable_dir), '--per_class', '1'])
+    (tmp_path / 'a_file').write_bytes(b'')
+    with pytest.raises(SystemExit, match="--out: .*a_file' is not a writable folder"):
+        sample_module.main(['--ckpt', str(generator_ckpt), '--out', str(tmp_path / 'a_file'), '--per_class', '1'])

@@ -179,10 +179,24 @@ def test_torchrun_matches_one_process(tiny_tokenizer, token_file, straight_run, 
 
 
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tiny_tokenizer, token_file, tmp_path):
-    """The first step is still finite and checkpointed; its absurd lr blows the weights up and step 2 is not."""
+    """Two good steps are checkpointed; resumed with an absurd lr, the weights after step 3 give a non-finite loss,
+    so the step-2 checkpoint is kept and named; a run that never had good weights names none."""
+    train_gen(tiny_tokenizer[1], tmp_path, '--tokens', token_file, '--max_steps', 2)
     result = train_gen(tiny_tokenizer[1], tmp_path, '--tokens', token_file, '--max_steps', 4, '--ckpt_every', 1,
-                       '--warmup', 1, '--lr', 1e35, expect_ok=False)
-    assert 'non-finite loss at or before step 2' in result.stderr and 'is intact' in result.stderr
+                       '--resume', '--lr', 1e35, expect_ok=False)
+    assert 'non-finite loss or weights at or before step 3' in result.stderr and 'is intact' in result.stderr
     kept = load_generator(tmp_path)
-    assert kept['step'] == 1 and all(torch.isfinite(p).all() for p in kept['model'].values())
-    assert [r['step'] for r in read_log(tmp_path)] == [1]
+    assert kept['step'] == 2 and all(torch.isfinite(p).all() for p in kept['model'].values())
+    assert [r['step'] for r in read_log(tmp_path)] == [1, 2, 3]
+    result = train_gen(tiny_tokenizer[1], tmp_path / 'fresh', '--tokens', token_file, '--max_steps', 4, '--ckpt_every', 1,
+                       '--warmup', 1, '--lr', 1e35, expect_ok=False)
+    assert 'no checkpoint was written yet' in result.stderr and not (tmp_path / 'fresh' / 'ckpt.pt').exists()
+
+
+def test_token_file_with_out_of_range_codes_is_refused(tiny_tokenizer, token_file, tmp_path):
+    with np.load(token_file) as f:
+        arrays = dict(f)
+    arrays['codes'][3, 0] = 64  # K = 64
+    np.savez(tmp_path / 'tokens.npz', **arrays)
+    result = train_gen(tiny_tokenizer[1], tmp_path, '--tokens', tmp_path / 'tokens.npz', '--max_steps', 1, expect_ok=False)
+    assert 'holds codes outside 0..63 or labels outside 0..2' in result.stderr and 'delete it to encode again' in result.stderr
