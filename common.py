@@ -90,6 +90,14 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state['cuda'])
 
 
+def seed_model_randomness(seed, step, rank):
+    """Seed torch's global generators (CPU and every GPU) for one training step of one process, so that
+    dropout and drop-path masks differ between processes and steps, and a resumed run draws the masks the
+    uninterrupted run would have drawn. Data order, label dropout and views come from step_generator-style
+    streams shared by all processes instead: the global batch is the same on any number of processes."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0]))
+
+
 def step_generator(seed, step, device='cpu'):
     """The random stream of one step (or batch) from (seed, step): the same on any number of processes and after resume."""
     return torch.Generator(device).manual_seed(seed * 1_000_003 + step)

@@ -33,6 +33,7 @@ MAX_LOG_ATTN_SCALE = math.log(100.0)  # VAR clamps its per-head scale_mul at log
 # depth/width/heads per preset; dXX follow VAR (width 64*d, heads d, drop path 0.1*d/24)
 PRESETS = {
     **{f'd{d}': dict(depth=d, width=64 * d, heads=d, drop_path=0.1 * d / 24) for d in (16, 20, 24)},
+    'cifar_d6': dict(depth=6, width=384, heads=6, drop_path=0.1 * 6 / 24, num_classes=10),
     'cifar_d8': dict(depth=8, width=512, heads=8, drop_path=0.1 * 8 / 24, num_classes=10),
     'cifar_d12': dict(depth=12, width=768, heads=12, drop_path=0.1 * 12 / 24, num_classes=10),
     'tiny': dict(depth=2, width=64, heads=4, n_tokens=8, vocab_size=32, num_classes=10),
@@ -51,6 +52,7 @@ class GPTConfig:
     vocab_size: int = 4096  # K, from the tokenizer
     num_classes: int = 1000
     drop_path: float = 0.0  # rate of the last block; earlier blocks ramp linearly from 0
+    dropout: float = 0.0  # on attention probabilities and on each residual branch's output (VAR's attn_drop, drop)
     mlp_ratio: float = 4.0
     norm_eps: float = 1e-6
     init_head: float = 0.02  # VAR's init multipliers (utils/arg_util.py: hd, aln, alng)
@@ -103,9 +105,9 @@ def sample_with_race(logits, race, temperature=1.0, top_k=0, top_p=0.0):
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, width, heads):
+    def __init__(self, width, heads, dropout=0.0):
         super().__init__()
-        self.heads = heads
+        self.heads, self.dropout = heads, dropout
         self.qkv = nn.Linear(width, 3 * width, bias=False)
         # VAR biases q and v only: a k bias is a per-query constant that softmax would ignore
         self.q_bias = nn.Parameter(torch.zeros(width))
@@ -127,7 +129,8 @@ class SelfAttention(nn.Module):
         q = (F.normalize(q, dim=-1) * scale.to(q.dtype)).transpose(1, 2)
         k, v = F.normalize(k, dim=-1).transpose(1, 2), v.transpose(1, 2)
         if kv_cache is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0,
+                                                 dropout_p=self.dropout if self.training else 0.0)
         else:
             kv_cache[0].index_copy_(2, positions, k.to(kv_cache.dtype))
             kv_cache[1].index_copy_(2, positions, v.to(kv_cache.dtype))
@@ -140,9 +143,10 @@ class Block(nn.Module):
         super().__init__()
         self.width, self.drop_path_rate = cfg.width, drop_path_rate
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps, elementwise_affine=False)
-        self.attn = SelfAttention(cfg.width, cfg.heads)
+        self.attn = SelfAttention(cfg.width, cfg.heads, cfg.dropout)
         hidden = round(cfg.width * cfg.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(cfg.width, hidden), nn.GELU(approximate='tanh'), nn.Linear(hidden, cfg.width))
+        self.residual_dropout = nn.Dropout(cfg.dropout)
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(cfg.width, 6 * cfg.width))
 
     def modulation(self, cond):
@@ -151,9 +155,9 @@ class Block(nn.Module):
 
     def forward(self, x, modulation, kv_cache=None, positions=None, visible=None):
         gate1, gate2, scale1, scale2, shift1, shift2 = modulation
-        h = self.attn(self.norm(x) * (1 + scale1) + shift1, kv_cache, positions, visible)
+        h = self.residual_dropout(self.attn(self.norm(x) * (1 + scale1) + shift1, kv_cache, positions, visible))
         x = x + drop_path(h * gate1, self.drop_path_rate, self.training)
-        h = self.mlp(self.norm(x) * (1 + scale2) + shift2)
+        h = self.residual_dropout(self.mlp(self.norm(x) * (1 + scale2) + shift2))
         return x + drop_path(h * gate2, self.drop_path_rate, self.training)
 
 
