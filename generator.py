@@ -489,9 +489,6 @@ class FastSampler:
         self.depth, self.num_classes, self.eps = cfg.depth, cfg.num_classes, cfg.norm_eps
         self.use_graphs = cuda_graphs and self.device.type == 'cuda'
         wrap = (lambda f: torch.compile(f, fullgraph=True, dynamic=False)) if compile else (lambda f: f)
-        if compile:  # every batch size and sampling setting is a static specialisation of the same functions, and
-            # with fullgraph=True dynamo's default limit of 8 per function would stop the 5th batch size with an error
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self._attn_in, self._attn_out_mlp, self._head_logits = wrap(_attn_in), wrap(_attn_out_mlp), wrap(_head_logits)
         self._sample = wrap(sample_with_race)
         self.model_ref = weakref.ref(model)  # weak: a cached sampler must not keep its model alive
@@ -627,7 +624,10 @@ class FastSampler:
         if (guidance is not None) != self.guided:
             raise ValueError(f'this FastSampler was built with guided={self.guided} but cfg_scale={cfg_scale} '
                              f'{"turns guidance off" if guidance is None else "asks for guidance"}')
-        with torch.autocast(self.device.type, enabled=False):  # the sampler keeps its own precision
+        # every batch size and sampling setting is a static specialisation of the same compiled functions, and with
+        # fullgraph=True dynamo's default limit of 8 per function would stop the 5th batch size with an error
+        recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        with torch.autocast(self.device.type, enabled=False), torch._dynamo.config.patch(recompile_limit=recompile_limit):
             self._sync_weights(model)
             self.labels[:self.B].copy_(labels)
             if guidance is not None:
