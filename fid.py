@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import linalg
 from torch.utils.data import DataLoader, Dataset, IterableDataset
-from tqdm import tqdm
 
 import common
 from data import IMAGE_EXTENSIONS, find_images
@@ -540,7 +539,7 @@ def compute_features(images, model, device=None, resize='tf1', batch_size=500, t
         images = [images[start:start + batch_size] for start in range(0, len(images), batch_size)]
     outputs, unreadable, start = [], 0, time.perf_counter()
     with float32_mode(tf32):
-        for batch in tqdm(images, total=total, unit='batch', disable=not progress):
+        for batch in common.progress_bar(images, total=total, unit='batch', disable=not progress):
             batch = batch if isinstance(batch, ImageBatch) else ImageBatch(batch, 0)
             unreadable += batch.unreadable
             x = _network_input(batch.images, device, resize)

@@ -24,7 +24,6 @@ import os
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 import common
 from data import save_grid, to_float, to_uint8
@@ -195,7 +194,7 @@ def main(argv=None):
 
     batches = sample_batches(gpt, tok, labels, args.batch_size, args.seed, n_keep, args.cfg, args.cfg_ramp,
                              args.temperature, args.top_k, args.top_p, use_bf16, args.compile)
-    with tqdm(total=len(labels), unit='img', dynamic_ncols=True) as pbar:
+    with common.progress_bar(total=len(labels), unit='img') as pbar:
         for start, codes, batch_images in batches:
             images[start:start + len(codes)] = batch_images
             if start == 0 and args.progressive:

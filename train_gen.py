@@ -28,7 +28,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 import common
 from data import ImageFolder, ResumableSampler, collate_skip_bad, save_grid, to_float
@@ -142,7 +141,7 @@ def encode_dataset():
             batch_chunk.append(k)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=args.workers,
                                          collate_fn=collate_skip_bad, pin_memory=device.type == 'cuda')
-    pbar = tqdm(total=sum(map(len, batches)), desc='encode', unit='img', disable=not dd.master, dynamic_ncols=True)
+    pbar = common.progress_bar(total=sum(map(len, batches)), desc='encode', unit='img', disable=not dd.master)
     codes, labels, n_bad = [], [], 0
     for i, (images, batch_labels, bad) in enumerate(loader):
         if len(images):
@@ -296,7 +295,7 @@ finite = torch.ones((), dtype=torch.bool, device=device)
 sums = new_sums()
 flops_per_sample = model.train_flops_per_sample()
 t_last, step_last = time.time(), step
-pbar = tqdm(total=args.max_steps, initial=step, disable=not dd.master, dynamic_ncols=True)
+pbar = common.progress_bar(total=args.max_steps, initial=step, disable=not dd.master)
 while step < args.max_steps:
     idx, labels = next_batch(rows_stream, step)
     for group in optimizer.param_groups:
