@@ -74,7 +74,7 @@ class Block(nn.Module):
         dtype = torch.get_autocast_dtype('cuda') if torch.is_autocast_enabled('cuda') else fc1.weight.dtype
         if h.is_cuda and dtype == torch.bfloat16 and not torch.is_grad_enabled():
             # bf16 inference: fc1 and its GELU as one GEMM (cuBLASLt's bias + GELU epilogue), not a GEMM and a pass
-            # over the 4x-wide activations: decode of 256 images 40.1 -> 36.9 ms (results/bench/probe_s7.py). That
+            # over the 4x-wide activations: decode of 256 images 40.1 -> 36.9 ms (docs/performance.md). That
             # GELU is the tanh form; its gap to the exact one training uses (< 4.8e-4) is far below bf16's rounding
             # (tests/test_tokenizer.py).
             h = torch._addmm_activation(fc1.bias.to(dtype), h.flatten(0, -2).to(dtype), fc1.weight.to(dtype).t(),
