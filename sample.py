@@ -44,7 +44,7 @@ def parse_args(argv=None):
     parser.add_argument('--top_k', type=int, default=0, help='0: off')
     parser.add_argument('--top_p', type=float, default=0.0, help='0: off')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--batch_size', type=int, default=256, help='larger batches sample faster on a GPU (README: Throughput)')
+    parser.add_argument('--batch_size', type=int, default=256, help='larger batches sample faster on a GPU (docs/performance.md)')
     parser.add_argument('--png', action='store_true', help='also write every sample as a PNG')
     parser.add_argument('--truncate', type=int, default=0, help='decode from the first N - k tokens')
     parser.add_argument('--progressive', type=int, nargs='?', const=4, default=0, metavar='K',

@@ -45,7 +45,7 @@ PRESETS = {
     # (21M params, small enough to ship as a checkpoint), N=32 tokens, K=1024 (50k images would leave
     # most of 4096 codes rare for the generator). At 32 px with N=32 every token adds one frequency, so
     # 'nonuniform' equals 'uniform' (dct.omega_schedule); use --n_tokens 16 to ablate the schedule, --n_tokens 64
-    # for two tokens per frequency (README: the N = 64 run).
+    # for two tokens per frequency (docs/results.md: the N = 64 run).
     'cifar': dict(image_size=32, patch_size=4, width=384, depth=6, heads=6, n_tokens=32, codebook_size=1024),
     'tiny': dict(image_size=32, patch_size=8, width=32, depth=2, heads=2, n_tokens=8, codebook_size=64, code_dim=8),
 }

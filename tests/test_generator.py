@@ -282,7 +282,8 @@ def test_compiled_fast_samplers_many_batch_sizes_in_one_process_and_reference_dr
             for B in range(1, 7):
                 labels = torch.arange(B)
                 plain = FastSampler(model, B, guided=True, top_k=1)(labels, cfg_scale=1.5)
-                assert torch.equal(FastSampler(model, B, guided=True, top_k=1, compile=True)(labels, cfg_scale=1.5), plain)
+                compiled = FastSampler(model, B, guided=True, top_k=1, compile=True)(labels, cfg_scale=1.5)
+                assert torch.equal(compiled, plain)
             # the traced guidance schedule and top-k / top-p / temperature draw what the reference loop draws
             sampling = dict(temperature=0.8, top_k=10, top_p=0.9)
             sampler = FastSampler(model, 6, guided=True, compile=True, **sampling)
