@@ -578,7 +578,7 @@ def _covariance_sqrt(sigma):
 
 def _check_not_negative(eigenvalues):
     if eigenvalues.min() < -1e-6 * max(eigenvalues.max(), 1e-300):
-        raise FIDError(f'a covariance has eigenvalue {eigenvalues.min():.3g}: not a covariance, bad statistics')
+        raise FIDError(f'a covariance has eigenvalue {eigenvalues.min():.3g}: not a covariance; recompute the statistics')
 
 
 def trace_sqrt_product(sigma1, sigma2):
