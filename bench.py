@@ -101,27 +101,6 @@ def timed(fn, device, reps, warmup=1):
     return times
 
 
-def cuda_graph(fn, calls):
-    """A CUDA graph of `calls` calls of fn, warmed up once on a side stream first, as torch.cuda.graph requires."""
-    graph, side = torch.cuda.CUDAGraph(), torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    return graph
-
-
-def graph_us(fn, device, calls=20, reps=5, warmup=1):
-    """Microseconds per call of fn replayed from a CUDA graph of `calls` calls (as the sampler replays its steps):
-    the median of `reps` timed replays after one eager call and `warmup` replays (results/bench's probes)."""
-    fn()
-    graph = cuda_graph(fn, calls)
-    return statistics.median(timed(graph.replay, device, reps, warmup)) * 1e6 / calls
-
-
 def reset_peak(device):
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
@@ -489,7 +468,7 @@ def check_fast_path(model, labels, args, use_bf16, autocast, compile):
     def seeded():
         return torch.Generator(labels.device).manual_seed(1)
 
-    def rel_err_vs_forward(tokens, logits):  # against float32 (METHOD.md: compare with higher precision)
+    def rel_err_vs_forward(tokens, logits):  # against float32: compare with higher precision
         with torch.autocast(labels.device.type, enabled=False):
             ref = model(tokens, labels)
             if guided:

@@ -6,14 +6,23 @@ import hashlib
 import json
 import os
 import random
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 
 PEAK_FLOPS = 800e12  # bf16 matmul rate measured on an H100 (8192^3 product): the MFU denominator
+
+
+def progress_bar(*args, **kwargs):
+    """tqdm for every script: redrawn up to 10 times a second on a terminal, at most once a minute in a log
+    file, where every redraw is another line."""
+    terminal = kwargs.get('file', sys.stderr).isatty()
+    return tqdm(*args, mininterval=0.1 if terminal else 60, dynamic_ncols=True, **kwargs)
 
 
 @dataclass

@@ -125,7 +125,7 @@ class SelfAttention(nn.Module):
         q, k, v = F.linear(x, self.qkv.weight, bias).view(B, L, 3, self.heads, -1).unbind(2)  # (B, L, H, D)
         scale = self.log_scale.clamp(max=MAX_LOG_ATTN_SCALE).exp().view(1, 1, self.heads, 1)
         # normalised before the heads move to dim 1: in the qkv matmul's layout, the compiled backward
-        # of the l2-norm and scale is one coalesced kernel (results/bench/probe_s4.py gen)
+        # of the l2-norm and scale is one coalesced kernel (docs/performance.md)
         q = (F.normalize(q, dim=-1) * scale.to(q.dtype)).transpose(1, 2)
         k, v = F.normalize(k, dim=-1).transpose(1, 2), v.transpose(1, 2)
         if kv_cache is None:
@@ -360,7 +360,7 @@ def _attn_out_mlp(x, att, gate1, scale2p, shift2, proj_w, proj_b, fc1_w, fc1_b, 
     """x + proj(att) * gate1, then the MLP on it -> (x, MLP output); its gated residual is left pending. att (R, C)."""
     x = torch.addcmul(x, F.linear(att, proj_w, proj_b), gate1)
     h = _adaln_norm(x, scale2p, shift2, eps, fc1_w.dtype)
-    if h.is_cuda:  # cuBLASLt's bias + GELU(tanh) epilogue: 10.7 us, GEMM then GELU kernel 13.5 (probe_s5 fc1gelu)
+    if h.is_cuda:  # cuBLASLt's bias + GELU(tanh) epilogue: 10.7 us, GEMM then GELU kernel 13.5 (H100, 512 rows)
         h = torch._addmm_activation(fc1_b, h, fc1_w.t(), use_gelu=True)
     else:  # the CPU's _addmm_activation uses the exact GELU, not the model's tanh form
         h = F.gelu(F.linear(h, fc1_w, fc1_b), approximate='tanh')
@@ -385,7 +385,7 @@ def decode_attention(q, k, v, k_cache, v_cache, t, q_scale):
     caches (R, H, N, D) holding normalised keys. Returns (R, H, D).
     On CUDA with Triton (and a power-of-two head size) this is one kernel that also does the normalisation
     and reads only the t cached positions: 6-50 us per call for d16 at batch 256 with CFG, against 49-180 us
-    for cuDNN's SDPA, the best of torch's kernels at query length 1 (results/bench/h100_probe_s4.json)."""
+    for cuDNN's SDPA, the best of torch's kernels at query length 1 (docs/performance.md)."""
     if not 0 <= t < k_cache.shape[2]:
         raise IndexError(f'decode_attention: position {t} outside the cache of {k_cache.shape[2]}')
     D = q.shape[-1]
@@ -493,9 +493,6 @@ class FastSampler:
         self.depth, self.num_classes, self.eps = cfg.depth, cfg.num_classes, cfg.norm_eps
         self.use_graphs = cuda_graphs and self.device.type == 'cuda'
         wrap = (lambda f: torch.compile(f, fullgraph=True, dynamic=False)) if compile else (lambda f: f)
-        if compile:  # every batch size and sampling setting is a static specialisation of the same functions, and
-            # with fullgraph=True dynamo's default limit of 8 per function would stop the 5th batch size with an error
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self._attn_in, self._attn_out_mlp, self._head_logits = wrap(_attn_in), wrap(_attn_out_mlp), wrap(_head_logits)
         self._sample = wrap(sample_with_race)
         self.model_ref = weakref.ref(model)  # weak: a cached sampler must not keep its model alive
@@ -631,7 +628,10 @@ class FastSampler:
         if (guidance is not None) != self.guided:
             raise ValueError(f'this FastSampler was built with guided={self.guided} but cfg_scale={cfg_scale} '
                              f'{"turns guidance off" if guidance is None else "asks for guidance"}')
-        with torch.autocast(self.device.type, enabled=False):  # the sampler keeps its own precision
+        # every batch size and sampling setting is a static specialisation of the same compiled functions, and with
+        # fullgraph=True dynamo's default limit of 8 per function would stop the 5th batch size with an error
+        compile_limits = torch._dynamo.config.patch(recompile_limit=max(torch._dynamo.config.recompile_limit, 64))
+        with torch.autocast(self.device.type, enabled=False), compile_limits:
             self._sync_weights(model)
             self.labels[:self.B].copy_(labels)
             if guidance is not None:

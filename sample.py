@@ -24,7 +24,6 @@ import os
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 import common
 import tokens
@@ -46,7 +45,7 @@ def parse_args(argv=None):
     parser.add_argument('--top_k', type=int, default=0, help='0: off')
     parser.add_argument('--top_p', type=float, default=0.0, help='0: off')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--batch_size', type=int, default=256, help='larger batches sample faster on a GPU (README: Throughput)')
+    parser.add_argument('--batch_size', type=int, default=256, help='larger batches sample faster on a GPU (docs/performance.md)')
     parser.add_argument('--png', action='store_true', help='also write every sample as a PNG')
     parser.add_argument('--truncate', type=int, default=0, help='decode from the first N - k tokens')
     parser.add_argument('--progressive', type=int, nargs='?', const=4, default=0, metavar='K',
@@ -213,7 +212,7 @@ def main(argv=None):
 
     batches = sample_batches(gpt, tok, labels, args.batch_size, args.seed, n_keep, args.cfg, args.cfg_ramp,
                              args.temperature, args.top_k, args.top_p, use_bf16, args.compile)
-    with tqdm(total=len(labels), unit='img', dynamic_ncols=True) as pbar:
+    with common.progress_bar(total=len(labels), unit='img') as pbar:
         for start, batch_codes, batch_images in batches:
             images[start:start + len(batch_codes)] = batch_images
             codes[start:start + len(batch_codes)] = batch_codes.cpu().numpy()

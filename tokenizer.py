@@ -45,7 +45,7 @@ PRESETS = {
     # (21M params, small enough to ship as a checkpoint), N=32 tokens, K=1024 (50k images would leave
     # most of 4096 codes rare for the generator). At 32 px with N=32 every token adds one frequency, so
     # 'nonuniform' equals 'uniform' (dct.omega_schedule); use --n_tokens 16 to ablate the schedule, --n_tokens 64
-    # for two tokens per frequency (README: the N = 64 run).
+    # for two tokens per frequency (docs/results.md: the N = 64 run).
     'cifar': dict(image_size=32, patch_size=4, width=384, depth=6, heads=6, n_tokens=32, codebook_size=1024),
     'tiny': dict(image_size=32, patch_size=8, width=32, depth=2, heads=2, n_tokens=8, codebook_size=64, code_dim=8),
 }
@@ -74,7 +74,7 @@ class Block(nn.Module):
         dtype = torch.get_autocast_dtype('cuda') if torch.is_autocast_enabled('cuda') else fc1.weight.dtype
         if h.is_cuda and dtype == torch.bfloat16 and not torch.is_grad_enabled():
             # bf16 inference: fc1 and its GELU as one GEMM (cuBLASLt's bias + GELU epilogue), not a GEMM and a pass
-            # over the 4x-wide activations: decode of 256 images 40.1 -> 36.9 ms (results/bench/probe_s7.py). That
+            # over the 4x-wide activations: decode of 256 images 40.1 -> 36.9 ms (docs/performance.md). That
             # GELU is the tanh form; its gap to the exact one training uses (< 4.8e-4) is far below bf16's rounding
             # (tests/test_tokenizer.py).
             h = torch._addmm_activation(fc1.bias.to(dtype), h.flatten(0, -2).to(dtype), fc1.weight.to(dtype).t(),

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import common
 from data import ImageFolder, collate_skip_bad, to_float
@@ -126,8 +125,8 @@ def encode_folder(tok, tok_ckpt, data_root, path, dd, views=2, augment_scale=0.8
             batch_chunk.append(k)
     loader = torch.utils.data.DataLoader(IndexedImages(dataset), batch_sampler=batches, num_workers=workers,
                                          collate_fn=collate_indexed, pin_memory=device.type == 'cuda')
-    pbar = tqdm(total=sum(map(len, batches)), desc=f'encode {os.path.basename(path)}', unit='img',
-                disable=not dd.master, dynamic_ncols=True)
+    pbar = common.progress_bar(total=sum(map(len, batches)), desc=f'encode {os.path.basename(path)}', unit='img',
+                               disable=not dd.master)
     codes, labels, n_bad = [], [], 0
     for i, (images, batch_labels, indices, bad) in enumerate(loader):
         if len(images):

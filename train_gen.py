@@ -29,7 +29,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 import common
 import plot
@@ -288,7 +287,7 @@ sums = new_sums()
 flops_per_sample = model.train_flops_per_sample()
 last_val_nll = None
 t_last, step_last = time.time(), step
-pbar = tqdm(total=args.max_steps, initial=step, disable=not dd.master, dynamic_ncols=True)
+pbar = common.progress_bar(total=args.max_steps, initial=step, disable=not dd.master)
 while step < args.max_steps:
     idx, labels = next_batch(images_stream, step)
     common.seed_model_randomness(args.seed, step, dd.rank)
@@ -337,7 +336,7 @@ while step < args.max_steps:
         if dd.master:
             common.log_jsonl(log_path, record)
             plot.plot_log(log_path, os.path.join(args.out_dir, 'nll.png'))
-            tqdm.write(f"step {step}: NLL per sequence train {record['train_nll']:.2f}"
+            pbar.write(f"step {step}: NLL per sequence train {record['train_nll']:.2f}"
                        + (f", val {last_val_nll:.2f} ({record['val_over_train']:.3f}x)" if has_val else ''))
         if last_val_nll is not None and last_val_nll < best_val_nll:
             best_val_nll = last_val_nll

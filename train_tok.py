@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 import common
 from data import ImageFolder, collate_skip_bad, image_loader, save_grid, to_float, to_uint8
@@ -195,7 +194,7 @@ def evaluate(tok, root):
     mse_target = torch.zeros(cfg.n_tokens, device=device)
     mse_full = torch.zeros(cfg.n_tokens, device=device)
     seen, recons = 0, []
-    for images, _, _ in tqdm(loader, desc='eval'):
+    for images, _, _ in common.progress_bar(loader, desc='eval'):
         x = to_float(images, device)
         idx = tok.encode(x)
         for i in range(1, cfg.n_tokens + 1):
@@ -251,7 +250,7 @@ finite = torch.ones((), dtype=torch.bool, device=device)
 sums = {}
 n_bad = 0
 t_last, step_last = time.time(), step
-pbar = tqdm(total=args.max_steps, initial=step, disable=not dd.master, dynamic_ncols=True)
+pbar = common.progress_bar(total=args.max_steps, initial=step, disable=not dd.master)
 data_iter = iter(loader)
 while step < args.max_steps:
     images, _, bad = next(data_iter)

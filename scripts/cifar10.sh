@@ -7,7 +7,7 @@
 #     sample    with $OUT/sweep/best_flags when it exists (delete it to go back to --cfg $CFG)
 #     truncate  Table 3: drop the last k tokens, at the sweep's best setting (else --cfg $CFG), 10k samples, seed 1
 # Every stage reads what the earlier ones wrote under $OUT, so any stage can be re-run alone.
-# Settings come from the environment; the defaults are the recorded run (README, "CIFAR-10").
+# Settings come from the environment; the defaults are the recorded run (docs/results.md, "CIFAR-10").
 set -euo pipefail
 DATA=${DATA:-../shared/data/cifar10}        # train/ and test/ in class folders
 OUT=${OUT:-out/cifar10}

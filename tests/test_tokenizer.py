@@ -100,7 +100,7 @@ def test_tiny_tokenizer_overfits_four_images_at_every_prefix(cifar_images):
 
 def test_training_forward_compiles_to_one_graph():
     """A graph break (bincount's data-dependent shape did it) splits torch.compile's forward and backward and
-    made the titok_b64 step host-bound on an H100 (README, Throughput)."""
+    made the titok_b64 step host-bound on an H100 (docs/performance.md)."""
     tok = Tokenizer(TokConfig.preset('tiny')).train()
     x = torch.rand(4, 3, tok.cfg.image_size, tok.cfg.image_size) * 2 - 1
     explanation = torch._dynamo.explain(tok)(x, torch.tensor([1, 3, 5, 8]))

@@ -12,13 +12,13 @@ from conftest import REPO
 
 
 @pytest.fixture(scope='module')
-def image_dir(tmp_path_factory, cifar_test_dir):
+def image_dir(tmp_path_factory, cifar_sample_dir):
     """24 real CIFAR-10 test images in 3 class folders."""
     root = tmp_path_factory.mktemp('images')
     for cls in ('airplane', 'cat', 'ship'):
         os.makedirs(root / cls)
-        for f in sorted(os.listdir(cifar_test_dir / cls))[:8]:
-            shutil.copy(cifar_test_dir / cls / f, root / cls / f)
+        for f in sorted(os.listdir(cifar_sample_dir / cls))[:8]:
+            shutil.copy(cifar_sample_dir / cls / f, root / cls / f)
     return root
 
 
@@ -26,7 +26,7 @@ def train(data, out, *extra, nproc=1, check=True):
     flags = ['--preset', 'tiny', '--data', str(data), '--out_dir', str(out), '--batch_size', '8', '--workers', '0',
              '--lpips_weight', '0', '--disc_start', '2', '--warmup', '0', '--min_lr', '1e-4', '--restart_every', '2',
              '--log_every', '1', '--sample_every', '100', '--device', 'cpu', *extra]
-    launcher = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(nproc), '--master_port', '29533'] if nproc > 1 else [sys.executable]
+    launcher = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(nproc), '--standalone'] if nproc > 1 else [sys.executable]
     result = subprocess.run(launcher + [os.path.join(REPO, 'train_tok.py')] + flags, capture_output=True, text=True, cwd=REPO)
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
