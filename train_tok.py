@@ -7,6 +7,7 @@ Train the Nested Spectral Tokenizer (Algorithm 1 of the paper) with TiTok's sing
 Each step draws a prefix length i per image, asks the decoder to rebuild lowpass(image, w_i) from
 tokens 1..i, and adds L2 + VQ + LPIPS (+ hinge GAN once --disc_start is reached).
 Ablations of Table 4: --no_spectral (all N tokens, full image: TiTok), --no_causal, --schedule uniform.
+Sharper full reconstructions: --full_prefix_prob, --lpips_resize, --disc_cond or --gan_full_only.
 """
 import argparse
 import copy
@@ -24,7 +25,7 @@ import common
 from data import ImageFolder, collate_skip_bad, image_loader, save_grid, to_float, to_uint8
 from dct import lowpass
 from losses import LPIPS, LeCamRegularizer, NLayerDiscriminator, hinge_d_loss, hinge_g_loss
-from tokenizer import TokConfig, Tokenizer, flops_per_image
+from tokenizer import TokConfig, Tokenizer, flops_per_image, sample_prefix_lengths
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument('--data', required=True, help='ImageFolder root: <class>/<image> files')
@@ -32,11 +33,15 @@ parser.add_argument('--out_dir', default='out/tok')
 parser.add_argument('--preset', default='titok_b64', help='titok_b64 | cifar | tiny')
 parser.add_argument('--n_tokens', type=int, help='override the preset N')
 parser.add_argument('--codebook_size', type=int)
-parser.add_argument('--schedule', choices=['nonuniform', 'uniform'])
+parser.add_argument('--code_dim', type=int, help='override the preset code dimension')
+parser.add_argument('--commitment', type=float, help='override the preset VQ commitment weight')
+parser.add_argument('--schedule', choices=['nonuniform', 'nonuniform_shared', 'uniform'])
 parser.add_argument('--no_causal', action='store_true', help='full attention among latents (TiTok)')
 parser.add_argument('--no_spectral', action='store_true', help='no spectral supervision: all N tokens rebuild the full image (TiTok)')
 parser.add_argument('--batch_size', type=int, default=256, help='global batch over all processes')
 parser.add_argument('--max_steps', type=int, default=500_000)
+parser.add_argument('--full_prefix_prob', type=float, default=0.0,
+                    help='extra probability of the full prefix i = N (the full image) over the uniform 1..N')
 parser.add_argument('--lr', type=float, default=1e-4)
 parser.add_argument('--min_lr', type=float, default=1e-5)
 parser.add_argument('--warmup', type=int, default=10_000)
@@ -44,9 +49,12 @@ parser.add_argument('--weight_decay', type=float, default=1e-4)
 parser.add_argument('--grad_clip', type=float, default=1.0)
 parser.add_argument('--l2_weight', type=float, default=1.0)
 parser.add_argument('--lpips_weight', type=float, default=1.0, help='0 turns LPIPS off (no VGG weights needed)')
+parser.add_argument('--lpips_resize', type=int, help='upsample images smaller than this (bilinear) before LPIPS, e.g. 224')
 parser.add_argument('--gan_weight', type=float, default=0.1)
 parser.add_argument('--disc_start', type=int, default=20_000, help='step at which the discriminator and GAN loss start')
 parser.add_argument('--lecam_weight', type=float, default=0.001)
+parser.add_argument('--disc_cond', action='store_true', help="projection discriminator told each target's cut-off w_i")
+parser.add_argument('--gan_full_only', action='store_true', help='GAN losses only on samples whose prefix is the full N')
 parser.add_argument('--lpips_path', help='LPIPS weights file (default: search, see losses.py)')
 parser.add_argument('--restart_every', type=int, default=500, help='steps between dead-code restarts (0: never)')
 parser.add_argument('--ema', type=float, default=0.999)
@@ -65,6 +73,7 @@ parser.add_argument('--eval_npz', help='also write the full-N reconstructions of
 args = parser.parse_args()
 
 # ----------------------------------------------------------------------------- setup
+run_start = time.time()
 dd = common.setup_distributed(args.device)
 device = dd.device
 use_bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
@@ -77,19 +86,19 @@ resume = None
 if args.resume:
     resume = common.load_checkpoint(ckpt_path if args.resume == 'auto' else args.resume, 'tokenizer')
     cfg = TokConfig(**resume['config'])
-    common.check_resume_args(args, resume['args'], ('preset', 'n_tokens', 'codebook_size', 'schedule', 'no_causal',
-                                                    'no_spectral', 'batch_size'))
+    common.check_resume_args(args, resume['args'], ('preset', 'n_tokens', 'codebook_size', 'code_dim', 'commitment',
+                                                    'schedule', 'no_causal', 'no_spectral', 'batch_size', 'disc_cond'))
 else:
-    cfg = TokConfig.preset(args.preset, n_tokens=args.n_tokens, codebook_size=args.codebook_size,
-                           schedule=args.schedule, causal=False if args.no_causal else None)
+    cfg = TokConfig.preset(args.preset, n_tokens=args.n_tokens, codebook_size=args.codebook_size, code_dim=args.code_dim,
+                           commitment=args.commitment, schedule=args.schedule, causal=False if args.no_causal else None)
 model = Tokenizer(cfg).to(device)
 ema_model = copy.deepcopy(model).eval().requires_grad_(False)
 optimizer = common.adamw(model, args.lr, (0.9, 0.999), args.weight_decay, model.no_weight_decay())
 use_gan = args.gan_weight > 0
-disc = NLayerDiscriminator().to(device) if use_gan else None
+disc = NLayerDiscriminator(n_conditions=cfg.image_size + 1 if args.disc_cond else 0).to(device) if use_gan else None
 disc_optimizer = common.adamw(disc, args.lr, (0.9, 0.999), args.weight_decay) if use_gan else None
 lecam = LeCamRegularizer().to(device) if use_gan else None
-lpips = LPIPS(args.lpips_path).to(device) if args.lpips_weight > 0 else None
+lpips = LPIPS(args.lpips_path, resize=args.lpips_resize).to(device) if args.lpips_weight > 0 else None
 
 step = 0
 if resume:
@@ -136,7 +145,7 @@ def lr_at(step):
 def step_randomness(step):
     """Prefix lengths and flips of the global batch from (seed, step): the same on any number of processes and after resume."""
     g = common.step_generator(args.seed, step)
-    prefix = torch.randint(1, cfg.n_tokens + 1, (args.batch_size,), generator=g)
+    prefix = sample_prefix_lengths(cfg.n_tokens, args.batch_size, g, args.full_prefix_prob)
     flip = torch.rand(args.batch_size, generator=g) < 0.5
     n = args.batch_size // dd.world_size
     local = slice(dd.rank * n, (dd.rank + 1) * n)
@@ -161,7 +170,8 @@ def restart_dead_codes(step):
         torch.distributed.all_gather(gathered, candidates)
         candidates = torch.cat(gathered)
     stats = codebook_stats(usage)
-    stats['codes_restarted'] = q.restart_dead_codes(usage, candidates, torch.Generator(device).manual_seed(args.seed + step))
+    stats['codes_restarted'] = q.restart_dead_codes(usage, candidates, torch.Generator(device).manual_seed(args.seed + step),
+                                                    ema=ema_model.quantizer)
     return stats
 
 
@@ -169,6 +179,16 @@ def codebook_stats(usage):
     p = usage / usage.sum().clamp(min=1)
     entropy = -(p * p.clamp(min=1e-12).log()).sum()
     return {'codebook_used': (usage > 0).float().mean().item(), 'codebook_perplexity': entropy.exp().item()}
+
+
+@torch.no_grad()
+def ema_codebook_stats(x):
+    """Code usage of the EMA model (the one that encodes and is scored) on this step's batch of all ranks. A batch holds
+    B x N codes (8,192 in the cifar recipe, 8 per code of K = 1024): the perplexity reads low by about K / (2 B N) nats."""
+    usage = torch.bincount(ema_model.encode(x).flatten(), minlength=cfg.codebook_size).float()
+    if dd.world_size > 1:
+        torch.distributed.all_reduce(usage)
+    return {f'ema_{k}': v for k, v in codebook_stats(usage).items()}
 
 
 @torch.no_grad()
@@ -188,15 +208,19 @@ def save_prefix_png(tok, x, path):
 
 @torch.no_grad()
 def evaluate(tok, root):
-    """L2 and PSNR (images in [0, 1]) of every prefix against its low-pass target and against the full image."""
+    """L2 and PSNR (images in [0, 1]) of every prefix against its low-pass target and against the full image, and
+    the code usage of tok; the record leads with the figures that compare runs (with rFID from fid.py on --eval_npz)."""
+    eval_start = time.time()
     loader = torch.utils.data.DataLoader(ImageFolder(root, cfg.image_size), batch_size=100,
                                          num_workers=args.workers, collate_fn=collate_skip_bad)
     mse_target = torch.zeros(cfg.n_tokens, device=device)
     mse_full = torch.zeros(cfg.n_tokens, device=device)
+    usage = torch.zeros(cfg.codebook_size, device=device)
     seen, recons = 0, []
     for images, _, _ in common.progress_bar(loader, desc='eval'):
         x = to_float(images, device)
         idx = tok.encode(x)
+        usage += torch.bincount(idx.flatten(), minlength=cfg.codebook_size)
         for i in range(1, cfg.n_tokens + 1):
             recon = tok.decode(idx[:, :i])
             mse_target[i - 1] += ((recon - lowpass(x, tok.omegas[i - 1]).clamp(-1, 1)) / 2).pow(2).mean((1, 2, 3)).sum()
@@ -213,7 +237,15 @@ def evaluate(tok, root):
     print(f"{'prefix':>6} {'w_i':>4} {'PSNR(lowpass)':>13} {'PSNR(image)':>11}   ({seen} images of {root})")
     for r in table:
         print(f"{r['prefix']:>6} {r['omega']:>4} {r['psnr_vs_lowpass']:>13.2f} {r['psnr_vs_image']:>11.2f}")
-    common.log_jsonl(os.path.join(args.out_dir, 'eval.jsonl'), {'step': step, 'data': root, 'images': seen, 'prefixes': table})
+    summary = {'psnr_vs_image_at_N': table[-1]['psnr_vs_image'],
+               'psnr_vs_lowpass_at': {i: table[i - 1]['psnr_vs_lowpass'] for i in (1, 2, 4, 8) if i <= cfg.n_tokens},
+               **codebook_stats(usage), 'run_wall_s': time.time() - run_start, 'eval_wall_s': time.time() - eval_start}
+    print(f"PSNR at N vs image {summary['psnr_vs_image_at_N']:.2f} dB, prefixes "
+          + ', '.join(f"{i}: {v:.2f}" for i, v in summary['psnr_vs_lowpass_at'].items())
+          + f" dB vs low-pass; codebook used {summary['codebook_used']:.1%}, perplexity "
+          f"{summary['codebook_perplexity']:.0f}; {summary['run_wall_s'] / 60:.1f} min since start")
+    common.log_jsonl(os.path.join(args.out_dir, 'eval.jsonl'),
+                     {'step': step, 'data': root, 'images': seen, **summary, 'prefixes': table})
     return table
 
 
@@ -261,6 +293,8 @@ while step < args.max_steps:
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     target, prefix = prefix_targets(x, prefix)
     gan_on = use_gan and step >= args.disc_start
+    gan_mask = prefix == cfg.n_tokens if args.gan_full_only else None  # the samples whose target is the full image
+    disc_condition = model.omegas[prefix - 1] if args.disc_cond else None
     for group in optimizer.param_groups + (disc_optimizer.param_groups if use_gan else []):
         group['lr'] = lr_at(step)
 
@@ -276,7 +310,7 @@ while step < args.max_steps:
             loss = loss + args.lpips_weight * terms['lpips']
         if gan_on:
             disc.requires_grad_(False)  # the generator loss must not touch the discriminator's gradients
-            terms['gan_g'] = hinge_g_loss(disc_net(recon))
+            terms['gan_g'] = hinge_g_loss(disc_net(recon, disc_condition), gan_mask)
             loss = loss + args.gan_weight * terms['gan_g']
             disc.requires_grad_(True)
     optimizer.zero_grad(set_to_none=True)
@@ -285,13 +319,14 @@ while step < args.max_steps:
     optimizer.step()
     common.ema_update(ema_model, model, common.ema_decay(args.ema, step))
 
-    # discriminator step: real = the same low-pass targets the tokenizer is asked for
+    # discriminator step: real = the same low-pass targets the tokenizer is asked for (with the same w_i)
     if gan_on:
         with autocast:
-            logits = train_disc(torch.cat([target, recon.detach()])).float()
+            logits = train_disc(torch.cat([target, recon.detach()]),
+                                None if disc_condition is None else disc_condition.repeat(2)).float()
             real, fake = logits.chunk(2)
-            terms['gan_d'] = hinge_d_loss(real, fake)
-            d_loss = terms['gan_d'] + args.lecam_weight * lecam(real, fake)
+            terms['gan_d'] = hinge_d_loss(real, fake, gan_mask)
+            d_loss = terms['gan_d'] + args.lecam_weight * lecam(real, fake, gan_mask)
         disc_optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
         torch.nn.utils.clip_grad_norm_(disc.parameters(), args.grad_clip)
@@ -312,7 +347,7 @@ while step < args.max_steps:
         n = step - step_last
         record = {'step': step, 'lr': lr_at(step - 1), **{k: v.item() / n for k, v in sums.items()},
                   **common.speed_record(n, time.time() - t_last, args.batch_size, flops_per_sample, dd),
-                  'bad_images_skipped': n_bad, **(codebook or codebook_stats(model.quantizer.usage))}
+                  'bad_images_skipped': n_bad, **(codebook or codebook_stats(model.quantizer.usage)), **ema_codebook_stats(x)}
         if dd.master:
             common.log_jsonl(log_path, record)
             pbar.set_postfix({k: f"{record[k]:.4g}" for k in ('l2', 'lpips', 'vq', 'codebook_used') if k in record})

@@ -93,3 +93,29 @@ def test_mismatched_resume_settings_and_wrong_checkpoints_stop_with_a_fix(image_
     torch.save({'kind': 'generator'}, tmp_path / 'gen.pt')
     result = train(image_dir, tmp_path / 'out2', '--resume', str(tmp_path / 'gen.pt'), check=False)
     assert 'is a generator checkpoint, expected a tokenizer checkpoint' in result.stderr
+
+
+def test_restarted_codes_are_the_same_in_the_ema_codebook(image_dir, tmp_path):
+    # restart at step 2, then the checkpoint: a restarted row equals the live one, every other row is an average
+    train(image_dir, tmp_path / 'out', '--max_steps', '2', '--restart_every', '2')
+    ckpt = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=False)
+    restarted = [json.loads(line) for line in open(tmp_path / 'out' / 'log.jsonl')][-1]['codes_restarted']
+    same = (ckpt['ema']['quantizer.codebook.weight'] == ckpt['model']['quantizer.codebook.weight']).all(1)
+    assert restarted > 0 and same.sum() == restarted
+
+
+def test_sharpness_options_train_and_the_eval_records_the_figures_that_compare_runs(image_dir, tmp_path):
+    out = tmp_path / 'out'
+    train(image_dir, out, '--max_steps', '3', '--full_prefix_prob', '0.5', '--disc_cond', '--gan_full_only',
+          '--schedule', 'nonuniform_shared', '--code_dim', '4', '--commitment', '0.1', '--lpips_weight', '1',
+          '--lpips_resize', '48', '--eval_data', str(image_dir), '--eval_npz', str(out / 'recon.npz'))
+    ckpt = torch.load(out / 'ckpt.pt', weights_only=False)
+    assert (ckpt['config']['code_dim'], ckpt['config']['commitment'], ckpt['config']['schedule']) == (4, 0.1, 'nonuniform_shared')
+    assert ckpt['disc']['condition_embed.weight'].shape[0] == 33  # one embedding per cut-off w = 0..32
+    log = [json.loads(line) for line in open(out / 'log.jsonl')]
+    assert 'gan_g' in log[-1] and 0 < log[-1]['ema_codebook_used'] <= 1
+    evaluation = json.loads(open(out / 'eval.jsonl').read())
+    assert evaluation['psnr_vs_image_at_N'] == evaluation['prefixes'][-1]['psnr_vs_image']
+    assert list(evaluation['psnr_vs_lowpass_at']) == ['1', '2', '4', '8']
+    assert 0 < evaluation['codebook_used'] <= 1 and evaluation['codebook_perplexity'] >= 1
+    assert evaluation['run_wall_s'] >= evaluation['eval_wall_s'] > 0
