@@ -10,7 +10,7 @@ DATA=${DATA:-../shared/data/cifar10}
 OUT=${OUT:-out/superres}
 PER_CLASS=${PER_CLASS:-1000}                    # 10,000 generated images
 KEEP=${KEEP:-8 16 24 28}                        # k tokens kept of N = 32: one output per k and split
-SAMPLING=${SAMPLING:---cfg 1.0 --temperature 0.9}  # the CIFAR-10 sweep's best setting (docs/results.md)
+SAMPLING=${SAMPLING:---cfg 2.0}                 # the best sweep setting of scripts/cifar10.sh's recipe (docs/results.md)
 [ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()
 REF=$OUT/ref64/superres_plain_50000x64x64x3.npz
 STATS=$OUT/ref64_stats.npz

@@ -12,8 +12,9 @@ ROOT=${ROOT:-out/tokens_per_step}
 PS=${PS:-1 2 4}
 STEPS=${STEPS:-6000}
 WORKERS=${WORKERS:-4}
-FLAGS=${FLAGS:---preset cifar_d8 --batch_size 512 --lr 2e-4 --log_every 200 --eval_every 500 --ckpt_every 2000 --sample_every 0 --compile}
-SAMPLING=${SAMPLING:---cfg 1.0 --temperature 0.9}  # the CIFAR-10 sweep's best setting for P = 1 (docs/results.md)
+# scripts/cifar10.sh's generator recipe (8 views per image, dropout and drop path of cifar_d8, EMA)
+FLAGS=${FLAGS:---preset cifar_d8 --ema 0.9995 --batch_size 512 --lr 2e-4 --log_every 200 --eval_every 500 --ckpt_every 2000 --sample_every 0 --compile}
+SAMPLING=${SAMPLING:---cfg 2.0}  # the best setting of that recipe's sweep for P = 1 (docs/results.md, generalisation)
 GPUS=${GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}
 [ "$GPUS" -ge 1 ] || GPUS=1
 [ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()
@@ -21,7 +22,7 @@ STATS=${STATS:-$ROOT/cifar10_train_stats.npz}
 mkdir -p "$ROOT"
 [ -f "$STATS" ] || python fid.py --no-pr --save-stats "$STATS" "$DATA/train" "${WEIGHTS_FID[@]}"
 [ -f "$ROOT/tokens.npz" ] || python train_gen.py --tok_ckpt "$TOK" --data "$DATA/train" --tokens "$ROOT/tokens.npz" \
-  --val_data "$DATA/test" --val_tokens "$ROOT/val_tokens.npz" --encode_only --workers "$WORKERS" --out_dir "$ROOT"
+  --augment 8 --val_data "$DATA/test" --val_tokens "$ROOT/val_tokens.npz" --encode_only --workers "$WORKERS" --out_dir "$ROOT"
 read -ra ps <<<"$PS"
 pids=()
 for j in "${!ps[@]}"; do
