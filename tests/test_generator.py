@@ -334,10 +334,12 @@ def test_fast_sampler_direct_use_and_argument_checks():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
-def test_fast_sampler_on_cuda_samples_as_the_reference_loop():
-    """The GPU path (CUDA graphs, the Triton attention, cuBLASLt's GELU epilogue; eager and compiled) in
-    float32: the reference loop's greedy tokens and logits, and its samples under top-k / top-p for a seed."""
-    model = make_model().cuda()
+@pytest.mark.parametrize('tokens_per_step', [1, 4])
+def test_fast_sampler_on_cuda_samples_as_the_reference_loop(tokens_per_step):
+    """The GPU path (CUDA graphs, the Triton attention or, for P > 1, group_attention, cuBLASLt's GELU epilogue;
+    eager and compiled) in float32: the reference loop's greedy tokens and logits, and its samples under top-k /
+    top-p for a seed."""
+    model = make_model(tokens_per_step=tokens_per_step).cuda()
     labels = torch.tensor([0, 3, 7, 9, 2], device='cuda')
     ref_tokens, ref_logits = model.generate(labels, cfg_scale=1.5, top_k=1, return_logits=True)
     seed = lambda: torch.Generator('cuda').manual_seed(0)  # noqa: E731
