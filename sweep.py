@@ -16,7 +16,6 @@ ablation, not a way to sample: rows with k > 0 compete for the best only when ev
 import argparse
 import itertools
 import json
-import os
 import time
 
 import numpy as np
@@ -89,9 +88,7 @@ def sweep(args):
     print(f"{len(grid)} setting(s) x {len(labels)} samples ({len(classes)} classes x {args.per_class}, seed {args.seed}) "
           f"from {sample.describe_checkpoint(args.ckpt, ckpt)} with {tok.path}, "
           f"{'ramped' if args.cfg_ramp else 'constant'} guidance, on {device}, bf16 {use_bf16}", flush=True)
-    train_codes = tokens.load(ckpt['tokens'])[0] if ckpt.get('tokens') and os.path.isfile(ckpt['tokens']) else None
-    if train_codes is None:
-        print(f"memorisation probe skipped: the training token file {ckpt.get('tokens')!r} is not here")
+    train_codes = tokens.training_codes(ckpt.get('tokens'))
     print(f"{'cfg':>6} {'temp':>6} {'top_k':>6} {'top_p':>6} {'trunc':>6} {'FID':>9} {'sFID':>9} {'copy@4':>7} "
           f"{'copy@8':>7} {'copy@N':>7} {'s':>7}")
     rows = []

@@ -240,12 +240,17 @@ def copied_shares(samples, train_codes, ks):
     return shares
 
 
-def memorisation_probe(train_tokens_path, samples, n_tokens):
-    """copied_shares of generated codes against the generator's training rows (k = 4, 8, N), or None with a
-    printed reason when the token file is not there to compare with."""
-    if not train_tokens_path or not os.path.isfile(train_tokens_path):
-        print(f"memorisation probe skipped: the training token file {train_tokens_path!r} is not here")
+def training_codes(path):
+    """The codes of a generator's training token file, or None with a printed reason when it is not here
+    (the memorisation probe is then skipped)."""
+    if not path or not os.path.isfile(path):
+        print(f"memorisation probe skipped: the training token file {path!r} is not here")
         return None
-    with np.load(train_tokens_path) as f:
-        train_codes = f['codes']
-    return copied_shares(samples, train_codes, sorted({4, 8, n_tokens}))
+    return load(path)[0]
+
+
+def memorisation_probe(train_tokens_path, samples, n_tokens):
+    """copied_shares of generated codes against the generator's training rows (k = 4, 8, N), or None when the
+    token file is not there to compare with."""
+    train_codes = training_codes(train_tokens_path)
+    return None if train_codes is None else copied_shares(samples, train_codes, sorted({4, 8, n_tokens}))

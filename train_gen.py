@@ -21,6 +21,7 @@ Checkpoints: ckpt.pt (latest, for --resume) and best.pt (lowest validation NLL),
 import argparse
 import copy
 import dataclasses
+import functools
 import itertools
 import os
 import time
@@ -197,13 +198,11 @@ def lr_at(step):
     return peak_lr * (1 - (1 - args.lr_end) * progress)
 
 
-def epoch_views(epoch, cache={}):
+@functools.lru_cache(maxsize=1)
+def epoch_views(epoch):
     """The view each image shows in an epoch (n_images,), drawn from (seed, epoch), as the image order is."""
-    if epoch not in cache:
-        cache.clear()
-        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([args.seed, epoch, 1]).generate_state(1)[0]))
-        cache[epoch] = torch.randint(views, (n_images,), generator=generator).numpy()
-    return cache[epoch]
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([args.seed, epoch, 1]).generate_state(1)[0]))
+    return torch.randint(views, (n_images,), generator=generator).numpy()
 
 
 def next_batch(images_stream, step):
