@@ -411,7 +411,11 @@ while step < args.max_steps:
         if not common.all_finite(finite):
             common.stop_on_nonfinite(step, ckpt_path)
         n = step - step_last
-        record = {'step': step, 'lr': lr_at(step - 1), **{k: v.item() / n for k, v in sums.items()},
+        means = torch.stack(list(sums.values())) / n
+        if dd.world_size > 1:  # the terms of the global batch, as one process with --grad_accum logs them
+            torch.distributed.all_reduce(means)
+            means /= dd.world_size
+        record = {'step': step, 'lr': lr_at(step - 1), **dict(zip(sums, means.tolist())),
                   **common.speed_record(n, time.time() - t_last, args.batch_size, flops_per_sample, dd),
                   'bad_images_skipped': n_bad, **(codebook or codebook_stats(model.quantizer.usage)),
                   **ema_codebook_stats(images, flip)}
