@@ -88,6 +88,7 @@ args = parser.parse_args()
 # ----------------------------------------------------------------------------- setup
 dd = common.setup_distributed(args.device)
 device = dd.device
+micro_batch = common.micro_batch_size(args.batch_size, dd.world_size, args.grad_accum)
 use_bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
 autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 ckpt_path = os.path.join(args.out_dir, 'ckpt.pt')
@@ -181,7 +182,8 @@ warmup = max(1, args.max_steps // 50 if args.warmup is None else args.warmup)
 if dd.master:
     os.makedirs(args.out_dir, exist_ok=True)
     print(f"generator {cfg}\n{model.num_params() / 1e6:.1f}M params, {n_images} images x {views} view(s) of "
-          f"{num_classes} classes, peak lr {peak_lr:.3g}, {dd.world_size} process(es) on {device}, bf16 {use_bf16}"
+          f"{num_classes} classes, peak lr {peak_lr:.3g}, {dd.world_size} process(es) on {device}, bf16 {use_bf16}, "
+          f"global batch {args.batch_size} = {dd.world_size} x {args.grad_accum} x {micro_batch} (processes x --grad_accum x micro-batch)"
           + ("" if has_val else "\nno --val_data: the NLL of training rows alone is logged, and no best.pt is kept"))
 # compile first, then DDP (as nanoGPT): compiling the DDP wrapper splits the graph at every gradient bucket
 train_model = torch.compile(model) if args.compile else model
@@ -283,7 +285,6 @@ def save_checkpoint(path, val_nll, keep=0):
 
 
 # ----------------------------------------------------------------------------- training
-common.micro_batch_size(args.batch_size, dd.world_size, args.grad_accum)
 sampler = ResumableSampler(n_images, args.batch_size, seed=args.seed, start_step=step)
 steps_per_epoch = sampler.steps_per_epoch
 images_stream = iter(sampler)

@@ -84,7 +84,7 @@ args = parser.parse_args()
 run_start = time.time()
 dd = common.setup_distributed(args.device)
 device = dd.device
-common.micro_batch_size(args.batch_size, dd.world_size, args.grad_accum)
+micro_batch = common.micro_batch_size(args.batch_size, dd.world_size, args.grad_accum)
 use_bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
 autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 torch.manual_seed(args.seed)
@@ -127,6 +127,7 @@ if resume:
 if dd.master:
     os.makedirs(args.out_dir, exist_ok=True)
     print(f"tokenizer {cfg}\n{model.num_params() / 1e6:.1f}M params, {dd.world_size} process(es) on {device}, "
+          f"global batch {args.batch_size} = {dd.world_size} x {args.grad_accum} x {micro_batch} (processes x --grad_accum x micro-batch), "
           f"bf16 {use_bf16}" + (f", LPIPS weights: {lpips.weights_source}" if lpips else ", no LPIPS"))
 # compile first, then DDP (as nanoGPT). The losses too: at 256 px, LPIPS's float32 distance maps and the
 # discriminator's GroupNorms are most of a step's non-matmul time, and compiling fuses them.
