@@ -55,6 +55,8 @@ parser.add_argument('--out_dir', default='out/gen')
 parser.add_argument('--preset', default='d16', help=' | '.join(PRESETS))
 parser.add_argument('--dropout', type=float, help="dropout on attention and residual branches (default: the preset's, 0)")
 parser.add_argument('--drop_path', type=float, help="drop-path rate of the last block (default: the preset's)")
+parser.add_argument('--tokens_per_step', type=int, help='P tokens predicted together per sampling step, a divisor of N '
+                    "(default 1, next-token; the paper's d16-p4 uses 4)")
 parser.add_argument('--batch_size', type=int, default=256, help='global batch over all processes and micro-steps')
 parser.add_argument('--grad_accum', type=int, default=1,
                     help='micro-steps per optimizer step: each process runs batch_size / (processes x grad_accum) rows at a time')
@@ -153,16 +155,20 @@ if args.resume:
         raise SystemExit(f"the checkpoint was trained on the tokens of {resume['tokenizer']['path']!r}, not of "
                          f"--tok_ckpt {args.tok_ckpt!r}: pass that tokenizer or start a new --out_dir")
     cfg = GPTConfig(**resume['config'])
-    common.check_resume_args(args, resume['args'], ('preset', 'batch_size', 'dropout', 'drop_path'))
+    common.check_resume_args(args, resume['args'], ('preset', 'batch_size', 'dropout', 'drop_path', 'tokens_per_step'))
 else:
     if args.preset not in PRESETS:
         raise SystemExit(f"unknown generator preset {args.preset!r}; choose from {sorted(PRESETS)}")
-    overrides = {name: getattr(args, name) for name in ('dropout', 'drop_path') if getattr(args, name) is not None}
+    overrides = {name: getattr(args, name) for name in ('dropout', 'drop_path', 'tokens_per_step')
+                 if getattr(args, name) is not None}
     cfg = GPTConfig.preset(args.preset, n_tokens=N, vocab_size=tok.cfg.codebook_size, num_classes=num_classes,
                            **overrides)
 if cfg.num_classes != num_classes:
     raise SystemExit(f"the generator has {cfg.num_classes} classes but the token file {num_classes}")
-model = GPT(cfg).to(device)
+try:
+    model = GPT(cfg).to(device)
+except ValueError as e:  # a --tokens_per_step that does not divide N
+    raise SystemExit(f"--tokens_per_step: {e}")
 ema_model = copy.deepcopy(model).eval().requires_grad_(False) if args.ema > 0 else None
 optimizer = common.adamw(model, args.lr, (0.9, 0.95), args.weight_decay, model.no_weight_decay())
 

@@ -287,6 +287,26 @@ def test_augmented_token_file_holds_k_views_and_a_rerun_reuses_it(tiny_tokenizer
     assert 'holds 4 view(s) per image, not 2' in result.stderr and '--augment 4' in result.stderr
 
 
+def test_tokens_per_step_is_trained_resumed_and_sampled(tiny_tokenizer, token_file, tmp_path):
+    """--tokens_per_step 4 (N = 8: two groups) reaches the checkpoint's config, a resume keeps it and refuses
+    another, sample.py samples the grouped model, and a P that does not divide N stops with the divisors."""
+    tok_ckpt = tiny_tokenizer[1]
+    train_gen(tok_ckpt, tmp_path, '--tokens', token_file, '--max_steps', 2, '--tokens_per_step', 4, *TRAIN_FLAGS)
+    assert load_generator(tmp_path)['config']['tokens_per_step'] == 4
+    train_gen(tok_ckpt, tmp_path, '--tokens', token_file, '--max_steps', 3, '--resume', *TRAIN_FLAGS)
+    assert load_generator(tmp_path)['config']['tokens_per_step'] == 4
+    refused = train_gen(tok_ckpt, tmp_path, '--tokens', token_file, '--max_steps', 4, '--resume', '--tokens_per_step', 2,
+                        *TRAIN_FLAGS, expect_ok=False)
+    assert '--tokens_per_step 2 differs' in refused.stderr
+    run('sample.py', '--ckpt', tmp_path / 'ckpt.pt', '--out', tmp_path / 'samples', '--classes', '0,1', '--per_class', 2,
+        '--truncate', 1)
+    with np.load(tmp_path / 'samples' / 'samples_4x32x32x3.npz') as f:
+        assert f['arr_0'].shape == (4, 32, 32, 3)
+    bad = train_gen(tok_ckpt, tmp_path / 'bad', '--tokens', token_file, '--max_steps', 1, '--tokens_per_step', 3,
+                    expect_ok=False)
+    assert '--tokens_per_step: tokens_per_step=3 must divide n_tokens=8: use one of [1, 2, 4, 8]' in bad.stderr
+
+
 def test_two_processes_equal_one_with_grad_accum_2_and_resume_across_them(tiny_tokenizer, token_file, tmp_path):
     """The global batch of 8 as 2 processes x 4 rows or as 1 process x 2 micro-batches of 4, with dropout and drop
     path: their masks follow a row's place in the global batch, so both draw the same. A run checkpointed on 2
