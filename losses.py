@@ -298,14 +298,24 @@ class LeCamRegularizer(nn.Module):
         self.ema_decay = ema_decay
         self.register_buffer("ema_real_logits_mean", torch.zeros(1))
         self.register_buffer("ema_fake_logits_mean", torch.zeros(1))
+        self.pending = []  # batch means not yet in the EMAs
 
-    def forward(self, logits_real, logits_fake, mask=None):
+    def forward(self, logits_real, logits_fake, mask=None, update=True):
+        """update=False leaves the EMAs for update(): with gradient accumulation, the micro-batches of one step
+        move them once, by the mean of their means, as the whole batch would."""
         real_mean, fake_mean = masked_mean(logits_real.float(), mask), masked_mean(logits_fake.float(), mask)
         loss = lecam_loss(real_mean, fake_mean, self.ema_real_logits_mean, self.ema_fake_logits_mean)
-        batch_means = torch.stack([real_mean, fake_mean]).detach()
+        self.pending.append(torch.stack([real_mean, fake_mean]).detach())
+        if update:
+            self.update()
+        return loss
+
+    @torch.no_grad()
+    def update(self):
+        batch_means = torch.stack(self.pending).mean(0)
+        self.pending = []
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(batch_means)  # same EMAs on every rank
             batch_means /= dist.get_world_size()
         self.ema_real_logits_mean.lerp_(batch_means[0:1], 1 - self.ema_decay)
         self.ema_fake_logits_mean.lerp_(batch_means[1:2], 1 - self.ema_decay)
-        return loss

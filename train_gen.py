@@ -4,6 +4,7 @@ Train the SpectralAR generator (sec. 3.3) on the tokens of a trained Nested Spec
     python train_gen.py --preset tiny --tok_ckpt out/tok/ckpt.pt --data DIR --max_steps 200   # CPU smoke run
     torchrun --nproc_per_node=8 train_gen.py --preset d16 --tok_ckpt out/tok/ckpt.pt --data /imagenet/train \
         --val_data /imagenet/val --batch_size 768
+    torchrun --nproc_per_node=4 train_gen.py ... --batch_size 768 --grad_accum 2   # the same run on 4 GPUs (docs/scaling.md)
 
 First pass: --data is encoded once into a token file (--tokens, default OUT_DIR/tokens.npz; see tokens.py),
 --augment K views per image (default 2: the image and its flip), and --val_data into OUT_DIR/val_tokens.npz
@@ -16,7 +17,8 @@ Every --eval_every steps, in eval mode and with true labels, the model that is s
 scores a fixed set of validation rows and, with the same estimator, a fixed subset of the training images
 (view 0): the negative log-likelihood in nats per sequence and per position (log.jsonl, nll.png).
 A generator that memorises shows a validation NLL far above the training rows' NLL.
-Checkpoints: ckpt.pt (latest, for --resume) and best.pt (lowest validation NLL), both written atomically.
+Checkpoints: ckpt.pt (latest, for --resume; also every --ckpt_minutes, and the last --keep as ckpt_XXXXXXX.pt)
+and best.pt (lowest validation NLL), all written atomically.
 """
 import argparse
 import copy
@@ -56,7 +58,9 @@ parser.add_argument('--dropout', type=float, help="dropout on attention and resi
 parser.add_argument('--drop_path', type=float, help="drop-path rate of the last block (default: the preset's)")
 parser.add_argument('--tokens_per_step', type=int, help='P tokens predicted together per sampling step, a divisor of N '
                     "(default 1, next-token; the paper's d16-p4 uses 4)")
-parser.add_argument('--batch_size', type=int, default=256, help='global batch over all processes')
+parser.add_argument('--batch_size', type=int, default=256, help='global batch over all processes and micro-steps')
+parser.add_argument('--grad_accum', type=int, default=1,
+                    help='micro-steps per optimizer step: each process runs batch_size / (processes x grad_accum) rows at a time')
 parser.add_argument('--max_steps', type=int, default=200_000)
 parser.add_argument('--lr', type=float, default=1e-4, help='base lr per 256 samples: the peak lr is lr x batch_size / 256')
 parser.add_argument('--lr_end', type=float, default=0.01, help='final lr as a fraction of the peak (VAR: 0.01)')
@@ -71,6 +75,8 @@ parser.add_argument('--seed', type=int, default=0)
 parser.add_argument('--device', default='auto')
 parser.add_argument('--log_every', type=int, default=100)
 parser.add_argument('--ckpt_every', type=int, default=5000)
+parser.add_argument('--ckpt_minutes', type=float, help='also checkpoint at the first log step this many minutes after the last checkpoint')
+parser.add_argument('--keep', type=int, default=0, help='also keep the last K checkpoints as ckpt_XXXXXXX.pt (0: only ckpt.pt)')
 parser.add_argument('--sample_every', type=int, default=5000, help='steps between sample grid PNGs (0: never)')
 parser.add_argument('--sample_cfg', type=float, default=1.5, help='CFG scale of the sample grids')
 parser.add_argument('--resume', nargs='?', const='auto', help='checkpoint to resume (no value: out_dir/ckpt.pt)')
@@ -85,6 +91,7 @@ args = parser.parse_args()
 # ----------------------------------------------------------------------------- setup
 dd = common.setup_distributed(args.device)
 device = dd.device
+micro_batch = common.micro_batch_size(args.batch_size, dd.world_size, args.grad_accum)
 use_bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
 autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 ckpt_path = os.path.join(args.out_dir, 'ckpt.pt')
@@ -182,7 +189,8 @@ warmup = max(1, args.max_steps // 50 if args.warmup is None else args.warmup)
 if dd.master:
     os.makedirs(args.out_dir, exist_ok=True)
     print(f"generator {cfg}\n{model.num_params() / 1e6:.1f}M params, {n_images} images x {views} view(s) of "
-          f"{num_classes} classes, peak lr {peak_lr:.3g}, {dd.world_size} process(es) on {device}, bf16 {use_bf16}"
+          f"{num_classes} classes, peak lr {peak_lr:.3g}, {dd.world_size} process(es) on {device}, bf16 {use_bf16}, "
+          f"global batch {args.batch_size} = {dd.world_size} x {args.grad_accum} x {micro_batch} (processes x --grad_accum x micro-batch)"
           + ("" if has_val else "\nno --val_data: the NLL of training rows alone is logged, and no best.pt is kept"))
 # compile first, then DDP (as nanoGPT): compiling the DDP wrapper splits the graph at every gradient bucket
 train_model = torch.compile(model) if args.compile else model
@@ -271,19 +279,17 @@ def evaluate():
     return record
 
 
-def save_checkpoint(path, val_nll):
-    common.atomic_save({
+def save_checkpoint(path, val_nll, keep=0):
+    common.save_and_keep({
         'kind': 'generator', 'config': dataclasses.asdict(cfg), 'args': vars(args), 'step': step,
         'model': model.state_dict(), 'ema': ema_model.state_dict() if ema_model is not None else None,
         'optimizer': optimizer.state_dict(), 'rng': common.rng_state(), 'val_nll': val_nll,
         'best_val_nll': best_val_nll, 'tokenizer': tokenizer_record, 'tokens': os.path.abspath(tokens_path),
         'classes': token_meta['classes'],
-    }, path)
+    }, path, step, keep)
 
 
 # ----------------------------------------------------------------------------- training
-if args.batch_size % dd.world_size:
-    raise SystemExit(f"--batch_size {args.batch_size} must divide by the {dd.world_size} processes")
 sampler = ResumableSampler(n_images, args.batch_size, seed=args.seed, start_step=step)
 steps_per_epoch = sampler.steps_per_epoch
 images_stream = iter(sampler)
@@ -291,32 +297,35 @@ finite = torch.ones((), dtype=torch.bool, device=device)
 sums = new_sums()
 flops_per_sample = model.train_flops_per_sample()
 last_val_nll = None
+checkpoints = common.CheckpointSchedule(args.ckpt_every, args.max_steps, args.ckpt_minutes, device)
 t_last, step_last = time.time(), step
 pbar = common.progress_bar(total=args.max_steps, initial=step, disable=not dd.master)
 while step < args.max_steps:
     idx, labels = next_batch(images_stream, step)
-    common.seed_model_randomness(args.seed, step, dd.rank)
     for group in optimizer.param_groups:
         group['lr'] = lr_at(step)
-    with autocast:  # float32 logits (B, N, K), logits[:, i] predicts idx[:, i]; token_loss (B, N)
-        logits, token_loss = train_model(idx, labels, with_loss=True)
-    loss = token_loss.mean()
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    for micro_step, (micro_idx, micro_labels) in enumerate(zip(idx.chunk(args.grad_accum), labels.chunk(args.grad_accum))):
+        common.seed_model_randomness(args.seed, step, dd.rank * args.grad_accum + micro_step)
+        with common.gradient_sync(train_model, micro_step, args.grad_accum):
+            with autocast:  # float32 logits (B, N, K), logits[:, i] predicts idx[:, i]; token_loss (B, N)
+                logits, token_loss = train_model(micro_idx, micro_labels, with_loss=True)
+            loss = token_loss.mean()
+            (loss / args.grad_accum).backward()  # the gradient of the mean over the process's share
+        # everything stays on the device until log time: no host sync per step
+        finite &= torch.isfinite(loss.detach())
+        sums['loss_per_position'] += token_loss.detach().mean(0) / args.grad_accum
+        sums['acc_per_position'] += (logits.detach().argmax(-1) == micro_idx).float().mean(0) / args.grad_accum
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
     optimizer.step()
     if ema_model is not None:
         common.ema_update(ema_model, model, common.ema_decay(args.ema, step))
-
-    # everything stays on the device until log time: no host sync per step
-    finite &= torch.isfinite(loss.detach())
-    sums['loss_per_position'] += token_loss.detach().mean(0)
-    sums['acc_per_position'] += (logits.detach().argmax(-1) == idx).float().mean(0)
     sums['grad_norm'] += grad_norm.detach()
     step += 1
     pbar.update(1)
 
-    if step % args.log_every == 0 or step == args.max_steps:
+    log_step = step % args.log_every == 0 or step == args.max_steps
+    if log_step:
         if not common.all_finite(finite):
             common.stop_on_nonfinite(step, ckpt_path)
         n = step - step_last
@@ -352,10 +361,10 @@ while step < args.max_steps:
         t_last = time.time()  # the evaluation is not training time
     if dd.master and args.sample_every and (step % args.sample_every == 0 or step == args.max_steps):
         save_sample_grid(os.path.join(args.out_dir, f'samples_{step:07d}.png'))
-    if step % args.ckpt_every == 0 or step == args.max_steps:
+    if checkpoints.due(step, log_step):
         if not common.all_finite(finite):
             common.stop_on_nonfinite(step, ckpt_path)
         if dd.master:
-            save_checkpoint(ckpt_path, last_val_nll)
+            save_checkpoint(ckpt_path, last_val_nll, args.keep)
 pbar.close()
 common.cleanup_distributed()

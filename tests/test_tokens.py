@@ -28,7 +28,7 @@ def dropout_output(rank, step):
     torch.manual_seed(0)
     gpt = GPT(GPTConfig.preset('tiny', dropout=0.5)).train()
     idx, labels = torch.zeros(2, 8, dtype=torch.long), torch.zeros(2, dtype=torch.long)
-    common.seed_model_randomness(seed=0, step=step, rank=rank)
+    common.seed_model_randomness(seed=0, step=step, micro_batch=rank)
     return gpt(idx, labels)
 
 

@@ -305,3 +305,23 @@ def test_tokens_per_step_is_trained_resumed_and_sampled(tiny_tokenizer, token_fi
     bad = train_gen(tok_ckpt, tmp_path / 'bad', '--tokens', token_file, '--max_steps', 1, '--tokens_per_step', 3,
                     expect_ok=False)
     assert '--tokens_per_step: tokens_per_step=3 must divide n_tokens=8: use one of [1, 2, 4, 8]' in bad.stderr
+
+
+def test_two_processes_equal_one_with_grad_accum_2_and_resume_across_them(tiny_tokenizer, token_file, tmp_path):
+    """The global batch of 8 as 2 processes x 4 rows or as 1 process x 2 micro-batches of 4, with dropout and drop
+    path: their masks follow a row's place in the global batch, so both draw the same. A run checkpointed on 2
+    processes continues on 1 with --grad_accum 2 as the 1-process run did (the same data, labels and masks)."""
+    tok_ckpt = tiny_tokenizer[1]
+    flags = ('--tokens', token_file, '--dropout', 0.2, '--drop_path', 0.3, '--ckpt_every', 2, *TRAIN_FLAGS)
+    train_gen(tok_ckpt, tmp_path / 'accum', *flags, '--max_steps', 4, '--grad_accum', 2, '--keep', 1)
+    assert sorted(f.name for f in (tmp_path / 'accum').glob('ckpt*')) == ['ckpt.pt', 'ckpt_0000004.pt']
+    run('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', 2, 'train_gen.py', '--preset', 'tiny',
+        '--tok_ckpt', tok_ckpt, '--out_dir', tmp_path / 'moved', '--batch_size', 8, '--workers', 0, '--log_every', 1,
+        '--sample_every', 0, '--max_steps', 2, *flags)
+    train_gen(tok_ckpt, tmp_path / 'moved', *flags, '--max_steps', 4, '--grad_accum', 2, '--resume')
+    for key in ('model', 'ema'):
+        assert_same_tensors(load_generator(tmp_path / 'accum')[key], load_generator(tmp_path / 'moved')[key], exact=False)
+    log_accum, log_moved = read_log(tmp_path / 'accum'), read_log(tmp_path / 'moved')
+    assert [r['step'] for r in log_accum] == [r['step'] for r in log_moved] == [1, 2, 3, 4]
+    for a, b in zip(log_accum, log_moved):
+        assert a['loss'] == pytest.approx(b['loss'], rel=1e-5) and a['grad_norm'] == pytest.approx(b['grad_norm'], rel=1e-4)

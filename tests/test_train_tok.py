@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,7 +35,8 @@ def train(data, out, *extra, nproc=1, check=True):
 
 
 def weights(out):
-    ckpt = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=False)
+    """out: a run's folder (its ckpt.pt) or a checkpoint file."""
+    ckpt = torch.load(out if str(out).endswith('.pt') else os.path.join(out, 'ckpt.pt'), weights_only=False)
     return ckpt, {**{f'model.{k}': v for k, v in ckpt['model'].items()}, **{f'ema.{k}': v for k, v in ckpt['ema'].items()},
                   **{f'disc.{k}': v for k, v in ckpt['disc'].items()}}
 
@@ -119,3 +121,60 @@ def test_sharpness_options_train_and_the_eval_records_the_figures_that_compare_r
     assert list(evaluation['psnr_vs_lowpass_at']) == ['1', '2', '4', '8']
     assert 0 < evaluation['codebook_used'] <= 1 and evaluation['codebook_perplexity'] >= 1
     assert evaluation['run_wall_s'] >= evaluation['eval_wall_s'] > 0
+
+
+def read_log(out):
+    return [json.loads(line) for line in open(out / 'log.jsonl')]
+
+
+def assert_close_weights(w1, w2):
+    for k in w1:  # the tolerances of the DDP test above
+        torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-4 if k.startswith('disc.') else 5e-5, msg=k)
+
+
+def test_two_processes_equal_one_with_grad_accum_2_and_resume_across_them(image_dir, tmp_path):
+    """The same global batch of 8 as 2 processes x 4 images or as 1 process x 2 micro-batches of 4: the same
+    training, GAN and dead-code restarts (at steps 2 and 4) included; and a run checkpointed on 2 processes
+    continues on 1 with --grad_accum 2 as if it had never moved."""
+    flags = ('--disc_start', '1', '--ckpt_every', '2')
+    train(image_dir, tmp_path / 'accum', *flags, '--max_steps', '4', '--grad_accum', '2', '--keep', '2')
+    assert sorted(os.listdir(tmp_path / 'accum')) == ['ckpt.pt', 'ckpt_0000002.pt', 'ckpt_0000004.pt', 'log.jsonl',
+                                                      'prefixes_0000004.png']
+    train(image_dir, tmp_path / 'moved', *flags, '--max_steps', '2', nproc=2)
+    assert_close_weights(weights(tmp_path / 'accum' / 'ckpt_0000002.pt')[1], weights(tmp_path / 'moved')[1])
+    train(image_dir, tmp_path / 'moved', *flags, '--max_steps', '4', '--grad_accum', '2', '--resume')
+    (accum, w_accum), (moved, w_moved) = weights(tmp_path / 'accum'), weights(tmp_path / 'moved')
+    assert accum['step'] == moved['step'] == 4
+    assert_close_weights(w_accum, w_moved)
+    for a, b in zip(read_log(tmp_path / 'accum'), read_log(tmp_path / 'moved'), strict=True):
+        assert a['step'] == b['step'] and a.get('codes_restarted') == b.get('codes_restarted')
+        assert a.keys() == b.keys() and ('gan_d' in a) == (a['step'] > 1)
+        for k in {'l2', 'vq', 'gan_g', 'gan_d', 'ema_codebook_perplexity'} & a.keys():
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (a['step'], k)
+
+
+def read_eval(out):
+    return json.loads(open(out / 'eval.jsonl').readlines()[-1])
+
+
+def test_sharded_evaluation_equals_one_process_and_scores_short_prefixes_on_a_subset(image_dir, tmp_path):
+    out = tmp_path / 'out'
+    flags = ('--eval_data', str(image_dir), '--eval_prefix_images', '8')
+    train(image_dir, out, '--max_steps', '1', *flags, '--eval_npz', str(tmp_path / 'one.npz'))
+    one = read_eval(out)
+    train(image_dir, out, '--resume', '--eval_only', *flags, '--eval_npz', str(tmp_path / 'two.npz'), nproc=2)
+    two = read_eval(out)
+    assert one['images'] == two['images'] == 24 and one['prefix_images'] == two['prefix_images'] == 8
+    for a, b in zip(one['prefixes'], two['prefixes'], strict=True):
+        assert a['l2_vs_lowpass'] == pytest.approx(b['l2_vs_lowpass'], rel=1e-5)
+        assert a['l2_vs_image'] == pytest.approx(b['l2_vs_image'], rel=1e-5)
+    assert one['codebook_perplexity'] == pytest.approx(two['codebook_perplexity'], rel=1e-5)
+    recon_one, recon_two = (np.load(tmp_path / f)['arr_0'] for f in ('one.npz', 'two.npz'))
+    assert recon_one.shape == (24, 32, 32, 3) and recon_one.dtype == np.uint8
+    assert np.abs(recon_one.astype(int) - recon_two).max() <= 1  # folder order; rounding of near-ties may differ
+
+    train(image_dir, out, '--resume', '--eval_only', '--eval_data', str(image_dir), '--eval_prefix_images', '24')
+    every = read_eval(out)
+    assert every['prefix_images'] == 24
+    assert every['prefixes'][-1]['l2_vs_image'] == pytest.approx(one['prefixes'][-1]['l2_vs_image'], rel=1e-6)
+    assert every['prefixes'][0]['l2_vs_image'] != pytest.approx(one['prefixes'][0]['l2_vs_image'], rel=1e-3)
