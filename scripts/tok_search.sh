@@ -7,6 +7,7 @@
 #   full_gan    half of the batch rebuilds the full image (--full_prefix_prob 0.5), GAN on full prefixes only
 #   cond_gan    --full_prefix_prob 0.5, a discriminator told each target's cut-off w_i (--disc_cond)
 #   lpips       full_gan + LPIPS on inputs upsampled to 128 px (--lpips_resize 128)
+#   lpips_cond  cond_gan + LPIPS on inputs upsampled to 128 px
 #   lpips_k4096 lpips + a 4,096-code codebook (384 bits per image instead of 320)
 # The variants run at the same time, variant j on GPU j mod GPUS, each under $ROOT/<variant>/ (cifar10.sh's
 # layout: tok/ckpt.pt, tok/eval.jsonl, tok/rfid.json, run.log). Last: $ROOT/summary.json and a table.
@@ -18,7 +19,7 @@ GPUS=${GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}
 [ "$GPUS" -ge 1 ] || GPUS=1
 export DATA TOK_STEPS=${TOK_STEPS:-8000} WORKERS=${WORKERS:-3}
 COMPILE=${COMPILE---compile}  # COMPILE= for a CPU dry run
-variants=("$@"); [ ${#variants[@]} -eq 0 ] && variants=(control full_gan cond_gan lpips lpips_k4096)
+variants=("$@"); [ ${#variants[@]} -eq 0 ] && variants=(control cond_gan full_gan lpips_cond lpips lpips_k4096)
 
 pids=()
 for j in "${!variants[@]}"; do
@@ -27,9 +28,10 @@ for j in "${!variants[@]}"; do
     control)     flags="" ;;
     full_gan)    flags="--full_prefix_prob 0.5 --gan_full_only" ;;
     cond_gan)    flags="--full_prefix_prob 0.5 --disc_cond" ;;
+    lpips_cond)  flags="--full_prefix_prob 0.5 --disc_cond --lpips_resize 128" ;;
     lpips)       flags="--full_prefix_prob 0.5 --gan_full_only --lpips_resize 128" ;;
     lpips_k4096) flags="--full_prefix_prob 0.5 --gan_full_only --lpips_resize 128 --codebook_size 4096" ;;
-    *) echo "unknown variant $v: use control full_gan cond_gan lpips lpips_k4096" >&2; exit 2 ;;
+    *) echo "unknown variant $v: use control cond_gan full_gan lpips_cond lpips lpips_k4096" >&2; exit 2 ;;
   esac
   mkdir -p "$ROOT/$v"
   CUDA_VISIBLE_DEVICES=$((j % GPUS)) OUT=$ROOT/$v TOK_FLAGS="$COMPILE $flags" \
