@@ -3,6 +3,7 @@ Throughput benchmarks that print a short table last and append JSON lines (--jso
 
     python bench.py loader --data ../shared/data/imagenet256-sample --size 256 --batch 256 --workers 16
     python bench.py sample --preset d16 --tok_preset titok_b64 --batch 64 256 --cfg 1.5 [--compile] [--profile]
+    python bench.py sample --preset d16 --tok_preset titok_b64 --batch 256 --cfg 1.5 --tokens_per_step 1 4
     python bench.py train_gen --preset d16 --batch 256 [--compile]
     python bench.py train_tok --preset titok_b64 --batch 64 [--compile]
     python bench.py table --json bench.jsonl          # the table of every record in a JSON-lines file
@@ -17,14 +18,16 @@ a 64 MiB copy and a 1024^3 float32 product). Every floor below uses those two me
 
 sample: the reference GPT.generate loop ('slow') and FastSampler ('fast'; on CUDA also 'fast-nograph',
 the same steps launched eagerly, and with --compile 'fast+compile') at each --batch, with CFG (a 2B-row
-batch) unless --cfg 0, bf16 on CUDA. Reported:
+batch) unless --cfg 0, bf16 on CUDA, for each --tokens_per_step P (model 'd16-p4': N / P steps of P tokens,
+same seed and weights' spread). Reported:
 images/s end to end (generate + tokenizer decode to pixels, one batch), images/s of sample.py's own loop
 (fast paths: 6 batches through sample.sample_batches, uint8 images copied to the host; on CUDA it decodes
 and copies batch b on a side stream while batch b + 1 samples), generator ms per batch and per step,
-tokenizer decode ms, peak memory, and the floors. Floor of step t (t + 1 visible positions), R rows:
-  FLOPs  2 R (matmul weights of the blocks + head) + 4 R depth width (t + 1)     (QK^T, AV)
+tokenizer decode ms, peak memory, and the floors. Floor of step g (P new slots, (g + 1) P visible
+positions), R rows:
+  FLOPs  2 R P (matmul weights of the blocks + head) + 4 R P depth width (g + 1) P     (QK^T, AV)
   bytes  weights of the blocks + head (bf16) + AdaLN terms R depth 6 width (bf16)
-         + KV cache read R depth 2 width (t + 1) (bf16) + KV write + logits/noise (float32)
+         + KV cache read R depth 2 width (g + 1) P (bf16) + KV write of P + logits/noise of P (float32)
   floor  max(FLOPs / matmul rate, bytes / bandwidth); step 0 adds the once-per-sequence AdaLN matmuls.
 Decode floor: B x decoder FLOPs (tokenizer.flops_per_image, decoder part) / matmul rate. For the fast
 path on CUDA each step is also timed alone (CUDA events between graph replays): 'worst step/floor'.
@@ -99,27 +102,6 @@ def timed(fn, device, reps, warmup=1):
             fn()
             times.append(time.perf_counter() - t0)
     return times
-
-
-def cuda_graph(fn, calls):
-    """A CUDA graph of `calls` calls of fn, warmed up once on a side stream first, as torch.cuda.graph requires."""
-    graph, side = torch.cuda.CUDAGraph(), torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    return graph
-
-
-def graph_us(fn, device, calls=20, reps=5, warmup=1):
-    """Microseconds per call of fn replayed from a CUDA graph of `calls` calls (as the sampler replays its steps):
-    the median of `reps` timed replays after one eager call and `warmup` replays (results/bench's probes)."""
-    fn()
-    graph = cuda_graph(fn, calls)
-    return statistics.median(timed(graph.replay, device, reps, warmup)) * 1e6 / calls
 
 
 def reset_peak(device):
@@ -254,18 +236,19 @@ def spread_weights(model, seed):
 
 
 def sample_step_floors(model, batch, guided, peaks, elem_bytes):
-    """Floor (s) of each of the N steps, and the FLOPs / bytes behind it."""
+    """Floor (s) of each of the N / P steps, and the FLOPs / bytes behind it."""
     cfg = model.cfg
     R, C, L, N, K = batch * (2 if guided else 1), cfg.width, cfg.depth, cfg.n_tokens, cfg.vocab_size
+    P = cfg.tokens_per_step
     w, b, ada = model.matmul_param_counts()
     floors, flops_list, bytes_list = [], [], []
-    for t in range(N):
-        visible = t + 1
-        flops = 2 * R * w + 4 * R * L * C * visible
+    for g in range(N // P):
+        visible = (g + 1) * P
+        flops = 2 * R * P * w + 4 * R * P * L * C * visible
         nbytes = (elem_bytes * (w + b) + elem_bytes * R * (L * 6 * C + 2 * C)  # weights, AdaLN terms
-                  + elem_bytes * R * L * 2 * C * (visible + 1)  # KV read of the visible positions + KV write
-                  + 4 * (R * K + 3 * batch * K))  # float32 logits, noise, probabilities
-        if t == 0:
+                  + elem_bytes * R * L * 2 * C * (visible + P)  # KV read of the visible positions + KV write
+                  + 4 * P * (R * K + 3 * batch * K))  # float32 logits, noise, probabilities
+        if g == 0:
             flops += 2 * R * ada
             nbytes += elem_bytes * ada
         floors.append(max(flops / peaks['matmul_flops_per_s'], nbytes / peaks['hbm_bytes_per_s']))
@@ -312,16 +295,29 @@ def kernel_profile(fn, device):
 
 def bench_sample(args, device, peaks):
     from generator import GPT, GPTConfig
-    from tokenizer import TokConfig, Tokenizer, flops_per_image
-    use_bf16 = args.bf16  # resolved in main
+    from tokenizer import TokConfig, Tokenizer
     tok_cfg = TokConfig.preset(args.tok_preset)
-    cfg = GPTConfig.preset(args.preset, n_tokens=tok_cfg.n_tokens, vocab_size=tok_cfg.codebook_size)
-    torch.manual_seed(args.seed)
-    with torch.device(device):
-        model = GPT(cfg).eval()
-        tok = Tokenizer(tok_cfg).eval()
-    spread_weights(model, args.seed)
-    print(f"sample: GPT {args.preset} ({model.num_params() / 1e6:.1f}M params, N={cfg.n_tokens}, K={cfg.vocab_size}) + "
+    records = []
+    for P in args.tokens_per_step:
+        cfg = GPTConfig.preset(args.preset, n_tokens=tok_cfg.n_tokens, vocab_size=tok_cfg.codebook_size, tokens_per_step=P)
+        torch.manual_seed(args.seed)
+        with torch.device(device):
+            model = GPT(cfg).eval()
+            tok = Tokenizer(tok_cfg).eval()
+        spread_weights(model, args.seed)
+        records += bench_sample_model(args, device, peaks, model, tok)
+        del model, tok
+        free_memory(device)
+    return records
+
+
+def bench_sample_model(args, device, peaks, model, tok):
+    from tokenizer import flops_per_image
+    use_bf16, cfg, tok_cfg = args.bf16, model.cfg, tok.cfg  # args.bf16 is resolved in main
+    P = cfg.tokens_per_step
+    name = args.preset + (f'-p{P}' if P > 1 else '')  # the paper's name of the P-token model (d16-p4)
+    print(f"sample: GPT {name} ({model.num_params() / 1e6:.1f}M params, N={cfg.n_tokens}, K={cfg.vocab_size}, "
+          f"{cfg.n_tokens // P} steps of {P} token(s)) + "
           f"tokenizer {args.tok_preset} ({tok.num_params() / 1e6:.1f}M), RANDOM weights (timing only: the samples are noise), "
           f"cfg {args.cfg}, top_k {args.top_k}, top_p {args.top_p}, {'bf16' if use_bf16 else 'float32'}, on {device}")
     decoder_flops = flops_per_image(tok_cfg, 1) - flops_per_image(tok_cfg, 0)
@@ -333,7 +329,7 @@ def bench_sample(args, device, peaks):
         floors, step_flops, step_bytes = sample_step_floors(model, B, args.cfg != 0, peaks, 2 if use_bf16 else 4)
         gen_floor, decode_floor = sum(floors), B * decoder_flops / peaks['matmul_flops_per_s']
         print(f"\nbatch {B}: generator floor {gen_floor * 1e3:.2f} ms (step 0 {floors[0] * 1e3:.3f} ms .. step "
-              f"{cfg.n_tokens - 1} {floors[-1] * 1e3:.3f} ms; {sum(step_bytes) / 1e9:.1f} GB, "
+              f"{len(floors) - 1} {floors[-1] * 1e3:.3f} ms; {sum(step_bytes) / 1e9:.1f} GB, "
               f"{sum(step_flops) / 1e12:.2f} TFLOP), "
               f"decode floor {decode_floor * 1e3:.2f} ms ({B * decoder_flops / 1e12:.2f} TFLOP) -> at best "
               f"{B / (gen_floor + decode_floor):.0f} images/s end to end")
@@ -343,7 +339,7 @@ def bench_sample(args, device, peaks):
             if args.compile:  # the fast+compile row decodes as sample.py --compile does
                 compiled_decode = torch.compile(tok.decode)
                 decode_compiled_s = statistics.median(timed(lambda: compiled_decode(tokens), device, args.reps, warmup=2))
-        base = {'bench': 'sample', 'model': f"{args.preset}/{args.tok_preset}", 'batch': B, 'cfg': args.cfg,
+        base = {'bench': 'sample', 'model': f"{name}/{args.tok_preset}", 'tokens_per_step': P, 'batch': B, 'cfg': args.cfg,
                 'top_k': args.top_k, 'top_p': args.top_p, 'bf16': use_bf16, 'random_weights': True, **peaks,
                 'gen_floor_ms': gen_floor * 1e3, 'decode_floor_ms': decode_floor * 1e3, 'decode_ms': decode_s * 1e3,
                 'decode_mfu': B * decoder_flops / decode_s / peaks['matmul_flops_per_s'],
@@ -406,7 +402,8 @@ def sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, flo
     """Times one generator variant (and `decode`, tok.decode or its compiled twin, end to end) at one batch size;
     everything it builds is freed when it returns."""
     from generator import FastSampler
-    device, B, N = labels.device, len(labels), model.cfg.n_tokens
+    device, B = labels.device, len(labels)
+    steps = model.cfg.n_tokens // model.cfg.tokens_per_step
     sampling = dict(temperature=1.0, top_k=args.top_k, top_p=args.top_p)
     dtype = torch.bfloat16 if use_bf16 else torch.float32
     out = {}
@@ -428,18 +425,18 @@ def sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, flo
         gen_s = statistics.median(timed(generate, device, args.reps, warmup=1))
         e2e_s = statistics.median(timed(lambda: decode(generate()), device, args.reps, warmup=1))
     out['peak_mem_gb'] = peak_gb(device)
-    out.update(gen_ms=gen_s * 1e3, ms_per_step=gen_s * 1e3 / N, e2e_ms=e2e_s * 1e3, images_per_s=B / e2e_s,
+    out.update(gen_ms=gen_s * 1e3, ms_per_step=gen_s * 1e3 / steps, e2e_ms=e2e_s * 1e3, images_per_s=B / e2e_s,
                gen_images_per_s=B / gen_s)
     if variant != 'slow' and device.type == 'cuda':  # each step alone: events between the graph replays
         runs = []
         for _ in range(3):
-            events = [torch.cuda.Event(enable_timing=True) for _ in range(N + 1)]
+            events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
             generate(events)
             events[-1].synchronize()
             runs.append([a.elapsed_time(b) for a, b in zip(events[:-1], events[1:])])
         step_ms = [statistics.median(col) for col in zip(*runs)]
         ratios = [ms / 1e3 / f for ms, f in zip(step_ms, floors)]
-        worst = max(range(N), key=ratios.__getitem__)
+        worst = max(range(steps), key=ratios.__getitem__)
         out.update(step_ms=step_ms, step_over_floor=ratios, worst_step=worst, worst_step_over_floor=ratios[worst],
                    median_step_over_floor=statistics.median(ratios), steps_over_2x_floor=sum(r > 2 for r in ratios))
     if variant in ('fast', 'fast+compile'):  # sample.py always uses CUDA graphs: no 'fast-nograph' twin
@@ -489,7 +486,7 @@ def check_fast_path(model, labels, args, use_bf16, autocast, compile):
     def seeded():
         return torch.Generator(labels.device).manual_seed(1)
 
-    def rel_err_vs_forward(tokens, logits):  # against float32 (METHOD.md: compare with higher precision)
+    def rel_err_vs_forward(tokens, logits):  # against float32: compare with higher precision
         with torch.autocast(labels.device.type, enabled=False):
             ref = model(tokens, labels)
             if guided:
@@ -728,6 +725,8 @@ def main(argv=None):
     p.add_argument('--preset', default='d16', help='generator preset')
     p.add_argument('--tok_preset', default='titok_b64', help='tokenizer preset (sets N and K of the generator)')
     p.add_argument('--batch', type=int, nargs='+', default=[64, 256])
+    p.add_argument('--tokens_per_step', type=int, nargs='+', default=[1],
+                   help="P tokens per sampling step, one model each (1 4: the paper's d16 against d16-p4)")
     p.add_argument('--cfg', type=float, default=1.5, help='guidance scale; 0 turns CFG (the doubled batch) off')
     p.add_argument('--top_k', type=int, default=0)
     p.add_argument('--top_p', type=float, default=0.0)

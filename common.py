@@ -1,6 +1,7 @@
 """
-Training plumbing shared by train_tok.py and train_gen.py: torchrun/DDP setup, AdamW parameter
-groups, EMA, atomic checkpoints (loaded without running code), resume settings and the NaN guard.
+Training plumbing shared by train_tok.py and train_gen.py: torchrun/DDP setup, gradient accumulation,
+AdamW parameter groups, EMA, atomic checkpoints (by step, by wall time, the last K kept; loaded without running
+code), resume settings and the NaN guard.
 """
 import argparse
 import contextlib
@@ -11,15 +12,28 @@ import json
 import os
 import pickle
 import random
+import re
+import shutil
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
 
 
 PEAK_FLOPS = 800e12  # bf16 matmul rate measured on an H100 (8192^3 product): the MFU denominator
+
+
+def progress_bar(*args, **kwargs):
+    """tqdm for every script: redrawn up to 10 times a second on a terminal, at most once a minute in a log
+    file, where every redraw is another line."""
+    terminal = kwargs.get('file', sys.stderr).isatty()
+    return tqdm(*args, mininterval=0.1 if terminal else 60, dynamic_ncols=True, **kwargs)
 
 
 @dataclass
@@ -80,6 +94,22 @@ def cleanup_distributed():
         dist.destroy_process_group()
 
 
+def micro_batch_size(batch_size, world_size, grad_accum):
+    """Rows per forward pass: the global batch is split over the processes, and each share into grad_accum micro-batches."""
+    if grad_accum < 1 or batch_size % (world_size * grad_accum):
+        raise SystemExit(f"--batch_size {batch_size} must divide by {world_size} process(es) x --grad_accum {grad_accum}: "
+                         f"change either so that it does")
+    return batch_size // (world_size * grad_accum)
+
+
+def gradient_sync(model, micro_step, grad_accum):
+    """The context of one micro-step's forward and backward: DDP all-reduces the gradients in every backward,
+    so all micro-steps but the last run under no_sync and add their gradients up locally."""
+    if isinstance(model, DDP) and micro_step < grad_accum - 1:
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
 def adamw(model, lr, betas, weight_decay, no_decay=()):
     """AdamW with weight decay only on matrices/conv kernels not named in no_decay (norms, biases, positions are excluded)."""
     decay, no_wd = [], []
@@ -120,8 +150,19 @@ def set_rng_state(state):
         numpy = ('MT19937', numpy['key'].numpy().astype(np.uint32), numpy['pos'], numpy['has_gauss'], numpy['gauss'])
     np.random.set_state(numpy)  # a tuple holding an ndarray in checkpoints written before rng_state() held tensors
     torch.set_rng_state(state['torch'])
-    if state['cuda'] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+    if torch.cuda.is_available():  # a run resumed on a host with fewer GPUs sets the ones it has
+        for i, cuda_state in enumerate(state['cuda'][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, i)
+
+
+def seed_model_randomness(seed, step, micro_batch):
+    """Seed torch's global generators (CPU and every GPU) for one micro-batch of one training step, so that
+    dropout and drop-path masks differ between processes, micro-steps and steps, and a resumed run draws the
+    masks the uninterrupted run would have drawn. micro_batch is the place of this micro-batch in the global
+    batch, rank x grad_accum + micro-step: the same rows draw the same masks whether a global batch is split
+    over 8 processes or over 4 with --grad_accum 2. Data order, label dropout and views come from
+    step_generator-style streams shared by all processes instead."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, step, micro_batch]).generate_state(1, np.uint64)[0]))
 
 
 def step_generator(seed, step, device='cpu'):
@@ -177,6 +218,57 @@ def check_writable(folder, flag, error=SystemExit):
 
 def atomic_save(obj, path):
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def tagged_checkpoints(path):
+    """{step: path} of the step-tagged copies of checkpoint path (out/ckpt.pt -> out/ckpt_0001000.pt, ...)."""
+    root, ext = os.path.splitext(path)
+    folder, name = os.path.split(root)
+    pattern = re.compile(re.escape(name) + r'_(\d{7,})' + re.escape(ext))
+    found = (pattern.fullmatch(f) for f in os.listdir(folder or '.'))
+    return {int(m[1]): os.path.join(folder, m[0]) for m in found if m}
+
+
+def save_and_keep(obj, path, step, keep=0):
+    """atomic_save(obj, path); with keep > 0 the same file also as path's step-tagged copy (ckpt_0001000.pt), of
+    which the keep newest up to this step stay. Copies of later steps are left alone: they belong to the run
+    that continued from an older checkpoint, not to this one, and are the user's to delete."""
+    atomic_save(obj, path)
+    if not keep:
+        return
+    root, ext = os.path.splitext(path)
+    tagged = f"{root}_{step:07d}{ext}"
+    tmp = f"{tagged}.tmp.{os.getpid()}"
+    try:
+        os.link(path, tmp)  # a second name for the same bytes: no second write of a multi-GB file
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, tagged)
+    copies = tagged_checkpoints(path)
+    for s in sorted(s for s in copies if s <= step)[:-keep]:
+        os.remove(copies[s])
+
+
+class CheckpointSchedule:
+    """When to checkpoint: every `every` steps, at the last step, and with `minutes` also at the first log step
+    that comes that many minutes of wall time after the last checkpoint (clusters preempt). Every process must
+    agree, as a save holds collectives: rank 0's clock decides and its decision is broadcast; the clock is read
+    only at log steps, where the processes synchronise anyway, never at every step."""
+
+    def __init__(self, every, last_step, minutes, device):
+        self.every, self.last_step, self.minutes, self.device = every, last_step, minutes, device
+        self.last_save = time.time()
+
+    def due(self, step, log_step):
+        due = step % self.every == 0 or step == self.last_step
+        if not due and self.minutes and log_step:
+            late = torch.tensor(int(time.time() - self.last_save >= 60 * self.minutes), device=self.device)
+            if dist.is_initialized():
+                dist.broadcast(late, 0)
+            due = bool(late.item())
+        if due:
+            self.last_save = time.time()
+        return due
 
 
 # numpy arrays in the RNG state of checkpoints written before rng_state() stored tensors

@@ -88,15 +88,21 @@ def omega_schedule(n_tokens, size, kind="nonuniform"):
     More tokens than frequencies (N > size, e.g. N=64 at 32 px) cannot keep eq. (7): then runs of
     consecutive tokens share a cut-off, w_i = ceil(target(i)) clamped to [1, size] (uniform, N=64,
     32 px: 1, 1, 2, 2, ..., 32, 32), so later tokens of a run refine the same low-pass image.
+
+    "nonuniform_shared": eq. (9)'s curve under that same rule for any N, so small images keep its
+    proportions where steps >= 1 would flatten them: w_i = ceil(target(i)) never decreases, but its
+    increments may be 0 where the curve is flatter than one frequency per token (32 px, N=32: w = 1 x 4,
+    2 x 4, 3 x 4, 4 x 4, then 5, 5, 6, 6, 7, 7, 8, 8, then 11, 14, ..., 32; half the tokens on w <= 4).
+    Where the anchors are whole numbers per token (N=64 at 256 px) it is eq. (9) exactly.
     """
     if n_tokens < 1 or size < 1:
         raise ValueError(f"need n_tokens >= 1 and size >= 1, got n_tokens={n_tokens}, size={size}")
     if kind == "uniform":
         knots = [(0, 0), (n_tokens, size)]
-    elif kind == "nonuniform":
+    elif kind in ("nonuniform", "nonuniform_shared"):
         knots = [(0, 0), (n_tokens / 2, size / 8), (3 * n_tokens / 4, size / 4), (n_tokens, size)]
     else:
-        raise ValueError(f"unknown omega schedule {kind!r}: use 'nonuniform' or 'uniform'")
+        raise ValueError(f"unknown omega schedule {kind!r}: use 'nonuniform', 'nonuniform_shared' or 'uniform'")
 
     def target(i):
         for (x0, y0), (x1, y1) in zip(knots, knots[1:]):
@@ -104,7 +110,7 @@ def omega_schedule(n_tokens, size, kind="nonuniform"):
                 return y0 + (y1 - y0) * (i - x0) / (x1 - x0)
         return size
 
-    if n_tokens > size:  # a departure from eq. (7): increments of 0 inside each run
+    if n_tokens > size or kind == "nonuniform_shared":  # a departure from eq. (7): increments of 0 inside each run
         return [min(size, max(1, math.ceil(target(i) - 1e-9))) for i in range(1, n_tokens + 1)]
     omegas, w, step = [], 0, 1
     for i in range(1, n_tokens + 1):

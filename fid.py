@@ -34,7 +34,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy import linalg
 from torch.utils.data import DataLoader, Dataset, IterableDataset
-from tqdm import tqdm
 
 import common
 from data import IMAGE_EXTENSIONS, UNREADABLE_IMAGE_ERRORS, find_images, load_rgb
@@ -538,7 +537,7 @@ def compute_features(images, model, device=None, resize='tf1', batch_size=500, t
         images = [images[start:start + batch_size] for start in range(0, len(images), batch_size)]
     outputs, unreadable, start = [], 0, time.perf_counter()
     with float32_mode(tf32):
-        for batch in tqdm(images, total=total, unit='batch', disable=not progress):
+        for batch in common.progress_bar(images, total=total, unit='batch', disable=not progress):
             batch = batch if isinstance(batch, ImageBatch) else ImageBatch(batch, 0)
             unreadable += batch.unreadable
             x = _network_input(batch.images, device, resize)
@@ -568,14 +567,31 @@ def statistics(features):
     return features.mean(0), np.cov(features, rowvar=False)
 
 
-def _sqrtm(matrix):
-    with warnings.catch_warnings():  # singular input is handled by the caller
-        warnings.simplefilter('ignore', linalg.LinAlgWarning)
-        return linalg.sqrtm(matrix)
+def _covariance_sqrt(sigma):
+    """Symmetric square root of a covariance matrix (negative eigenvalues of rounding size become 0)."""
+    eigenvalues, eigenvectors = linalg.eigh(sigma)
+    _check_not_negative(eigenvalues)
+    return (eigenvectors * np.sqrt(eigenvalues.clip(min=0))) @ eigenvectors.T
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)), computed as pytorch-fid and ADM do."""
+def _check_not_negative(eigenvalues):
+    if eigenvalues.min() < -1e-6 * max(eigenvalues.max(), 1e-300):
+        raise FIDError(f'a covariance has eigenvalue {eigenvalues.min():.3g}: not a covariance; recompute the statistics')
+
+
+def trace_sqrt_product(sigma1, sigma2):
+    """Tr sqrt(S1 S2) of two covariances, with no regularisation: S1 S2 is similar to sqrt(S1) S2 sqrt(S1), which
+    is symmetric positive semi-definite, so the trace is the sum of the square roots of its eigenvalues. This is
+    exact for singular products too, where scipy's sqrtm(S1 S2) (pytorch-fid, ADM) returns finite or non-finite
+    values depending on the LAPACK build and those implementations then add eps to both diagonals."""
+    root1 = _covariance_sqrt(sigma1)
+    eigenvalues = linalg.eigvalsh(root1 @ sigma2 @ root1)
+    _check_not_negative(eigenvalues)
+    return float(np.sqrt(eigenvalues.clip(min=0)).sum())
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2):
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)): ADM's and pytorch-fid's figure on regular statistics."""
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
@@ -584,16 +600,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     if not all(np.isfinite(a).all() for a in (mu1, sigma1, mu2, sigma2)):
         raise FIDError('non-finite statistics (NaN or inf in mu or sigma): recompute them')
     diff = mu1 - mu2
-    covmean = _sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        warnings.warn(f'singular product of covariances; adding {eps} to their diagonals (as pytorch-fid, ADM)')
-        offset = np.eye(len(mu1)) * eps
-        covmean = _sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):  # numerical error may leave a small imaginary part
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise FIDError(f'sqrtm has imaginary component {np.max(np.abs(covmean.imag)):.3g}: bad statistics')
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt_product(sigma1, sigma2))
 
 
 def inception_score(logits, split_size=IS_SPLIT_SIZE):

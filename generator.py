@@ -6,6 +6,10 @@ embedding, l2-normalised q/k attention with a learnable per-head scale, GELU(tan
 
 Sequence layout: input = [sos(class), e(t_1), ..., e(t_{N-1})], so logits[:, i] is the distribution
 of idx[:, i] given idx[:, :i] and the teacher-forcing target is idx itself (no shift).
+Several tokens per step (tokens_per_step = P, the paper's d16-p4): the N tokens form N / P groups of P, and
+the tokens of group g are predicted together from the class and groups < g. Input slot i then holds
+e(t_{i-P}) (the class in the P slots of group 0) plus position i, and attention is block-causal: a slot sees
+every slot of its own and earlier groups. P = 1 is the layout above (GPT.forward says why this design).
 The class table has num_classes + 1 rows; row num_classes is the null class (CFG's unconditional
 branch). CFG convention (VAR's): logits = (1 + s) * cond - s * uncond, so s = 0 is plain conditional.
 
@@ -33,8 +37,11 @@ MAX_LOG_ATTN_SCALE = math.log(100.0)  # VAR clamps its per-head scale_mul at log
 # depth/width/heads per preset; dXX follow VAR (width 64*d, heads d, drop path 0.1*d/24)
 PRESETS = {
     **{f'd{d}': dict(depth=d, width=64 * d, heads=d, drop_path=0.1 * d / 24) for d in (16, 20, 24)},
-    'cifar_d8': dict(depth=8, width=512, heads=8, drop_path=0.1 * 8 / 24, num_classes=10),
-    'cifar_d12': dict(depth=12, width=768, heads=12, drop_path=0.1 * 12 / 24, num_classes=10),
+    # CIFAR-10's 50k images are memorised by VAR's regularisation within a few epochs; dropout and drop path
+    # 0.1 (with the token file's zoom-crop views, scripts/cifar10.sh) keep the validation NLL within 6% of the
+    # training rows' (docs/results.md, generalisation)
+    'cifar_d8': dict(depth=8, width=512, heads=8, drop_path=0.1, dropout=0.1, num_classes=10),
+    'cifar_d12': dict(depth=12, width=768, heads=12, drop_path=0.1, dropout=0.1, num_classes=10),
     'tiny': dict(depth=2, width=64, heads=4, n_tokens=8, vocab_size=32, num_classes=10),
 }
 # the paper's #Para column (Tables 2-3); our counts (N=64, K=4096, code embedding table) are
@@ -51,11 +58,13 @@ class GPTConfig:
     vocab_size: int = 4096  # K, from the tokenizer
     num_classes: int = 1000
     drop_path: float = 0.0  # rate of the last block; earlier blocks ramp linearly from 0
+    dropout: float = 0.0  # on attention probabilities and on each residual branch's output (VAR's attn_drop, drop)
     mlp_ratio: float = 4.0
     norm_eps: float = 1e-6
     init_head: float = 0.02  # VAR's init multipliers (utils/arg_util.py: hd, aln, alng)
     init_adaln: float = 0.5
     init_adaln_gamma: float = 1e-5
+    tokens_per_step: int = 1  # P: tokens predicted together per step, in groups of P (block-causal); divides n_tokens
 
     @classmethod
     def preset(cls, name, **overrides):
@@ -103,9 +112,9 @@ def sample_with_race(logits, race, temperature=1.0, top_k=0, top_p=0.0):
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, width, heads):
+    def __init__(self, width, heads, dropout=0.0):
         super().__init__()
-        self.heads = heads
+        self.heads, self.dropout = heads, dropout
         self.qkv = nn.Linear(width, 3 * width, bias=False)
         # VAR biases q and v only: a k bias is a per-query constant that softmax would ignore
         self.q_bias = nn.Parameter(torch.zeros(width))
@@ -116,18 +125,20 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(width, width)
 
     def forward(self, x, kv_cache=None, positions=None, visible=None):
-        """Causal over x, or, with kv_cache (2, B, H, N, D), write x's keys at `positions` and
-        attend to the cached slots allowed by the boolean mask `visible` (L, N)."""
+        """Causal over x (or restricted by the boolean mask `visible` (L, L) when given), or, with kv_cache
+        (2, B, H, N, D), write x's keys at `positions` and attend to the cached slots allowed by `visible` (L, N)."""
         B, L, C = x.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         q, k, v = F.linear(x, self.qkv.weight, bias).view(B, L, 3, self.heads, -1).unbind(2)  # (B, L, H, D)
         scale = self.log_scale.clamp(max=MAX_LOG_ATTN_SCALE).exp().view(1, 1, self.heads, 1)
         # normalised before the heads move to dim 1: in the qkv matmul's layout, the compiled backward
-        # of the l2-norm and scale is one coalesced kernel (results/bench/probe_s4.py gen)
+        # of the l2-norm and scale is one coalesced kernel (docs/performance.md)
         q = (F.normalize(q, dim=-1) * scale.to(q.dtype)).transpose(1, 2)
         k, v = F.normalize(k, dim=-1).transpose(1, 2), v.transpose(1, 2)
         if kv_cache is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
+            # plain causal attention as is_causal (the flash kernels take it without a mask in memory)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, is_causal=visible is None, scale=1.0,
+                                                 dropout_p=self.dropout if self.training else 0.0)
         else:
             kv_cache[0].index_copy_(2, positions, k.to(kv_cache.dtype))
             kv_cache[1].index_copy_(2, positions, v.to(kv_cache.dtype))
@@ -140,9 +151,10 @@ class Block(nn.Module):
         super().__init__()
         self.width, self.drop_path_rate = cfg.width, drop_path_rate
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps, elementwise_affine=False)
-        self.attn = SelfAttention(cfg.width, cfg.heads)
+        self.attn = SelfAttention(cfg.width, cfg.heads, cfg.dropout)
         hidden = round(cfg.width * cfg.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(cfg.width, hidden), nn.GELU(approximate='tanh'), nn.Linear(hidden, cfg.width))
+        self.residual_dropout = nn.Dropout(cfg.dropout)
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(cfg.width, 6 * cfg.width))
 
     def modulation(self, cond):
@@ -151,9 +163,9 @@ class Block(nn.Module):
 
     def forward(self, x, modulation, kv_cache=None, positions=None, visible=None):
         gate1, gate2, scale1, scale2, shift1, shift2 = modulation
-        h = self.attn(self.norm(x) * (1 + scale1) + shift1, kv_cache, positions, visible)
+        h = self.residual_dropout(self.attn(self.norm(x) * (1 + scale1) + shift1, kv_cache, positions, visible))
         x = x + drop_path(h * gate1, self.drop_path_rate, self.training)
-        h = self.mlp(self.norm(x) * (1 + scale2) + shift2)
+        h = self.residual_dropout(self.mlp(self.norm(x) * (1 + scale2) + shift2))
         return x + drop_path(h * gate2, self.drop_path_rate, self.training)
 
 
@@ -171,7 +183,14 @@ class GPT(nn.Module):
         self.head_norm = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
         self.head_ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 2 * C))  # VAR's AdaLNBeforeHead
         self.head = nn.Linear(C, cfg.vocab_size)
+        P = cfg.tokens_per_step
+        if P < 1 or cfg.n_tokens % P:
+            divisors = [d for d in range(1, cfg.n_tokens + 1) if cfg.n_tokens % d == 0]
+            raise ValueError(f'tokens_per_step={P} must divide n_tokens={cfg.n_tokens}: use one of {divisors}')
         self.register_buffer('slot_ids', torch.arange(cfg.n_tokens), persistent=False)
+        # block_causal[i, j]: slot i may attend to slot j, i.e. j's group is not later than i's (P = 1: causal)
+        group = self.slot_ids // P
+        self.register_buffer('block_causal', group[None, :] <= group[:, None], persistent=False)
         self._init_weights()
 
     @torch.no_grad()
@@ -233,15 +252,25 @@ class GPT(nn.Module):
 
     def forward(self, idx, labels, with_loss=False):
         """Teacher forcing. idx (B, n <= N) token ids, labels (B,) with num_classes = null class.
-        Returns float32 logits (B, n, K); logits[:, i] predicts idx[:, i] from idx[:, :i]. with_loss: also
-        the cross-entropy of each position (B, n), computed here so that a compiled model fuses it with the
-        head (train_gen.py; 2 ms of a 62 ms d16 step when done outside)."""
-        n = idx.shape[1]
+        Returns float32 logits (B, n, K); logits[:, i] predicts idx[:, i] from idx[:, :i] (with P tokens per step:
+        from the groups before i's, idx[:, :i // P * P]). with_loss: also the cross-entropy of each position
+        (B, n), computed here so that a compiled model fuses it with the head (train_gen.py; 2 ms of a 62 ms d16
+        step when done outside)."""
+        n, P = idx.shape[1], self.cfg.tokens_per_step
         assert 1 <= n <= self.cfg.n_tokens, f'sequence length {n} outside 1..{self.cfg.n_tokens}'
         cond = self.class_emb(labels)
-        x = torch.cat((cond[:, None], self.tok_emb(idx[:, :-1])), dim=1) + self.pos_emb[:, :n]
+        # The P slots of group g take the P tokens of group g - 1 (the class in group 0), each with the position
+        # of the token the slot predicts, as VAR's next scale takes the previous scale's tokens as its inputs:
+        # - the N slots hold exactly what the groups are conditioned on (the class and tokens 1..N-P), with no
+        #   learned query slots, which would carry nothing and need the tokens in slots of their own (2N);
+        # - block-causal attention lets every slot of group g see all of group g - 1, whichever token it holds;
+        # - a sampling step feeds the P tokens it just drew as the next P slots: one static-shape pass per step;
+        # - P = 1 is the next-token layout itself: no new parameters, the same logits and checkpoints.
+        x = torch.cat((cond[:, None].expand(-1, min(P, n), -1), self.tok_emb(idx[:, :max(n - P, 0)])), dim=1)
+        x = x + self.pos_emb[:, :n]
+        visible = None if P == 1 else self.block_causal[:n, :n]
         for block in self.blocks:
-            x = block(x, block.modulation(cond))
+            x = block(x, block.modulation(cond), visible=visible)
         logits = self._head(x, self._head_modulation(cond))
         if not with_loss:
             return logits
@@ -263,10 +292,15 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, labels, cfg_scale=0.0, cfg_ramp=False, temperature=1.0, top_k=0, top_p=0.0,
                  generator=None, prefix=None, n_steps=None, return_logits=False, fast=False, compile=False):
-        """Sample tokens with a KV cache. labels (B,); prefix (B, P) tokens to continue (default none);
-        n_steps tokens to add (default N - P; fewer gives a truncated, coarse sequence).
-        Returns tokens (B, P + n_steps), and with return_logits also the guided float32 logits
+        """Sample tokens with a KV cache. labels (B,); prefix (B, k) tokens to continue (default none);
+        n_steps tokens to add (default N - k; fewer gives a truncated, coarse sequence).
+        Returns tokens (B, k + n_steps), and with return_logits also the guided float32 logits
         (B, n_steps, K) each new token was sampled from (before temperature / top-k / top-p).
+        With tokens_per_step P each step samples a whole group of P tokens (N / P steps for a full sequence):
+        the first pass takes the class and the prefix's complete groups; a group that the prefix fills in part
+        is sampled whole and the prefix's tokens then replace the sampled ones (the model draws the tokens of a
+        group independently, so this is sampling the rest of the group given the earlier groups); a last group
+        past k + n_steps is sampled whole and cut.
         fast=True runs the same sampling through a cached FastSampler (static shapes, CUDA graphs on a
         GPU; see its docstring), with compile=True also torch.compile'd; it takes no prefix. This method stays
         the readable reference."""
@@ -275,10 +309,11 @@ class GPT(nn.Module):
                 raise ValueError('generate(fast=True) takes no prefix: use fast=False to continue a prefix')
             return self._fast_sampler(len(labels), cfg_scale, temperature, top_k, top_p, return_logits, compile).generate(
                 labels, cfg_scale, cfg_ramp, generator, n_steps)
-        B, N = labels.shape[0], self.cfg.n_tokens
+        B, N, P = labels.shape[0], self.cfg.n_tokens, self.cfg.tokens_per_step
         n_prefix = 0 if prefix is None else prefix.shape[1]
         n_steps = N - n_prefix if n_steps is None else n_steps
-        assert 0 <= n_steps and n_prefix + n_steps <= N, f'{n_prefix} + {n_steps} tokens exceed N={N}'
+        total = n_prefix + n_steps
+        assert 0 <= n_steps and total <= N, f'{n_prefix} + {n_steps} tokens exceed N={N}'
         guidance = self.cfg_schedule(cfg_scale, cfg_ramp)
         if guidance is not None:  # second half of the batch: the unconditional branch
             labels = torch.cat((labels, torch.full_like(labels, self.cfg.num_classes)))
@@ -291,27 +326,31 @@ class GPT(nn.Module):
         head_dim = self.cfg.width // self.cfg.heads
         kv_cache = torch.zeros(len(self.blocks), 2, len(labels), self.cfg.heads, N, head_dim, device=device, dtype=cache_dtype)
 
-        tokens = torch.empty(B, n_prefix + n_steps, dtype=torch.long, device=device)
+        tokens = torch.empty(B, -(-total // P) * P, dtype=torch.long, device=device)  # whole groups, cut at the end
         step_logits = torch.empty(B, n_steps, self.cfg.vocab_size, device=device)
-        x = cond[:, None]  # first pass: sos and the whole prefix at once
         if n_prefix > 0:
             tokens[:, :n_prefix] = prefix
-            x = torch.cat((x, self.tok_emb(prefix.repeat(len(labels) // B, 1))), dim=1)
-        positions = self.slot_ids[:n_prefix + 1]
-        for step in range(n_steps):  # later steps: one token at a time, static shapes
-            visible = self.slot_ids[None, :] <= positions[:, None]
+        start = n_prefix // P * P  # first token of the group holding token n_prefix, the first one to sample
+        x = cond[:, None].expand(-1, P, -1)  # first pass: the class and the prefix's complete groups at once
+        if start > 0:
+            x = torch.cat((x, self.tok_emb(prefix[:, :start].repeat(len(labels) // B, 1))), dim=1)
+        positions = self.slot_ids[:start + P]
+        for group_start in range(start, total, P) if n_steps > 0 else ():  # later steps: P slots, static shapes
             h = x + self.pos_emb[0, positions]
             for block, kv, modulation in zip(self.blocks, kv_cache, modulations):
-                h = block(h, modulation, kv, positions, visible)
-            logits = self._head(h[:, -1:], head_modulation)[:, 0]
+                h = block(h, modulation, kv, positions, self.block_causal[positions])
+            logits = self._head(h[:, -P:], head_modulation)  # (rows, P, K): the group's tokens
             if guidance is not None:
-                s = guidance[n_prefix + step]
+                s = guidance[group_start:group_start + P, None]
                 logits = (1 + s) * logits[:B] - s * logits[B:]
-            step_logits[:, step] = logits
-            next_token = sample_from_logits(logits, temperature, top_k, top_p, generator)
-            tokens[:, n_prefix + step] = next_token
-            x = self.tok_emb(next_token.repeat(len(labels) // B))[:, None]
-            positions = positions[-1:] + 1
+            forced = max(n_prefix - group_start, 0)  # the group's first `forced` tokens are the prefix's
+            new = min(total - group_start, P) - forced
+            step_logits[:, group_start + forced - n_prefix:][:, :new] = logits[:, forced:forced + new]
+            sampled = sample_from_logits(logits, temperature, top_k, top_p, generator)
+            tokens[:, group_start + forced:group_start + P] = sampled[:, forced:]
+            x = self.tok_emb(tokens[:, group_start:group_start + P].repeat(len(labels) // B, 1))
+            positions = positions[-P:] + P
+        tokens = tokens[:, :total]
         return (tokens, step_logits) if return_logits else tokens
 
     def _fast_sampler(self, batch_size, cfg_scale, temperature, top_k, top_p, return_logits, compile=False):
@@ -331,9 +370,9 @@ class GPT(nn.Module):
 
 
 # ----------------------------------------------------------------------------- fast sampling
-# The block math of GPT.generate for one new token per row, as functions of plain tensors so that
+# The block math of GPT.generate for one step (P new slots per row), as functions of plain tensors so that
 # FastSampler can run them on its own weight copies and optionally torch.compile them (one compile
-# serves every layer and step: the shapes never change). x is the float32 residual stream (R, C), as
+# serves every layer and step: the shapes never change). x is the float32 residual stream (R, P, C), as
 # under autocast; matmuls run in the weights' dtype; the modulation terms hold 1 + scale, not scale.
 # The cuts between the functions are where fusion stops anyway (the GEMMs, the attention kernel), except
 # one: a block's gated MLP residual is added at the start of the next function (`pending`), so that it
@@ -346,26 +385,26 @@ def _adaln_norm(x, scale1p, shift, eps, dtype):
 
 def _attn_in(x, pending, scale1p, shift, qkv_w, qkv_b, eps):
     """x plus the previous block's MLP residual `pending` ((output, gate), or None in the first block), then the
-    qkv projection of the new token -> (x, qkv (R, 3C)); decode_attention normalises q and k."""
+    qkv projection of the new slots -> (x, qkv (R, P, 3C)); the attention functions normalise q and k."""
     if pending is not None:
         x = torch.addcmul(x, *pending)
     return x, F.linear(_adaln_norm(x, scale1p, shift, eps, qkv_w.dtype), qkv_w, qkv_b)
 
 
 def _attn_out_mlp(x, att, gate1, scale2p, shift2, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b, eps):
-    """x + proj(att) * gate1, then the MLP on it -> (x, MLP output); its gated residual is left pending. att (R, C)."""
+    """x + proj(att) * gate1, then the MLP on it -> (x, MLP output); its gated residual is left pending. att (R, P, C)."""
     x = torch.addcmul(x, F.linear(att, proj_w, proj_b), gate1)
     h = _adaln_norm(x, scale2p, shift2, eps, fc1_w.dtype)
-    if h.is_cuda:  # cuBLASLt's bias + GELU(tanh) epilogue: 10.7 us, GEMM then GELU kernel 13.5 (probe_s5 fc1gelu)
-        h = torch._addmm_activation(fc1_b, h, fc1_w.t(), use_gelu=True)
+    if h.is_cuda:  # cuBLASLt's bias + GELU(tanh) epilogue: 10.7 us, GEMM then GELU kernel 13.5 (H100, 512 rows)
+        h = torch._addmm_activation(fc1_b, h.flatten(0, -2), fc1_w.t(), use_gelu=True).view(*h.shape[:-1], -1)
     else:  # the CPU's _addmm_activation uses the exact GELU, not the model's tanh form
         h = F.gelu(F.linear(h, fc1_w, fc1_b), approximate='tanh')
     return x, F.linear(h, fc2_w, fc2_b)
 
 
 def _head_logits(x, pending, scale1p, shift, head_w, head_b, eps, cond_weight=None, uncond_weight=None):
-    """float32 logits (R, K); with guidance, the weights (1 + s) and s as 0-d tensors, the guided logits
-    (1 + s) * cond - s * uncond of the R / 2 conditional rows (the second half is the null class)."""
+    """float32 logits (R, P, K); with guidance, the weights (1 + s) and s of the P positions as (P, 1) tensors, the
+    guided logits (1 + s) * cond - s * uncond of the R / 2 conditional rows (the second half is the null class)."""
     x = torch.addcmul(x, *pending)
     logits = F.linear(_adaln_norm(x, scale1p, shift, eps, head_w.dtype), head_w, head_b).float()
     if cond_weight is None:
@@ -381,16 +420,28 @@ def decode_attention(q, k, v, k_cache, v_cache, t, q_scale):
     caches (R, H, N, D) holding normalised keys. Returns (R, H, D).
     On CUDA with Triton (and a power-of-two head size) this is one kernel that also does the normalisation
     and reads only the t cached positions: 6-50 us per call for d16 at batch 256 with CFG, against 49-180 us
-    for cuDNN's SDPA, the best of torch's kernels at query length 1 (results/bench/h100_probe_s4.json)."""
+    for cuDNN's SDPA, the best of torch's kernels at query length 1 (docs/performance.md)."""
     if not 0 <= t < k_cache.shape[2]:
         raise IndexError(f'decode_attention: position {t} outside the cache of {k_cache.shape[2]}')
     D = q.shape[-1]
     if triton is not None and q.is_cuda and D & (D - 1) == 0:
         return _decode_attention_triton(q, k, v, k_cache, v_cache, t, q_scale)
-    q = (F.normalize(q.float(), dim=-1) * q_scale[:, None]).to(k_cache.dtype)
-    k_cache[:, :, t].copy_(F.normalize(k.float(), dim=-1))
-    v_cache[:, :, t].copy_(v)
-    return F.scaled_dot_product_attention(q[:, :, None], k_cache[:, :, :t + 1], v_cache[:, :, :t + 1], scale=1.0)[:, :, 0]
+    return group_attention(q[:, None], k[:, None], v[:, None], k_cache, v_cache, t, q_scale)[:, 0]
+
+
+def group_attention(q, k, v, k_cache, v_cache, start, q_scale):
+    """One sampling step of VAR's attention for P new slots per row (tokens_per_step = P): q and k l2-normalised,
+    q times q_scale (H,), the P new keys/values written to cache positions start..start+P-1, and every new slot
+    attending to positions 0..start+P-1: block-causal attention needs no mask in a step, as a group's slots all
+    see each other and everything before. q, k, v (R, P, H, D); caches (R, H, N, D). Returns (R, P, H, D).
+    torch's SDPA over the cache slice (on CUDA too: the Triton kernel takes one query per row)."""
+    end = start + q.shape[1]
+    if end > k_cache.shape[2]:
+        raise IndexError(f'group_attention: positions {start}..{end - 1} outside the cache of {k_cache.shape[2]}')
+    q = (F.normalize(q.float(), dim=-1) * q_scale[:, None]).to(k_cache.dtype).transpose(1, 2)
+    k_cache[:, :, start:end].copy_(F.normalize(k.float(), dim=-1).transpose(1, 2))
+    v_cache[:, :, start:end].copy_(v.transpose(1, 2))
+    return F.scaled_dot_product_attention(q, k_cache[:, :, :end], v_cache[:, :, :end], scale=1.0).transpose(1, 2)
 
 
 if triton is not None:
@@ -459,17 +510,19 @@ class FastSampler:
         float32; refreshed from the model whenever a parameter changed (data pointer or version counter);
       - buffers allocated once: the KV cache (depth, 2, R, H, N, D) with R = 2B with guidance (second
         half: the null class) else B, the tokens (B, N), the AdaLN terms (computed once per sequence, in
-        step 0), the guidance schedule, the Exp(1) noise (B, K) of the sampler;
-      - step t is a fixed program: token t-1's embedding, every block attending to exactly the t + 1
-        cached positions (decode_attention: no mask, no reads of empty slots), head, guidance, top-k / top-p and the
-        exponential race on the GPU, token t written into the token buffer. No host sync anywhere.
-      - on CUDA (cuda_graphs=True) each step is captured once as a CUDA graph (N graphs sharing one
+        step 0), the guidance schedule, the Exp(1) noise (B, P, K) of the sampler;
+      - step g (tokens gP..gP+P-1; P = tokens_per_step, 1 for next-token models) is a fixed program: the
+        embeddings of group g - 1's tokens, every block attending to exactly the (g + 1)P cached positions
+        (P = 1: decode_attention, no mask, no reads of empty slots; P > 1: group_attention), head, guidance,
+        top-k / top-p and the exponential race on the GPU, the group's tokens written into the token buffer.
+        No host sync anywhere.
+      - on CUDA (cuda_graphs=True) each step is captured once as a CUDA graph (N / P graphs sharing one
         memory pool, replayed in order); elsewhere the same step functions run eagerly;
       - compile=True: the per-block math (_attn_in, _attn_out_mlp), the head with guidance (_head_logits)
         and the sampling (sample_with_race) go through torch.compile(fullgraph=True, dynamic=False), fusing
         the small elementwise kernels.
-    Random numbers: before step t the noise buffer is refilled with race.exponential_(generator) outside
-    the graph, the very call (shape, dtype, order) GPT.generate makes at step t, so with the same
+    Random numbers: before step g the noise buffer is refilled with race.exponential_(generator) outside
+    the graph, the very call (shape, dtype, order) GPT.generate makes at step g, so with the same
     generator state both paths consume the same random stream: the same seed gives the same samples,
     and the fast path's tokens equal the reference's wherever their logits agree to rounding (always in
     float32 on the CPU; in bf16 on a GPU, rounding differences flip some near-tied choices, after which
@@ -486,12 +539,10 @@ class FastSampler:
         self.B, self.R, self.guided = batch_size, batch_size * (2 if guided else 1), guided
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.N, self.K, self.C, self.H = cfg.n_tokens, cfg.vocab_size, cfg.width, cfg.heads
+        self.P, self.n_groups = cfg.tokens_per_step, cfg.n_tokens // cfg.tokens_per_step
         self.depth, self.num_classes, self.eps = cfg.depth, cfg.num_classes, cfg.norm_eps
         self.use_graphs = cuda_graphs and self.device.type == 'cuda'
         wrap = (lambda f: torch.compile(f, fullgraph=True, dynamic=False)) if compile else (lambda f: f)
-        if compile:  # every batch size and sampling setting is a static specialisation of the same functions, and
-            # with fullgraph=True dynamo's default limit of 8 per function would stop the 5th batch size with an error
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self._attn_in, self._attn_out_mlp, self._head_logits = wrap(_attn_in), wrap(_attn_out_mlp), wrap(_head_logits)
         self._sample = wrap(sample_with_race)
         self.model_ref = weakref.ref(model)  # weak: a cached sampler must not keep its model alive
@@ -520,7 +571,7 @@ class FastSampler:
         self.head_mods = torch.zeros(R, 2 * C, **lp)
         self.kv = torch.zeros(self.depth, 2, R, H, N, C // H, **lp)
         self.tokens = torch.zeros(B, N, dtype=torch.long, device=self.device)
-        self.race = torch.ones(B, self.K, **f32)
+        self.race = torch.ones(B, self.P, self.K, **f32)
         self.logits = torch.zeros(B, N, self.K, **f32) if return_logits else None
         self.graphs = None
 
@@ -564,33 +615,39 @@ class FastSampler:
             self.load_weights(model)
             self._weights_key = key
 
-    def _step(self, t):
-        """Token t for every row, from token t-1 (the class token at t = 0) and the cached keys/values."""
-        B, R, C, w = self.B, self.R, self.C, self.w
-        if t == 0:  # the class-conditioned AdaLN terms, once per sequence
+    def _step(self, g):
+        """The P tokens of group g for every row, from group g - 1's (the class at g = 0) and the cached keys/values.
+        The residual stream is (R, P, C); the per-sequence modulation terms broadcast over the P slots."""
+        B, R, C, P, w = self.B, self.R, self.C, self.P, self.w
+        start = g * P
+        if g == 0:  # the class-conditioned AdaLN terms, once per sequence
             cond = F.embedding(self.labels, w['class_emb'])
             c = F.silu(cond).to(self.dtype)
             for bw, mods in zip(w['blocks'], self.mods):
                 mods.copy_(F.linear(c, bw['ada_w'], bw['ada_b']))
             self.head_mods.copy_(F.linear(c, w['head_ada_w'], w['head_ada_b']))
-            x = cond + w['pos'][0]
+            x = cond[:, None] + w['pos'][:P]
         else:
-            x = F.embedding(self.tokens[:, t - 1].repeat(R // B), w['tok_emb']) + w['pos'][t]
+            x = F.embedding(self.tokens[:, start - P:start].repeat(R // B, 1), w['tok_emb']) + w['pos'][start:start + P]
         pending = None  # each block's gated MLP residual, added by the next function (see _attn_in)
         for bw, mods, cache in zip(w['blocks'], self.mods, self.kv):
-            gate1, gate2, scale1p, scale2p, shift1, shift2 = mods.view(R, 6, C).unbind(1)
+            gate1, gate2, scale1p, scale2p, shift1, shift2 = mods.view(R, 1, 6, C).unbind(2)
             x, qkv = self._attn_in(x, pending, scale1p, shift1, bw['qkv_w'], bw['qkv_b'], self.eps)
-            q, k, v = qkv.view(R, 3, self.H, C // self.H).unbind(1)
-            att = decode_attention(q, k, v, cache[0], cache[1], t, bw['q_scale'])
-            x, mlp_out = self._attn_out_mlp(x, att.reshape(R, C), gate1, scale2p, shift2, bw['proj_w'], bw['proj_b'],
-                                            bw['fc1_w'], bw['fc1_b'], bw['fc2_w'], bw['fc2_b'], self.eps)
+            q, k, v = qkv.view(R, P, 3, self.H, C // self.H).unbind(2)
+            if P == 1:
+                att = decode_attention(q[:, 0], k[:, 0], v[:, 0], cache[0], cache[1], start, bw['q_scale'])
+            else:
+                att = group_attention(q, k, v, cache[0], cache[1], start, bw['q_scale'])
+            x, mlp_out = self._attn_out_mlp(x, att.reshape(R, P, C), gate1, scale2p, shift2, bw['proj_w'],
+                                            bw['proj_b'], bw['fc1_w'], bw['fc1_b'], bw['fc2_w'], bw['fc2_b'], self.eps)
             pending = (mlp_out, gate2)
-        head_scale1p, head_shift = self.head_mods.view(R, 2, C).unbind(1)
-        guidance = (self.guidance1p[t], self.guidance[t]) if self.guided else ()  # the reference's, term for term
+        head_scale1p, head_shift = self.head_mods.view(R, 1, 2, C).unbind(2)
+        # the reference's guidance, term for term: weights (P, 1) of the group's positions
+        guidance = (self.guidance1p[start:start + P, None], self.guidance[start:start + P, None]) if self.guided else ()
         logits = self._head_logits(x, pending, head_scale1p, head_shift, w['head_w'], w['head_b'], self.eps, *guidance)
         if self.logits is not None:
-            self.logits[:, t].copy_(logits)
-        self.tokens[:, t].copy_(self._sample(logits, self.race, self.temperature, self.top_k, self.top_p))
+            self.logits[:, start:start + P].copy_(logits)
+        self.tokens[:, start:start + P].copy_(self._sample(logits, self.race, self.temperature, self.top_k, self.top_p))
 
     def _capture(self):
         """Warm up on a side stream (cuBLAS handles, kernel selection, compilation), then capture each step."""
@@ -598,22 +655,23 @@ class FastSampler:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(current)
         with torch.cuda.stream(side):
-            for t in range(self.N):
-                self._step(t)
+            for g in range(self.n_groups):
+                self._step(g)
         current.wait_stream(side)
         pool = torch.cuda.graph_pool_handle()
         graphs = []
-        for t in range(self.N):
+        for g in range(self.n_groups):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):  # one pool: safe as the graphs always replay in order
-                self._step(t)
+                self._step(g)
             graphs.append(graph)
         self.graphs = graphs
 
     @torch.no_grad()
     def generate(self, labels, cfg_scale=0.0, cfg_ramp=False, generator=None, n_steps=None, events=None):
         """Like GPT.generate without a prefix. labels (B,); cfg_scale / cfg_ramp must agree with `guided`.
-        events: optional list of n_steps + 1 CUDA timing events, recorded before step 0 and after each step.
+        n_steps: tokens to sample (default N), in ceil(n_steps / P) steps of P. events: optional list of
+        steps + 1 CUDA timing events, recorded before step 0 and after each step.
         Returns new tensors: tokens (B, n_steps), and with return_logits the guided logits (B, n_steps, K)."""
         model = self.model_ref()
         if model is None:
@@ -627,7 +685,10 @@ class FastSampler:
         if (guidance is not None) != self.guided:
             raise ValueError(f'this FastSampler was built with guided={self.guided} but cfg_scale={cfg_scale} '
                              f'{"turns guidance off" if guidance is None else "asks for guidance"}')
-        with torch.autocast(self.device.type, enabled=False):  # the sampler keeps its own precision
+        # every batch size and sampling setting is a static specialisation of the same compiled functions, and with
+        # fullgraph=True dynamo's default limit of 8 per function would stop the 5th batch size with an error
+        compile_limits = torch._dynamo.config.patch(recompile_limit=max(torch._dynamo.config.recompile_limit, 64))
+        with torch.autocast(self.device.type, enabled=False), compile_limits:
             self._sync_weights(model)
             self.labels[:self.B].copy_(labels)
             if guidance is not None:
@@ -637,14 +698,14 @@ class FastSampler:
                 self._capture()
             if events:
                 events[0].record()
-            for t in range(n_steps):
-                self.race.exponential_(generator=generator)  # GPT.generate's draw at step t, outside the graph
+            for g in range(-(-n_steps // self.P)):
+                self.race.exponential_(generator=generator)  # GPT.generate's draw at step g, outside the graph
                 if self.graphs is not None:
-                    self.graphs[t].replay()
+                    self.graphs[g].replay()
                 else:
-                    self._step(t)
+                    self._step(g)
                 if events:
-                    events[t + 1].record()
+                    events[g + 1].record()
         tokens = self.tokens[:, :n_steps].clone()
         return (tokens, self.logits[:, :n_steps].clone()) if self.logits is not None else tokens
 

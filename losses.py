@@ -159,10 +159,15 @@ def find_lpips_state(path=None):
 class LPIPS(nn.Module):
     """LPIPS v0.1 distance with the VGG16 trunk. forward(x, y) takes images in [-1, 1],
     shape (B, 3, H, W), and returns (B,) distances. Frozen; gradients flow to the inputs.
-    `weights_source` tells where the weights came from, for the training log."""
+    `weights_source` tells where the weights came from, for the training log.
 
-    def __init__(self, path=None):
+    resize: square images smaller than resize x resize are upsampled (bilinear) to it first. On a
+    32 px image VGG16's two deepest taps are 4 x 4 and 2 x 2, and blur costs about half as much
+    as at 224 px (LPIPS(image, low-pass w = 16): 0.125 native, 0.271 at 224)."""
+
+    def __init__(self, path=None, resize=None):
         super().__init__()
+        self.resize = resize
         self.register_buffer("input_shift", torch.tensor(LPIPS_INPUT_SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("input_scale", torch.tensor(LPIPS_INPUT_SCALE).view(1, 3, 1, 1), persistent=False)
         self.features = build_vgg16_features()
@@ -198,6 +203,8 @@ class LPIPS(nn.Module):
         return self.feature_taps(images.contiguous(memory_format=torch.channels_last))
 
     def forward(self, x, y):
+        if self.resize and x.shape[-1] < self.resize:
+            x, y = (F.interpolate(t, size=(self.resize, self.resize), mode='bilinear', align_corners=False) for t in (x, y))
         # One trunk pass per image: a target that needs no gradient (the trainer's) goes through without
         # autograd, so the backward computes VGG's input gradients for x alone, not for a batch of both.
         taps_x = self.scaled_taps(x)
@@ -223,9 +230,14 @@ class NLayerDiscriminator(nn.Module):
     and real and fake images go through separate calls, so the batch statistics leak which
     batch is which; under DDP they also differ per GPU unless converted to SyncBatchNorm,
     and the running-stat buffers need broadcasting. GroupNorm is per sample, so none of
-    that applies (TiTok's own later discriminator also uses GroupNorm(32, C))."""
+    that applies (TiTok's own later discriminator also uses GroupNorm(32, C)).
 
-    def __init__(self, in_channels=3, ndf=64, n_layers=3):
+    n_conditions > 0 makes it a projection discriminator (Miyato & Koyama 2018) on an integer
+    condition c < n_conditions (the trainer's: the target's cut-off w_i): each patch logit gets
+    <embed(c), features> over the patch's window, so D can hold a low-pass reconstruction to the
+    sharpness of its own w rather than to that of any real low-pass image."""
+
+    def __init__(self, in_channels=3, ndf=64, n_layers=3, n_conditions=0):
         super().__init__()
         layers = [nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
         channels = ndf
@@ -238,22 +250,36 @@ class NLayerDiscriminator(nn.Module):
             channels = out_channels
         layers.append(nn.Conv2d(channels, 1, 4, stride=1, padding=1))
         self.main = nn.Sequential(*layers)
+        self.condition_embed = nn.Embedding(n_conditions, channels) if n_conditions else None
         for module in self.modules():
-            if isinstance(module, nn.Conv2d):
+            if isinstance(module, (nn.Conv2d, nn.Embedding)):
                 nn.init.normal_(module.weight, 0.0, 0.02)  # pix2pix/taming init
 
-    def forward(self, images):
-        return self.main(images)
+    def forward(self, images, condition=None):
+        if self.condition_embed is None:
+            return self.main(images)
+        features = self.main[:-1](images)
+        # the mean of the features over each window of the last 4x4 conv: one projection per patch logit
+        window = F.avg_pool2d(features, 4, stride=1, padding=1)
+        projection = (self.condition_embed(condition)[:, :, None, None] * window).sum(1, keepdim=True)
+        return self.main[-1](features) + projection
 
 
-def hinge_d_loss(logits_real, logits_fake):
-    """Discriminator hinge loss, 0.5 * (E[relu(1 - D(real))] + E[relu(1 + D(fake))])."""
-    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+def masked_mean(values, mask=None):
+    """Mean of values (B, ...) over all of it, or, with a (B,) 0/1 mask, over the samples it keeps."""
+    if mask is None:
+        return values.mean()
+    return (values.flatten(1).mean(1) * mask).sum() / mask.sum().clamp(min=1)
 
 
-def hinge_g_loss(logits_fake):
-    """Generator side of the hinge GAN: -E[D(fake)]."""
-    return -logits_fake.mean()
+def hinge_d_loss(logits_real, logits_fake, mask=None):
+    """Discriminator hinge loss, 0.5 * (E[relu(1 - D(real))] + E[relu(1 + D(fake))]), over the samples mask keeps."""
+    return 0.5 * (masked_mean(F.relu(1.0 - logits_real), mask) + masked_mean(F.relu(1.0 + logits_fake), mask))
+
+
+def hinge_g_loss(logits_fake, mask=None):
+    """Generator side of the hinge GAN: -E[D(fake)], over the samples mask keeps."""
+    return -masked_mean(logits_fake, mask)
 
 
 def lecam_loss(logits_real_mean, logits_fake_mean, ema_real_mean, ema_fake_mean):
@@ -272,14 +298,24 @@ class LeCamRegularizer(nn.Module):
         self.ema_decay = ema_decay
         self.register_buffer("ema_real_logits_mean", torch.zeros(1))
         self.register_buffer("ema_fake_logits_mean", torch.zeros(1))
+        self.pending = []  # batch means not yet in the EMAs
 
-    def forward(self, logits_real, logits_fake):
-        real_mean, fake_mean = logits_real.float().mean(), logits_fake.float().mean()
+    def forward(self, logits_real, logits_fake, mask=None, update=True):
+        """update=False leaves the EMAs for update(): with gradient accumulation, the micro-batches of one step
+        move them once, by the mean of their means, as the whole batch would."""
+        real_mean, fake_mean = masked_mean(logits_real.float(), mask), masked_mean(logits_fake.float(), mask)
         loss = lecam_loss(real_mean, fake_mean, self.ema_real_logits_mean, self.ema_fake_logits_mean)
-        batch_means = torch.stack([real_mean, fake_mean]).detach()
+        self.pending.append(torch.stack([real_mean, fake_mean]).detach())
+        if update:
+            self.update()
+        return loss
+
+    @torch.no_grad()
+    def update(self):
+        batch_means = torch.stack(self.pending).mean(0)
+        self.pending = []
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(batch_means)  # same EMAs on every rank
             batch_means /= dist.get_world_size()
         self.ema_real_logits_mean.lerp_(batch_means[0:1], 1 - self.ema_decay)
         self.ema_fake_logits_mean.lerp_(batch_means[1:2], 1 - self.ema_decay)
-        return loss

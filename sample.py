@@ -25,9 +25,9 @@ import os
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 import common
+import tokens
 from data import save_grid, to_float, to_uint8
 from generator import GPT, GPTConfig
 from tokenizer import Tokenizer
@@ -46,7 +46,7 @@ def parse_args(argv=None):
     parser.add_argument('--top_k', type=int, default=0, help='0: off')
     parser.add_argument('--top_p', type=float, default=0.0, help='0: off')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--batch_size', type=int, default=256, help='larger batches sample faster on a GPU (README: Throughput)')
+    parser.add_argument('--batch_size', type=int, default=256, help='larger batches sample faster on a GPU (docs/performance.md)')
     parser.add_argument('--png', action='store_true', help='also write every sample as a PNG')
     parser.add_argument('--truncate', type=int, default=0, help='decode from the first N - k tokens')
     parser.add_argument('--progressive', type=int, nargs='?', const=4, default=0, metavar='K',
@@ -115,6 +115,21 @@ def load_models(ckpt_path, tok_path=None, device='cpu', no_ema=False):
                          f"sha256 {trained_with['sha256'][:12]}); its codes would decode wrongly: pass that one as --tok_ckpt")
     tok.path = path
     return gpt, tok, ckpt
+
+
+def describe_checkpoint(path, ckpt):
+    """'PATH (step S, validation NLL V nats)' for the log lines of sample.py and sweep.py."""
+    val_nll = ckpt.get('val_nll')
+    return f"{path} (step {ckpt['step']}, " + (f"validation NLL {val_nll:.2f} nats)" if val_nll is not None else
+                                              "no validation NLL: trained without --val_data)")
+
+
+def report_memorisation(ckpt, codes, n_tokens):
+    """The memorisation probe of generated codes against the checkpoint's training token file, printed."""
+    shares = tokens.memorisation_probe(ckpt.get('tokens'), codes, n_tokens)
+    if shares is not None:
+        print('copied from a training row: ' + ', '.join(f"first {k} tokens {100 * v:.2f}%" for k, v in shares.items()))
+    return shares
 
 
 def parse_classes(spec, num_classes):
@@ -192,21 +207,25 @@ def main(argv=None):
     H = tok.cfg.image_size
     images = np.empty((len(labels), H, H, 3), dtype=np.uint8)
     common.check_writable(os.path.join(args.out, 'png') if args.png else args.out, '--out')  # before hours of sampling
-    print(f"{len(labels)} samples of {len(classes)} class(es) from {args.ckpt} (step {ckpt['step']}), decoding {n_keep}/{N} "
-          f"tokens with {tok.path}, cfg {args.cfg}{' ramped' if args.cfg_ramp else ''}, on {device}, bf16 {use_bf16}")
+    codes = np.empty((len(labels), n_keep), dtype=np.int64)
+    print(f"{len(labels)} samples of {len(classes)} class(es) from {describe_checkpoint(args.ckpt, ckpt)}, decoding "
+          f"{n_keep}/{N} tokens with {tok.path}, cfg {args.cfg}{' ramped' if args.cfg_ramp else ''}, on {device}, "
+          f"bf16 {use_bf16}")
 
     batches = sample_batches(gpt, tok, labels, args.batch_size, args.seed, n_keep, args.cfg, args.cfg_ramp,
                              args.temperature, args.top_k, args.top_p, use_bf16, args.compile)
-    with tqdm(total=len(labels), unit='img', dynamic_ncols=True) as pbar:
-        for start, codes, batch_images in batches:
-            images[start:start + len(codes)] = batch_images
+    with common.progress_bar(total=len(labels), unit='img') as pbar:
+        for start, batch_codes, batch_images in batches:
+            images[start:start + len(batch_codes)] = batch_images
+            codes[start:start + len(batch_codes)] = batch_codes.cpu().numpy()
             if start == 0 and args.progressive:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    save_progressive(tok, codes[:args.progressive], os.path.join(args.out, 'progressive.png'))
+                    save_progressive(tok, batch_codes[:args.progressive], os.path.join(args.out, 'progressive.png'))
             if args.png:
-                for i in range(start, start + len(codes)):
+                for i in range(start, start + len(batch_codes)):
                     Image.fromarray(images[i]).save(os.path.join(args.out, 'png', f'{i:06d}_{labels[i]}.png'))
-            pbar.update(len(codes))
+            pbar.update(len(batch_codes))
+    copied = report_memorisation(ckpt, codes, N)
 
     npz_path = os.path.join(args.out, f'samples_{len(images)}x{H}x{H}x3.npz')
     np.savez(npz_path, arr_0=images, labels=labels)
@@ -215,8 +234,8 @@ def main(argv=None):
     save_grid(to_float(torch.from_numpy(images[shown]).permute(0, 3, 1, 2), 'cpu'),
               os.path.join(args.out, 'grid.png'), ncol=shown_per_class)
     with open(os.path.join(args.out, 'sample_args.json'), 'w') as f:
-        json.dump({**vars(args), 'n': len(images), 'generator_step': ckpt['step'], 'tokenizer': tok.path,
-                   'device': str(device), 'bf16': use_bf16}, f, indent=1)
+        json.dump({**vars(args), 'n': len(images), 'generator_step': ckpt['step'], 'generator_val_nll': ckpt.get('val_nll'),
+                   'copied_share': copied, 'tokenizer': tok.path, 'device': str(device), 'bf16': use_bf16}, f, indent=1)
     print(f"wrote {npz_path} and {os.path.join(args.out, 'grid.png')}")
 
 

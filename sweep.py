@@ -23,6 +23,7 @@ import numpy as np
 import common
 import fid
 import sample
+import tokens
 
 
 def parse_args(argv=None):
@@ -85,21 +86,27 @@ def sweep(args):
 
     grid = list(itertools.product(args.cfg, args.temperature, args.top_k, args.top_p, args.truncate))
     print(f"{len(grid)} setting(s) x {len(labels)} samples ({len(classes)} classes x {args.per_class}, seed {args.seed}) "
-          f"from {args.ckpt} (step {ckpt['step']}) with {tok.path}, {'ramped' if args.cfg_ramp else 'constant'} "
-          f"guidance, on {device}, bf16 {use_bf16}", flush=True)
-    print(f"{'cfg':>6} {'temp':>6} {'top_k':>6} {'top_p':>6} {'trunc':>6} {'FID':>9} {'sFID':>9} {'s':>7}")
+          f"from {sample.describe_checkpoint(args.ckpt, ckpt)} with {tok.path}, "
+          f"{'ramped' if args.cfg_ramp else 'constant'} guidance, on {device}, bf16 {use_bf16}", flush=True)
+    train_codes = tokens.training_codes(ckpt.get('tokens'))
+    print(f"{'cfg':>6} {'temp':>6} {'top_k':>6} {'top_p':>6} {'trunc':>6} {'FID':>9} {'sFID':>9} {'copy@4':>7} "
+          f"{'copy@8':>7} {'copy@N':>7} {'s':>7}")
     rows = []
     for cfg, temperature, top_k, top_p, truncate in grid:
         start_time = time.perf_counter()
         batches = sample.sample_batches(gpt, tok, labels, args.batch_size, args.seed, N - truncate, cfg, args.cfg_ramp,
                                         temperature, top_k, top_p, use_bf16)
-        images = np.concatenate([batch_images for _, _, batch_images in batches])
+        codes, images = zip(*[(batch_codes.cpu().numpy(), batch_images) for _, batch_codes, batch_images in batches])
+        images = np.concatenate(images)
+        copied = (tokens.copied_shares(np.concatenate(codes), train_codes, (4, 8, N)) if train_codes is not None else {})
         row = dict(cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p, truncate=truncate,
-                   **score(images, inception, device, args.resize, ref), seconds=time.perf_counter() - start_time)
+                   **score(images, inception, device, args.resize, ref),
+                   copied_share={str(k): v for k, v in copied.items()}, seconds=time.perf_counter() - start_time)
         rows.append(row)
         sfid = '-' if row['sfid'] is None else f"{row['sfid']:.3f}"
+        shares = ' '.join(f"{100 * copied[k]:>6.2f}%" if k in copied else f"{'-':>7}" for k in (4, 8, N))
         print(f"{cfg:>6g} {temperature:>6g} {top_k:>6d} {top_p:>6g} {truncate:>6d} {row['fid']:>9.3f} {sfid:>9} "
-              f"{row['seconds']:>7.1f}", flush=True)
+              f"{shares} {row['seconds']:>7.1f}", flush=True)
 
     best = best_row(rows)
     flags = sample_flags(best, args.cfg_ramp)
@@ -107,7 +114,8 @@ def sweep(args):
           + f" with {flags}")
     if args.json:
         write(args.json, json.dumps(dict(rows=rows, best=best, best_flags=flags, args=vars(args), n=len(labels),
-                                         generator_step=ckpt['step'], tokenizer=tok.path, device=str(device),
+                                         generator_step=ckpt['step'], generator_val_nll=ckpt.get('val_nll'),
+                                         tokenizer=tok.path, device=str(device),
                                          bf16=use_bf16, inception_weights=inception.weights_path), indent=1))
     if args.best_flags:
         write(args.best_flags, flags + '\n')

@@ -30,7 +30,7 @@ class TokConfig:
     l2_norm_codes: bool = True  # cosine-similarity lookup: keeps the codebook well used
     commitment: float = 0.25
     causal: bool = True  # spectral causal mask; False is TiTok's full attention (Table 4 ablation)
-    schedule: str = 'nonuniform'  # w_i mapping: 'nonuniform' (eq. 9) or 'uniform'
+    schedule: str = 'nonuniform'  # w_i mapping: 'nonuniform' (eq. 9), 'nonuniform_shared' or 'uniform' (dct.omega_schedule)
 
     @staticmethod
     def preset(name, **overrides):
@@ -44,8 +44,9 @@ PRESETS = {
     # CIFAR-10, chosen for a ~10 H100-minute budget rather than by a sweep: patch 4 (8x8 grid), ViT 384x6
     # (21M params, small enough to ship as a checkpoint), N=32 tokens, K=1024 (50k images would leave
     # most of 4096 codes rare for the generator). At 32 px with N=32 every token adds one frequency, so
-    # 'nonuniform' equals 'uniform' (dct.omega_schedule); use --n_tokens 16 to ablate the schedule, --n_tokens 64
-    # for two tokens per frequency (README: the N = 64 run).
+    # 'nonuniform' equals 'uniform' (dct.omega_schedule); --schedule nonuniform_shared keeps eq. (9)'s proportions
+    # by letting tokens share a cut-off, --n_tokens 16 ablates the schedule, --n_tokens 64 gives two tokens per
+    # frequency (docs/results.md: the N = 64 run).
     'cifar': dict(image_size=32, patch_size=4, width=384, depth=6, heads=6, n_tokens=32, codebook_size=1024),
     'tiny': dict(image_size=32, patch_size=8, width=32, depth=2, heads=2, n_tokens=8, codebook_size=64, code_dim=8),
 }
@@ -74,7 +75,7 @@ class Block(nn.Module):
         dtype = torch.get_autocast_dtype('cuda') if torch.is_autocast_enabled('cuda') else fc1.weight.dtype
         if h.is_cuda and dtype == torch.bfloat16 and not torch.is_grad_enabled():
             # bf16 inference: fc1 and its GELU as one GEMM (cuBLASLt's bias + GELU epilogue), not a GEMM and a pass
-            # over the 4x-wide activations: decode of 256 images 40.1 -> 36.9 ms (results/bench/probe_s7.py). That
+            # over the 4x-wide activations: decode of 256 images 40.1 -> 36.9 ms (docs/performance.md). That
             # GELU is the tanh form; its gap to the exact one training uses (< 4.8e-4) is far below bf16's rounding
             # (tests/test_tokenizer.py).
             h = torch._addmm_activation(fc1.bias.to(dtype), h.flatten(0, -2).to(dtype), fc1.weight.to(dtype).t(),
@@ -119,16 +120,30 @@ class VectorQuantizer(nn.Module):
         return self.codes()[idx]
 
     @torch.no_grad()
-    def restart_dead_codes(self, usage, candidates, generator):
-        """Re-seed codes that were never picked (usage == 0) with random encoder outputs; returns how many."""
+    def restart_dead_codes(self, usage, candidates, generator, ema=None):
+        """Re-seed codes that were never picked (usage == 0) with random encoder outputs; returns how many.
+        ema: the EMA copy of this quantizer, whose restarted rows get the same values. Averaged in, a fresh code
+        would stay a blend of itself and the dead code it replaced for the EMA's memory (~1 / (1 - decay) steps),
+        and the EMA model is the one that encodes and is scored; its live codes keep their averages."""
         dead = (usage == 0).nonzero().flatten()
         if len(dead):
             # distinct candidates where there are enough: duplicated codes would tie in the argmin
             pick = torch.randperm(max(len(candidates), len(dead)), generator=generator, device=generator.device)[:len(dead)]
             pick = pick % len(candidates)
             self.codebook.weight[dead] = candidates[pick.to(candidates.device)].to(self.codebook.weight.dtype)
+            if ema is not None:
+                ema.codebook.weight[dead] = self.codebook.weight[dead].to(ema.codebook.weight.dtype)
         self.usage.zero_()
         return len(dead)
+
+
+def sample_prefix_lengths(n_tokens, count, generator, full_prob=0.0):
+    """Algorithm 1's prefix lengths i, uniform over 1..N, with full_prob of extra mass on i = N: the full image,
+    the target that rFID scores, is otherwise drawn 1 time in N."""
+    prefix = torch.randint(1, n_tokens + 1, (count,), generator=generator)
+    if full_prob > 0:  # drawn only then, so the default leaves the rest of the step's random stream as it was
+        prefix = torch.where(torch.rand(count, generator=generator) < full_prob, n_tokens, prefix)
+    return prefix
 
 
 def spectral_mask(n_context, n_tokens, causal, context_sees_tokens):

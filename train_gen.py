@@ -2,36 +2,41 @@
 Train the SpectralAR generator (sec. 3.3) on the tokens of a trained Nested Spectral Tokenizer, with VAR's recipe.
 
     python train_gen.py --preset tiny --tok_ckpt out/tok/ckpt.pt --data DIR --max_steps 200   # CPU smoke run
-    torchrun --nproc_per_node=8 train_gen.py --preset d16 --tok_ckpt out/tok/ckpt.pt --data /imagenet/train --batch_size 768
+    torchrun --nproc_per_node=8 train_gen.py --preset d16 --tok_ckpt out/tok/ckpt.pt --data /imagenet/train \
+        --val_data /imagenet/val --batch_size 768
+    torchrun --nproc_per_node=4 train_gen.py ... --batch_size 768 --grad_accum 2   # the same run on 4 GPUs (docs/scaling.md)
 
-First pass: every training image and its horizontal flip are encoded once into a token file (--tokens,
-default OUT_DIR/tokens.npz) holding `codes` uint16 (2M, N) (row 2i: image i, row 2i+1: its flip),
-`labels` int16 (2M,) and `meta`, a JSON string (tokenizer path, sha256 and config, N, K, image size,
-data root, class names, counts). Encoding goes chunk by chunk into TOKENS.partial/ and a rerun continues
-where it stopped; each process of a torchrun encodes its share of the chunks. A token file is only
-reused with the tokenizer checkpoint it was made with (same sha256).
+First pass: --data is encoded once into a token file (--tokens, default OUT_DIR/tokens.npz; see tokens.py),
+--augment K views per image (default 2: the image and its flip), and --val_data into OUT_DIR/val_tokens.npz
+(the images alone). Training reads tokens only: one view per image per epoch, teacher-forced
+cross-entropy, label dropout for CFG, dropout and drop path, AdamW (0.9, 0.95) with wd 0.05 off
+biases/positions/scales, lr = --lr x global_batch / 256 with linear warmup and linear decay to --lr_end of
+it, grad clip 2.0. The log holds loss and top-1 accuracy per token position.
 
-Training reads tokens only: teacher-forced cross-entropy, label dropout for CFG, AdamW (0.9, 0.95) with
-wd 0.05 off biases/positions/scales, lr = --lr x global_batch / 256 with linear warmup and linear decay
-to --lr_end of it, grad clip 2.0. The log holds loss and top-1 accuracy per token position.
+Every --eval_every steps, in eval mode and with true labels, the model that is sampled (EMA when --ema)
+scores a fixed set of validation rows and, with the same estimator, a fixed subset of the training images
+(view 0): the negative log-likelihood in nats per sequence and per position (log.jsonl, nll.png).
+A generator that memorises shows a validation NLL far above the training rows' NLL.
+Checkpoints: ckpt.pt (latest, for --resume; also every --ckpt_minutes, and the last --keep as ckpt_XXXXXXX.pt)
+and best.pt (lowest validation NLL), all written atomically.
 """
 import argparse
 import copy
 import dataclasses
+import functools
 import itertools
-import json
 import os
-import shutil
 import time
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 import common
-from data import ImageFolder, ResumableSampler, collate_skip_bad, save_grid, to_float
+import plot
+import tokens
+from data import ResumableSampler, save_grid
 from generator import GPT, PRESETS, GPTConfig, drop_labels
 from tokenizer import Tokenizer
 
@@ -39,9 +44,23 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.R
 parser.add_argument('--tok_ckpt', required=True, help='tokenizer checkpoint written by train_tok.py')
 parser.add_argument('--data', help='ImageFolder root (<class>/<image> files); needed only to encode the token file')
 parser.add_argument('--tokens', help='token file (default: OUT_DIR/tokens.npz); encoded first when missing')
+parser.add_argument('--augment', type=int, default=2, metavar='K',
+                    help='views per image in the token file: 1 the image, 2 also its flip, more add random zoom crops')
+parser.add_argument('--augment_scale', type=float, default=0.8, help="zoom crops' smallest side, as a fraction of the image")
+parser.add_argument('--val_data', help='ImageFolder of held-out images (e.g. CIFAR-10 test/): the validation NLL and best.pt')
+parser.add_argument('--val_tokens', help='validation token file (default: OUT_DIR/val_tokens.npz); encoded first when missing')
+parser.add_argument('--eval_every', type=int, default=1000, help='steps between NLL evaluations (0: only at the end)')
+parser.add_argument('--eval_rows', type=int, default=10_000, help='validation rows, and training images, scored per evaluation')
+parser.add_argument('--eval_batch', type=int, default=1000, help='rows per forward pass in evaluations, per process')
 parser.add_argument('--out_dir', default='out/gen')
 parser.add_argument('--preset', default='d16', help=' | '.join(PRESETS))
-parser.add_argument('--batch_size', type=int, default=256, help='global batch over all processes')
+parser.add_argument('--dropout', type=float, help="dropout on attention and residual branches (default: the preset's, 0)")
+parser.add_argument('--drop_path', type=float, help="drop-path rate of the last block (default: the preset's)")
+parser.add_argument('--tokens_per_step', type=int, help='P tokens predicted together per sampling step, a divisor of N '
+                    "(default 1, next-token; the paper's d16-p4 uses 4)")
+parser.add_argument('--batch_size', type=int, default=256, help='global batch over all processes and micro-steps')
+parser.add_argument('--grad_accum', type=int, default=1,
+                    help='micro-steps per optimizer step: each process runs batch_size / (processes x grad_accum) rows at a time')
 parser.add_argument('--max_steps', type=int, default=200_000)
 parser.add_argument('--lr', type=float, default=1e-4, help='base lr per 256 samples: the peak lr is lr x batch_size / 256')
 parser.add_argument('--lr_end', type=float, default=0.01, help='final lr as a fraction of the peak (VAR: 0.01)')
@@ -56,6 +75,8 @@ parser.add_argument('--seed', type=int, default=0)
 parser.add_argument('--device', default='auto')
 parser.add_argument('--log_every', type=int, default=100)
 parser.add_argument('--ckpt_every', type=int, default=5000)
+parser.add_argument('--ckpt_minutes', type=float, help='also checkpoint at the first log step this many minutes after the last checkpoint')
+parser.add_argument('--keep', type=int, default=0, help='also keep the last K checkpoints as ckpt_XXXXXXX.pt (0: only ckpt.pt)')
 parser.add_argument('--sample_every', type=int, default=5000, help='steps between sample grid PNGs (0: never)')
 parser.add_argument('--sample_cfg', type=float, default=1.5, help='CFG scale of the sample grids')
 parser.add_argument('--resume', nargs='?', const='auto', help='checkpoint to resume (no value: out_dir/ckpt.pt); '
@@ -67,173 +88,114 @@ parser.add_argument('--encode_bf16', action='store_true',
                     help='encode under bf16 autocast: faster, but it changed 23%% of the codes of a small CIFAR tokenizer (default: fp32)')
 parser.add_argument('--workers', type=int, default=8, help='image loading processes for encoding')
 args = parser.parse_args()
-common.check_flags(args, positive=('batch_size', 'max_steps', 'log_every', 'ckpt_every', 'encode_batch', 'encode_chunk'),
-                   non_negative=('warmup', 'sample_every', 'workers'))
-# where and how to run, and what the token file holds: never taken from a resumed checkpoint
-MACHINE_FLAGS = ('tok_ckpt', 'data', 'tokens', 'out_dir', 'device', 'workers', 'compile', 'bf16', 'encode_only',
-                 'encode_batch', 'encode_chunk', 'encode_bf16')
+common.check_flags(args, positive=('batch_size', 'grad_accum', 'max_steps', 'log_every', 'ckpt_every', 'eval_rows',
+                             'eval_batch', 'encode_batch', 'encode_chunk'),
+                   non_negative=('warmup', 'eval_every', 'ckpt_minutes', 'keep', 'sample_every', 'workers'))
+# where and how to run, and what the token files hold: never taken from a resumed checkpoint
+MACHINE_FLAGS = ('tok_ckpt', 'data', 'tokens', 'val_data', 'val_tokens', 'out_dir', 'device', 'workers', 'compile', 'bf16',
+                 'encode_only', 'encode_batch', 'encode_chunk', 'encode_bf16')
+# what shapes the model or the data stream: a resumed run must not contradict the checkpoint. Not --grad_accum:
+# a run may continue on another number of processes with the same global --batch_size.
+RUN_FLAGS = ('preset', 'dropout', 'drop_path', 'tokens_per_step', 'batch_size', 'seed', 'augment', 'augment_scale')
 
 # ----------------------------------------------------------------------------- setup
 dd = common.setup_distributed(args.device)
 device = dd.device
+ckpt_path = os.path.join(args.out_dir, 'ckpt.pt')
+resume = None
+if args.resume:  # first: the run's settings decide the batch split, the token files and the model
+    resume = common.load_resume_checkpoint(args, ckpt_path, 'generator')
+    run_settings = {**resume['args'], **{name: resume['config'][name] for name in ('dropout', 'drop_path', 'tokens_per_step')
+                                         if name in resume['config']}}
+    changed = common.apply_resume_args(parser, args, run_settings, fixed=RUN_FLAGS, keep=MACHINE_FLAGS)
+    if dd.master:
+        print(f"resuming at step {resume['step']} with the checkpoint's settings"
+              + (f", changed: {', '.join('--' + name for name in changed)}" if changed else ""))
+micro_batch = common.micro_batch_size(args.batch_size, dd.world_size, args.grad_accum)
 use_bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
 autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
-ckpt_path = os.path.join(args.out_dir, 'ckpt.pt')
+best_path = os.path.join(args.out_dir, 'best.pt')
 log_path = os.path.join(args.out_dir, 'log.jsonl')
 tokens_path = args.tokens or os.path.join(args.out_dir, 'tokens.npz')
-
-
-def barrier():
-    if dist.is_initialized():
-        dist.barrier()
-
+val_tokens_path = args.val_tokens or os.path.join(args.out_dir, 'val_tokens.npz')
+if args.augment < 1 or not 0 < args.augment_scale <= 1:
+    raise SystemExit(f"--augment {args.augment} --augment_scale {args.augment_scale}: use at least 1 view and a scale in (0, 1]")
 
 try:
     tok = Tokenizer.from_checkpoint(args.tok_ckpt, device)
 except (FileNotFoundError, ValueError) as e:
     raise SystemExit(f"--tok_ckpt: {e}")
-tok_sha256 = common.file_sha256(args.tok_ckpt)
-tokenizer_record = {'path': os.path.abspath(args.tok_ckpt), 'sha256': tok_sha256, 'config': dataclasses.asdict(tok.cfg)}
+tokenizer_record = tokens.tokenizer_record(tok, args.tok_ckpt)
 N, K = tok.cfg.n_tokens, tok.cfg.codebook_size
-assert K <= 2 ** 16, f"codebook of {K} codes does not fit the token file's uint16"
-
-
-def refuse_other_tokenizer(made_with, what):
-    """The codes of one tokenizer mean nothing to another: stop with the two ways out."""
-    if made_with['tok_sha256'] != tok_sha256:
-        raise SystemExit(f"{what} was made with tokenizer {made_with['tok_ckpt']!r} (sha256 {made_with['tok_sha256'][:12]}), "
-                         f"not with --tok_ckpt {args.tok_ckpt!r} (sha256 {tok_sha256[:12]}): delete {what} to encode "
-                         f"again, or pass --tok_ckpt {made_with['tok_ckpt']}")
-
-
-def encode_dataset():
-    """Encode --data and its flips into tokens_path, chunk by chunk; finished chunks of an interrupted run are kept."""
-    if args.data is None:
-        raise SystemExit(f"token file {tokens_path!r} does not exist: pass --data IMAGE_FOLDER to encode it")
-    dataset = ImageFolder(args.data, tok.cfg.image_size)
-    assert len(dataset.classes) < 2 ** 15, "labels are stored as int16"
-    partial = tokens_path + '.partial'
-    settings = {'tok_ckpt': os.path.abspath(args.tok_ckpt), 'tok_sha256': tok_sha256, 'tok_config': dataclasses.asdict(tok.cfg),
-                'n_tokens': N, 'codebook_size': K, 'image_size': tok.cfg.image_size, 'data': os.path.realpath(args.data),
-                'n_images': len(dataset), 'classes': dataset.classes, 'chunk_size': args.encode_chunk, 'bf16': args.encode_bf16}
-    settings_path = os.path.join(partial, 'settings.json')
-    if os.path.exists(settings_path):
-        with open(settings_path) as f:
-            started = json.load(f)
-        refuse_other_tokenizer(started, partial)
-        changed = [k for k in settings if k != 'tok_ckpt' and started.get(k) != settings[k]]
-        if changed:
-            raise SystemExit(f"the interrupted encoding in {partial!r} used other {', '.join(changed)}: "
-                             f"delete {partial!r} or rerun with its settings")
-    elif dd.master:
-        os.makedirs(partial, exist_ok=True)
-        common.atomic_write(settings_path, lambda f: f.write(json.dumps(settings).encode()))
-
-    def chunk_path(k):
-        return os.path.join(partial, f'chunk_{k:06d}.npz')
-
-    n_chunks = -(-len(dataset) // args.encode_chunk)
-    todo = [k for k in range(n_chunks) if not os.path.exists(chunk_path(k))]
-    if dd.master and len(todo) < n_chunks:
-        print(f"resuming the encoding in {partial}: {n_chunks - len(todo)} of {n_chunks} chunks already done")
-    barrier()  # every process has listed `todo` before any writes a chunk, so all agree on the split
-    mine = todo[dd.rank::dd.world_size]
-
-    # one loader over all my chunks; batches never straddle two chunks
-    batches, batch_chunk = [], []
-    for k in mine:
-        start, end = k * args.encode_chunk, min((k + 1) * args.encode_chunk, len(dataset))
-        for s in range(start, end, args.encode_batch):
-            batches.append(list(range(s, min(s + args.encode_batch, end))))
-            batch_chunk.append(k)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=args.workers,
-                                         collate_fn=collate_skip_bad, pin_memory=device.type == 'cuda')
-    pbar = tqdm(total=sum(map(len, batches)), desc='encode', unit='img', disable=not dd.master, dynamic_ncols=True)
-    codes, labels, n_bad = [], [], 0
-    for i, (images, batch_labels, bad) in enumerate(loader):
-        if len(images):
-            x = to_float(images, device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.encode_bf16):
-                both = tok.encode(torch.cat([x, x.flip(-1)]))
-            codes.append(both.view(2, len(x), N).transpose(0, 1).reshape(-1, N).int().cpu().numpy().astype(np.uint16))
-            labels.append(batch_labels.repeat_interleave(2).numpy().astype(np.int16))
-        n_bad += bad
-        pbar.update(len(batches[i]))
-        if i + 1 == len(batches) or batch_chunk[i + 1] != batch_chunk[i]:
-            chunk = dict(codes=np.concatenate(codes or [np.zeros((0, N), np.uint16)]),
-                         labels=np.concatenate(labels or [np.zeros(0, np.int16)]), n_bad=n_bad)
-            common.atomic_write(chunk_path(batch_chunk[i]), lambda f: np.savez(f, **chunk))
-            codes, labels, n_bad = [], [], 0
-    pbar.close()
-    barrier()
-
-    if dd.master:
-        parts = {'codes': [], 'labels': []}
-        n_bad = 0
-        for k in range(n_chunks):
-            with np.load(chunk_path(k)) as chunk:
-                parts['codes'].append(chunk['codes'])
-                parts['labels'].append(chunk['labels'])
-                n_bad += int(chunk['n_bad'])
-        codes, labels = np.concatenate(parts['codes']), np.concatenate(parts['labels'])
-        meta = {**settings, 'n_rows': len(codes), 'n_bad': n_bad}
-        common.atomic_write(tokens_path, lambda f: np.savez(f, codes=codes, labels=labels, meta=np.array(json.dumps(meta))))
-        shutil.rmtree(partial)
-        print(f"wrote {tokens_path}: {len(codes)} token rows of {len(dataset) - n_bad} images and their flips"
-              + (f", {n_bad} unreadable image(s) skipped" if n_bad else ""))
-    barrier()
-
-
-def check_token_file(path):
-    """The token file's meta, once it is known to match --tok_ckpt and --data (np.load leaves the codes unread)."""
-    with np.load(path) as f:
-        meta = json.loads(f['meta'].item())
-    refuse_other_tokenizer(meta, path)
-    if args.data and os.path.realpath(args.data) != meta['data']:
-        raise SystemExit(f"{path!r} holds the tokens of {meta['data']!r}, not of --data {args.data!r}: "
-                         f"delete it to encode again, or drop --data")
-    return meta
-
+encoding = dict(dd=dd, seed=args.seed, chunk_size=args.encode_chunk, batch_size=args.encode_batch,
+                workers=args.workers, bf16=args.encode_bf16)
 
 if not os.path.exists(tokens_path):
-    encode_dataset()
-token_meta = check_token_file(tokens_path)
+    if args.data is None:
+        raise SystemExit(f"token file {tokens_path!r} does not exist: pass --data IMAGE_FOLDER to encode it")
+    tokens.encode_folder(tok, args.tok_ckpt, args.data, tokens_path, views=args.augment,
+                         augment_scale=args.augment_scale, **encoding)
+token_meta = tokens.check_token_file(tokens_path, tokenizer_record, args.data, args.augment)
+has_val = bool(args.val_data) or os.path.exists(val_tokens_path)
+if args.val_data and not os.path.exists(val_tokens_path):
+    tokens.encode_folder(tok, args.tok_ckpt, args.val_data, val_tokens_path, views=1, **encoding)
+val_meta = tokens.check_token_file(val_tokens_path, tokenizer_record, args.val_data, flag='--val_data') if has_val else None
+if val_meta and val_meta['classes'] != token_meta['classes']:
+    raise SystemExit(f"the validation classes {val_meta['classes'][:5]}... differ from the training classes "
+                     f"{token_meta['classes'][:5]}...: --val_data needs the same class folders as --data")
 if args.encode_only:
     common.cleanup_distributed()
     raise SystemExit(0)
-with np.load(tokens_path) as f:
-    token_codes, token_labels = f['codes'], f['labels']
+token_codes, token_labels, _ = tokens.load(tokens_path)
+views = token_meta['views']
+n_images = len(token_codes) // views
+
+
+def evaluation_rows(codes, labels, n_views, n, seed):
+    """(codes, labels) of n images' view 0: the first n images, or with a seed n images drawn once from it."""
+    images = np.arange(len(codes) // n_views)
+    if seed is not None and n < len(images):
+        images = np.sort(np.random.default_rng(seed).choice(images, n, replace=False))
+    rows = images[:n] * n_views
+    return codes[rows], labels[rows]
+
+
+eval_sets = {'train': evaluation_rows(token_codes, token_labels, views, args.eval_rows, seed=args.seed)}
+if has_val:
+    val_codes, val_labels, _ = tokens.load(val_tokens_path)
+    eval_sets['val'] = evaluation_rows(val_codes, val_labels, val_meta['views'], args.eval_rows, seed=None)
 
 # ----------------------------------------------------------------------------- model
 num_classes = max(1, len(token_meta['classes']))  # a folder without class subfolders is one class
-if len(token_codes) and (token_codes.max() >= K or token_labels.min() < 0 or token_labels.max() >= num_classes):
-    raise SystemExit(f"{tokens_path!r} holds codes outside 0..{K - 1} or labels outside 0..{num_classes - 1}, so it was not "
-                     f"encoded by --tok_ckpt from its {num_classes} classes: delete it to encode again")
+token_files = {tokens_path: (token_codes, token_labels), **({val_tokens_path: (val_codes, val_labels)} if has_val else {})}
+for path, (codes, labels) in token_files.items():
+    if len(codes) and (codes.max() >= K or labels.min() < 0 or labels.max() >= num_classes):
+        raise SystemExit(f"{path!r} holds codes outside 0..{K - 1} or labels outside 0..{num_classes - 1}, so it was not "
+                         f"encoded by --tok_ckpt from its {num_classes} classes: delete it to encode again")
 torch.manual_seed(args.seed)  # here, not earlier: the encoding's DataLoader draws from the global RNG
-resume = None
-if args.resume:
-    resume = common.load_resume_checkpoint(args, ckpt_path, 'generator')
-    if resume['tokenizer']['sha256'] != tok_sha256:
+if resume:
+    if resume['tokenizer']['sha256'] != tokenizer_record['sha256']:
         raise SystemExit(f"the checkpoint was trained on the tokens of {resume['tokenizer']['path']!r}, not of "
                          f"--tok_ckpt {args.tok_ckpt!r}: pass that tokenizer or start a new --out_dir")
     cfg = GPTConfig(**resume['config'])
-    changed = common.apply_resume_args(parser, args, resume['args'], fixed=('preset', 'batch_size', 'seed'), keep=MACHINE_FLAGS)
-    if dd.master:
-        print(f"resuming at step {resume['step']} with the checkpoint's settings"
-              + (f", changed: {', '.join('--' + name for name in changed)}" if changed else ""))
 else:
     if 'preset' not in common.flags_given(parser) and dd.master:
         print(f"no --preset given: using {args.preset}; --preset tiny is the CPU smoke test")
     if args.preset not in PRESETS:
         raise SystemExit(f"unknown generator preset {args.preset!r}; choose from {sorted(PRESETS)}")
-    cfg = GPTConfig.preset(args.preset, n_tokens=N, vocab_size=K, num_classes=num_classes)
+    overrides = {name: getattr(args, name) for name in ('dropout', 'drop_path', 'tokens_per_step')
+                 if getattr(args, name) is not None}
+    cfg = GPTConfig.preset(args.preset, n_tokens=N, vocab_size=K, num_classes=num_classes, **overrides)
 if cfg.num_classes != num_classes:
     raise SystemExit(f"the generator has {cfg.num_classes} classes but the token file {num_classes}")
-model = GPT(cfg).to(device)
+try:
+    model = GPT(cfg).to(device)
+except ValueError as e:  # a --tokens_per_step that does not divide N
+    raise SystemExit(f"--tokens_per_step: {e}")
 ema_model = copy.deepcopy(model).eval().requires_grad_(False) if args.ema > 0 else None
 optimizer = common.adamw(model, args.lr, (0.9, 0.95), args.weight_decay, model.no_weight_decay())
 
-step = 0
+step, best_val_nll = 0, float('inf')
 if resume:
     model.load_state_dict(resume['model'])
     if ema_model is not None:
@@ -241,14 +203,17 @@ if resume:
     optimizer.load_state_dict(resume['optimizer'])
     common.set_rng_state(resume['rng'])
     step = resume['step']
+    best_val_nll = resume.get('best_val_nll', float('inf'))
     del resume
 
 peak_lr = args.lr * args.batch_size / 256
 warmup = max(1, args.max_steps // 50 if args.warmup is None else args.warmup)
 if dd.master:
     common.check_writable(args.out_dir, '--out_dir')
-    print(f"generator {cfg}\n{model.num_params() / 1e6:.1f}M params, {len(token_codes)} token rows of "
-          f"{num_classes} classes, peak lr {peak_lr:.3g}, {dd.world_size} process(es) on {device}, bf16 {use_bf16}")
+    print(f"generator {cfg}\n{model.num_params() / 1e6:.1f}M params, {n_images} images x {views} view(s) of "
+          f"{num_classes} classes, peak lr {peak_lr:.3g}, {dd.world_size} process(es) on {device}, bf16 {use_bf16}, "
+          f"global batch {args.batch_size} = {dd.world_size} x {args.grad_accum} x {micro_batch} (processes x --grad_accum x micro-batch)"
+          + ("" if has_val else "\nno --val_data: the NLL of training rows alone is logged, and no best.pt is kept"))
 # compile first, then DDP (as nanoGPT): compiling the DDP wrapper splits the graph at every gradient bucket
 train_model = torch.compile(model) if args.compile else model
 if dd.world_size > 1:
@@ -263,10 +228,19 @@ def lr_at(step):
     return peak_lr * (1 - (1 - args.lr_end) * progress)
 
 
-def next_batch(rows_stream, step):
-    """This process's slice of the global batch: token rows and labels, label dropout drawn from (seed, step)
-    over the whole global batch, so any number of processes and a resumed run see the same batches."""
-    rows = np.fromiter(itertools.islice(rows_stream, args.batch_size), dtype=np.int64, count=args.batch_size)
+@functools.lru_cache(maxsize=1)
+def epoch_views(epoch):
+    """The view each image shows in an epoch (n_images,), drawn from (seed, epoch), as the image order is."""
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([args.seed, epoch, 1]).generate_state(1)[0]))
+    return torch.randint(views, (n_images,), generator=generator).numpy()
+
+
+def next_batch(images_stream, step):
+    """This process's slice of the global batch: token rows (one view of each image) and labels, label dropout
+    drawn from (seed, step) over the whole global batch, so any number of processes and a resumed run see the
+    same batches."""
+    images = np.fromiter(itertools.islice(images_stream, args.batch_size), dtype=np.int64, count=args.batch_size)
+    rows = images * views + epoch_views(step // steps_per_epoch)[images]
     labels = torch.from_numpy(token_labels[rows].astype(np.int64))
     labels = drop_labels(labels, cfg.num_classes, args.label_drop, common.step_generator(args.seed, step))
     local = slice(dd.rank * args.batch_size // dd.world_size, (dd.rank + 1) * args.batch_size // dd.world_size)
@@ -295,7 +269,7 @@ def new_sums():
 
 @torch.no_grad()
 def loss_of_current_weights(idx, labels):
-    """The loss of the weights about to be saved, on the last batch (common.check_checkpoint_finite says why)."""
+    """The loss of the weights about to be saved, on the last micro-batch (common.check_checkpoint_finite says why)."""
     model.eval()
     with autocast:
         _, token_loss = model(idx, labels, with_loss=True)
@@ -303,47 +277,93 @@ def loss_of_current_weights(idx, labels):
     return token_loss.mean()
 
 
-def save_checkpoint():
-    common.atomic_save({
+def check_finite_before_saving(idx, labels):
+    """On every rank, before ckpt.pt or best.pt is written: stop unless losses, weights and optimizer state are finite."""
+    states = [model.state_dict(), optimizer.state_dict()] + ([ema_model.state_dict()] if ema_model is not None else [])
+    common.check_checkpoint_finite(step, ckpt_path, finite, loss_of_current_weights(idx, labels), *states)
+
+
+@torch.no_grad()
+def estimate_nll(net, codes, labels):
+    """Mean negative log-likelihood per position (N,) in nats of token rows (codes (R, N), labels (R,)), teacher
+    forced with their true labels, in eval mode; each process scores rows rank, rank + world, ... and the
+    sums are reduced."""
+    was_training = net.training
+    net.eval()
+    total = torch.zeros(N + 1, dtype=torch.float64, device=device)  # per-position sums, then the row count
+    mine = np.arange(dd.rank, len(codes), dd.world_size)
+    for start in range(0, len(mine), args.eval_batch):
+        rows = mine[start:start + args.eval_batch]
+        idx = torch.from_numpy(codes[rows].astype(np.int64)).to(device)
+        with autocast:
+            _, token_loss = net(idx, torch.from_numpy(labels[rows].astype(np.int64)).to(device), with_loss=True)
+        total[:N] += token_loss.double().sum(0)
+        total[N] += len(rows)
+    if dd.world_size > 1:
+        dist.all_reduce(total)
+    net.train(was_training)
+    return (total[:N] / total[N]).tolist()
+
+
+def evaluate():
+    """The log record of one evaluation: NLL per sequence and per position of each evaluation set."""
+    record = {'step': step}
+    for name, (codes, labels) in eval_sets.items():
+        per_position = estimate_nll(ema_model or model, codes, labels)
+        record[f'{name}_nll'] = sum(per_position)
+        record[f'{name}_nll_per_position'] = [round(v, 4) for v in per_position]
+    if has_val:
+        record['val_over_train'] = record['val_nll'] / record['train_nll']
+    return record
+
+
+def save_checkpoint(path, val_nll, keep=0):
+    common.save_and_keep({
         'kind': 'generator', 'config': dataclasses.asdict(cfg), 'args': vars(args), 'step': step,
         'model': model.state_dict(), 'ema': ema_model.state_dict() if ema_model is not None else None,
-        'optimizer': optimizer.state_dict(), 'rng': common.rng_state(),
-        'tokenizer': tokenizer_record, 'tokens': os.path.abspath(tokens_path), 'classes': token_meta['classes'],
-    }, ckpt_path)
+        'optimizer': optimizer.state_dict(), 'rng': common.rng_state(), 'val_nll': val_nll,
+        'best_val_nll': best_val_nll, 'tokenizer': tokenizer_record, 'tokens': os.path.abspath(tokens_path),
+        'classes': token_meta['classes'],
+    }, path, step, keep)
 
 
 # ----------------------------------------------------------------------------- training
-if args.batch_size % dd.world_size:
-    raise SystemExit(f"--batch_size {args.batch_size} must divide by the {dd.world_size} processes")
-rows_stream = iter(ResumableSampler(len(token_codes), args.batch_size, seed=args.seed, start_step=step))
+sampler = ResumableSampler(n_images, args.batch_size, seed=args.seed, start_step=step)
+steps_per_epoch = sampler.steps_per_epoch
+images_stream = iter(sampler)
 finite = torch.ones((), dtype=torch.bool, device=device)
 sums = new_sums()
 flops_per_sample = model.train_flops_per_sample()
+last_val_nll = None
+checkpoints = common.CheckpointSchedule(args.ckpt_every, args.max_steps, args.ckpt_minutes, device)
 t_last, step_last = time.time(), step
-pbar = tqdm(total=args.max_steps, initial=step, disable=not dd.master, dynamic_ncols=True)
+pbar = common.progress_bar(total=args.max_steps, initial=step, disable=not dd.master)
 while step < args.max_steps:
-    idx, labels = next_batch(rows_stream, step)
+    idx, labels = next_batch(images_stream, step)
     for group in optimizer.param_groups:
         group['lr'] = lr_at(step)
-    with autocast:  # float32 logits (B, N, K), logits[:, i] predicts idx[:, i]; token_loss (B, N)
-        logits, token_loss = train_model(idx, labels, with_loss=True)
-    loss = token_loss.mean()
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    for micro_step, (micro_idx, micro_labels) in enumerate(zip(idx.chunk(args.grad_accum), labels.chunk(args.grad_accum))):
+        common.seed_model_randomness(args.seed, step, dd.rank * args.grad_accum + micro_step)
+        with common.gradient_sync(train_model, micro_step, args.grad_accum):
+            with autocast:  # float32 logits (B, N, K), logits[:, i] predicts idx[:, i]; token_loss (B, N)
+                logits, token_loss = train_model(micro_idx, micro_labels, with_loss=True)
+            loss = token_loss.mean()
+            (loss / args.grad_accum).backward()  # the gradient of the mean over the process's share
+        # everything stays on the device until log time: no host sync per step
+        finite &= torch.isfinite(loss.detach())
+        sums['loss_per_position'] += token_loss.detach().mean(0) / args.grad_accum
+        sums['acc_per_position'] += (logits.detach().argmax(-1) == micro_idx).float().mean(0) / args.grad_accum
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
     optimizer.step()
     if ema_model is not None:
         common.ema_update(ema_model, model, common.ema_decay(args.ema, step))
-
-    # everything stays on the device until log time: no host sync per step
-    finite &= torch.isfinite(loss.detach())
-    sums['loss_per_position'] += token_loss.detach().mean(0)
-    sums['acc_per_position'] += (logits.detach().argmax(-1) == idx).float().mean(0)
     sums['grad_norm'] += grad_norm.detach()
     step += 1
     pbar.update(1)
 
-    if step % args.log_every == 0 or step == args.max_steps:
+    log_step = step % args.log_every == 0 or step == args.max_steps
+    if log_step:
         if not common.all_finite(finite):
             common.stop_on_nonfinite(step, ckpt_path)
         n = step - step_last
@@ -362,12 +382,25 @@ while step < args.max_steps:
             pbar.set_postfix({k: f"{record[k]:.4g}" for k in ('loss', 'acc', 'grad_norm')})
         sums = new_sums()
         t_last, step_last = time.time(), step
+    if (args.eval_every and step % args.eval_every == 0) or step == args.max_steps:
+        record = evaluate()
+        last_val_nll = record.get('val_nll')
+        if dd.master:
+            common.log_jsonl(log_path, record)
+            plot.plot_log(log_path, os.path.join(args.out_dir, 'nll.png'))
+            pbar.write(f"step {step}: NLL per sequence train {record['train_nll']:.2f}"
+                       + (f", val {last_val_nll:.2f} ({record['val_over_train']:.3f}x)" if has_val else ''))
+        if last_val_nll is not None and last_val_nll < best_val_nll:
+            best_val_nll = last_val_nll
+            check_finite_before_saving(micro_idx, micro_labels)
+            if dd.master:
+                save_checkpoint(best_path, last_val_nll)
+        t_last = time.time()  # the evaluation is not training time
     if dd.master and args.sample_every and (step % args.sample_every == 0 or step == args.max_steps):
         save_sample_grid(os.path.join(args.out_dir, f'samples_{step:07d}.png'))
-    if step % args.ckpt_every == 0 or step == args.max_steps:
-        states = [model.state_dict(), optimizer.state_dict()] + ([ema_model.state_dict()] if ema_model is not None else [])
-        common.check_checkpoint_finite(step, ckpt_path, finite, loss_of_current_weights(idx, labels), *states)
+    if checkpoints.due(step, log_step):
+        check_finite_before_saving(micro_idx, micro_labels)
         if dd.master:
-            save_checkpoint()
+            save_checkpoint(ckpt_path, last_val_nll, args.keep)
 pbar.close()
 common.cleanup_distributed()

@@ -3,10 +3,12 @@ Train the Nested Spectral Tokenizer (Algorithm 1 of the paper) with TiTok's sing
 
     python train_tok.py --preset tiny --data ../shared/data/cifar10/train --max_steps 200   # CPU smoke run
     torchrun --nproc_per_node=8 train_tok.py --preset titok_b64 --n_tokens 64 --data /imagenet/train
+    torchrun --nproc_per_node=4 train_tok.py ... --grad_accum 2   # the same run on 4 GPUs (docs/scaling.md)
 
 Each step draws a prefix length i per image, asks the decoder to rebuild lowpass(image, w_i) from
 tokens 1..i, and adds L2 + VQ + LPIPS (+ hinge GAN once --disc_start is reached).
 Ablations of Table 4: --no_spectral (all N tokens, full image: TiTok), --no_causal, --schedule uniform.
+Sharper full reconstructions: --full_prefix_prob, --lpips_resize, --disc_cond or --gan_full_only.
 """
 import argparse
 import copy
@@ -19,13 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 import common
-from data import ImageFolder, collate_skip_bad, image_loader, readable_samples, save_grid, to_float, to_uint8
+from data import ImageFolder, image_loader, readable_samples, save_grid, to_float, to_uint8
 from dct import lowpass
 from losses import LPIPS, LeCamRegularizer, NLayerDiscriminator, hinge_d_loss, hinge_g_loss
-from tokenizer import TokConfig, Tokenizer, flops_per_image
+from tokenizer import TokConfig, Tokenizer, flops_per_image, sample_prefix_lengths
+from tokens import IndexedImages, collate_indexed
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument('--data', required=True, help='ImageFolder root: <class>/<image> files')
@@ -33,11 +35,17 @@ parser.add_argument('--out_dir', default='out/tok')
 parser.add_argument('--preset', default='titok_b64', help='titok_b64 | cifar | tiny')
 parser.add_argument('--n_tokens', type=int, help='override the preset N')
 parser.add_argument('--codebook_size', type=int)
-parser.add_argument('--schedule', choices=['nonuniform', 'uniform'])
+parser.add_argument('--code_dim', type=int, help='override the preset code dimension')
+parser.add_argument('--commitment', type=float, help='override the preset VQ commitment weight')
+parser.add_argument('--schedule', choices=['nonuniform', 'nonuniform_shared', 'uniform'])
 parser.add_argument('--no_causal', action='store_true', help='full attention among latents (TiTok)')
 parser.add_argument('--no_spectral', action='store_true', help='no spectral supervision: all N tokens rebuild the full image (TiTok)')
-parser.add_argument('--batch_size', type=int, default=256, help='global batch over all processes')
+parser.add_argument('--batch_size', type=int, default=256, help='global batch over all processes and micro-steps')
+parser.add_argument('--grad_accum', type=int, default=1,
+                    help='micro-steps per optimizer step: each process runs batch_size / (processes x grad_accum) images at a time')
 parser.add_argument('--max_steps', type=int, default=500_000)
+parser.add_argument('--full_prefix_prob', type=float, default=0.0,
+                    help='extra probability of the full prefix i = N (the full image) over the uniform 1..N')
 parser.add_argument('--lr', type=float, default=1e-4)
 parser.add_argument('--min_lr', type=float, default=1e-5)
 parser.add_argument('--warmup', type=int, default=10_000)
@@ -45,9 +53,12 @@ parser.add_argument('--weight_decay', type=float, default=1e-4)
 parser.add_argument('--grad_clip', type=float, default=1.0)
 parser.add_argument('--l2_weight', type=float, default=1.0)
 parser.add_argument('--lpips_weight', type=float, default=1.0, help='0 turns LPIPS off (no VGG weights needed)')
+parser.add_argument('--lpips_resize', type=int, help='upsample images smaller than this (bilinear) before LPIPS, e.g. 224')
 parser.add_argument('--gan_weight', type=float, default=0.1)
 parser.add_argument('--disc_start', type=int, default=20_000, help='step at which the discriminator and GAN loss start')
 parser.add_argument('--lecam_weight', type=float, default=0.001)
+parser.add_argument('--disc_cond', action='store_true', help="projection discriminator told each target's cut-off w_i")
+parser.add_argument('--gan_full_only', action='store_true', help='GAN losses only on samples whose prefix is the full N')
 parser.add_argument('--lpips_path', help='LPIPS weights file (default: search, see losses.py)')
 parser.add_argument('--restart_every', type=int, default=500, help='steps between dead-code restarts (0: never)')
 parser.add_argument('--ema', type=float, default=0.999)
@@ -59,23 +70,29 @@ parser.add_argument('--device', default='auto')
 parser.add_argument('--log_every', type=int, default=50)
 parser.add_argument('--sample_every', type=int, default=2000, help='steps between prefix-reconstruction PNGs (0: never)')
 parser.add_argument('--ckpt_every', type=int, default=2000, help='steps between checkpoints (one is always written at --max_steps)')
+parser.add_argument('--ckpt_minutes', type=float, help='also checkpoint at the first log step this many minutes after the last checkpoint')
+parser.add_argument('--keep', type=int, default=0, help='also keep the last K checkpoints as ckpt_XXXXXXX.pt (0: only ckpt.pt)')
 parser.add_argument('--resume', nargs='?', const='auto', help='checkpoint to resume (no value: out_dir/ckpt.pt); '
                     'flags left out take the checkpoint\'s values')
 parser.add_argument('--eval_data', help='image folder scored at the end (L2/PSNR per prefix)')
+parser.add_argument('--eval_prefix_images', type=int, default=10_000,
+                    help='about this many --eval_data images, spread evenly, are scored at every prefix; all at the full prefix')
 parser.add_argument('--eval_only', action='store_true', help='only score --resume on --eval_data')
 parser.add_argument('--eval_npz', help='also write the full-N reconstructions of --eval_data here (uint8 NHWC arr_0: rFID with fid.py)')
 args = parser.parse_args()
-common.check_flags(args, positive=('batch_size', 'max_steps', 'log_every', 'ckpt_every'),
-                   non_negative=('warmup', 'disc_start', 'restart_every', 'sample_every', 'workers'))
+common.check_flags(args, positive=('batch_size', 'grad_accum', 'max_steps', 'log_every', 'ckpt_every', 'eval_prefix_images'),
+                   non_negative=('warmup', 'disc_start', 'restart_every', 'sample_every', 'workers', 'ckpt_minutes', 'keep'))
 # where and how to run, not what to train: never taken from a resumed checkpoint
 MACHINE_FLAGS = ('data', 'out_dir', 'device', 'workers', 'compile', 'bf16', 'lpips_path', 'eval_data', 'eval_only', 'eval_npz')
+# what shapes the model, its losses or the data stream: a resumed run must not contradict the checkpoint. Not
+# --grad_accum: a run may continue on another number of processes with the same global --batch_size.
+RUN_FLAGS = ('preset', 'n_tokens', 'codebook_size', 'code_dim', 'commitment', 'schedule', 'no_causal', 'no_spectral',
+             'batch_size', 'seed', 'full_prefix_prob', 'lpips_resize', 'disc_cond', 'gan_full_only')
 
 # ----------------------------------------------------------------------------- setup
+run_start = time.time()
 dd = common.setup_distributed(args.device)
 device = dd.device
-use_bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
-autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
-torch.manual_seed(args.seed)
 ckpt_path = os.path.join(args.out_dir, 'ckpt.pt')
 log_path = os.path.join(args.out_dir, 'log.jsonl')
 
@@ -84,9 +101,9 @@ if args.resume:
     resume = common.load_resume_checkpoint(args, ckpt_path, 'tokenizer')
     cfg = TokConfig(**resume['config'])
     run_settings = {**resume['args'], 'n_tokens': cfg.n_tokens, 'codebook_size': cfg.codebook_size,
-                    'schedule': cfg.schedule, 'no_causal': not cfg.causal}
-    changed = common.apply_resume_args(parser, args, run_settings, keep=MACHINE_FLAGS, fixed=(
-        'preset', 'n_tokens', 'codebook_size', 'schedule', 'no_causal', 'no_spectral', 'batch_size', 'seed'))
+                    'code_dim': cfg.code_dim, 'commitment': cfg.commitment, 'schedule': cfg.schedule,
+                    'no_causal': not cfg.causal}
+    changed = common.apply_resume_args(parser, args, run_settings, fixed=RUN_FLAGS, keep=MACHINE_FLAGS)
     if dd.master:
         print(f"resuming at step {resume['step']} with the checkpoint's settings"
               + (f", changed: {', '.join('--' + name for name in changed)}" if changed else "")
@@ -95,16 +112,20 @@ if args.resume:
 else:
     if 'preset' not in common.flags_given(parser) and dd.master:
         print(f"no --preset given: using {args.preset} (the paper's 256 px tokenizer); --preset tiny is the CPU smoke test")
-    cfg = TokConfig.preset(args.preset, n_tokens=args.n_tokens, codebook_size=args.codebook_size,
-                           schedule=args.schedule, causal=False if args.no_causal else None)
+    cfg = TokConfig.preset(args.preset, n_tokens=args.n_tokens, codebook_size=args.codebook_size, code_dim=args.code_dim,
+                           commitment=args.commitment, schedule=args.schedule, causal=False if args.no_causal else None)
+micro_batch = common.micro_batch_size(args.batch_size, dd.world_size, args.grad_accum)  # with the run's settings
+use_bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
+autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+torch.manual_seed(args.seed)
 model = Tokenizer(cfg).to(device)
 ema_model = copy.deepcopy(model).eval().requires_grad_(False)
 optimizer = common.adamw(model, args.lr, (0.9, 0.999), args.weight_decay, model.no_weight_decay())
 use_gan = args.gan_weight > 0
-disc = NLayerDiscriminator().to(device) if use_gan else None
+disc = NLayerDiscriminator(n_conditions=cfg.image_size + 1 if args.disc_cond else 0).to(device) if use_gan else None
 disc_optimizer = common.adamw(disc, args.lr, (0.9, 0.999), args.weight_decay) if use_gan else None
 lecam = LeCamRegularizer().to(device) if use_gan else None
-lpips = LPIPS(args.lpips_path).to(device) if args.lpips_weight > 0 else None
+lpips = LPIPS(args.lpips_path, resize=args.lpips_resize).to(device) if args.lpips_weight > 0 else None
 
 step = 0
 if resume:
@@ -127,6 +148,7 @@ if resume:
 if dd.master:
     common.check_writable(args.out_dir, '--out_dir')
     print(f"tokenizer {cfg}\n{model.num_params() / 1e6:.1f}M params, {dd.world_size} process(es) on {device}, "
+          f"global batch {args.batch_size} = {dd.world_size} x {args.grad_accum} x {micro_batch} (processes x --grad_accum x micro-batch), "
           f"bf16 {use_bf16}" + (f", LPIPS weights: {lpips.weights_source}" if lpips else ", no LPIPS"))
 # compile first, then DDP (as nanoGPT). The losses too: at 256 px, LPIPS's float32 distance maps and the
 # discriminator's GroupNorms are most of a step's non-matmul time, and compiling fuses them.
@@ -154,11 +176,17 @@ def lr_at(step):
 def step_randomness(step):
     """Prefix lengths and flips of the global batch from (seed, step): the same on any number of processes and after resume."""
     g = common.step_generator(args.seed, step)
-    prefix = torch.randint(1, cfg.n_tokens + 1, (args.batch_size,), generator=g)
+    prefix = sample_prefix_lengths(cfg.n_tokens, args.batch_size, g, args.full_prefix_prob)
     flip = torch.rand(args.batch_size, generator=g) < 0.5
     n = args.batch_size // dd.world_size
     local = slice(dd.rank * n, (dd.rank + 1) * n)
     return prefix[local].to(device, non_blocking=True), flip[local].to(device, non_blocking=True)  # no host sync
+
+
+def views(images, flip):
+    """uint8 images -> floats on the device, the flipped ones mirrored."""
+    x = to_float(images, device)
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
 def prefix_targets(x, prefix):
@@ -169,17 +197,19 @@ def prefix_targets(x, prefix):
 
 
 @torch.no_grad()
-def restart_dead_codes(step):
-    """Codes unused since the last restart get random encoder outputs (gathered from all ranks: identical on each)."""
+def restart_dead_codes(step, candidates):
+    """Codes unused since the last restart get random encoder outputs: candidates, this step's encoder outputs of
+    every micro-batch, gathered from all ranks in the order of the global batch (identical on each rank)."""
     q = model.quantizer
-    usage, candidates = q.usage.clone(), q.last_z.flatten(0, 1)
+    usage = q.usage.clone()
     if dd.world_size > 1:
         torch.distributed.all_reduce(usage)
         gathered = [torch.empty_like(candidates) for _ in range(dd.world_size)]
         torch.distributed.all_gather(gathered, candidates)
         candidates = torch.cat(gathered)
     stats = codebook_stats(usage)
-    stats['codes_restarted'] = q.restart_dead_codes(usage, candidates, torch.Generator(device).manual_seed(args.seed + step))
+    stats['codes_restarted'] = q.restart_dead_codes(usage, candidates, torch.Generator(device).manual_seed(args.seed + step),
+                                                    ema=ema_model.quantizer)
     return stats
 
 
@@ -187,6 +217,18 @@ def codebook_stats(usage):
     p = usage / usage.sum().clamp(min=1)
     entropy = -(p * p.clamp(min=1e-12).log()).sum()
     return {'codebook_used': (usage > 0).float().mean().item(), 'codebook_perplexity': entropy.exp().item()}
+
+
+@torch.no_grad()
+def ema_codebook_stats(images, flip):
+    """Code usage of the EMA model (the one that encodes and is scored) on this step's batch of all ranks. A batch holds
+    B x N codes (8,192 in the cifar recipe, 8 per code of K = 1024): the perplexity reads low by about K / (2 B N) nats."""
+    micro_batches = zip(images.tensor_split(args.grad_accum), flip.tensor_split(args.grad_accum))
+    codes = [ema_model.encode(views(*micro)) for micro in micro_batches]
+    usage = torch.bincount(torch.cat(codes).flatten(), minlength=cfg.codebook_size).float()
+    if dd.world_size > 1:
+        torch.distributed.all_reduce(usage)
+    return {f'ema_{k}': v for k, v in codebook_stats(usage).items()}
 
 
 @torch.no_grad()
@@ -206,38 +248,84 @@ def save_prefix_png(tok, x, path):
 
 @torch.no_grad()
 def evaluate(tok, root):
-    """L2 and PSNR (images in [0, 1]) of every prefix against its low-pass target and against the full image."""
-    loader = torch.utils.data.DataLoader(ImageFolder(root, cfg.image_size), batch_size=100,
-                                         num_workers=args.workers, collate_fn=collate_skip_bad)
-    mse_target = torch.zeros(cfg.n_tokens, device=device)
-    mse_full = torch.zeros(cfg.n_tokens, device=device)
-    seen, recons = 0, []
-    for images, _, _ in tqdm(loader, desc='eval'):
+    """L2 and PSNR (images in [0, 1]) of the prefixes against their low-pass targets and against the full image, and
+    the code usage of tok; the record leads with the figures that compare runs (with rFID from fid.py on --eval_npz).
+    The full prefix N is scored on every image, the shorter ones on every k-th image (about --eval_prefix_images).
+    Each process scores a contiguous share of the folder and the sums are reduced; the reconstructions are gathered
+    on rank 0 in folder order. The codes come from a float32 encoder, as in the token files (bf16 changes some codes);
+    the decoder runs under --bf16, as in sampling."""
+    eval_start = time.time()
+    dataset = ImageFolder(root, cfg.image_size)
+    stride = max(1, len(dataset) // args.eval_prefix_images)
+    share = np.array_split(np.arange(len(dataset)), dd.world_size)[dd.rank]
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(IndexedImages(dataset), share), batch_size=100,
+                                         num_workers=args.workers, collate_fn=collate_indexed)
+    # per prefix: summed squared errors against the low-pass target and against the image; then the images scored
+    # at the prefixes < N and at N
+    errors = torch.zeros(2, cfg.n_tokens, dtype=torch.float64, device=device)
+    counts = torch.zeros(2, dtype=torch.float64, device=device)
+    usage = torch.zeros(cfg.codebook_size, device=device)
+    recons = []
+
+    def add_errors(recon, x, i):
+        to_target = ((recon.float() - lowpass(x, tok.omegas[i - 1]).clamp(-1, 1)) / 2).pow(2).mean((1, 2, 3)).sum()
+        to_image = ((recon.float() - x) / 2).pow(2).mean((1, 2, 3)).sum()
+        errors[:, i - 1] += torch.stack([to_target, to_image])
+
+    for images, _, indices, _ in common.progress_bar(loader, desc='eval', unit='batch', disable=not dd.master):
         x = to_float(images, device)
         idx = tok.encode(x)
-        for i in range(1, cfg.n_tokens + 1):
-            recon = tok.decode(idx[:, :i])
-            mse_target[i - 1] += ((recon - lowpass(x, tok.omegas[i - 1]).clamp(-1, 1)) / 2).pow(2).mean((1, 2, 3)).sum()
-            mse_full[i - 1] += ((recon - x) / 2).pow(2).mean((1, 2, 3)).sum()
+        usage += torch.bincount(idx.flatten(), minlength=cfg.codebook_size)
+        with autocast:
+            recon = tok.decode(idx)
+        add_errors(recon, x, cfg.n_tokens)
+        every_prefix = [j for j, i in enumerate(indices) if i % stride == 0]
+        for i in range(1, cfg.n_tokens if every_prefix else 0):
+            with autocast:
+                add_errors(tok.decode(idx[every_prefix, :i]), x[every_prefix], i)
+        counts[0] += len(every_prefix)
+        counts[1] += len(x)
         if args.eval_npz:
             recons.append(to_uint8(recon))
-        seen += len(x)
+    if dd.world_size > 1:
+        for total in (errors, counts, usage):
+            torch.distributed.all_reduce(total)
     if args.eval_npz:
-        np.savez(args.eval_npz, arr_0=np.concatenate(recons))
-    mse_target, mse_full = (mse_target / seen).tolist(), (mse_full / seen).tolist()
+        mine = np.concatenate(recons) if recons else np.zeros((0, cfg.image_size, cfg.image_size, 3), np.uint8)
+        shares = [None] * dd.world_size if dd.master else None
+        if dd.world_size > 1:
+            torch.distributed.gather_object(mine, shares, dst=0)
+        else:
+            shares = [mine]
+        if dd.master:
+            np.savez(args.eval_npz, arr_0=np.concatenate(shares))
+    if not dd.master:
+        return None
+    seen, prefix_images = int(counts[1]), int(counts[0])
+    scored = torch.cat([counts[0].expand(cfg.n_tokens - 1), counts[1:]])
+    mse_target, mse_full = (errors[0] / scored).tolist(), (errors[1] / scored).tolist()
     table = [{'prefix': i + 1, 'omega': int(tok.omegas[i]), 'l2_vs_lowpass': mse_target[i],
               'psnr_vs_lowpass': -10 * math.log10(mse_target[i]), 'l2_vs_image': mse_full[i],
               'psnr_vs_image': -10 * math.log10(mse_full[i])} for i in range(cfg.n_tokens)]
-    print(f"{'prefix':>6} {'w_i':>4} {'PSNR(lowpass)':>13} {'PSNR(image)':>11}   ({seen} images of {root})")
+    print(f"{'prefix':>6} {'w_i':>4} {'PSNR(lowpass)':>13} {'PSNR(image)':>11}   ({seen} images of {root}, "
+          f"{prefix_images} of them at the prefixes < {cfg.n_tokens})")
     for r in table:
         print(f"{r['prefix']:>6} {r['omega']:>4} {r['psnr_vs_lowpass']:>13.2f} {r['psnr_vs_image']:>11.2f}")
-    common.log_jsonl(os.path.join(args.out_dir, 'eval.jsonl'), {'step': step, 'data': root, 'images': seen, 'prefixes': table})
+    summary = {'psnr_vs_image_at_N': table[-1]['psnr_vs_image'],
+               'psnr_vs_lowpass_at': {i: table[i - 1]['psnr_vs_lowpass'] for i in (1, 2, 4, 8) if i <= cfg.n_tokens},
+               **codebook_stats(usage), 'run_wall_s': time.time() - run_start, 'eval_wall_s': time.time() - eval_start}
+    print(f"PSNR at N vs image {summary['psnr_vs_image_at_N']:.2f} dB, prefixes "
+          + ', '.join(f"{i}: {v:.2f}" for i, v in summary['psnr_vs_lowpass_at'].items())
+          + f" dB vs low-pass; codebook used {summary['codebook_used']:.1%}, perplexity "
+          f"{summary['codebook_perplexity']:.0f}; {summary['run_wall_s'] / 60:.1f} min since start")
+    common.log_jsonl(os.path.join(args.out_dir, 'eval.jsonl'),
+                     {'step': step, 'data': root, 'images': seen, 'prefix_images': prefix_images, **summary, 'prefixes': table})
     return table
 
 
 @torch.no_grad()
 def loss_of_current_weights(x, prefix, target):
-    """The loss of the weights about to be saved, on the last batch (common.check_checkpoint_finite says why)."""
+    """The loss of the weights about to be saved, on the last micro-batch (common.check_checkpoint_finite says why)."""
     model.eval()  # eval: the code usage counts stay as training left them
     with autocast:
         recon, vq_loss, _ = model(x, prefix)
@@ -252,21 +340,20 @@ def save_checkpoint():
         torch.distributed.all_reduce(usage)
     if not dd.master:
         return
-    common.atomic_save({
+    common.save_and_keep({
         'kind': 'tokenizer', 'config': dataclasses.asdict(cfg), 'args': vars(args), 'step': step,
         'model': {**model.state_dict(), 'quantizer.usage': usage}, 'ema': {**ema_model.state_dict(), 'quantizer.usage': usage}, 'optimizer': optimizer.state_dict(),
         'disc': disc.state_dict() if use_gan else None,
         'disc_optimizer': disc_optimizer.state_dict() if use_gan else None,
         'lecam': lecam.state_dict() if use_gan else None, 'rng': common.rng_state(),
-    }, ckpt_path)
+    }, ckpt_path, step, args.keep)
 
 
 # ----------------------------------------------------------------------------- training
 if args.eval_only:
     if not (args.resume and args.eval_data):
         raise SystemExit('--eval_only needs --resume CKPT and --eval_data FOLDER')
-    if dd.master:
-        evaluate(ema_model, args.eval_data)
+    evaluate(ema_model, args.eval_data)
     common.cleanup_distributed()
     raise SystemExit(0)
 
@@ -278,57 +365,77 @@ finite = torch.ones((), dtype=torch.bool, device=device)
 sums = {}
 n_bad, n_empty_batches = 0, 0
 t_last, step_last = time.time(), step
-pbar = tqdm(total=args.max_steps, initial=step, disable=not dd.master, dynamic_ncols=True)
+pbar = common.progress_bar(total=args.max_steps, initial=step, disable=not dd.master)
 data_iter = iter(loader)
+checkpoints = common.CheckpointSchedule(args.ckpt_every, args.max_steps, args.ckpt_minutes, device)
 while step < args.max_steps:
-    images, _, bad = next(data_iter)
+    images, _, bad = next(data_iter)  # this process's share of the global batch, split into grad_accum micro-batches
     n_bad += bad
     if not len(images):  # no readable image in this process's batch: draw the next one (counted, logged)
         n_empty_batches += 1
         continue
-    x = to_float(images, device)
     prefix, flip = step_randomness(step)
-    prefix, flip = prefix[:len(x)], flip[:len(x)]  # a batch with skipped bad files is shorter
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    target, prefix = prefix_targets(x, prefix)
+    prefix, flip = prefix[:len(images)], flip[:len(images)]  # a batch with skipped bad files is shorter
     gan_on = use_gan and step >= args.disc_start
     for group in optimizer.param_groups + (disc_optimizer.param_groups if use_gan else []):
         group['lr'] = lr_at(step)
 
-    # tokenizer step
-    with autocast:
-        recon, vq_loss, _ = train_model(x, prefix)
-        recon = recon.float()
-        l2 = F.mse_loss(recon, target)
-        loss = args.l2_weight * l2 + vq_loss
-        terms = {'l2': l2.detach(), 'vq': vq_loss.detach()}
-        if lpips is not None:
-            terms['lpips'] = lpips_loss(recon, target).mean()
-            loss = loss + args.lpips_weight * terms['lpips']
-        if gan_on:
-            disc.requires_grad_(False)  # the generator loss must not touch the discriminator's gradients
-            terms['gan_g'] = hinge_g_loss(disc_net(recon))
-            loss = loss + args.gan_weight * terms['gan_g']
-            disc.requires_grad_(True)
+    # tokenizer step; every micro-step's loss is divided by grad_accum: the gradient is the mean over the process's share
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    terms, encoder_outputs, disc_batches = {}, [], []
+    micro_batches = zip(images.tensor_split(args.grad_accum), prefix.tensor_split(args.grad_accum), flip.tensor_split(args.grad_accum))
+    for micro_step, (micro_images, micro_prefix, micro_flip) in enumerate(micro_batches):
+        if not len(micro_images):  # skipped bad files left fewer images than micro-steps
+            continue
+        common.seed_model_randomness(args.seed, step, dd.rank * args.grad_accum + micro_step)
+        x = views(micro_images, micro_flip)
+        target, micro_prefix = prefix_targets(x, micro_prefix)
+        last_micro_batch = x, micro_prefix, target  # for the finite-weights check before a checkpoint
+        gan_mask = micro_prefix == cfg.n_tokens if args.gan_full_only else None  # the samples whose target is the full image
+        disc_condition = model.omegas[micro_prefix - 1] if args.disc_cond else None
+        with common.gradient_sync(train_model, micro_step, args.grad_accum):
+            with autocast:
+                recon, vq_loss, _ = train_model(x, micro_prefix)
+                recon = recon.float()
+                l2 = F.mse_loss(recon, target)
+                loss = args.l2_weight * l2 + vq_loss
+                micro_terms = {'l2': l2.detach(), 'vq': vq_loss.detach()}
+                if lpips is not None:
+                    micro_terms['lpips'] = lpips_loss(recon, target).mean()
+                    loss = loss + args.lpips_weight * micro_terms['lpips']
+                if gan_on:
+                    disc.requires_grad_(False)  # the generator loss must not touch the discriminator's gradients
+                    micro_terms['gan_g'] = hinge_g_loss(disc_net(recon, disc_condition), gan_mask)
+                    loss = loss + args.gan_weight * micro_terms['gan_g']
+                    disc.requires_grad_(True)
+            (loss / args.grad_accum).backward()
+        finite &= torch.isfinite(loss.detach())
+        for k, v in micro_terms.items():
+            terms[k] = terms.get(k, 0) + v.detach().float() / args.grad_accum
+        encoder_outputs.append(model.quantizer.last_z)
+        if gan_on:
+            disc_batches.append((target, recon.detach(), disc_condition, gan_mask))
     terms['grad_norm'] = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
     optimizer.step()
     common.ema_update(ema_model, model, common.ema_decay(args.ema, step))
 
-    # discriminator step: real = the same low-pass targets the tokenizer is asked for
+    # discriminator step: real = the same low-pass targets the tokenizer is asked for (with the same w_i)
     if gan_on:
-        with autocast:
-            logits = train_disc(torch.cat([target, recon.detach()])).float()
-            real, fake = logits.chunk(2)
-            terms['gan_d'] = hinge_d_loss(real, fake)
-            d_loss = terms['gan_d'] + args.lecam_weight * lecam(real, fake)
         disc_optimizer.zero_grad(set_to_none=True)
-        d_loss.backward()
+        for micro_step, (target, recon, disc_condition, gan_mask) in enumerate(disc_batches):
+            with common.gradient_sync(train_disc, micro_step, args.grad_accum):
+                with autocast:
+                    logits = train_disc(torch.cat([target, recon]),
+                                        None if disc_condition is None else disc_condition.repeat(2)).float()
+                    real, fake = logits.chunk(2)
+                    gan_d = hinge_d_loss(real, fake, gan_mask)
+                    d_loss = gan_d + args.lecam_weight * lecam(real, fake, gan_mask, update=False)
+                (d_loss / args.grad_accum).backward()
+            terms['gan_d'] = terms.get('gan_d', 0) + gan_d.detach().float() / args.grad_accum
+        lecam.update()
         torch.nn.utils.clip_grad_norm_(disc.parameters(), args.grad_clip)
         disc_optimizer.step()
 
-    finite &= torch.isfinite(loss.detach())
     for k, v in terms.items():
         sums[k] = sums.get(k, 0) + v.detach().float()
     step += 1
@@ -336,28 +443,34 @@ while step < args.max_steps:
 
     codebook = None
     if args.restart_every and step % args.restart_every == 0:
-        codebook = restart_dead_codes(step)
-    if step % args.log_every == 0 or step == args.max_steps:
+        codebook = restart_dead_codes(step, torch.cat(encoder_outputs).flatten(0, 1))
+    log_step = step % args.log_every == 0 or step == args.max_steps
+    if log_step:
         if not common.all_finite(finite):
             common.stop_on_nonfinite(step, ckpt_path)
         n = step - step_last
-        record = {'step': step, 'lr': lr_at(step - 1), **{k: v.item() / n for k, v in sums.items()},
+        means = torch.stack(list(sums.values())) / n
+        if dd.world_size > 1:  # the terms of the global batch, as one process with --grad_accum logs them
+            torch.distributed.all_reduce(means)
+            means /= dd.world_size
+        record = {'step': step, 'lr': lr_at(step - 1), **dict(zip(sums, means.tolist())),
                   **common.speed_record(n, time.time() - t_last, args.batch_size, flops_per_sample, dd),
-                  'bad_images_skipped': n_bad, 'empty_batches_skipped': n_empty_batches, **(codebook or codebook_stats(model.quantizer.usage))}
+                  'bad_images_skipped': n_bad, 'empty_batches_skipped': n_empty_batches,
+                  **(codebook or codebook_stats(model.quantizer.usage)), **ema_codebook_stats(images, flip)}
         if dd.master:
             common.log_jsonl(log_path, record)
             pbar.set_postfix({k: f"{record[k]:.4g}" for k in ('l2', 'lpips', 'vq', 'codebook_used') if k in record})
         sums, t_last, step_last = {}, time.time(), step
     if dd.master and args.sample_every and (step % args.sample_every == 0 or step == args.max_steps):
         save_prefix_png(ema_model, preview, os.path.join(args.out_dir, f'prefixes_{step:07d}.png'))
-    if step % args.ckpt_every == 0 or step == args.max_steps:
+    if checkpoints.due(step, log_step):
         states = [model.state_dict(), ema_model.state_dict(), optimizer.state_dict()]
         states += [disc.state_dict(), disc_optimizer.state_dict()] if use_gan else []
-        common.check_checkpoint_finite(step, ckpt_path, finite, loss_of_current_weights(x, prefix, target), *states)
+        common.check_checkpoint_finite(step, ckpt_path, finite, loss_of_current_weights(*last_micro_batch), *states)
         save_checkpoint()
 pbar.close()
 if n_bad and dd.master:
     print(f"skipped {n_bad} unreadable image(s)" + (f", {n_empty_batches} batch(es) without any readable one" if n_empty_batches else ""))
-if args.eval_data and dd.master:
+if args.eval_data:
     evaluate(ema_model, args.eval_data)
 common.cleanup_distributed()

@@ -24,7 +24,7 @@ torchrun --standalone --nproc_per_node "$GPUS" "${run[@]}" --batch_size $((PER_G
 python - "$OUT" "$GPUS" <<'PY'
 import json, sys
 out, gpus = sys.argv[1], int(sys.argv[2])
-logs = {k: [json.loads(line) for line in open(f'{out}/{k}/log.jsonl')]
+logs = {k: [r for r in map(json.loads, open(f'{out}/{k}/log.jsonl')) if 'loss' in r]  # training records, not evaluations
         for k in ('one_gpu_global_batch', 'one_gpu_per_gpu_batch', 'ddp')}
 print('step  loss 1 GPU  loss DDP  (same global batch)')
 for a, b in zip(logs['one_gpu_global_batch'], logs['ddp']):

@@ -10,25 +10,19 @@ from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-# shared/ sits beside the checkout, or inside it where only the working tree was copied
-SHARED_DATA = next((d for d in (Path(REPO).parent / 'shared' / 'data', Path(REPO) / 'shared' / 'data') if d.is_dir()),
-                   Path(REPO).parent / 'shared' / 'data')
 
 
 @pytest.fixture(scope='session')
-def cifar_test_dir():
-    """The real CIFAR-10 test images (<class>/<image>.jpg); the test is skipped where shared data is absent."""
-    path = SHARED_DATA / 'cifar10' / 'test'
-    if not path.is_dir():
-        pytest.skip(f'real images not found at {path}')
-    return path
+def cifar_sample_dir():
+    """500 real CIFAR-10 images bundled in assets/ (<class>/<image>.jpg): the first 50 per class of the test split."""
+    return Path(REPO) / 'assets' / 'cifar10_sample'
 
 
 @pytest.fixture
-def cifar_images(cifar_test_dir):
+def cifar_images(cifar_sample_dir):
     """Eight real 32x32 CIFAR-10 test images in [-1, 1], one or two per class."""
-    classes = sorted(os.listdir(cifar_test_dir))[:8]
-    paths = [os.path.join(cifar_test_dir, c, sorted(os.listdir(os.path.join(cifar_test_dir, c)))[0]) for c in classes]
+    classes = sorted(os.listdir(cifar_sample_dir))[:8]
+    paths = [sorted((cifar_sample_dir / c).iterdir())[0] for c in classes]
     arr = np.stack([np.asarray(Image.open(p).convert('RGB')) for p in paths])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1
 
@@ -77,7 +71,7 @@ def tiny_tokenizer(tmp_path_factory):
 
 def save_modified_tokenizer(tok_ckpt, path, edit):
     """A tokenizer checkpoint made from tok_ckpt by edit(ckpt) (other weights, other config)."""
-    ckpt = torch.load(tok_ckpt, map_location='cpu', weights_only=False)
+    ckpt = torch.load(tok_ckpt, map_location='cpu', weights_only=True)
     edit(ckpt)
     torch.save(ckpt, path)
     return path

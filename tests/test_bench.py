@@ -16,20 +16,23 @@ def read_records(path):
 def test_sample_and_train_benches_on_cpu(tmp_path):
     out = tmp_path / 'bench.jsonl'
     stdout = bench('sample', '--preset', 'tiny', '--tok_preset', 'tiny', '--batch', 2, 3, '--cfg', 1.5,
-                   '--reps', 1, '--device', 'cpu', '--json', out)
+                   '--reps', 1, '--device', 'cpu', '--tokens_per_step', 1, 4, '--json', out)
     table = stdout[stdout.index('== sample'):]
     assert 'RANDOM weights' in stdout and 'floor img/s' in table and 'fast' in table and 'slow' in table
+    assert 'tiny-p4/tiny' in table and '2 steps of 4 token(s)' in stdout
     records = read_records(out)
-    assert [(r['variant'], r['batch']) for r in records] == [('slow', 2), ('fast', 2), ('slow', 3), ('fast', 3)]
+    assert [(r['tokens_per_step'], r['variant'], r['batch']) for r in records] == [
+        (P, variant, B) for P in (1, 4) for B in (2, 3) for variant in ('slow', 'fast')]
     for r in records:
         assert 'error' not in r and r['images_per_s'] > 0 and r['gen_floor_ms'] > 0 and r['decode_ms'] > 0
-    fast = records[1]
-    assert fast['check_ok'] and fast['check_greedy_token_match'] == 1.0  # float32: the fast path is the reference
+        assert len(r['step_floor_ms']) == 8 // r['tokens_per_step']  # tiny: N = 8
+    for fast in (records[1], records[5]):
+        assert fast['check_ok'] and fast['check_greedy_token_match'] == 1.0  # float32: the fast path is the reference
 
     bench('train_gen', '--preset', 'tiny', '--batch', 4, '--warmup', 1, '--steps', 2, '--profile', '--device', 'cpu', '--json', out)
     bench('train_tok', '--preset', 'tiny', '--batch', 2, '--warmup', 1, '--steps', 1, '--device', 'cpu', '--json', out)
     records = read_records(out)
-    train = {r['bench']: r for r in records[4:]}
+    train = {r['bench']: r for r in records[8:]}
     assert set(train) == {'train_gen', 'train_tok'}
     for r in train.values():
         assert 'error' not in r and r['images_per_s'] > 0 and 0 < r['mfu'] and r['flops_per_step'] > 0

@@ -86,8 +86,8 @@ def test_load_images_folder_and_npz(tmp_path, capsys):
     assert torch.equal(images, expected)
 
 
-def test_spectral_more_causal_than_raster_on_cifar10_subset(cifar_test_dir):
-    table = causality_table(load_images(str(cifar_test_dir), max_images=500))
+def test_spectral_more_causal_than_raster_on_cifar10_subset(cifar_sample_dir):
+    table = causality_table(load_images(str(cifar_sample_dir), max_images=500))
     for i, (spectral, raster) in enumerate(zip(table["spectral"], table["raster"]), start=2):
         assert spectral > raster, f"token {i}: spectral {spectral:.3f} <= raster {raster:.3f}"
     assert table["spectral"][2] > 0.98  # the image is nearly determined by its w=24 low-pass

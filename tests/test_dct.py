@@ -42,10 +42,12 @@ def test_lowpass_is_float32_accurate_under_bf16_autocast():
     torch.testing.assert_close(out.double(), lowpass(x.double(), 5), rtol=0, atol=1e-5)
 
 
+EQ9 = [i if i <= 32 else 2 * i - 32 if i <= 48 else 12 * i - 512 for i in range(1, 65)]  # N = 64, 256 px
+
+
 def test_nonuniform_schedule_is_eq9_for_64_tokens_at_256px():
     w = omega_schedule(64, 256)
-    eq9 = [i if i <= 32 else 2 * i - 32 if i <= 48 else 12 * i - 512 for i in range(1, 65)]
-    assert w == eq9
+    assert w == EQ9
     assert (w[31], w[47], w[63]) == (32, 64, 256)
 
 
@@ -75,3 +77,17 @@ def test_more_tokens_than_frequencies_share_cutoffs_in_runs(kind):
         assert w == [(i + 1) // 2 for i in range(1, 65)]  # two tokens per frequency
     else:  # eq. (9)'s shape: half the tokens on w <= size / 8
         assert w[31] == 4 and w[47] == 8
+
+
+@pytest.mark.parametrize('n_tokens,size', [(64, 256), (32, 32), (16, 32), (64, 32), (64, 512), (10, 37), (1, 8)])
+def test_shared_schedule_never_decreases_and_ends_at_the_image_size(n_tokens, size):
+    w = omega_schedule(n_tokens, size, 'nonuniform_shared')
+    assert len(w) == n_tokens and w[0] >= 1 and w[-1] == size
+    assert (np.diff(w) >= 0).all(), w
+
+
+def test_shared_schedule_is_eq9_at_256px_and_keeps_its_proportions_at_32px():
+    assert omega_schedule(64, 256, 'nonuniform_shared') == EQ9
+    w = omega_schedule(32, 32, 'nonuniform_shared')
+    assert w[15] <= 32 / 8 and w[23] <= 32 / 4  # half the tokens on w <= size/8, three quarters on w <= size/4
+    assert omega_schedule(32, 32)[15] == 16  # what steps >= 1 make of it: the uniform schedule

@@ -2,6 +2,7 @@
 numpy reference and TensorFlow's own values, the metric maths, and the CLI on small synthetic sets."""
 import importlib.util
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 import fid
-from conftest import SHARED_DATA
 
 pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.load` is deprecated:DeprecationWarning')
 
@@ -61,18 +61,21 @@ def test_network_matches_torchscript_on_random_input(networks):
     assert_close_relative(spatial, torchscript_spatial(torchscript, x))
 
 
-def real_images(pattern, count):
-    paths = sorted(SHARED_DATA.glob(pattern))[::97][:count]
-    if len(paths) < count:
-        pytest.skip(f'no images at {SHARED_DATA / pattern} (shared data absent)')
-    return torch.from_numpy(np.stack([np.array(Image.open(p).convert('RGB')) for p in paths]))
+def real_images(folder, size, count=2):
+    """count real uint8 images (count, size, size, 3): CIFAR-10 images from folder, tiled into a mosaic above
+    32 px (real-image statistics with detail at every scale of the 299 px input)."""
+    tiles = size // 32
+    paths = sorted(folder.glob('*/*.jpg'))[::3][:count * tiles * tiles]
+    images = np.stack([np.array(Image.open(p).convert('RGB')) for p in paths])
+    mosaics = images.reshape(count, tiles, tiles, 32, 32, 3).transpose(0, 1, 3, 2, 4, 5)
+    return torch.from_numpy(mosaics.reshape(count, size, size, 3))
 
 
-@pytest.mark.parametrize('pattern', ['cifar10/test/*/*.jpg', 'imagenet256-sample/*/*.JPEG'])
+@pytest.mark.parametrize('size', [32, 256])  # CIFAR-10's size and ImageNet's
 @torch.inference_mode()
-def test_network_matches_torchscript_on_real_images(networks, pattern):
+def test_network_matches_torchscript_on_real_images(networks, cifar_sample_dir, size):
     ours, torchscript = networks
-    x = fid.preprocess(real_images(pattern, 2), 'tf1')
+    x = fid.preprocess(real_images(cifar_sample_dir, size), 'tf1')
     pool, spatial, _ = ours(x)
     assert_close_relative(pool, torchscript(x))
     assert_close_relative(spatial, torchscript_spatial(torchscript, x))
@@ -203,12 +206,41 @@ def test_fid_of_a_set_with_itself_is_zero_and_fid_is_symmetric():
         fid.frechet_distance(mu_b, sigma_b, mu_a, sigma_a), rel=1e-8)
 
 
-def test_singular_product_of_covariances_is_regularised_with_a_warning():
-    sigma1 = np.array([[2.0, 0, -1, 1], [0, 2, 1, -1], [-1, 1, 1, -1], [1, -1, -1, 1]])
-    sigma2 = np.array([[2.0, -1, 0, 0], [-1, 1, 0, -1], [0, 0, 0, 0], [0, -1, 0, 2]])
-    with pytest.warns(UserWarning, match='singular product'):
-        distance = fid.frechet_distance(np.zeros(4), sigma1, np.zeros(4), sigma2)
-    assert np.isfinite(distance)
+def adm_frechet_distance(mu1, sigma1, mu2, sigma2):
+    """ADM's evaluator (and pytorch-fid) on regular statistics: scipy's sqrtm of the product."""
+    from scipy import linalg
+    covmean = linalg.sqrtm(sigma1 @ sigma2).real
+    return (mu1 - mu2) @ (mu1 - mu2) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean)
+
+
+def test_frechet_distance_matches_adm_on_regular_statistics():
+    rng = np.random.default_rng(0)
+    decay = np.exp(-np.arange(64) / 8)  # a spread of variances, as Inception features have
+    a = rng.normal(size=(500, 64)) * decay
+    b = (rng.normal(size=(400, 64)) * decay) @ (np.eye(64) + 0.1 * rng.normal(size=(64, 64))) + 0.05
+    (mu_a, sigma_a), (mu_b, sigma_b) = fid.statistics(a), fid.statistics(b)
+    assert fid.frechet_distance(mu_a, sigma_a, mu_b, sigma_b) == pytest.approx(
+        adm_frechet_distance(mu_a, sigma_a, mu_b, sigma_b), rel=1e-6)
+
+
+def test_singular_product_of_covariances_needs_no_regularisation(monkeypatch):
+    """Rank-deficient covariances in a common rotated basis, where Tr sqrt(S1 S2) = sum sqrt(a_i b_i). scipy's
+    sqrtm of such a product is finite on some LAPACK builds and not on others (pytorch-fid and ADM then add eps to
+    the diagonals and warn): a sqrtm that always fails must change nothing."""
+    monkeypatch.setattr(fid.linalg, 'sqrtm', lambda matrix, *args, **kwargs: np.full_like(matrix, np.nan))
+    rotation, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(6, 6)))
+    var1, var2 = np.array([4.0, 1, 0, 0, 2, 9]), np.array([1.0, 0, 3, 0, 2, 4])
+    sigma1, sigma2 = rotation @ np.diag(var1) @ rotation.T, rotation @ np.diag(var2) @ rotation.T
+    expected = np.sum((np.sqrt(var1) - np.sqrt(var2)) ** 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        distance = fid.frechet_distance(np.zeros(6), sigma1, np.zeros(6), sigma2)
+    assert distance == pytest.approx(expected, rel=1e-6)  # sqrt of rounding-size eigenvalues: ~1e-8 each
+
+
+def test_a_matrix_with_negative_eigenvalues_is_not_a_covariance():
+    with pytest.raises(fid.FIDError, match='not a covariance'):
+        fid.frechet_distance(np.zeros(2), np.array([[1.0, 2], [2, 1]]), np.zeros(2), np.eye(2))
 
 
 def test_non_finite_or_mismatched_statistics_are_errors():

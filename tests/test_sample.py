@@ -92,7 +92,7 @@ def test_bad_inputs_name_the_fix(tiny_tokenizer, generator_ckpt, bad_tokenizers,
     assert 'does not exist' in error(tmp_path / 'missing.pt', tmp_path)
     assert 'does not exist' in error(generator_ckpt, tmp_path, '--tok_ckpt', tmp_path / 'missing.pt')
 
-    moved = torch.load(generator_ckpt, map_location='cpu', weights_only=False)
+    moved = torch.load(generator_ckpt, map_location='cpu', weights_only=True)
     moved['tokenizer']['path'] = str(tmp_path / 'moved' / 'tok.pt')
     torch.save(moved, tmp_path / 'moved_tok.pt')
     message = error(tmp_path / 'moved_tok.pt', tmp_path)

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dct import lowpass
-from tokenizer import TokConfig, Tokenizer
+from tokenizer import TokConfig, Tokenizer, sample_prefix_lengths
 
 
 def tiny(**overrides):
@@ -66,6 +66,31 @@ def test_dead_codes_restart_from_encoder_outputs():
     assert all(any(torch.equal(r, c) for c in candidates) for r in restarted)
 
 
+def test_restarted_codes_take_the_same_values_in_the_ema_codebook_and_live_codes_keep_their_averages():
+    q = tiny().quantizer
+    ema = copy.deepcopy(q)
+    with torch.no_grad():
+        ema.codebook.weight.mul_(0.5)  # an average that lags the live codebook
+    averages = ema.codebook.weight.clone()
+    usage = torch.zeros(64)
+    usage[:10] = 1
+    q.restart_dead_codes(usage, F.normalize(torch.randn(5, 8), dim=-1), torch.Generator().manual_seed(0), ema=ema)
+    assert torch.equal(ema.codebook.weight[10:], q.codebook.weight[10:])
+    assert torch.equal(ema.codebook.weight[:10], averages[:10])
+
+
+@pytest.mark.parametrize('full_prob', [0.0, 0.5])
+def test_prefix_lengths_are_uniform_plus_the_extra_mass_on_the_full_prefix(full_prob):
+    N, count = 8, 200_000
+    prefix = sample_prefix_lengths(N, count, torch.Generator().manual_seed(0), full_prob)
+    freq = torch.bincount(prefix, minlength=N + 1)[1:].double() / count
+    expected = torch.full((N,), (1 - full_prob) / N, dtype=torch.float64)
+    expected[-1] += full_prob
+    torch.testing.assert_close(freq, expected, rtol=0, atol=0.004)  # >= 3.6 standard errors at 200k draws
+    if full_prob == 0:  # the default draws what the trainer drew before the option existed
+        assert torch.equal(prefix, torch.randint(1, N + 1, (count,), generator=torch.Generator().manual_seed(0)))
+
+
 def test_tiny_tokenizer_overfits_four_images_at_every_prefix(cifar_images):
     """Algorithm 1 on four real images, with the dead-code restarts train_tok.py uses against collapse."""
     x = cifar_images[:4]
@@ -100,7 +125,7 @@ def test_tiny_tokenizer_overfits_four_images_at_every_prefix(cifar_images):
 
 def test_training_forward_compiles_to_one_graph():
     """A graph break (bincount's data-dependent shape did it) splits torch.compile's forward and backward and
-    made the titok_b64 step host-bound on an H100 (README, Throughput)."""
+    made the titok_b64 step host-bound on an H100 (docs/performance.md)."""
     tok = Tokenizer(TokConfig.preset('tiny')).train()
     x = torch.rand(4, 3, tok.cfg.image_size, tok.cfg.image_size) * 2 - 1
     explanation = torch._dynamo.explain(tok)(x, torch.tensor([1, 3, 5, 8]))

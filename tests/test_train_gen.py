@@ -11,8 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from PIL import Image
+
+import tokens
 from conftest import N_CLASSES, PER_CLASS, perturb_weights, run, save_modified_tokenizer, train_gen
 from data import ImageFolder
+from generator import GPT, GPTConfig
 from tokenizer import Tokenizer
 
 
@@ -100,12 +104,21 @@ def test_encoding_resumes_after_interruption(tiny_tokenizer, token_file, other_t
 
 
 def load_generator(out_dir):
-    return torch.load(out_dir / 'ckpt.pt', map_location='cpu', weights_only=False)
+    return torch.load(out_dir / 'ckpt.pt', map_location='cpu', weights_only=True)
+
+
+def read_records(out_dir):
+    with open(out_dir / 'log.jsonl') as f:
+        return [json.loads(line) for line in f]
 
 
 def read_log(out_dir):
-    with open(out_dir / 'log.jsonl') as f:
-        return [json.loads(line) for line in f]
+    """The training records of a log (evaluation records have no loss)."""
+    return [r for r in read_records(out_dir) if 'loss' in r]
+
+
+def read_evals(out_dir):
+    return [r for r in read_records(out_dir) if 'train_nll' in r]
 
 
 def assert_same_tensors(a, b, exact=True):
@@ -200,3 +213,132 @@ def test_token_file_with_out_of_range_codes_is_refused(tiny_tokenizer, token_fil
     np.savez(tmp_path / 'tokens.npz', **arrays)
     result = train_gen(tiny_tokenizer[1], tmp_path, '--tokens', tmp_path / 'tokens.npz', '--max_steps', 1, expect_ok=False)
     assert 'holds codes outside 0..63 or labels outside 0..2' in result.stderr and 'delete it to encode again' in result.stderr
+    result = train_gen(tiny_tokenizer[1], tmp_path / 'val', '--tokens', token_file, '--val_tokens', tmp_path / 'tokens.npz',
+                       '--max_steps', 1, expect_ok=False)
+    assert f"{str(tmp_path / 'tokens.npz')!r} holds codes outside 0..63" in result.stderr
+
+
+@pytest.fixture(scope='module')
+def val_folder(tmp_path_factory):
+    """Held-out images: the training folder's classes, other pixels."""
+    root = tmp_path_factory.mktemp('val')
+    rng = np.random.default_rng(1)
+    for c in range(N_CLASSES):
+        os.makedirs(root / f'class{c}')
+        for i in range(2):
+            img = rng.integers(0, 120, (32, 32, 3))
+            img[..., c] += 120
+            Image.fromarray(img.astype(np.uint8)).save(root / f'class{c}' / f'{i}.png')
+    return root
+
+
+def hand_nll_per_position(gpt, codes, labels):
+    """-log p(t_i | t_<i, class) of every row, each position from its own forward pass over the prefix
+    (float64 log-softmax), averaged over rows."""
+    idx, labels = torch.from_numpy(codes.astype(np.int64)), torch.from_numpy(labels.astype(np.int64))
+    with torch.no_grad():
+        nll = [-gpt(idx[:, :i + 1], labels)[:, i].double().log_softmax(-1).gather(1, idx[:, i:i + 1])[:, 0]
+               for i in range(idx.shape[1])]
+    return torch.stack(nll, 1).mean(0).numpy()
+
+
+def test_validation_nll_scores_validation_rows_in_eval_mode(tiny_tokenizer, token_file, val_folder, tmp_path):
+    """With dropout 0.5, an evaluation in training mode would not match the hand computation, nor would one
+    that scored training rows."""
+    train_gen(tiny_tokenizer[1], tmp_path, '--tokens', token_file, '--val_data', val_folder, '--dropout', 0.5,
+              '--max_steps', 3, '--eval_every', 1, '--ckpt_every', 3, *TRAIN_FLAGS[:-2])
+    final = read_evals(tmp_path)[-1]
+    ckpt = load_generator(tmp_path)
+    assert final['step'] == ckpt['step'] == 3 and ckpt['config']['dropout'] == 0.5
+    gpt = GPT(GPTConfig(**ckpt['config']))
+    gpt.load_state_dict(ckpt['model'])
+    gpt.eval()
+    val_codes, val_labels, val_meta = read_tokens(tmp_path / 'val_tokens.npz')
+    assert val_meta['views'] == 1 and len(val_codes) == 2 * N_CLASSES
+    expected = hand_nll_per_position(gpt, val_codes, val_labels)
+    np.testing.assert_allclose(final['val_nll_per_position'], expected, rtol=1e-4, atol=1e-4)
+    assert final['val_nll'] == pytest.approx(expected.sum(), rel=1e-5)
+    train_codes, train_labels, _ = read_tokens(token_file)  # every training image's view 0: rows 0, 2, 4, ...
+    expected_train = hand_nll_per_position(gpt, train_codes[::2], train_labels[::2])
+    assert final['train_nll'] == pytest.approx(expected_train.sum(), rel=1e-5)
+    assert final['val_over_train'] == pytest.approx(final['val_nll'] / final['train_nll'])
+    assert ckpt['val_nll'] == final['val_nll']
+    assert (tmp_path / 'nll.png').exists()
+
+
+def test_best_checkpoint_is_replaced_only_by_a_lower_validation_nll(tiny_tokenizer, token_file, val_folder, tmp_path):
+    train_gen(tiny_tokenizer[1], tmp_path, '--tokens', token_file, '--val_data', val_folder, '--max_steps', 8,
+              '--eval_every', 1, '--warmup', 1, '--lr_end', 1.0, '--lr', 3.0)
+    val = [r['val_nll'] for r in read_evals(tmp_path)]
+    assert len(val) == 8 and any(b > a for a, b in zip(val, val[1:])), f'the NLL never rose, nothing to test: {val}'
+    best = torch.load(tmp_path / 'best.pt', map_location='cpu', weights_only=True)
+    assert best['val_nll'] == min(val) and best['step'] == 1 + val.index(min(val))
+    assert best['best_val_nll'] == min(val)
+
+
+def test_augmented_token_file_holds_k_views_and_a_rerun_reuses_it(tiny_tokenizer, tmp_path):
+    data, tok_ckpt = tiny_tokenizer
+    path = tmp_path / 'tokens.npz'
+    flags = ('--data', data, '--tokens', path, '--encode_only', '--augment', 4, '--augment_scale', 0.5)
+    train_gen(tok_ckpt, tmp_path, *flags)
+    codes, labels, meta = read_tokens(path)
+    assert meta['views'] == 4 and meta['augment_scale'] == 0.5 and codes.shape[0] == 4 * N_CLASSES * PER_CLASS
+    np.testing.assert_array_equal(labels, np.repeat(ImageFolder(data, 32).labels, 4))
+
+    tok = Tokenizer.from_checkpoint(tok_ckpt)
+    dataset = ImageFolder(data, tok.cfg.image_size)
+    x = torch.stack([dataset[i][0] for i in range(len(dataset))]).float() / 127.5 - 1
+    params = torch.from_numpy(np.stack([tokens.view_params(i, 4, 0.5, seed=0) for i in range(len(dataset))]))
+    views = tokens.make_views(x, params).view(len(dataset), 4, *x.shape[1:])
+    torch.testing.assert_close(views[:, 0], x, rtol=0, atol=0)
+    torch.testing.assert_close(views[:, 1], x.flip(-1), rtol=0, atol=0)
+    for a in range(4):  # four different images of every image
+        for b in range(a):
+            assert (views[:, a] - views[:, b]).abs().flatten(1).amax(1).min() > 0.05
+    np.testing.assert_array_equal(codes, tok.encode(views.flatten(0, 1)).numpy())
+
+    before = path.stat().st_mtime_ns
+    result = train_gen(tok_ckpt, tmp_path, *flags)
+    assert 'encode' not in result.stderr and 'wrote' not in result.stdout and path.stat().st_mtime_ns == before
+    result = train_gen(tok_ckpt, tmp_path, *flags[:-4], '--augment', 2, expect_ok=False)
+    assert 'holds 4 view(s) per image, not 2' in result.stderr and '--augment 4' in result.stderr
+
+
+def test_tokens_per_step_is_trained_resumed_and_sampled(tiny_tokenizer, token_file, tmp_path):
+    """--tokens_per_step 4 (N = 8: two groups) reaches the checkpoint's config, a resume keeps it and refuses
+    another, sample.py samples the grouped model, and a P that does not divide N stops with the divisors."""
+    tok_ckpt = tiny_tokenizer[1]
+    train_gen(tok_ckpt, tmp_path, '--tokens', token_file, '--max_steps', 2, '--tokens_per_step', 4, *TRAIN_FLAGS)
+    assert load_generator(tmp_path)['config']['tokens_per_step'] == 4
+    train_gen(tok_ckpt, tmp_path, '--tokens', token_file, '--max_steps', 3, '--resume', *TRAIN_FLAGS)
+    assert load_generator(tmp_path)['config']['tokens_per_step'] == 4
+    refused = train_gen(tok_ckpt, tmp_path, '--tokens', token_file, '--max_steps', 4, '--resume', '--tokens_per_step', 2,
+                        *TRAIN_FLAGS, expect_ok=False)
+    assert '--tokens_per_step 2 contradicts the checkpoint, which was trained with --tokens_per_step 4' in refused.stderr
+    run('sample.py', '--ckpt', tmp_path / 'ckpt.pt', '--out', tmp_path / 'samples', '--classes', '0,1', '--per_class', 2,
+        '--truncate', 1)
+    with np.load(tmp_path / 'samples' / 'samples_4x32x32x3.npz') as f:
+        assert f['arr_0'].shape == (4, 32, 32, 3)
+    bad = train_gen(tok_ckpt, tmp_path / 'bad', '--tokens', token_file, '--max_steps', 1, '--tokens_per_step', 3,
+                    expect_ok=False)
+    assert '--tokens_per_step: tokens_per_step=3 must divide n_tokens=8: use one of [1, 2, 4, 8]' in bad.stderr
+
+
+def test_two_processes_equal_one_with_grad_accum_2_and_resume_across_them(tiny_tokenizer, token_file, tmp_path):
+    """The global batch of 8 as 2 processes x 4 rows or as 1 process x 2 micro-batches of 4, with dropout and drop
+    path: their masks follow a row's place in the global batch, so both draw the same. A run checkpointed on 2
+    processes continues on 1 with --grad_accum 2 as the 1-process run did (the same data, labels and masks)."""
+    tok_ckpt = tiny_tokenizer[1]
+    flags = ('--tokens', token_file, '--dropout', 0.2, '--drop_path', 0.3, '--ckpt_every', 2, *TRAIN_FLAGS)
+    train_gen(tok_ckpt, tmp_path / 'accum', *flags, '--max_steps', 4, '--grad_accum', 2, '--keep', 1)
+    assert sorted(f.name for f in (tmp_path / 'accum').glob('ckpt*')) == ['ckpt.pt', 'ckpt_0000004.pt']
+    run('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', 2, 'train_gen.py', '--preset', 'tiny',
+        '--tok_ckpt', tok_ckpt, '--out_dir', tmp_path / 'moved', '--batch_size', 8, '--workers', 0, '--log_every', 1,
+        '--sample_every', 0, '--max_steps', 2, *flags)
+    train_gen(tok_ckpt, tmp_path / 'moved', *flags, '--max_steps', 4, '--grad_accum', 2, '--resume')
+    for key in ('model', 'ema'):
+        assert_same_tensors(load_generator(tmp_path / 'accum')[key], load_generator(tmp_path / 'moved')[key], exact=False)
+    log_accum, log_moved = read_log(tmp_path / 'accum'), read_log(tmp_path / 'moved')
+    assert [r['step'] for r in log_accum] == [r['step'] for r in log_moved] == [1, 2, 3, 4]
+    for a, b in zip(log_accum, log_moved):
+        assert a['loss'] == pytest.approx(b['loss'], rel=1e-5) and a['grad_norm'] == pytest.approx(b['grad_norm'], rel=1e-4)

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,13 +13,13 @@ from conftest import REPO
 
 
 @pytest.fixture(scope='module')
-def image_dir(tmp_path_factory, cifar_test_dir):
+def image_dir(tmp_path_factory, cifar_sample_dir):
     """24 real CIFAR-10 test images in 3 class folders."""
     root = tmp_path_factory.mktemp('images')
     for cls in ('airplane', 'cat', 'ship'):
         os.makedirs(root / cls)
-        for f in sorted(os.listdir(cifar_test_dir / cls))[:8]:
-            shutil.copy(cifar_test_dir / cls / f, root / cls / f)
+        for f in sorted(os.listdir(cifar_sample_dir / cls))[:8]:
+            shutil.copy(cifar_sample_dir / cls / f, root / cls / f)
     return root
 
 
@@ -26,7 +27,7 @@ def train(data, out, *extra, nproc=1, check=True):
     flags = ['--preset', 'tiny', '--data', str(data), '--out_dir', str(out), '--batch_size', '8', '--workers', '0',
              '--lpips_weight', '0', '--disc_start', '2', '--warmup', '0', '--min_lr', '1e-4', '--restart_every', '2',
              '--log_every', '1', '--sample_every', '100', '--device', 'cpu', *extra]
-    launcher = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(nproc), '--master_port', '29533'] if nproc > 1 else [sys.executable]
+    launcher = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(nproc), '--standalone'] if nproc > 1 else [sys.executable]
     result = subprocess.run(launcher + [os.path.join(REPO, 'train_tok.py')] + flags, capture_output=True, text=True, cwd=REPO)
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
@@ -34,7 +35,8 @@ def train(data, out, *extra, nproc=1, check=True):
 
 
 def weights(out):
-    ckpt = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=False)
+    """out: a run's folder (its ckpt.pt) or a checkpoint file."""
+    ckpt = torch.load(out if str(out).endswith('.pt') else os.path.join(out, 'ckpt.pt'), weights_only=True)
     return ckpt, {**{f'model.{k}': v for k, v in ckpt['model'].items()}, **{f'ema.{k}': v for k, v in ckpt['ema'].items()},
                   **{f'disc.{k}': v for k, v in ckpt['disc'].items()}}
 
@@ -78,10 +80,10 @@ def test_bad_images_are_skipped_and_counted(image_dir, tmp_path):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(image_dir, tmp_path):
     train(image_dir, tmp_path / 'out', '--max_steps', '2', '--ckpt_every', '2')
-    good = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=False)
+    good = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)
     result = train(image_dir, tmp_path / 'out', '--max_steps', '40', '--ckpt_every', '2', '--resume', '--lr', '1e30', check=False)
     assert result.returncode != 0 and 'non-finite loss' in result.stderr + result.stdout
-    kept = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=False)
+    kept = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)
     assert kept['step'] == good['step'] == 2
     assert all(torch.isfinite(v).all() for v in kept['model'].values() if v.is_floating_point())
 
@@ -95,48 +97,38 @@ def test_mismatched_resume_settings_and_wrong_checkpoints_stop_with_a_fix(image_
     assert 'is a generator checkpoint, expected a tokenizer checkpoint' in result.stderr
 
 
-@pytest.fixture(scope='module')
-def asset_images(tmp_path_factory):
-    """8 CIFAR-10 images of the repository's assets in 2 class folders (no shared data needed)."""
-    root = tmp_path_factory.mktemp('asset_images')
-    for cls in ('airplane', 'cat'):
-        os.makedirs(root / cls)
-        for f in sorted(os.listdir(os.path.join(REPO, 'assets', 'cifar10_sample', cls)))[:4]:
-            shutil.copy(os.path.join(REPO, 'assets', 'cifar10_sample', cls, f), root / cls / f)
-    return root
-
-
-def test_batch_without_readable_image_is_skipped_and_counted(asset_images, tmp_path):
+def test_batch_without_readable_image_is_skipped_and_counted(image_dir, tmp_path):
     data = tmp_path / 'data'
-    shutil.copytree(asset_images, data)
-    for cls in ('airplane', 'cat'):
-        for i in range(12):
-            (data / cls / f'empty_{i}.jpg').write_bytes(b'')  # 8 readable of 32; some preview picks are empty too
-    train(data, tmp_path / 'out', '--max_steps', '8', '--batch_size', '4', '--gan_weight', '0')
+    shutil.copytree(image_dir, data)
+    for cls in ('airplane', 'cat', 'ship'):
+        for i in range(40):
+            (data / cls / f'empty_{i}.jpg').write_bytes(b'')  # 24 readable of 144; some preview picks are empty too
+    # --grad_accum 2: a batch of one readable image also leaves a micro-batch without any
+    train(data, tmp_path / 'out', '--max_steps', '8', '--batch_size', '4', '--grad_accum', '2', '--gan_weight', '0')
     logs = [json.loads(line) for line in open(tmp_path / 'out' / 'log.jsonl')]
     assert [r['step'] for r in logs] == list(range(1, 9))
     assert logs[-1]['empty_batches_skipped'] > 0 and logs[-1]['bad_images_skipped'] > 0
 
 
-def test_diverged_weights_are_never_checkpointed_nor_called_good(asset_images, tmp_path):
+def test_diverged_weights_are_never_checkpointed_nor_called_good(image_dir, tmp_path):
     # lr 1e9: the loss of step 1 is finite, the weights after it are finite (~1e9) but no later loss is
     flags = ('--gan_weight', '0', '--ckpt_every', '1', '--lr', '1e9', '--min_lr', '1e9')
-    result = train(asset_images, tmp_path / 'fresh', '--max_steps', '4', *flags, check=False)
+    result = train(image_dir, tmp_path / 'fresh', '--max_steps', '4', *flags, check=False)
     assert result.returncode != 0 and 'non-finite loss or weights at or before step 1' in result.stderr
     assert 'no checkpoint was written yet' in result.stderr and 'the last checkpoint' not in result.stderr
     assert not os.path.exists(tmp_path / 'fresh' / 'ckpt.pt')
 
-    train(asset_images, tmp_path / 'out', '--max_steps', '2', '--gan_weight', '0')
-    result = train(asset_images, tmp_path / 'out', '--max_steps', '4', '--resume', *flags, check=False)
+    train(image_dir, tmp_path / 'out', '--max_steps', '2', '--gan_weight', '0')
+    result = train(image_dir, tmp_path / 'out', '--max_steps', '4', '--resume', *flags, check=False)
     assert result.returncode != 0 and f"the last checkpoint written, {str(tmp_path / 'out' / 'ckpt.pt')!r}" in result.stderr
     kept = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)
     assert kept['step'] == 2 and all(v.abs().max() < 1e3 for v in kept['model'].values() if v.is_floating_point())
-    assert train(asset_images, tmp_path / 'out', '--max_steps', '3', '--resume', '--lr', '1e-4', '--ckpt_every', '1').returncode == 0
+    assert train(image_dir, tmp_path / 'out', '--max_steps', '3', '--resume', '--lr', '1e-4', '--ckpt_every', '1').returncode == 0
 
 
-def test_resume_reads_its_settings_from_the_checkpoint(asset_images, tmp_path):
-    train(asset_images, tmp_path / 'out', '--max_steps', '1', '--gan_weight', '0', '--lr', '3e-4')
-    bare = [sys.executable, os.path.join(REPO, 'train_tok.py'), '--data', str(asset_images), '--out_dir', str(tmp_path / 'out'),
+def test_resume_reads_its_settings_from_the_checkpoint(image_dir, tmp_path):
+    train(image_dir, tmp_path / 'out', '--max_steps', '1', '--gan_weight', '0', '--lr', '3e-4', '--grad_accum', '2')
+    bare = [sys.executable, os.path.join(REPO, 'train_tok.py'), '--data', str(image_dir), '--out_dir', str(tmp_path / 'out'),
             '--workers', '0', '--resume']
     result = subprocess.run(bare + ['--max_steps', '2'], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
@@ -144,8 +136,94 @@ def test_resume_reads_its_settings_from_the_checkpoint(asset_images, tmp_path):
     resumed = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)
     assert resumed['step'] == 2 and resumed['config']['n_tokens'] == 8
     assert (resumed['args']['preset'], resumed['args']['batch_size'], resumed['args']['lr']) == ('tiny', 8, 3e-4)
+    assert resumed['args']['grad_accum'] == 2
 
     result = subprocess.run(bare + ['--seed', '1'], capture_output=True, text=True, cwd=REPO)
     assert '--seed 1 contradicts the checkpoint, which was trained with --seed 0: leave --seed out' in result.stderr
+    result = subprocess.run(bare + ['--disc_cond'], capture_output=True, text=True, cwd=REPO)
+    assert '--disc_cond contradicts the checkpoint, which was trained without --disc_cond' in result.stderr
     result = subprocess.run(bare + ['--max_steps', '3', '--gan_weight', '0.1'], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0 and 'the GAN starts with a new one' in result.stdout, result.stderr
+
+
+def test_restarted_codes_are_the_same_in_the_ema_codebook(image_dir, tmp_path):
+    # restart at step 2, then the checkpoint: a restarted row equals the live one, every other row is an average
+    train(image_dir, tmp_path / 'out', '--max_steps', '2', '--restart_every', '2')
+    ckpt = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)
+    restarted = [json.loads(line) for line in open(tmp_path / 'out' / 'log.jsonl')][-1]['codes_restarted']
+    same = (ckpt['ema']['quantizer.codebook.weight'] == ckpt['model']['quantizer.codebook.weight']).all(1)
+    assert restarted > 0 and same.sum() == restarted
+
+
+def test_sharpness_options_train_and_the_eval_records_the_figures_that_compare_runs(image_dir, tmp_path):
+    out = tmp_path / 'out'
+    train(image_dir, out, '--max_steps', '3', '--full_prefix_prob', '0.5', '--disc_cond', '--gan_full_only',
+          '--schedule', 'nonuniform_shared', '--code_dim', '4', '--commitment', '0.1', '--lpips_weight', '1',
+          '--lpips_resize', '48', '--eval_data', str(image_dir), '--eval_npz', str(out / 'recon.npz'))
+    ckpt = torch.load(out / 'ckpt.pt', weights_only=True)
+    assert (ckpt['config']['code_dim'], ckpt['config']['commitment'], ckpt['config']['schedule']) == (4, 0.1, 'nonuniform_shared')
+    assert ckpt['disc']['condition_embed.weight'].shape[0] == 33  # one embedding per cut-off w = 0..32
+    log = [json.loads(line) for line in open(out / 'log.jsonl')]
+    assert 'gan_g' in log[-1] and 0 < log[-1]['ema_codebook_used'] <= 1
+    evaluation = json.loads(open(out / 'eval.jsonl').read())
+    assert evaluation['psnr_vs_image_at_N'] == evaluation['prefixes'][-1]['psnr_vs_image']
+    assert list(evaluation['psnr_vs_lowpass_at']) == ['1', '2', '4', '8']
+    assert 0 < evaluation['codebook_used'] <= 1 and evaluation['codebook_perplexity'] >= 1
+    assert evaluation['run_wall_s'] >= evaluation['eval_wall_s'] > 0
+
+
+def read_log(out):
+    return [json.loads(line) for line in open(out / 'log.jsonl')]
+
+
+def assert_close_weights(w1, w2):
+    for k in w1:  # the tolerances of the DDP test above
+        torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-4 if k.startswith('disc.') else 5e-5, msg=k)
+
+
+def test_two_processes_equal_one_with_grad_accum_2_and_resume_across_them(image_dir, tmp_path):
+    """The same global batch of 8 as 2 processes x 4 images or as 1 process x 2 micro-batches of 4: the same
+    training, GAN and dead-code restarts (at steps 2 and 4) included; and a run checkpointed on 2 processes
+    continues on 1 with --grad_accum 2 as if it had never moved."""
+    flags = ('--disc_start', '1', '--ckpt_every', '2')
+    train(image_dir, tmp_path / 'accum', *flags, '--max_steps', '4', '--grad_accum', '2', '--keep', '2')
+    assert sorted(os.listdir(tmp_path / 'accum')) == ['ckpt.pt', 'ckpt_0000002.pt', 'ckpt_0000004.pt', 'log.jsonl',
+                                                      'prefixes_0000004.png']
+    train(image_dir, tmp_path / 'moved', *flags, '--max_steps', '2', nproc=2)
+    assert_close_weights(weights(tmp_path / 'accum' / 'ckpt_0000002.pt')[1], weights(tmp_path / 'moved')[1])
+    train(image_dir, tmp_path / 'moved', *flags, '--max_steps', '4', '--grad_accum', '2', '--resume')
+    (accum, w_accum), (moved, w_moved) = weights(tmp_path / 'accum'), weights(tmp_path / 'moved')
+    assert accum['step'] == moved['step'] == 4
+    assert_close_weights(w_accum, w_moved)
+    for a, b in zip(read_log(tmp_path / 'accum'), read_log(tmp_path / 'moved'), strict=True):
+        assert a['step'] == b['step'] and a.get('codes_restarted') == b.get('codes_restarted')
+        assert a.keys() == b.keys() and ('gan_d' in a) == (a['step'] > 1)
+        for k in {'l2', 'vq', 'gan_g', 'gan_d', 'ema_codebook_perplexity'} & a.keys():
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (a['step'], k)
+
+
+def read_eval(out):
+    return json.loads(open(out / 'eval.jsonl').readlines()[-1])
+
+
+def test_sharded_evaluation_equals_one_process_and_scores_short_prefixes_on_a_subset(image_dir, tmp_path):
+    out = tmp_path / 'out'
+    flags = ('--eval_data', str(image_dir), '--eval_prefix_images', '8')
+    train(image_dir, out, '--max_steps', '1', *flags, '--eval_npz', str(tmp_path / 'one.npz'))
+    one = read_eval(out)
+    train(image_dir, out, '--resume', '--eval_only', *flags, '--eval_npz', str(tmp_path / 'two.npz'), nproc=2)
+    two = read_eval(out)
+    assert one['images'] == two['images'] == 24 and one['prefix_images'] == two['prefix_images'] == 8
+    for a, b in zip(one['prefixes'], two['prefixes'], strict=True):
+        assert a['l2_vs_lowpass'] == pytest.approx(b['l2_vs_lowpass'], rel=1e-5)
+        assert a['l2_vs_image'] == pytest.approx(b['l2_vs_image'], rel=1e-5)
+    assert one['codebook_perplexity'] == pytest.approx(two['codebook_perplexity'], rel=1e-5)
+    recon_one, recon_two = (np.load(tmp_path / f)['arr_0'] for f in ('one.npz', 'two.npz'))
+    assert recon_one.shape == (24, 32, 32, 3) and recon_one.dtype == np.uint8
+    assert np.abs(recon_one.astype(int) - recon_two).max() <= 1  # folder order; rounding of near-ties may differ
+
+    train(image_dir, out, '--resume', '--eval_only', '--eval_data', str(image_dir), '--eval_prefix_images', '24')
+    every = read_eval(out)
+    assert every['prefix_images'] == 24
+    assert every['prefixes'][-1]['l2_vs_image'] == pytest.approx(one['prefixes'][-1]['l2_vs_image'], rel=1e-6)
+    assert every['prefixes'][0]['l2_vs_image'] != pytest.approx(one['prefixes'][0]['l2_vs_image'], rel=1e-3)

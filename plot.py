@@ -1,0 +1,111 @@
+"""
+Line plots of training logs (log.jsonl) as PNG, drawn with PIL (the repo has no plotting dependency).
+
+    python plot.py out/gen/log.jsonl --out nll.png                       # training vs validation NLL
+    python plot.py out/a/log.jsonl out/b/log.jsonl --keys val_nll --out val.png   # runs side by side
+
+Each key is read from the records that have it; 'batch_nll' is the training loss per sequence (the sum
+of a training record's loss_per_position: dropout and augmentation on, unlike the evaluations).
+train_gen.py draws OUT_DIR/nll.png with the default keys after every evaluation.
+"""
+import argparse
+import json
+import math
+import os
+
+from PIL import Image, ImageDraw, ImageFont
+
+DEFAULT_KEYS = ('batch_nll', 'train_nll', 'val_nll')
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127)]
+
+
+def read_series(path, key):
+    """[(step, value)] of one key in a jsonl log, in file order."""
+    points = []
+    with open(path) as f:
+        for line in f:
+            record = json.loads(line)
+            if key == 'batch_nll' and 'loss_per_position' in record:
+                points.append((record['step'], sum(record['loss_per_position'])))
+            elif key in record:
+                points.append((record['step'], record[key]))
+    return points
+
+
+def nice_ticks(low, high, count=6):
+    """About `count` round tick values covering [low, high]."""
+    raw = max(high - low, 1e-12) / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    first = step * -(-low // step)
+    return [first + i * step for i in range(int((high - first) / step) + 1)]
+
+
+def draw(series, out, title='', size=(900, 560)):
+    """series: {label: [(x, y)]} -> a PNG line plot with axes, ticks and a legend."""
+    series = {label: points for label, points in series.items() if points}
+    if not series:
+        raise ValueError('nothing to plot: none of the keys is in the log(s)')
+    xs = [x for points in series.values() for x, _ in points]
+    ys = [y for points in series.values() for _, y in points]
+    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    pad = 0.05 * (max(ys) - min(ys) or 1)
+    y0, y1 = min(ys) - pad, max(ys) + pad
+    width, height = size
+    left, right, top, bottom = 70, 20, 30, 50
+    image = Image.new('RGB', size, 'white')
+    pen = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+
+    def to_pixel(x, y):
+        return (left + (x - x0) / (x1 - x0) * (width - left - right),
+                height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom))
+
+    pen.rectangle([left, top, width - right, height - bottom], outline='black')
+    for x in nice_ticks(x0, x1):
+        px, _ = to_pixel(x, y0)
+        pen.line([px, height - bottom, px, height - bottom + 4], fill='black')
+        pen.text((px - 12, height - bottom + 8), f"{x:g}", fill='black', font=font)
+    for y in nice_ticks(y0, y1):
+        _, py = to_pixel(x0, y)
+        pen.line([left - 4, py, left, py], fill='black')
+        pen.line([left, py, width - right, py], fill=(230, 230, 230))
+        pen.text((4, py - 6), f"{y:.4g}", fill='black', font=font)
+    pen.text((width // 2 - 15, height - 20), 'step', fill='black', font=font)
+    pen.text((left, 8), title, fill='black', font=font)
+    for i, (label, points) in enumerate(series.items()):
+        colour = COLOURS[i % len(COLOURS)]
+        pixels = [to_pixel(x, y) for x, y in points]
+        if len(pixels) > 1:
+            pen.line(pixels, fill=colour, width=2)
+        for px, py in pixels:
+            pen.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
+        pen.line([width - right - 200, top + 12 + 16 * i, width - right - 180, top + 12 + 16 * i], fill=colour, width=3)
+        pen.text((width - right - 175, top + 6 + 16 * i), label, fill='black', font=font)
+    image.save(out)
+
+
+def plot_log(path, out, keys=DEFAULT_KEYS):
+    draw({key: read_series(path, key) for key in keys}, out, title=f'NLL per sequence (nats): {path}')
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('logs', nargs='+', help='jsonl logs written by train_gen.py or train_tok.py')
+    parser.add_argument('--keys', nargs='+', default=list(DEFAULT_KEYS), help='record keys to plot against step')
+    parser.add_argument('--out', required=True, help='PNG to write')
+    parser.add_argument('--title', default='')
+    args = parser.parse_args(argv)
+    several = len(args.logs) > 1
+    series = {(f"{os.path.basename(os.path.dirname(os.path.abspath(log)))} {key}" if several else key):
+              read_series(log, key) for log in args.logs for key in args.keys}
+    try:
+        draw(series, args.out, args.title)
+    except ValueError as e:
+        raise SystemExit(f"plot.py: {e}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The CIFAR-10 generator recipe search: regularisation variants trained at one budget on the tokens of one
+# tokenizer, ranked by validation NLL (CIFAR-10 test/) against the NLL of training rows.
+#   TOK=out/cifar10/tok/ckpt.pt DATA=../shared/data/cifar10 ROOT=out/gen_search bash scripts/gen_search.sh [variant ...]
+# Variants (train_gen.py flags on top of the shared ones below):
+#   old         the recipe before the search: image + flip, no dropout, drop path 0.0333 (VAR's 0.1 x 8 / 24)
+#   dropout     + dropout 0.1, drop path 0.1
+#   augment     + 8 views per image (flip and zoom crops), dropout 0.1, drop path 0.1
+#   augment_ema + EMA 0.9995 of the weights (the EMA model is evaluated and sampled)
+#   strong      8 views, dropout 0.2, drop path 0.2
+#   d12         the cifar_d12 preset, 8 views, dropout 0.1, drop path 0.1
+# The variants run at the same time, variant j on GPU j mod GPUS; each writes $ROOT/<variant>/ (log.jsonl,
+# nll.png, ckpt.pt, best.pt) and run.log. The token files are encoded once into $ROOT first.
+# Last: $ROOT/summary.json and a table (best validation NLL, the training rows' NLL at that step, their
+# ratio), and $ROOT/val_nll.png with every variant's validation curve.
+set -euo pipefail
+TOK=${TOK:?set TOK to a tokenizer checkpoint}
+DATA=${DATA:-../shared/data/cifar10}
+ROOT=${ROOT:-out/gen_search}
+STEPS=${STEPS:-6000}
+WORKERS=${WORKERS:-4}
+GPUS=${GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}
+[ "$GPUS" -ge 1 ] || GPUS=1
+SHARED=${SHARED:---batch_size 512 --lr 2e-4 --max_steps $STEPS --log_every 200 --eval_every 500 --ckpt_every 2000 --sample_every 0 --compile}
+variants=("$@"); [ ${#variants[@]} -eq 0 ] && variants=(old dropout augment augment_ema strong d12)
+mkdir -p "$ROOT"
+
+encode() {  # encode VIEWS: the training token file of VIEWS views per image, once
+  [ -f "$ROOT/tokens_k$1.npz" ] || python train_gen.py --tok_ckpt "$TOK" --data "$DATA/train" --tokens "$ROOT/tokens_k$1.npz" \
+    --augment "$1" --val_data "$DATA/test" --val_tokens "$ROOT/val_tokens.npz" --encode_only --workers "$WORKERS" --out_dir "$ROOT"
+}
+encode 2
+encode 8
+
+pids=()
+for j in "${!variants[@]}"; do
+  v=${variants[$j]}
+  case $v in
+    old)         flags="--preset cifar_d8 --augment 2 --dropout 0 --drop_path 0.0333" ;;
+    dropout)     flags="--preset cifar_d8 --augment 2 --dropout 0.1 --drop_path 0.1" ;;
+    augment)     flags="--preset cifar_d8 --augment 8 --dropout 0.1 --drop_path 0.1" ;;
+    augment_ema) flags="--preset cifar_d8 --augment 8 --dropout 0.1 --drop_path 0.1 --ema 0.9995" ;;
+    strong)      flags="--preset cifar_d8 --augment 8 --dropout 0.2 --drop_path 0.2" ;;
+    d12)         flags="--preset cifar_d12 --augment 8 --dropout 0.1 --drop_path 0.1" ;;
+    *) echo "unknown variant $v: use old dropout augment augment_ema strong d12" >&2; exit 2 ;;
+  esac
+  views=$(sed 's/.*--augment \([0-9]*\).*/\1/' <<<"$flags")
+  mkdir -p "$ROOT/$v"
+  # shellcheck disable=SC2086
+  CUDA_VISIBLE_DEVICES=$((j % GPUS)) python train_gen.py --tok_ckpt "$TOK" --tokens "$ROOT/tokens_k$views.npz" \
+    --val_tokens "$ROOT/val_tokens.npz" --out_dir "$ROOT/$v" $SHARED $flags >"$ROOT/$v/run.log" 2>&1 &
+  pids+=($!)
+done
+failed=0
+for j in "${!variants[@]}"; do
+  wait "${pids[$j]}" || { echo "variant ${variants[$j]} failed: see $ROOT/${variants[$j]}/run.log" >&2; failed=1; }
+done
+
+python - "$ROOT" "${variants[@]}" <<'EOF'
+import json, os, sys
+root, variants = sys.argv[1], sys.argv[2:]
+rows = []
+for v in variants:
+    path = os.path.join(root, v, 'log.jsonl')
+    if not os.path.exists(path):
+        continue
+    evals = [r for r in map(json.loads, open(path)) if 'val_nll' in r]
+    best = min(evals, key=lambda r: r['val_nll'])
+    rows.append(dict(variant=v, best_step=best['step'], best_val_nll=best['val_nll'], train_nll_at_best=best['train_nll'],
+                     ratio_at_best=best['val_over_train'], last_step=evals[-1]['step'], last_val_nll=evals[-1]['val_nll'],
+                     last_train_nll=evals[-1]['train_nll']))
+print(f"{'variant':<12} {'best step':>9} {'val NLL':>8} {'train NLL':>9} {'ratio':>6} | {'last val':>8} {'last train':>10}")
+for r in rows:
+    print(f"{r['variant']:<12} {r['best_step']:>9} {r['best_val_nll']:>8.2f} {r['train_nll_at_best']:>9.2f} "
+          f"{r['ratio_at_best']:>6.3f} | {r['last_val_nll']:>8.2f} {r['last_train_nll']:>10.2f}")
+json.dump(rows, open(os.path.join(root, 'summary.json'), 'w'), indent=1)
+EOF
+logs=(); for v in "${variants[@]}"; do [ -f "$ROOT/$v/log.jsonl" ] && logs+=("$ROOT/$v/log.jsonl"); done
+[ ${#logs[@]} -gt 0 ] && python plot.py "${logs[@]}" --keys val_nll --out "$ROOT/val_nll.png" --title 'validation NLL per sequence (nats)'
+exit $failed

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Several tokens per step at CIFAR-10 scale (the paper's d16-p4 row): generators with P = 1, 2, 4 tokens per step
+# trained at one budget on the same token files, then each one's best validation NLL (CIFAR-10 test/, nats per
+# sequence), gFID-50k of its best.pt against the train statistics, and the images/s of sample.py's loop.
+#   TOK=out/cifar10/tok/ckpt.pt DATA=../shared/data/cifar10 ROOT=out/tokens_per_step bash scripts/tokens_per_step.sh
+# Model j trains on GPU j mod GPUS; each writes $ROOT/p<P>/ (log.jsonl, best.pt, run.log, samples/), and last
+# $ROOT/summary.json and a table.
+set -euo pipefail
+TOK=${TOK:?set TOK to a tokenizer checkpoint}
+DATA=${DATA:-../shared/data/cifar10}
+ROOT=${ROOT:-out/tokens_per_step}
+PS=${PS:-1 2 4}
+STEPS=${STEPS:-6000}
+WORKERS=${WORKERS:-4}
+# scripts/cifar10.sh's generator recipe (8 views per image, dropout and drop path of cifar_d8, EMA)
+FLAGS=${FLAGS:---preset cifar_d8 --ema 0.9995 --batch_size 512 --lr 2e-4 --log_every 200 --eval_every 500 --ckpt_every 2000 --sample_every 0 --compile}
+SAMPLING=${SAMPLING:---cfg 2.0}  # the best setting of that recipe's sweep for P = 1 (docs/results.md, generalisation)
+GPUS=${GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}
+[ "$GPUS" -ge 1 ] || GPUS=1
+[ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()
+STATS=${STATS:-$ROOT/cifar10_train_stats.npz}
+mkdir -p "$ROOT"
+[ -f "$STATS" ] || python fid.py --no-pr --save-stats "$STATS" "$DATA/train" "${WEIGHTS_FID[@]}"
+[ -f "$ROOT/tokens.npz" ] || python train_gen.py --tok_ckpt "$TOK" --data "$DATA/train" --tokens "$ROOT/tokens.npz" \
+  --augment 8 --val_data "$DATA/test" --val_tokens "$ROOT/val_tokens.npz" --encode_only --workers "$WORKERS" --out_dir "$ROOT"
+read -ra ps <<<"$PS"
+pids=()
+for j in "${!ps[@]}"; do
+  dir=$ROOT/p${ps[$j]}; mkdir -p "$dir"
+  # shellcheck disable=SC2086
+  ( CUDA_VISIBLE_DEVICES=$((j % GPUS)) python train_gen.py --tok_ckpt "$TOK" --tokens "$ROOT/tokens.npz" \
+      --val_tokens "$ROOT/val_tokens.npz" --out_dir "$dir" --max_steps "$STEPS" --tokens_per_step "${ps[$j]}" $FLAGS &&
+    CUDA_VISIBLE_DEVICES=$((j % GPUS)) python sample.py --ckpt "$dir/best.pt" --classes all --per_class 5000 \
+      --batch_size 1000 --seed 0 $SAMPLING --out "$dir/samples" &&
+    CUDA_VISIBLE_DEVICES=$((j % GPUS)) python fid.py "$dir/samples/samples_50000x32x32x3.npz" "$STATS" --no-pr \
+      --json "$dir/samples/fid.json" "${WEIGHTS_FID[@]}" ) >"$dir/run.log" 2>&1 &
+  pids+=($!)
+done
+failed=0
+for j in "${!ps[@]}"; do
+  wait "${pids[$j]}" || { echo "P = ${ps[$j]} failed: see $ROOT/p${ps[$j]}/run.log" >&2; failed=1; }
+done
+python - "$ROOT" "${ps[@]}" <<'PY'
+import json, sys
+root, ps = sys.argv[1], sys.argv[2:]
+rows = []
+for p in ps:
+    evals = [r for r in map(json.loads, open(f'{root}/p{p}/log.jsonl')) if 'val_nll' in r]
+    best = min(evals, key=lambda r: r['val_nll'])
+    fid = json.load(open(f'{root}/p{p}/samples/fid.json'))
+    rows.append({'tokens_per_step': int(p), 'best_val_nll': best['val_nll'], 'best_step': best['step'],
+                 'train_nll_at_best': best['train_nll'], 'gfid_50k': fid['fid'], 'sfid_50k': fid.get('sfid')})
+json.dump(rows, open(f'{root}/summary.json', 'w'), indent=1)
+print(f"{'P':>2} {'val NLL':>9} {'(step)':>7} {'train NLL':>10} {'gFID-50k':>9}")
+for r in rows:
+    print(f"{r['tokens_per_step']:>2} {r['best_val_nll']:9.2f} {r['best_step']:7d} {r['train_nll_at_best']:10.2f} {r['gfid_50k']:9.2f}")
+PY
+exit $failed
