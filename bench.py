@@ -17,8 +17,8 @@ device-to-device copy (bytes read + written) and the bf16 matmul rate by an 8192
 a 64 MiB copy and a 1024^3 float32 product). Every floor below uses those two measured numbers.
 
 sample: the reference GPT.generate loop ('slow') and fast_sample.FastSampler ('fast', and with --compile
-'fast+compile') at each --batch, with CFG (a 2B-row batch) unless --cfg 0, bf16 on CUDA, for each --tokens_per_step P (model 'd16-p4': N / P steps of P tokens,
-same seed and weights' spread). Reported:
+'fast+compile') at each --batch, with CFG (a 2B-row batch) unless --cfg 0, bf16 on CUDA, for each
+--tokens_per_step P (model 'd16-p4': N / P steps of P tokens, same seed and weights' spread). Reported:
 images/s end to end (generate + tokenizer decode to pixels, one batch), images/s of sample.py's own loop
 (fast paths: 6 batches through sample.sample_batches, uint8 images copied to the host; on CUDA it decodes
 and copies batch b on a side stream while batch b + 1 samples), generator ms per batch and per step,
