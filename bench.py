@@ -2,7 +2,7 @@
 Throughput benchmarks that print a short table last and append JSON lines (--json).
 
     python bench.py loader --data ../shared/data/imagenet256-sample --size 256 --batch 256 --workers 16
-    python bench.py sample --preset d16 --tok_preset titok_b64 --batch 64 256 --cfg 1.5 [--compile] [--profile]
+    python bench.py sample --preset d16 --tok_preset titok_b64 --batch 64 256 --cfg 1.5 [--compile]
     python bench.py sample --preset d16 --tok_preset titok_b64 --batch 256 --cfg 1.5 --tokens_per_step 1 4
     python bench.py train_gen --preset d16 --batch 256 [--compile]
     python bench.py train_tok --preset titok_b64 --batch 64 [--compile]
@@ -16,10 +16,9 @@ samples are noise) and first measure the device's two ceilings: HBM bandwidth by
 device-to-device copy (bytes read + written) and the bf16 matmul rate by an 8192^3 product (on a CPU:
 a 64 MiB copy and a 1024^3 float32 product). Every floor below uses those two measured numbers.
 
-sample: the reference GPT.generate loop ('slow') and FastSampler ('fast'; on CUDA also 'fast-nograph',
-the same steps launched eagerly, and with --compile 'fast+compile') at each --batch, with CFG (a 2B-row
-batch) unless --cfg 0, bf16 on CUDA, for each --tokens_per_step P (model 'd16-p4': N / P steps of P tokens,
-same seed and weights' spread). Reported:
+sample: the reference GPT.generate loop ('slow') and fast_sample.FastSampler ('fast', and with --compile
+'fast+compile') at each --batch, with CFG (a 2B-row batch) unless --cfg 0, bf16 on CUDA, for each
+--tokens_per_step P (model 'd16-p4': N / P steps of P tokens, same seed and weights' spread). Reported:
 images/s end to end (generate + tokenizer decode to pixels, one batch), images/s of sample.py's own loop
 (fast paths: 6 batches through sample.sample_batches, uint8 images copied to the host; on CUDA it decodes
 and copies batch b on a side stream while batch b + 1 samples), generator ms per batch and per step,
@@ -34,8 +33,6 @@ path on CUDA each step is also timed alone (CUDA events between graph replays): 
 A check at the first batch size (--check): each path's logits against a float32 teacher-forced forward
 pass over its own tokens (the fast path must stay within 2x of the reference loop's error), and the
 share of tokens equal to the reference loop's for the same seed (sampled and greedy).
---profile: CUDA kernel time of one un-graphed fast generation at the last --batch, by kernel class
-(matmul, attention, other) and the top kernels.
 
 train_gen / train_tok: forward + backward + fused AdamW steps in-process, bf16 autocast on CUDA, on
 random tokens / random images; --compile adds a torch.compile row next to the eager one; --profile adds
@@ -272,25 +269,30 @@ def kernel_profile(fn, device):
                 us = e.time_range.elapsed_us()
                 count, total = by_name.get(e.name, (0, 0.0))
                 by_name[e.name] = (count + 1, total + us)
-        classes, kernel_class = {'matmul': 0.0, 'attention': 0.0, 'other': 0.0}, {}
+        classes = {'matmul': 0.0, 'attention': 0.0, 'other': 0.0}
         for name, (_, us) in by_name.items():
             low = name.lower()
             if any(k in low for k in ('flash', 'fmha', 'attention', 'attn', 'sdpa')):
-                kernel_class[name] = 'attention'
+                classes['attention'] += us
             elif any(k in low for k in ('gemm', 'cutlass', 'nvjet', 'xmma', 'cublas', 'gemv', 'matmul', 'splitk')):
-                kernel_class[name] = 'matmul'
+                classes['matmul'] += us
             else:
-                kernel_class[name] = 'other'
-            classes[kernel_class[name]] += us
-        def top(names):
-            return [{'name': n[:120], 'count': by_name[n][0], 'ms': by_name[n][1] / 1e3}
-                    for n in sorted(names, key=lambda n: -by_name[n][1])[:12]]
+                classes['other'] += us
+        top = sorted(by_name, key=lambda n: -by_name[n][1])[:12]
         return {'kernel_ms_by_class': {k: v / 1e3 for k, v in classes.items()},
                 'n_kernels': sum(c for c, _ in by_name.values()),
-                'top_kernels': top(by_name), 'top_other_kernels': top(n for n in by_name if kernel_class[n] == 'other')}
+                'top_kernels': [{'name': n[:120], 'count': by_name[n][0], 'ms': by_name[n][1] / 1e3} for n in top]}
     except Exception as e:  # the profiler is a diagnosis, never a reason to lose the run
         print(f"profile failed: {e!r}")
         return None
+
+
+def print_profile(p):
+    print(f"{'':16}kernel ms by class: " + ', '.join(f"{k} {v:.2f}" for k, v in p['kernel_ms_by_class'].items())
+          + f" ({p['n_kernels']} kernels, one step)")
+    print(f"{'':16}top kernels:")
+    for k in p['top_kernels'][:8]:
+        print(f"{'':18}{k['ms']:8.2f} ms {k['count']:6d}x  {k['name'][:90]}")
 
 
 def bench_sample(args, device, peaks):
@@ -344,8 +346,7 @@ def bench_sample_model(args, device, peaks, model, tok):
                 'gen_floor_ms': gen_floor * 1e3, 'decode_floor_ms': decode_floor * 1e3, 'decode_ms': decode_s * 1e3,
                 'decode_mfu': B * decoder_flops / decode_s / peaks['matmul_flops_per_s'],
                 'floor_images_per_s': B / (gen_floor + decode_floor), 'step_floor_ms': [f * 1e3 for f in floors]}
-        variants = ['slow'] + (['fast-nograph'] if device.type == 'cuda' else []) + ['fast']
-        for variant in variants + (['fast+compile'] if args.compile else []):
+        for variant in ['slow', 'fast'] + (['fast+compile'] if args.compile else []):
             record = {**base, 'variant': variant, 'decode': 'eager'}
             decode = tok.decode
             if variant == 'fast+compile':
@@ -353,8 +354,7 @@ def bench_sample_model(args, device, peaks, model, tok):
                 record.update(decode='compiled', decode_ms=decode_compiled_s * 1e3,
                               decode_mfu=B * decoder_flops / decode_compiled_s / peaks['matmul_flops_per_s'])
             try:
-                record.update(sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, floors, decode,
-                                             profile=args.profile and bi == len(args.batch) - 1))
+                record.update(sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, floors, decode))
                 if args.check and bi == 0 and variant in ('fast', 'fast+compile'):
                     record.update(check_fast_path(model, labels, args, use_bf16, autocast, variant == 'fast+compile'))
                 record.update(gen_over_floor=record['gen_ms'] / record['gen_floor_ms'])
@@ -385,23 +385,12 @@ def print_sample_line(r):
                  f"slow path's, same seed: sampled {r['check_sampled_token_match']:.1%}, greedy "
                  f"{r['check_greedy_token_match']:.1%} (rows {r['check_greedy_rows_equal']:.1%})")
     print(line)
-    if 'profile' in r:
-        print_profile(r['profile'], 'no CUDA graph')
 
 
-def print_profile(p, what):
-    print(f"{'':16}kernel ms by class: " + ', '.join(f"{k} {v:.2f}" for k, v in p['kernel_ms_by_class'].items())
-          + f" ({p['n_kernels']} kernels, {what})")
-    for title, kernels in (('top kernels', p['top_kernels']), ('top non-matmul, non-attention', p['top_other_kernels'])):
-        print(f"{'':16}{title}:")
-        for k in kernels[:8]:
-            print(f"{'':18}{k['ms']:8.2f} ms {k['count']:6d}x  {k['name'][:90]}")
-
-
-def sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, floors, decode, profile=False):
+def sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, floors, decode):
     """Times one generator variant (and `decode`, tok.decode or its compiled twin, end to end) at one batch size;
     everything it builds is freed when it returns."""
-    from generator import FastSampler
+    from fast_sample import FastSampler
     device, B = labels.device, len(labels)
     steps = model.cfg.n_tokens // model.cfg.tokens_per_step
     sampling = dict(temperature=1.0, top_k=args.top_k, top_p=args.top_p)
@@ -413,8 +402,7 @@ def sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, flo
         def generate():
             return model.generate(labels, cfg_scale=args.cfg, generator=g, **sampling)
     else:
-        sampler = FastSampler(model, B, args.cfg != 0, **sampling, dtype=dtype, cuda_graphs=variant != 'fast-nograph',
-                              compile=variant == 'fast+compile')
+        sampler = FastSampler(model, B, args.cfg != 0, **sampling, dtype=dtype, compile=variant == 'fast+compile')
 
         def generate(events=None):
             return sampler.generate(labels, cfg_scale=args.cfg, generator=g, events=events)
@@ -439,16 +427,8 @@ def sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, flo
         worst = max(range(steps), key=ratios.__getitem__)
         out.update(step_ms=step_ms, step_over_floor=ratios, worst_step=worst, worst_step_over_floor=ratios[worst],
                    median_step_over_floor=statistics.median(ratios), steps_over_2x_floor=sum(r > 2 for r in ratios))
-    if variant in ('fast', 'fast+compile'):  # sample.py always uses CUDA graphs: no 'fast-nograph' twin
+    if variant != 'slow':
         out['sample_py_images_per_s'] = sample_py_throughput(model, tok, B, args, use_bf16, variant == 'fast+compile')
-    if profile and variant in ('fast', 'fast+compile') and device.type == 'cuda':
-        del sampler
-        eager = FastSampler(model, B, args.cfg != 0, **sampling, dtype=dtype, cuda_graphs=False,
-                            compile=variant == 'fast+compile')
-        eager.generate(labels, cfg_scale=args.cfg, generator=g)
-        prof = kernel_profile(lambda: eager.generate(labels, cfg_scale=args.cfg, generator=g), device)
-        if prof:
-            out['profile'] = prof
     return out
 
 
@@ -457,8 +437,8 @@ def sample_py_throughput(model, tok, B, args, use_bf16, compile, n_batches=6):
     CUDA batch b decodes and copies on a side stream while batch b + 1 samples) over n_batches of B, after one
     untimed pass."""
     import numpy as np
+    import fast_sample
     import sample
-    from generator import _FAST_SAMPLERS
     labels = np.random.default_rng(args.seed).integers(model.cfg.num_classes, size=n_batches * B)
 
     def run():
@@ -469,7 +449,7 @@ def sample_py_throughput(model, tok, B, args, use_bf16, compile, n_batches=6):
     t0 = time.perf_counter()
     run()  # ends on the last batch's copy to the host: no sync needed
     seconds = time.perf_counter() - t0
-    _FAST_SAMPLERS.pop(model, None)  # its KV cache and graphs
+    fast_sample.SAMPLERS.pop(model, None)  # its KV cache and graphs
     return n_batches * B / seconds
 
 
@@ -478,7 +458,7 @@ def check_fast_path(model, labels, args, use_bf16, autocast, compile):
     tokens (relative error; the slow path's is the precision's own noise, the fast path must stay within 2x), and
     fast vs slow tokens for the same seed, sampled and greedy (equal in float32; in bf16 near-ties flip and the
     sequences then diverge, so these fractions are information, not pass/fail)."""
-    from generator import FastSampler
+    from fast_sample import FastSampler
     B, guided = len(labels), args.cfg != 0
     dtype = torch.bfloat16 if use_bf16 else torch.float32
     sampling = dict(top_k=args.top_k, top_p=args.top_p)
@@ -558,7 +538,7 @@ def run_train_variants(args, device, peaks, build, model_name, bench):
                   f"{record['images_per_s']:.1f} images/s, {record['ms_per_step']:.1f} ms/step, MFU {record['mfu']:.1%}, "
                   f"peak {fmt(record['peak_mem_gb'], '.2f')} GB (first {args.warmup} steps {record['warmup_s']:.1f} s)"))
             if 'profile' in record:
-                print_profile(record['profile'], 'one step')
+                print_profile(record['profile'])
     return records
 
 
@@ -721,7 +701,7 @@ def main(argv=None):
         p.add_argument('--compile', action='store_true', help='also time a torch.compile variant')
         p.add_argument('--seed', type=int, default=0)
 
-    p = sub.add_parser('sample', help='sampling: reference loop vs FastSampler, end to end with tokenizer decode')
+    p = sub.add_parser('sample', help='sampling: reference loop vs fast_sample.FastSampler, end to end with tokenizer decode')
     p.add_argument('--preset', default='d16', help='generator preset')
     p.add_argument('--tok_preset', default='titok_b64', help='tokenizer preset (sets N and K of the generator)')
     p.add_argument('--batch', type=int, nargs='+', default=[64, 256])
@@ -733,7 +713,6 @@ def main(argv=None):
     p.add_argument('--reps', type=int, default=5, help='timed calls per measurement (median)')
     p.add_argument('--check', action=argparse.BooleanOptionalAction, default=True,
                    help='check the fast path against the reference at the first batch size')
-    p.add_argument('--profile', action='store_true', help='kernel time by class of one un-graphed fast generation (CUDA)')
     device_args(p)
 
     for name, default_preset, default_batch in (('train_gen', 'd16', 256), ('train_tok', 'titok_b64', 64)):

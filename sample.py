@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 import common
+import fast_sample
 import tokens
 from data import save_grid, to_float, to_uint8
 from generator import GPT, GPTConfig
@@ -170,9 +171,9 @@ def sample_batches(gpt, tok, labels, batch_size, seed, n_keep, cfg=0.0, cfg_ramp
         generator = common.step_generator(seed, batch, device)
         # autocast per batch, not around the loop: held across a yield it would leak into the caller's code
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            codes = gpt.generate(batch_labels, cfg_scale=cfg, cfg_ramp=cfg_ramp, temperature=temperature, top_k=top_k,
-                                 top_p=top_p, generator=generator, n_steps=n_keep,
-                                 fast=True, compile=compile)  # static KV cache + CUDA graphs; on CPU the same tokens as the reference loop
+            # static KV cache + CUDA graphs; on the CPU the same tokens as the reference loop, gpt.generate
+            codes = fast_sample.generate(gpt, batch_labels, cfg_scale=cfg, cfg_ramp=cfg_ramp, temperature=temperature,
+                                         top_k=top_k, top_p=top_p, generator=generator, n_steps=n_keep, compile=compile)
         if pending is not None:
             yield to_host(*pending)  # waits for batch b - 1 only; batch b is queued behind it
         if overlap:

@@ -19,10 +19,31 @@ DATA=${DATA:-../shared/data/cifar10}
 ROOT=${ROOT:-out/gen_search}
 STEPS=${STEPS:-6000}
 WORKERS=${WORKERS:-4}
-GPUS=${GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}
-[ "$GPUS" -ge 1 ] || GPUS=1
+source "$(dirname "$0")/run_variants.sh"
 SHARED=${SHARED:---batch_size 512 --lr 2e-4 --max_steps $STEPS --log_every 200 --eval_every 500 --ckpt_every 2000 --sample_every 0 --compile}
 variants=("$@"); [ ${#variants[@]} -eq 0 ] && variants=(old dropout augment augment_ema strong d12)
+
+variant_flags() {  # the train_gen.py flags of variant $1, on top of $SHARED
+  case $1 in
+    old)         echo "--preset cifar_d8 --augment 2 --dropout 0 --drop_path 0.0333" ;;
+    dropout)     echo "--preset cifar_d8 --augment 2 --dropout 0.1 --drop_path 0.1" ;;
+    augment)     echo "--preset cifar_d8 --augment 8 --dropout 0.1 --drop_path 0.1" ;;
+    augment_ema) echo "--preset cifar_d8 --augment 8 --dropout 0.1 --drop_path 0.1 --ema 0.9995" ;;
+    strong)      echo "--preset cifar_d8 --augment 8 --dropout 0.2 --drop_path 0.2" ;;
+    d12)         echo "--preset cifar_d12 --augment 8 --dropout 0.1 --drop_path 0.1" ;;
+    *) echo "unknown variant $1: use old dropout augment augment_ema strong d12" >&2; exit 2 ;;
+  esac
+}
+for v in "${variants[@]}"; do variant_flags "$v" >/dev/null; done  # an unknown name stops here, before any run
+
+train_variant() {  # train_variant NAME DIR: run_variants' command
+  local flags views
+  flags=$(variant_flags "$1")
+  views=$(sed 's/.*--augment \([0-9]*\).*/\1/' <<<"$flags")
+  # shellcheck disable=SC2086
+  python train_gen.py --tok_ckpt "$TOK" --tokens "$ROOT/tokens_k$views.npz" --val_tokens "$ROOT/val_tokens.npz" \
+    --out_dir "$2" $SHARED $flags
+}
 mkdir -p "$ROOT"
 
 encode() {  # encode VIEWS: the training token file of VIEWS views per image, once
@@ -32,29 +53,7 @@ encode() {  # encode VIEWS: the training token file of VIEWS views per image, on
 encode 2
 encode 8
 
-pids=()
-for j in "${!variants[@]}"; do
-  v=${variants[$j]}
-  case $v in
-    old)         flags="--preset cifar_d8 --augment 2 --dropout 0 --drop_path 0.0333" ;;
-    dropout)     flags="--preset cifar_d8 --augment 2 --dropout 0.1 --drop_path 0.1" ;;
-    augment)     flags="--preset cifar_d8 --augment 8 --dropout 0.1 --drop_path 0.1" ;;
-    augment_ema) flags="--preset cifar_d8 --augment 8 --dropout 0.1 --drop_path 0.1 --ema 0.9995" ;;
-    strong)      flags="--preset cifar_d8 --augment 8 --dropout 0.2 --drop_path 0.2" ;;
-    d12)         flags="--preset cifar_d12 --augment 8 --dropout 0.1 --drop_path 0.1" ;;
-    *) echo "unknown variant $v: use old dropout augment augment_ema strong d12" >&2; exit 2 ;;
-  esac
-  views=$(sed 's/.*--augment \([0-9]*\).*/\1/' <<<"$flags")
-  mkdir -p "$ROOT/$v"
-  # shellcheck disable=SC2086
-  CUDA_VISIBLE_DEVICES=$((j % GPUS)) python train_gen.py --tok_ckpt "$TOK" --tokens "$ROOT/tokens_k$views.npz" \
-    --val_tokens "$ROOT/val_tokens.npz" --out_dir "$ROOT/$v" $SHARED $flags >"$ROOT/$v/run.log" 2>&1 &
-  pids+=($!)
-done
-failed=0
-for j in "${!variants[@]}"; do
-  wait "${pids[$j]}" || { echo "variant ${variants[$j]} failed: see $ROOT/${variants[$j]}/run.log" >&2; failed=1; }
-done
+run_variants 'variant ' "$ROOT/" train_variant "${variants[@]}"
 
 python - "$ROOT" "${variants[@]}" <<'EOF'
 import json, os, sys

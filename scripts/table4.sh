@@ -9,31 +9,27 @@
 # (cifar10.sh's sample stage: CFG=$CFG, temperature 1, no top-k / top-p, seed 0).
 set -euo pipefail
 ROOT=${ROOT:-out/table4}
-GPUS=${GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}
-[ "$GPUS" -ge 1 ] || GPUS=1
+source "$(dirname "$0")/run_variants.sh"
 export STATS=${STATS:-$ROOT/cifar10_train_stats.npz} TOK_STEPS=${TOK_STEPS:-4000} GEN_STEPS=${GEN_STEPS:-3000}
 export CFG=${CFG:-1.5} WORKERS=${WORKERS:-3}
 rows=("$@"); [ ${#rows[@]} -eq 0 ] && rows=(titok spectral causal nonuniform)
-OUT=$ROOT bash "$(dirname "$0")/cifar10.sh" stats
-pids=()
-for j in "${!rows[@]}"; do
-  row=${rows[$j]}
-  case $row in
-    titok)      flags="--no_spectral --no_causal --schedule uniform" ;;
-    spectral)   flags="--no_causal --schedule uniform" ;;
-    causal)     flags="--schedule uniform" ;;
-    nonuniform) flags="--schedule nonuniform" ;;
-    *) echo "unknown row $row: use titok spectral causal nonuniform" >&2; exit 2 ;;
+
+row_flags() {  # the train_tok.py flags of row $1
+  case $1 in
+    titok)      echo "--no_spectral --no_causal --schedule uniform" ;;
+    spectral)   echo "--no_causal --schedule uniform" ;;
+    causal)     echo "--schedule uniform" ;;
+    nonuniform) echo "--schedule nonuniform" ;;
+    *) echo "unknown row $1: use titok spectral causal nonuniform" >&2; exit 2 ;;
   esac
-  mkdir -p "$ROOT/$row"
-  CUDA_VISIBLE_DEVICES=$((j % GPUS)) OUT=$ROOT/$row TOK_FLAGS="--n_tokens 16 $flags" \
-    bash "$(dirname "$0")/cifar10.sh" tok gen sample fid >"$ROOT/$row/run.log" 2>&1 &
-  pids+=($!)
-done
-failed=0
-for j in "${!rows[@]}"; do
-  wait "${pids[$j]}" || { echo "row ${rows[$j]} failed: see $ROOT/${rows[$j]}/run.log" >&2; failed=1; }
-done
+}
+for row in "${rows[@]}"; do row_flags "$row" >/dev/null; done  # an unknown name stops here, before any run
+
+run_row() {  # run_row NAME DIR: run_variants' command
+  OUT=$2 TOK_FLAGS="--n_tokens 16 $(row_flags "$1")" bash "$(dirname "$0")/cifar10.sh" tok gen sample fid
+}
+OUT=$ROOT bash "$(dirname "$0")/cifar10.sh" stats
+run_variants 'row ' "$ROOT/" run_row "${rows[@]}"
 for row in "${rows[@]}"; do
   [ -f "$ROOT/$row/samples/fid.json" ] || continue
   python -c "import json,sys; r=json.load(open('$ROOT/$row/samples/fid.json')); t=json.load(open('$ROOT/$row/tok/rfid.json')); print(f'$row: gFID-50k {r[\"fid\"]:.2f}  rFID {t[\"fid\"]:.2f}')"

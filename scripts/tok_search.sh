@@ -15,33 +15,28 @@
 set -euo pipefail
 DATA=${DATA:-../shared/data/cifar10}
 ROOT=${ROOT:-out/tok_search}
-GPUS=${GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}
-[ "$GPUS" -ge 1 ] || GPUS=1
+source "$(dirname "$0")/run_variants.sh"
 export DATA TOK_STEPS=${TOK_STEPS:-8000} WORKERS=${WORKERS:-3}
 COMPILE=${COMPILE---compile}  # COMPILE= for a CPU dry run
 variants=("$@"); [ ${#variants[@]} -eq 0 ] && variants=(control cond_gan full_gan lpips_cond lpips lpips_k4096)
 
-pids=()
-for j in "${!variants[@]}"; do
-  v=${variants[$j]}
-  case $v in
-    control)     flags="" ;;
-    full_gan)    flags="--full_prefix_prob 0.5 --gan_full_only" ;;
-    cond_gan)    flags="--full_prefix_prob 0.5 --disc_cond" ;;
-    lpips_cond)  flags="--full_prefix_prob 0.5 --disc_cond --lpips_resize 128" ;;
-    lpips)       flags="--full_prefix_prob 0.5 --gan_full_only --lpips_resize 128" ;;
-    lpips_k4096) flags="--full_prefix_prob 0.5 --gan_full_only --lpips_resize 128 --codebook_size 4096" ;;
-    *) echo "unknown variant $v: use control cond_gan full_gan lpips_cond lpips lpips_k4096" >&2; exit 2 ;;
+variant_flags() {  # the train_tok.py flags of variant $1, on top of the tok stage's
+  case $1 in
+    control)     echo "" ;;
+    full_gan)    echo "--full_prefix_prob 0.5 --gan_full_only" ;;
+    cond_gan)    echo "--full_prefix_prob 0.5 --disc_cond" ;;
+    lpips_cond)  echo "--full_prefix_prob 0.5 --disc_cond --lpips_resize 128" ;;
+    lpips)       echo "--full_prefix_prob 0.5 --gan_full_only --lpips_resize 128" ;;
+    lpips_k4096) echo "--full_prefix_prob 0.5 --gan_full_only --lpips_resize 128 --codebook_size 4096" ;;
+    *) echo "unknown variant $1: use control cond_gan full_gan lpips_cond lpips lpips_k4096" >&2; exit 2 ;;
   esac
-  mkdir -p "$ROOT/$v"
-  CUDA_VISIBLE_DEVICES=$((j % GPUS)) OUT=$ROOT/$v TOK_FLAGS="$COMPILE $flags" \
-    bash "$(dirname "$0")/cifar10.sh" tok >"$ROOT/$v/run.log" 2>&1 &
-  pids+=($!)
-done
-failed=0
-for j in "${!variants[@]}"; do
-  wait "${pids[$j]}" || { echo "variant ${variants[$j]} failed: see $ROOT/${variants[$j]}/run.log" >&2; failed=1; }
-done
+}
+for v in "${variants[@]}"; do variant_flags "$v" >/dev/null; done  # an unknown name stops here, before any run
+
+train_variant() {  # train_variant NAME DIR: run_variants' command
+  OUT=$2 TOK_FLAGS="$COMPILE $(variant_flags "$1")" bash "$(dirname "$0")/cifar10.sh" tok
+}
+run_variants 'variant ' "$ROOT/" train_variant "${variants[@]}"
 
 python - "$ROOT" "${variants[@]}" <<'EOF'
 import json, os, sys

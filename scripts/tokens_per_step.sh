@@ -15,8 +15,7 @@ WORKERS=${WORKERS:-4}
 # scripts/cifar10.sh's generator recipe (8 views per image, dropout and drop path of cifar_d8, EMA)
 FLAGS=${FLAGS:---preset cifar_d8 --ema 0.9995 --batch_size 512 --lr 2e-4 --log_every 200 --eval_every 500 --ckpt_every 2000 --sample_every 0 --compile}
 SAMPLING=${SAMPLING:---cfg 2.0}  # the best setting of that recipe's sweep for P = 1 (docs/results.md, generalisation)
-GPUS=${GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}
-[ "$GPUS" -ge 1 ] || GPUS=1
+source "$(dirname "$0")/run_variants.sh"
 [ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()
 STATS=${STATS:-$ROOT/cifar10_train_stats.npz}
 mkdir -p "$ROOT"
@@ -24,22 +23,15 @@ mkdir -p "$ROOT"
 [ -f "$ROOT/tokens.npz" ] || python train_gen.py --tok_ckpt "$TOK" --data "$DATA/train" --tokens "$ROOT/tokens.npz" \
   --augment 8 --val_data "$DATA/test" --val_tokens "$ROOT/val_tokens.npz" --encode_only --workers "$WORKERS" --out_dir "$ROOT"
 read -ra ps <<<"$PS"
-pids=()
-for j in "${!ps[@]}"; do
-  dir=$ROOT/p${ps[$j]}; mkdir -p "$dir"
+train_sample_score() {  # train_sample_score P DIR: run_variants' command
   # shellcheck disable=SC2086
-  ( CUDA_VISIBLE_DEVICES=$((j % GPUS)) python train_gen.py --tok_ckpt "$TOK" --tokens "$ROOT/tokens.npz" \
-      --val_tokens "$ROOT/val_tokens.npz" --out_dir "$dir" --max_steps "$STEPS" --tokens_per_step "${ps[$j]}" $FLAGS &&
-    CUDA_VISIBLE_DEVICES=$((j % GPUS)) python sample.py --ckpt "$dir/best.pt" --classes all --per_class 5000 \
-      --batch_size 1000 --seed 0 $SAMPLING --out "$dir/samples" &&
-    CUDA_VISIBLE_DEVICES=$((j % GPUS)) python fid.py "$dir/samples/samples_50000x32x32x3.npz" "$STATS" --no-pr \
-      --json "$dir/samples/fid.json" "${WEIGHTS_FID[@]}" ) >"$dir/run.log" 2>&1 &
-  pids+=($!)
-done
-failed=0
-for j in "${!ps[@]}"; do
-  wait "${pids[$j]}" || { echo "P = ${ps[$j]} failed: see $ROOT/p${ps[$j]}/run.log" >&2; failed=1; }
-done
+  python train_gen.py --tok_ckpt "$TOK" --tokens "$ROOT/tokens.npz" --val_tokens "$ROOT/val_tokens.npz" --out_dir "$2" \
+      --max_steps "$STEPS" --tokens_per_step "$1" $FLAGS &&
+    python sample.py --ckpt "$2/best.pt" --classes all --per_class 5000 --batch_size 1000 --seed 0 $SAMPLING \
+      --out "$2/samples" &&
+    python fid.py "$2/samples/samples_50000x32x32x3.npz" "$STATS" --no-pr --json "$2/samples/fid.json" "${WEIGHTS_FID[@]}"
+}
+run_variants 'P = ' "$ROOT/p" train_sample_score "${ps[@]}"
 python - "$ROOT" "${ps[@]}" <<'PY'
 import json, sys
 root, ps = sys.argv[1], sys.argv[2:]

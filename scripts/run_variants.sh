@@ -1,0 +1,26 @@
+# Sourced by the scripts that train several variants at once (gen_search.sh, tok_search.sh, tokens_per_step.sh,
+# table4.sh): GPUS, and run_variants, which runs one command per variant, the j-th on GPU j mod GPUS.
+# shellcheck shell=bash
+GPUS=${GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}  # fewer GPUs than variants: some share one
+[ "$GPUS" -ge 1 ] || GPUS=1
+
+# run_variants LABEL DIR_PREFIX RUN NAME ...: for each NAME, in the background and at the same time, creates
+# DIR=DIR_PREFIX<NAME> and runs `RUN NAME DIR` with CUDA_VISIBLE_DEVICES set to its GPU and its output in
+# DIR/run.log; then waits for them all, names each one that failed with its log ("LABEL<NAME> failed: see ..."),
+# and sets failed to 1 if any did, else 0. RUN is a command or a function of the calling script; check the
+# names before calling, as an error in RUN only fails its own variant.
+run_variants() {
+  local label=$1 prefix=$2 run=$3 j
+  shift 3
+  local names=("$@") pids=()
+  for j in "${!names[@]}"; do
+    mkdir -p "$prefix${names[$j]}"
+    ( export CUDA_VISIBLE_DEVICES=$((j % GPUS)); "$run" "${names[$j]}" "$prefix${names[$j]}" ) \
+      >"$prefix${names[$j]}/run.log" 2>&1 &
+    pids+=($!)
+  done
+  failed=0
+  for j in "${!names[@]}"; do
+    wait "${pids[$j]}" || { echo "$label${names[$j]} failed: see $prefix${names[$j]}/run.log" >&2; failed=1; }
+  done
+}
