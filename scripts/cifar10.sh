@@ -7,12 +7,13 @@
 #     sample    with $OUT/sweep/best_flags when it exists (delete it to go back to --cfg $CFG)
 #     truncate  Table 3: drop the last k tokens, at the sweep's best setting (else --cfg $CFG), 10k samples, seed 1
 # Every stage reads what the earlier ones wrote under $OUT, so any stage can be re-run alone.
-# Settings come from the environment. The tok defaults are the recorded run (docs/results.md, "CIFAR-10"); the gen
-# stage is the regularised recipe that scripts/gen_search.sh chose by validation NLL (docs/results.md, "Generalisation").
+# Settings come from the environment. The tok stage is the recipe that scripts/tok_search.sh chose by rFID among those
+# keeping every prefix faithful to its low-pass target (docs/results.md, "Tokenizer recipe search"); the gen stage is
+# the regularised recipe that scripts/gen_search.sh chose by validation NLL (docs/results.md, "Generalisation").
 set -euo pipefail
 DATA=${DATA:-../shared/data/cifar10}        # train/ and test/ in class folders
 OUT=${OUT:-out/cifar10}
-TOK_STEPS=${TOK_STEPS:-10000}
+TOK_STEPS=${TOK_STEPS:-6000}
 GEN_STEPS=${GEN_STEPS:-6000}
 TOK_PRESET=${TOK_PRESET:-cifar}
 GEN_PRESET=${GEN_PRESET:-cifar_d8}
@@ -26,6 +27,8 @@ SWEEP_TEMPS=${SWEEP_TEMPS:-1.0 0.9}
 SWEEP_TOPKS=${SWEEP_TOPKS:-0 100 300}       # round 2; 0: off
 SWEEP_TOPPS=${SWEEP_TOPPS:-0 0.9 0.95}      # round 2; 0: off
 TRUNCATE=${TRUNCATE:-0 4 8 12}              # k tokens dropped (N = 32: steps of N/8)
+# the search's winner on top of the base recipe; TOK_RECIPE= gives the base (tok_search.sh's control, table4.sh's rows)
+TOK_RECIPE=${TOK_RECIPE---full_prefix_prob 0.5 --gan_full_only --lpips_resize 128 --codebook_size 4096}
 TOK_FLAGS=${TOK_FLAGS---compile}            # the train_tok.py extras; table4.sh passes each row's (no --compile)
 WEIGHTS=()                                  # explicit weight files (INCEPTION=, LPIPS=) when the packages are not installed
 [ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()
@@ -52,7 +55,7 @@ for stage in "${stages[@]}"; do
     python train_tok.py --preset "$TOK_PRESET" --data "$DATA/train" --out_dir "$OUT/tok" --batch_size 256 \
       --max_steps "$TOK_STEPS" --lr 3e-4 --min_lr 3e-5 --warmup 500 --disc_start $((TOK_STEPS * 6 / 10)) \
       --restart_every 200 --log_every 100 --sample_every 1000 --ckpt_every 1000 --workers "$WORKERS" \
-      --eval_data "$DATA/test" --eval_npz "$OUT/tok/recon_test.npz" "${WEIGHTS[@]}" $TOK_FLAGS
+      --eval_data "$DATA/test" --eval_npz "$OUT/tok/recon_test.npz" "${WEIGHTS[@]}" $TOK_RECIPE $TOK_FLAGS
     python fid.py "$OUT/tok/recon_test.npz" "$DATA/test" --no-pr --json "$OUT/tok/rfid.json" "${WEIGHTS_FID[@]}" ;;
   gen)
     python train_gen.py --preset "$GEN_PRESET" --tok_ckpt "$OUT/tok/ckpt.pt" --data "$DATA/train" \

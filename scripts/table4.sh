@@ -11,6 +11,7 @@ set -euo pipefail
 ROOT=${ROOT:-out/table4}
 source "$(dirname "$0")/run_variants.sh"
 export STATS=${STATS:-$ROOT/cifar10_train_stats.npz} TOK_STEPS=${TOK_STEPS:-4000} GEN_STEPS=${GEN_STEPS:-3000}
+export TOK_RECIPE=  # the recorded table's tokenizer recipe: cifar10.sh's base, each row's flags on top
 export CFG=${CFG:-1.5} WORKERS=${WORKERS:-3}
 rows=("$@"); [ ${#rows[@]} -eq 0 ] && rows=(titok spectral causal nonuniform)
 

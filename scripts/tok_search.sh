@@ -16,7 +16,7 @@ set -euo pipefail
 DATA=${DATA:-../shared/data/cifar10}
 ROOT=${ROOT:-out/tok_search}
 source "$(dirname "$0")/run_variants.sh"
-export DATA TOK_STEPS=${TOK_STEPS:-8000} WORKERS=${WORKERS:-3}
+export DATA TOK_STEPS=${TOK_STEPS:-6000} WORKERS=${WORKERS:-3} TOK_RECIPE=  # variants on top of the base recipe
 COMPILE=${COMPILE---compile}  # COMPILE= for a CPU dry run
 variants=("$@"); [ ${#variants[@]} -eq 0 ] && variants=(control cond_gan full_gan lpips_cond lpips lpips_k4096)
 
