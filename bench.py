@@ -743,7 +743,7 @@ def main(argv=None):
         write_json(args.json, records)
     else:
         device = pick_device(args.device)
-        args.bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
+        args.bf16 = common.bf16_autocast_on(args.bf16, device)
         peaks = measure_peaks(device)
         records = {'sample': bench_sample, 'train_gen': bench_train_gen, 'train_tok': bench_train_tok}[args.what](
             args, device, peaks)

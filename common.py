@@ -76,6 +76,12 @@ def check_device(device_arg):
                          f"use --device cpu, or leave --device auto")
 
 
+def bf16_autocast_on(bf16_flag, device):
+    """Whether to run under bf16 autocast: --bf16 / --no-bf16 as given; left out (None), on with CUDA and off on
+    a CPU. Every script that takes --bf16 resolves it here, so they all default alike."""
+    return device.type == 'cuda' if bf16_flag is None else bf16_flag
+
+
 def check_flags(args, positive=(), non_negative=()):
     """Stop with a message for counts a run cannot use: flags in positive must be >= 1, in non_negative >= 0
     (0 = never); a None (flag left to its default rule) passes."""

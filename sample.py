@@ -63,7 +63,7 @@ def parse_args(argv=None):
 def device_and_bf16(args):
     """--device ('auto': CUDA when there is one) and --bf16 (default: on with CUDA)."""
     device = torch.device(args.device if args.device != 'auto' else 'cuda' if torch.cuda.is_available() else 'cpu')
-    return device, device.type == 'cuda' if args.bf16 is None else args.bf16
+    return device, common.bf16_autocast_on(args.bf16, device)
 
 
 def check_settings(args, n_tokens, vocab_size):

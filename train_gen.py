@@ -112,7 +112,7 @@ if args.resume:  # first: the run's settings decide the batch split, the token f
         print(f"resuming at step {resume['step']} with the checkpoint's settings"
               + (f", changed: {', '.join('--' + name for name in changed)}" if changed else ""))
 micro_batch = common.micro_batch_size(args.batch_size, dd.world_size, args.grad_accum)
-use_bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
+use_bf16 = common.bf16_autocast_on(args.bf16, device)
 autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 best_path = os.path.join(args.out_dir, 'best.pt')
 log_path = os.path.join(args.out_dir, 'log.jsonl')

@@ -115,7 +115,7 @@ else:
     cfg = TokConfig.preset(args.preset, n_tokens=args.n_tokens, codebook_size=args.codebook_size, code_dim=args.code_dim,
                            commitment=args.commitment, schedule=args.schedule, causal=False if args.no_causal else None)
 micro_batch = common.micro_batch_size(args.batch_size, dd.world_size, args.grad_accum)  # with the run's settings
-use_bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
+use_bf16 = common.bf16_autocast_on(args.bf16, device)
 autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 torch.manual_seed(args.seed)
 model = Tokenizer(cfg).to(device)
