@@ -31,7 +31,7 @@ import fast_sample
 import tokens
 from data import save_grid, to_float, to_uint8
 from generator import GPT, GPTConfig
-from tokenizer import Tokenizer
+from tokenizer import Tokenizer, save_coarse_to_fine
 
 
 def parse_args(argv=None):
@@ -187,15 +187,6 @@ def sample_batches(gpt, tok, labels, batch_size, seed, n_keep, cfg=0.0, cfg_ramp
         yield to_host(*pending)
 
 
-@torch.no_grad()
-def save_progressive(tok, codes, path):
-    """Figure 1: one row per sample, column i decoded from the first i tokens (coarse to fine)."""
-    n = codes.shape[1]
-    prefix = torch.arange(1, n + 1, device=codes.device)
-    rows = [tok.decode(c.expand(n, -1), prefix_len=prefix) for c in codes]
-    save_grid(torch.cat(rows), path, ncol=n)
-
-
 def main(argv=None):
     args = parse_args(argv)
     device, use_bf16 = device_and_bf16(args)
@@ -221,7 +212,7 @@ def main(argv=None):
             codes[start:start + len(batch_codes)] = batch_codes.cpu().numpy()
             if start == 0 and args.progressive:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    save_progressive(tok, batch_codes[:args.progressive], os.path.join(args.out, 'progressive.png'))
+                    save_coarse_to_fine(tok, batch_codes[:args.progressive], os.path.join(args.out, 'progressive.png'))
             if args.png:
                 for i in range(start, start + len(batch_codes)):
                     Image.fromarray(images[i]).save(os.path.join(args.out, 'png', f'{i:06d}_{labels[i]}.png'))

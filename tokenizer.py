@@ -14,7 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common import load_checkpoint
-from dct import omega_schedule
+from data import save_grid
+from dct import lowpass, omega_schedule
 
 
 @dataclass
@@ -257,6 +258,24 @@ class Tokenizer(nn.Module):
         tok = Tokenizer(TokConfig(**ckpt['config']))
         tok.load_state_dict(ckpt['ema'] if use_ema and ckpt.get('ema') else ckpt['model'])
         return tok.to(device).eval()
+
+
+@torch.no_grad()
+def save_coarse_to_fine(tok, idx, path, prefix_lens=None, images=None):
+    """Figure 1 of the paper as a PNG: per code sequence of idx (B, n), a row of its decodes from the first i tokens
+    for each i in prefix_lens (default 1..n), coarse to fine. With images (the encoded originals, in [-1, 1]), each
+    row of decodes comes under a row of its targets lowpass(image, w_i), and both rows end with the original."""
+    prefix_lens = torch.tensor(list(range(1, idx.shape[1] + 1) if prefix_lens is None else prefix_lens), device=idx.device)
+    rows = []
+    for i, codes in enumerate(idx):
+        decodes = tok.decode(codes.expand(len(prefix_lens), -1), prefix_len=prefix_lens)
+        if images is None:
+            rows.append(decodes)
+        else:
+            image = images[i]
+            targets = lowpass(image.expand(len(prefix_lens), -1, -1, -1), tok.omegas[prefix_lens - 1])
+            rows += [torch.cat([targets, image[None]]), torch.cat([decodes, image[None]])]
+    save_grid(torch.cat(rows), path, ncol=len(prefix_lens) + (images is not None))
 
 
 def flops_per_image(cfg, decoder_passes=1):

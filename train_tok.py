@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
-from data import ImageFolder, image_loader, readable_samples, save_grid, to_float, to_uint8
+from data import ImageFolder, image_loader, readable_samples, to_float, to_uint8
 from dct import lowpass
 from losses import LPIPS, LeCamRegularizer, NLayerDiscriminator, hinge_d_loss, hinge_g_loss
-from tokenizer import TokConfig, Tokenizer, flops_per_image, sample_prefix_lengths
+from tokenizer import TokConfig, Tokenizer, flops_per_image, sample_prefix_lengths, save_coarse_to_fine
 from tokens import IndexedImages, collate_indexed
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -232,21 +232,6 @@ def ema_codebook_stats(images, flip):
 
 
 @torch.no_grad()
-def save_prefix_png(tok, x, path):
-    """Figure 1 of the paper: per image, a row of targets lowpass(x, w_i) over a row of reconstructions from i tokens."""
-    prefixes = [2 ** k for k in range(int(math.log2(cfg.n_tokens)) + 1)]
-    prefixes += [cfg.n_tokens] if prefixes[-1] != cfg.n_tokens else []
-    idx = tok.encode(x)
-    rows = []
-    for img, codes in zip(x, idx):
-        n = torch.tensor(prefixes, device=device)
-        targets = lowpass(img.expand(len(prefixes), -1, -1, -1), tok.omegas[n - 1])
-        recons = tok.decode(codes.expand(len(prefixes), -1), prefix_len=n)
-        rows += [torch.cat([targets, img[None]]), torch.cat([recons, img[None]])]
-    save_grid(torch.cat(rows), path, ncol=len(prefixes) + 1)
-
-
-@torch.no_grad()
 def evaluate(tok, root):
     """L2 and PSNR (images in [0, 1]) of the prefixes against their low-pass targets and against the full image, and
     the code usage of tok; the record leads with the figures that compare runs (with rFID from fid.py on --eval_npz).
@@ -360,6 +345,8 @@ if args.eval_only:
 dataset, loader = image_loader(args.data, cfg.image_size, args.batch_size, dd.rank, dd.world_size,
                                args.seed, step, args.workers)
 preview = to_float(torch.stack([image for image, _ in readable_samples(dataset, 8)]), device)
+preview_prefix_lens = [2 ** k for k in range(int(math.log2(cfg.n_tokens)) + 1)]  # 1, 2, 4, ... and N
+preview_prefix_lens += [cfg.n_tokens] if preview_prefix_lens[-1] != cfg.n_tokens else []
 flops_per_sample = 3 * flops_per_image(cfg)  # forward + backward, tokenizer matmuls only (not LPIPS, GAN)
 finite = torch.ones((), dtype=torch.bool, device=device)
 sums = {}
@@ -462,7 +449,8 @@ while step < args.max_steps:
             pbar.set_postfix({k: f"{record[k]:.4g}" for k in ('l2', 'lpips', 'vq', 'codebook_used') if k in record})
         sums, t_last, step_last = {}, time.time(), step
     if dd.master and args.sample_every and (step % args.sample_every == 0 or step == args.max_steps):
-        save_prefix_png(ema_model, preview, os.path.join(args.out_dir, f'prefixes_{step:07d}.png'))
+        save_coarse_to_fine(ema_model, ema_model.encode(preview), os.path.join(args.out_dir, f'prefixes_{step:07d}.png'),
+                            preview_prefix_lens, images=preview)
     if checkpoints.due(step, log_step):
         states = [model.state_dict(), ema_model.state_dict(), optimizer.state_dict()]
         states += [disc.state_dict(), disc_optimizer.state_dict()] if use_gan else []
