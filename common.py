@@ -37,7 +37,7 @@ def progress_bar(*args, **kwargs):
 
 
 @dataclass
-class Dist:
+class DistState:
     rank: int
     local_rank: int
     world_size: int
@@ -62,7 +62,7 @@ def setup_distributed(device_arg='auto'):
         device = torch.device(device_arg)
     if world > 1:
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-    return Dist(rank, local_rank, world, device)
+    return DistState(rank, local_rank, world, device)
 
 
 def check_device(device_arg):
@@ -408,12 +408,12 @@ def stop_on_nonfinite(step, ckpt_path, what='loss'):
     raise SystemExit(f"non-finite {what} at or before step {step}: stopped without saving; {advice}.")
 
 
-def speed_record(n_steps, seconds, global_batch, flops_per_sample, d):
+def speed_record(n_steps, seconds, global_batch, flops_per_sample, dist_state):
     """images/s, MFU per GPU against PEAK_FLOPS, and peak memory, for the log."""
     rate = n_steps * global_batch / seconds
-    record = {'images_per_s': rate, 'mfu': rate * flops_per_sample / PEAK_FLOPS / d.world_size}
-    if d.device.type == 'cuda':
-        record['peak_mem_gb'] = torch.cuda.max_memory_allocated(d.device) / 2**30
+    record = {'images_per_s': rate, 'mfu': rate * flops_per_sample / PEAK_FLOPS / dist_state.world_size}
+    if dist_state.device.type == 'cuda':
+        record['peak_mem_gb'] = torch.cuda.max_memory_allocated(dist_state.device) / 2**30
     return record
 
 
