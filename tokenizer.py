@@ -164,12 +164,12 @@ def spectral_mask(n_context, n_tokens, causal, context_sees_tokens):
 
 
 class Tokenizer(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, config):
         super().__init__()
-        assert cfg.image_size % cfg.patch_size == 0, "image_size must be a multiple of patch_size"
-        self.cfg = cfg
-        D, p, N = cfg.width, cfg.patch_size, cfg.n_tokens
-        self.grid = cfg.image_size // p
+        assert config.image_size % config.patch_size == 0, "image_size must be a multiple of patch_size"
+        self.config = config
+        D, p, N = config.width, config.patch_size, config.n_tokens
+        self.grid = config.image_size // p
         P = self.grid ** 2
         scale = D ** -0.5
         # encoder
@@ -177,23 +177,23 @@ class Tokenizer(nn.Module):
         self.enc_pos = nn.Parameter(scale * torch.randn(P, D))
         self.latent_queries = nn.Parameter(scale * torch.randn(N, D))
         self.enc_latent_pos = nn.Parameter(scale * torch.randn(N, D))
-        self.encoder = nn.ModuleList(Block(D, cfg.heads) for _ in range(cfg.depth))
+        self.encoder = nn.ModuleList(Block(D, config.heads) for _ in range(config.depth))
         self.enc_ln = nn.LayerNorm(D)
-        self.to_code = nn.Linear(D, cfg.code_dim)
-        self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.code_dim, cfg.l2_norm_codes, cfg.commitment)
+        self.to_code = nn.Linear(D, config.code_dim)
+        self.quantizer = VectorQuantizer(config.codebook_size, config.code_dim, config.l2_norm_codes, config.commitment)
         # decoder
-        self.from_code = nn.Linear(cfg.code_dim, D)
+        self.from_code = nn.Linear(config.code_dim, D)
         self.mask_token = nn.Parameter(scale * torch.randn(D))
         self.dec_pos = nn.Parameter(scale * torch.randn(P, D))
         self.dec_latent_pos = nn.Parameter(scale * torch.randn(N, D))
-        self.decoder = nn.ModuleList(Block(D, cfg.heads) for _ in range(cfg.depth))
+        self.decoder = nn.ModuleList(Block(D, config.heads) for _ in range(config.depth))
         self.dec_ln = nn.LayerNorm(D)
         self.to_pixels = nn.Linear(D, p * p * 3)  # TiTok's single-stage head: 1x1 -> p*p*3, unpatchify, 3x3 conv
         self.pixel_conv = nn.Conv2d(3, 3, 3, padding=1)
 
-        self.register_buffer('enc_mask', spectral_mask(P, N, cfg.causal, False), persistent=False)
-        self.register_buffer('dec_mask', spectral_mask(P, N, cfg.causal, True), persistent=False)
-        self.register_buffer('omegas', torch.tensor(omega_schedule(N, cfg.image_size, cfg.schedule)), persistent=False)
+        self.register_buffer('enc_mask', spectral_mask(P, N, config.causal, False), persistent=False)
+        self.register_buffer('dec_mask', spectral_mask(P, N, config.causal, True), persistent=False)
+        self.register_buffer('omegas', torch.tensor(omega_schedule(N, config.image_size, config.schedule)), persistent=False)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -211,7 +211,7 @@ class Tokenizer(nn.Module):
         h = torch.cat([h, (self.latent_queries + self.enc_latent_pos).expand(len(x), -1, -1)], dim=1)
         for block in self.encoder:
             h = block(h, self.enc_mask)
-        return self.to_code(self.enc_ln(h[:, -self.cfg.n_tokens:]))
+        return self.to_code(self.enc_ln(h[:, -self.config.n_tokens:]))
 
     def decode_codes(self, zq, prefix_len=None):
         """Quantized latents (B, n, code_dim), n <= N, -> images. prefix_len (B,) hides each sample's latents past
@@ -228,7 +228,7 @@ class Tokenizer(nn.Module):
         for block in self.decoder:
             h = block(h, mask)
         patches = self.to_pixels(self.dec_ln(h[:, :P]))  # (B, P, p*p*3)
-        img = F.fold(patches.transpose(1, 2), self.cfg.image_size, self.cfg.patch_size, stride=self.cfg.patch_size)
+        img = F.fold(patches.transpose(1, 2), self.config.image_size, self.config.patch_size, stride=self.config.patch_size)
         return self.pixel_conv(img)
 
     def forward(self, x, prefix_len=None):
@@ -244,8 +244,8 @@ class Tokenizer(nn.Module):
     @torch.no_grad()
     def decode(self, idx, prefix_len=None):
         """Codes (B, n) with n <= N (a prefix) -> images in [-1, 1]. prefix_len (B,) may cut further per sample."""
-        if idx.shape[1] > self.cfg.n_tokens:
-            raise ValueError(f"got {idx.shape[1]} tokens but this tokenizer has N = {self.cfg.n_tokens}")
+        if idx.shape[1] > self.config.n_tokens:
+            raise ValueError(f"got {idx.shape[1]} tokens but this tokenizer has N = {self.config.n_tokens}")
         return self.decode_codes(self.quantizer.lookup(idx), prefix_len).clamp(-1, 1)
 
     def num_params(self):
@@ -278,11 +278,11 @@ def save_coarse_to_fine(tok, idx, path, prefix_lens=None, images=None):
     save_grid(torch.cat(rows), path, ncol=len(prefix_lens) + (images is not None))
 
 
-def flops_per_image(cfg, decoder_passes=1):
+def flops_per_image(config, decoder_passes=1):
     """Forward matmul FLOPs of one image (encoder + decoder_passes decoders), for MFU; x3 for training."""
-    P, N, D = (cfg.image_size // cfg.patch_size) ** 2, cfg.n_tokens, cfg.width
+    P, N, D = (config.image_size // config.patch_size) ** 2, config.n_tokens, config.width
     L = P + N
     per_block = 2 * L * (12 * D * D) + 2 * 2 * L * L * D  # qkv/proj/mlp weights + QK^T and AV
-    patch = 2 * P * (3 * cfg.patch_size ** 2) * D
-    head = 2 * P * D * 3 * cfg.patch_size ** 2 + 2 * 9 * 3 * 3 * cfg.image_size ** 2
-    return (cfg.depth * per_block + patch) + decoder_passes * (cfg.depth * per_block + head)
+    patch = 2 * P * (3 * config.patch_size ** 2) * D
+    head = 2 * P * D * 3 * config.patch_size ** 2 + 2 * 9 * 3 * 3 * config.image_size ** 2
+    return (config.depth * per_block + patch) + decoder_passes * (config.depth * per_block + head)

@@ -36,7 +36,7 @@ def barrier():
 def tokenizer_record(tok, tok_ckpt):
     """What a token file and a generator checkpoint remember of their tokenizer."""
     return {'path': os.path.abspath(tok_ckpt), 'sha256': common.file_sha256(tok_ckpt),
-            'config': dataclasses.asdict(tok.cfg)}
+            'config': dataclasses.asdict(tok.config)}
 
 
 def view_params(image_index, views, augment_scale, seed):
@@ -80,16 +80,16 @@ def encode_folder(tok, tok_ckpt, data_root, path, dist_state, views=2, augment_s
     """Encode every image of data_root into `views` rows of the token file at path (see the module docstring);
     finished chunks of an interrupted run are kept. Every process calls this; each encodes its share."""
     device = dist_state.device
-    N, K = tok.cfg.n_tokens, tok.cfg.codebook_size
+    N, K = tok.config.n_tokens, tok.config.codebook_size
     if K > 2 ** 16:
         raise SystemExit(f"a codebook of {K} codes does not fit the token file's uint16")
-    dataset = ImageFolder(data_root, tok.cfg.image_size)
+    dataset = ImageFolder(data_root, tok.config.image_size)
     if len(dataset.classes) >= 2 ** 15:
         raise SystemExit(f"{len(dataset.classes)} classes do not fit the token file's int16 labels")
     record = tokenizer_record(tok, tok_ckpt)
     partial = path + '.partial'
     settings = {'tok_ckpt': record['path'], 'tok_sha256': record['sha256'], 'tok_config': record['config'],
-                'n_tokens': N, 'codebook_size': K, 'image_size': tok.cfg.image_size,
+                'n_tokens': N, 'codebook_size': K, 'image_size': tok.config.image_size,
                 'data': os.path.realpath(data_root), 'n_images': len(dataset), 'classes': dataset.classes,
                 'views': views, 'augment_scale': augment_scale if views > 2 else None, 'augment_seed': seed if views > 2 else None,
                 'chunk_size': chunk_size, 'bf16': bf16}

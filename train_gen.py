@@ -126,7 +126,7 @@ try:
 except (FileNotFoundError, ValueError) as e:
     raise SystemExit(f"--tok_ckpt: {e}")
 tokenizer_record = tokens.tokenizer_record(tok, args.tok_ckpt)
-N, K = tok.cfg.n_tokens, tok.cfg.codebook_size
+N, K = tok.config.n_tokens, tok.config.codebook_size
 encoding = dict(dist_state=dist_state, seed=args.seed, chunk_size=args.encode_chunk, batch_size=args.encode_batch,
                 workers=args.workers, bf16=args.encode_bf16)
 
@@ -177,7 +177,7 @@ if resume:
     if resume['tokenizer']['sha256'] != tokenizer_record['sha256']:
         raise SystemExit(f"the checkpoint was trained on the tokens of {resume['tokenizer']['path']!r}, not of "
                          f"--tok_ckpt {args.tok_ckpt!r}: pass that tokenizer or start a new --out_dir")
-    cfg = GPTConfig(**resume['config'])
+    config = GPTConfig(**resume['config'])
 else:
     if 'preset' not in common.flags_given(parser) and dist_state.master:
         print(f"no --preset given: using {args.preset}; --preset tiny is the CPU smoke test")
@@ -185,11 +185,11 @@ else:
         raise SystemExit(f"unknown generator preset {args.preset!r}; choose from {sorted(PRESETS)}")
     overrides = {name: getattr(args, name) for name in ('dropout', 'drop_path', 'tokens_per_step')
                  if getattr(args, name) is not None}
-    cfg = GPTConfig.preset(args.preset, n_tokens=N, vocab_size=K, num_classes=num_classes, **overrides)
-if cfg.num_classes != num_classes:
-    raise SystemExit(f"the generator has {cfg.num_classes} classes but the token file {num_classes}")
+    config = GPTConfig.preset(args.preset, n_tokens=N, vocab_size=K, num_classes=num_classes, **overrides)
+if config.num_classes != num_classes:
+    raise SystemExit(f"the generator has {config.num_classes} classes but the token file {num_classes}")
 try:
-    model = GPT(cfg).to(device)
+    model = GPT(config).to(device)
 except ValueError as e:  # a --tokens_per_step that does not divide N
     raise SystemExit(f"--tokens_per_step: {e}")
 ema_model = copy.deepcopy(model).eval().requires_grad_(False) if args.ema > 0 else None
@@ -210,7 +210,7 @@ peak_lr = args.lr * args.batch_size / 256
 warmup = max(1, args.max_steps // 50 if args.warmup is None else args.warmup)
 if dist_state.master:
     common.check_writable(args.out_dir, '--out_dir')
-    print(f"generator {cfg}\n{model.num_params() / 1e6:.1f}M params, {n_images} images x {views} view(s) of "
+    print(f"generator {config}\n{model.num_params() / 1e6:.1f}M params, {n_images} images x {views} view(s) of "
           f"{num_classes} classes, peak lr {peak_lr:.3g}, {dist_state.world_size} process(es) on {device}, bf16 {use_bf16}, "
           f"global batch {args.batch_size} = {dist_state.world_size} x {args.grad_accum} x {micro_batch} (processes x --grad_accum x micro-batch)"
           + ("" if has_val else "\nno --val_data: the NLL of training rows alone is logged, and no best.pt is kept"))
@@ -242,7 +242,7 @@ def next_batch(images_stream, step):
     images = np.fromiter(itertools.islice(images_stream, args.batch_size), dtype=np.int64, count=args.batch_size)
     rows = images * views + epoch_views(step // steps_per_epoch)[images]
     labels = torch.from_numpy(token_labels[rows].astype(np.int64))
-    labels = drop_labels(labels, cfg.num_classes, args.label_drop, common.step_generator(args.seed, step))
+    labels = drop_labels(labels, config.num_classes, args.label_drop, common.step_generator(args.seed, step))
     local = slice(dist_state.rank * args.batch_size // dist_state.world_size, (dist_state.rank + 1) * args.batch_size // dist_state.world_size)
     idx = torch.from_numpy(token_codes[rows[local]].astype(np.int64))
     return idx.to(device, non_blocking=True), labels[local].to(device, non_blocking=True)
@@ -254,7 +254,7 @@ def save_sample_grid(path):
     net = ema_model or model
     was_training = net.training
     net.eval()
-    labels = torch.arange(16, device=device) % cfg.num_classes
+    labels = torch.arange(16, device=device) % config.num_classes
     with autocast:
         codes = net.generate(labels, cfg_scale=args.sample_cfg, generator=torch.Generator(device).manual_seed(args.seed))
         images = tok.decode(codes)
@@ -319,7 +319,7 @@ def evaluate():
 
 def save_checkpoint(path, val_nll, keep=0):
     common.save_and_keep({
-        'kind': 'generator', 'config': dataclasses.asdict(cfg), 'args': vars(args), 'step': step,
+        'kind': 'generator', 'config': dataclasses.asdict(config), 'args': vars(args), 'step': step,
         'model': model.state_dict(), 'ema': ema_model.state_dict() if ema_model is not None else None,
         'optimizer': optimizer.state_dict(), 'rng': common.rng_state(), 'val_nll': val_nll,
         'best_val_nll': best_val_nll, 'tokenizer': tokenizer_record, 'tokens': os.path.abspath(tokens_path),

@@ -99,10 +99,10 @@ log_path = os.path.join(args.out_dir, 'log.jsonl')
 resume = None
 if args.resume:
     resume = common.load_resume_checkpoint(args, ckpt_path, 'tokenizer')
-    cfg = TokConfig(**resume['config'])
-    run_settings = {**resume['args'], 'n_tokens': cfg.n_tokens, 'codebook_size': cfg.codebook_size,
-                    'code_dim': cfg.code_dim, 'commitment': cfg.commitment, 'schedule': cfg.schedule,
-                    'no_causal': not cfg.causal}
+    config = TokConfig(**resume['config'])
+    run_settings = {**resume['args'], 'n_tokens': config.n_tokens, 'codebook_size': config.codebook_size,
+                    'code_dim': config.code_dim, 'commitment': config.commitment, 'schedule': config.schedule,
+                    'no_causal': not config.causal}
     changed = common.apply_resume_args(parser, args, run_settings, fixed=RUN_FLAGS, keep=MACHINE_FLAGS)
     if dist_state.master:
         print(f"resuming at step {resume['step']} with the checkpoint's settings"
@@ -112,17 +112,17 @@ if args.resume:
 else:
     if 'preset' not in common.flags_given(parser) and dist_state.master:
         print(f"no --preset given: using {args.preset} (the paper's 256 px tokenizer); --preset tiny is the CPU smoke test")
-    cfg = TokConfig.preset(args.preset, n_tokens=args.n_tokens, codebook_size=args.codebook_size, code_dim=args.code_dim,
+    config = TokConfig.preset(args.preset, n_tokens=args.n_tokens, codebook_size=args.codebook_size, code_dim=args.code_dim,
                            commitment=args.commitment, schedule=args.schedule, causal=False if args.no_causal else None)
 micro_batch = common.micro_batch_size(args.batch_size, dist_state.world_size, args.grad_accum)  # with the run's settings
 use_bf16 = common.bf16_autocast_on(args.bf16, device)
 autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 torch.manual_seed(args.seed)
-model = Tokenizer(cfg).to(device)
+model = Tokenizer(config).to(device)
 ema_model = copy.deepcopy(model).eval().requires_grad_(False)
 optimizer = common.adamw(model, args.lr, (0.9, 0.999), args.weight_decay, model.no_weight_decay())
 use_gan = args.gan_weight > 0
-discriminator = NLayerDiscriminator(n_conditions=cfg.image_size + 1 if args.disc_cond else 0).to(device) if use_gan else None
+discriminator = NLayerDiscriminator(n_conditions=config.image_size + 1 if args.disc_cond else 0).to(device) if use_gan else None
 discriminator_optimizer = common.adamw(discriminator, args.lr, (0.9, 0.999), args.weight_decay) if use_gan else None
 lecam = LeCamRegularizer().to(device) if use_gan else None
 lpips = LPIPS(args.lpips_path, resize=args.lpips_resize).to(device) if args.lpips_weight > 0 else None
@@ -147,7 +147,7 @@ if resume:
 
 if dist_state.master:
     common.check_writable(args.out_dir, '--out_dir')
-    print(f"tokenizer {cfg}\n{model.num_params() / 1e6:.1f}M params, {dist_state.world_size} process(es) on {device}, "
+    print(f"tokenizer {config}\n{model.num_params() / 1e6:.1f}M params, {dist_state.world_size} process(es) on {device}, "
           f"global batch {args.batch_size} = {dist_state.world_size} x {args.grad_accum} x {micro_batch} (processes x --grad_accum x micro-batch), "
           f"bf16 {use_bf16}" + (f", LPIPS weights: {lpips.weights_source}" if lpips else ", no LPIPS"))
 # compile first, then DDP (as nanoGPT). The losses too: at 256 px, LPIPS's float32 distance maps and the
@@ -178,7 +178,7 @@ def lr_at(step):
 def step_randomness(step):
     """Prefix lengths and flips of the global batch from (seed, step): the same on any number of processes and after resume."""
     g = common.step_generator(args.seed, step)
-    prefix = sample_prefix_lengths(cfg.n_tokens, args.batch_size, g, args.full_prefix_prob)
+    prefix = sample_prefix_lengths(config.n_tokens, args.batch_size, g, args.full_prefix_prob)
     flip = torch.rand(args.batch_size, generator=g) < 0.5
     n = args.batch_size // dist_state.world_size
     local = slice(dist_state.rank * n, (dist_state.rank + 1) * n)
@@ -194,7 +194,7 @@ def views(images, flip):
 def prefix_targets(x, prefix):
     """Algorithm 1: the target of a prefix of i tokens is the w_i x w_i DCT low-pass of the image."""
     if args.no_spectral:
-        return x, torch.full_like(prefix, cfg.n_tokens)
+        return x, torch.full_like(prefix, config.n_tokens)
     return lowpass(x, model.omegas[prefix - 1]), prefix
 
 
@@ -227,7 +227,7 @@ def ema_codebook_stats(images, flip):
     B x N codes (8,192 in the cifar recipe, 8 per code of K = 1024): the perplexity reads low by about K / (2 B N) nats."""
     micro_batches = zip(images.tensor_split(args.grad_accum), flip.tensor_split(args.grad_accum))
     codes = [ema_model.encode(views(*micro)) for micro in micro_batches]
-    usage = torch.bincount(torch.cat(codes).flatten(), minlength=cfg.codebook_size).float()
+    usage = torch.bincount(torch.cat(codes).flatten(), minlength=config.codebook_size).float()
     if dist_state.world_size > 1:
         torch.distributed.all_reduce(usage)
     return {f'ema_{k}': v for k, v in codebook_stats(usage).items()}
@@ -242,16 +242,16 @@ def evaluate(tok, root):
     on rank 0 in folder order. The codes come from a float32 encoder, as in the token files (bf16 changes some codes);
     the decoder runs under --bf16, as in sampling."""
     eval_start = time.time()
-    dataset = ImageFolder(root, cfg.image_size)
+    dataset = ImageFolder(root, config.image_size)
     stride = max(1, len(dataset) // args.eval_prefix_images)
     share = np.array_split(np.arange(len(dataset)), dist_state.world_size)[dist_state.rank]
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(IndexedImages(dataset), share), batch_size=100,
                                          num_workers=args.workers, collate_fn=collate_indexed)
     # per prefix: summed squared errors against the low-pass target and against the image; then the images scored
     # at the prefixes < N and at N
-    errors = torch.zeros(2, cfg.n_tokens, dtype=torch.float64, device=device)
+    errors = torch.zeros(2, config.n_tokens, dtype=torch.float64, device=device)
     counts = torch.zeros(2, dtype=torch.float64, device=device)
-    usage = torch.zeros(cfg.codebook_size, device=device)
+    usage = torch.zeros(config.codebook_size, device=device)
     recons = []
 
     def add_errors(recon, x, i):
@@ -262,12 +262,12 @@ def evaluate(tok, root):
     for images, _, indices, _ in common.progress_bar(loader, desc='eval', unit='batch', disable=not dist_state.master):
         x = to_float(images, device)
         idx = tok.encode(x)
-        usage += torch.bincount(idx.flatten(), minlength=cfg.codebook_size)
+        usage += torch.bincount(idx.flatten(), minlength=config.codebook_size)
         with autocast:
             recon = tok.decode(idx)
-        add_errors(recon, x, cfg.n_tokens)
+        add_errors(recon, x, config.n_tokens)
         every_prefix = [j for j, i in enumerate(indices) if i % stride == 0]
-        for i in range(1, cfg.n_tokens if every_prefix else 0):
+        for i in range(1, config.n_tokens if every_prefix else 0):
             with autocast:
                 add_errors(tok.decode(idx[every_prefix, :i]), x[every_prefix], i)
         counts[0] += len(every_prefix)
@@ -278,7 +278,7 @@ def evaluate(tok, root):
         for total in (errors, counts, usage):
             torch.distributed.all_reduce(total)
     if args.eval_npz:
-        mine = np.concatenate(recons) if recons else np.zeros((0, cfg.image_size, cfg.image_size, 3), np.uint8)
+        mine = np.concatenate(recons) if recons else np.zeros((0, config.image_size, config.image_size, 3), np.uint8)
         shares = [None] * dist_state.world_size if dist_state.master else None
         if dist_state.world_size > 1:
             torch.distributed.gather_object(mine, shares, dst=0)
@@ -289,17 +289,17 @@ def evaluate(tok, root):
     if not dist_state.master:
         return None
     seen, prefix_images = int(counts[1]), int(counts[0])
-    scored = torch.cat([counts[0].expand(cfg.n_tokens - 1), counts[1:]])
+    scored = torch.cat([counts[0].expand(config.n_tokens - 1), counts[1:]])
     mse_target, mse_full = (errors[0] / scored).tolist(), (errors[1] / scored).tolist()
     table = [{'prefix': i + 1, 'omega': int(tok.omegas[i]), 'l2_vs_lowpass': mse_target[i],
               'psnr_vs_lowpass': -10 * math.log10(mse_target[i]), 'l2_vs_image': mse_full[i],
-              'psnr_vs_image': -10 * math.log10(mse_full[i])} for i in range(cfg.n_tokens)]
+              'psnr_vs_image': -10 * math.log10(mse_full[i])} for i in range(config.n_tokens)]
     print(f"{'prefix':>6} {'w_i':>4} {'PSNR(lowpass)':>13} {'PSNR(image)':>11}   ({seen} images of {root}, "
-          f"{prefix_images} of them at the prefixes < {cfg.n_tokens})")
+          f"{prefix_images} of them at the prefixes < {config.n_tokens})")
     for r in table:
         print(f"{r['prefix']:>6} {r['omega']:>4} {r['psnr_vs_lowpass']:>13.2f} {r['psnr_vs_image']:>11.2f}")
     summary = {'psnr_vs_image_at_N': table[-1]['psnr_vs_image'],
-               'psnr_vs_lowpass_at': {i: table[i - 1]['psnr_vs_lowpass'] for i in (1, 2, 4, 8) if i <= cfg.n_tokens},
+               'psnr_vs_lowpass_at': {i: table[i - 1]['psnr_vs_lowpass'] for i in (1, 2, 4, 8) if i <= config.n_tokens},
                **codebook_stats(usage), 'run_wall_s': time.time() - run_start, 'eval_wall_s': time.time() - eval_start}
     print(f"PSNR at N vs image {summary['psnr_vs_image_at_N']:.2f} dB, prefixes "
           + ', '.join(f"{i}: {v:.2f}" for i, v in summary['psnr_vs_lowpass_at'].items())
@@ -328,7 +328,7 @@ def save_checkpoint():
     if not dist_state.master:
         return
     common.save_and_keep({
-        'kind': 'tokenizer', 'config': dataclasses.asdict(cfg), 'args': vars(args), 'step': step,
+        'kind': 'tokenizer', 'config': dataclasses.asdict(config), 'args': vars(args), 'step': step,
         'model': {**model.state_dict(), 'quantizer.usage': usage}, 'ema': {**ema_model.state_dict(), 'quantizer.usage': usage}, 'optimizer': optimizer.state_dict(),
         'disc': discriminator.state_dict() if use_gan else None,
         'disc_optimizer': discriminator_optimizer.state_dict() if use_gan else None,
@@ -344,12 +344,12 @@ if args.eval_only:
     common.cleanup_distributed()
     raise SystemExit(0)
 
-dataset, loader = image_loader(args.data, cfg.image_size, args.batch_size, dist_state.rank, dist_state.world_size,
+dataset, loader = image_loader(args.data, config.image_size, args.batch_size, dist_state.rank, dist_state.world_size,
                                args.seed, step, args.workers)
 preview = to_float(torch.stack([image for image, _ in readable_samples(dataset, 8)]), device)
-preview_prefix_lens = [2 ** k for k in range(int(math.log2(cfg.n_tokens)) + 1)]  # 1, 2, 4, ... and N
-preview_prefix_lens += [cfg.n_tokens] if preview_prefix_lens[-1] != cfg.n_tokens else []
-flops_per_sample = 3 * flops_per_image(cfg)  # forward + backward, tokenizer matmuls only (not LPIPS, GAN)
+preview_prefix_lens = [2 ** k for k in range(int(math.log2(config.n_tokens)) + 1)]  # 1, 2, 4, ... and N
+preview_prefix_lens += [config.n_tokens] if preview_prefix_lens[-1] != config.n_tokens else []
+flops_per_sample = 3 * flops_per_image(config)  # forward + backward, tokenizer matmuls only (not LPIPS, GAN)
 finite = torch.ones((), dtype=torch.bool, device=device)
 sums = {}
 n_bad, n_empty_batches = 0, 0
@@ -380,7 +380,7 @@ while step < args.max_steps:
         x = views(micro_images, micro_flip)
         target, micro_prefix = prefix_targets(x, micro_prefix)
         last_micro_batch = x, micro_prefix, target  # for the finite-weights check before a checkpoint
-        gan_mask = micro_prefix == cfg.n_tokens if args.gan_full_only else None  # the samples whose target is the full image
+        gan_mask = micro_prefix == config.n_tokens if args.gan_full_only else None  # the samples whose target is the full image
         disc_condition = model.omegas[micro_prefix - 1] if args.disc_cond else None
         with common.gradient_sync(train_model, micro_step, args.grad_accum):
             with autocast:
