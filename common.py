@@ -94,8 +94,8 @@ def check_flags(args, positive=(), non_negative=()):
 
 def cleanup_distributed():
     if dist.is_initialized():
-        # every rank arrives first: a rank that tore the group down while rank 0 still wrote its checkpoint
-        # aborted once in CI (gloo: 'terminate called without an active exception', exit code -6)
+        # every rank arrives first: a rank that tears the group down while rank 0 still writes its checkpoint
+        # makes gloo abort the run ('terminate called without an active exception', exit code -6)
         dist.barrier()
         dist.destroy_process_group()
 

@@ -113,7 +113,7 @@ def _attn_out_mlp(x, att, gate1, scale2p, shift2, proj_w, proj_b, fc1_w, fc1_b, 
     """x + proj(att) * gate1, then the MLP on it -> (x, MLP output); its gated residual is left pending. att (R, P, C)."""
     x = torch.addcmul(x, F.linear(att, proj_w, proj_b), gate1)
     h = _adaln_norm(x, scale2p, shift2, eps, fc1_w.dtype)
-    if h.is_cuda:  # cuBLASLt's bias + GELU(tanh) epilogue: 10.7 us, GEMM then GELU kernel 13.5 (H100, 512 rows)
+    if h.is_cuda:  # cuBLASLt's bias + GELU(tanh) epilogue: a fifth faster than a GEMM and a GELU kernel (H100, 512 rows)
         h = torch._addmm_activation(fc1_b, h.flatten(0, -2), fc1_w.t(), use_gelu=True).view(*h.shape[:-1], -1)
     else:  # the CPU's _addmm_activation uses the exact GELU, not the model's tanh form
         h = F.gelu(F.linear(h, fc1_w, fc1_b), approximate='tanh')

@@ -75,8 +75,8 @@ class Block(nn.Module):
         fc1, fc2 = self.mlp[0], self.mlp[2]
         dtype = torch.get_autocast_dtype('cuda') if torch.is_autocast_enabled('cuda') else fc1.weight.dtype
         if h.is_cuda and dtype == torch.bfloat16 and not torch.is_grad_enabled():
-            # bf16 inference: fc1 and its GELU as one GEMM (cuBLASLt's bias + GELU epilogue), not a GEMM and a pass
-            # over the 4x-wide activations: decode of 256 images 40.1 -> 36.9 ms (docs/performance.md). That
+            # bf16 inference: fc1 and its GELU as one GEMM (cuBLASLt's bias + GELU epilogue), which saves a pass
+            # over the 4x-wide activations, 8% of a decode (docs/performance.md). That
             # GELU is the tanh form; its gap to the exact one training uses (< 4.8e-4) is far below bf16's rounding
             # (tests/test_tokenizer.py).
             h = torch._addmm_activation(fc1.bias.to(dtype), h.flatten(0, -2).to(dtype), fc1.weight.to(dtype).t(),
@@ -142,7 +142,7 @@ def sample_prefix_lengths(n_tokens, count, generator, full_prob=0.0):
     """Algorithm 1's prefix lengths i, uniform over 1..N, with full_prob of extra mass on i = N: the full image,
     the target that rFID scores, is otherwise drawn 1 time in N."""
     prefix = torch.randint(1, n_tokens + 1, (count,), generator=generator)
-    if full_prob > 0:  # drawn only then, so the default leaves the rest of the step's random stream as it was
+    if full_prob > 0:  # drawn only then, so that full_prob = 0 takes no extra numbers from the step's random stream
         prefix = torch.where(torch.rand(count, generator=generator) < full_prob, n_tokens, prefix)
     return prefix
 

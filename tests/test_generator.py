@@ -134,8 +134,8 @@ def test_prefix_continuation_and_truncation():
 
 
 def test_next_token_model_reproduces_the_recorded_logits_and_samples():
-    """tokens_per_step = 1 is the next-token model as it was before groups existed: the logits, seeded samples,
-    guided logits and prefix continuations recorded from that code (assets/generator_next_token_reference.npz,
+    """tokens_per_step = 1 is the plain next-token model: its logits, seeded samples, guided logits and prefix
+    continuations equal those recorded from a next-token-only implementation (assets/generator_next_token_reference.npz,
     this file's make_model() on the CPU in float32); tests/test_fast_sample.py checks the fast path's samples."""
     ref = np.load(os.path.join(REPO, 'assets', 'generator_next_token_reference.npz'))
     model = make_model()
