@@ -234,9 +234,10 @@ def spread_weights(model, seed):
 
 def sample_step_floors(model, batch, guided, peaks, elem_bytes):
     """Floor (s) of each of the N / P steps, and the FLOPs / bytes behind it."""
-    cfg = model.cfg
-    R, C, L, N, K = batch * (2 if guided else 1), cfg.width, cfg.depth, cfg.n_tokens, cfg.vocab_size
-    P = cfg.tokens_per_step
+    gen_config = model.config
+    R = batch * (2 if guided else 1)
+    C, L, N, K = gen_config.width, gen_config.depth, gen_config.n_tokens, gen_config.vocab_size
+    P = gen_config.tokens_per_step
     w, b, ada = model.matmul_param_counts()
     floors, flops_list, bytes_list = [], [], []
     for g in range(N // P):
@@ -298,14 +299,15 @@ def print_profile(p):
 def bench_sample(args, device, peaks):
     from generator import GPT, GPTConfig
     from tokenizer import TokConfig, Tokenizer
-    tok_cfg = TokConfig.preset(args.tok_preset)
+    tok_config = TokConfig.preset(args.tok_preset)
     records = []
     for P in args.tokens_per_step:
-        cfg = GPTConfig.preset(args.preset, n_tokens=tok_cfg.n_tokens, vocab_size=tok_cfg.codebook_size, tokens_per_step=P)
+        gen_config = GPTConfig.preset(args.preset, n_tokens=tok_config.n_tokens, vocab_size=tok_config.codebook_size,
+                                      tokens_per_step=P)
         torch.manual_seed(args.seed)
         with torch.device(device):
-            model = GPT(cfg).eval()
-            tok = Tokenizer(tok_cfg).eval()
+            model = GPT(gen_config).eval()
+            tok = Tokenizer(tok_config).eval()
         spread_weights(model, args.seed)
         records += bench_sample_model(args, device, peaks, model, tok)
         del model, tok
@@ -315,19 +317,19 @@ def bench_sample(args, device, peaks):
 
 def bench_sample_model(args, device, peaks, model, tok):
     from tokenizer import flops_per_image
-    use_bf16, cfg, tok_cfg = args.bf16, model.cfg, tok.cfg  # args.bf16 is resolved in main
-    P = cfg.tokens_per_step
+    use_bf16, gen_config, tok_config = args.bf16, model.config, tok.config  # args.bf16 is resolved in main
+    P = gen_config.tokens_per_step
     name = args.preset + (f'-p{P}' if P > 1 else '')  # the paper's name of the P-token model (d16-p4)
-    print(f"sample: GPT {name} ({model.num_params() / 1e6:.1f}M params, N={cfg.n_tokens}, K={cfg.vocab_size}, "
-          f"{cfg.n_tokens // P} steps of {P} token(s)) + "
+    print(f"sample: GPT {name} ({model.num_params() / 1e6:.1f}M params, N={gen_config.n_tokens}, K={gen_config.vocab_size}, "
+          f"{gen_config.n_tokens // P} steps of {P} token(s)) + "
           f"tokenizer {args.tok_preset} ({tok.num_params() / 1e6:.1f}M), RANDOM weights (timing only: the samples are noise), "
           f"cfg {args.cfg}, top_k {args.top_k}, top_p {args.top_p}, {'bf16' if use_bf16 else 'float32'}, on {device}")
-    decoder_flops = flops_per_image(tok_cfg, 1) - flops_per_image(tok_cfg, 0)
+    decoder_flops = flops_per_image(tok_config, 1) - flops_per_image(tok_config, 0)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
     records = []
     for bi, B in enumerate(args.batch):
         g = torch.Generator(device).manual_seed(args.seed)
-        labels = torch.randint(cfg.num_classes, (B,), device=device, generator=g)
+        labels = torch.randint(gen_config.num_classes, (B,), device=device, generator=g)
         floors, step_flops, step_bytes = sample_step_floors(model, B, args.cfg != 0, peaks, 2 if use_bf16 else 4)
         gen_floor, decode_floor = sum(floors), B * decoder_flops / peaks['matmul_flops_per_s']
         print(f"\nbatch {B}: generator floor {gen_floor * 1e3:.2f} ms (step 0 {floors[0] * 1e3:.3f} ms .. step "
@@ -336,7 +338,7 @@ def bench_sample_model(args, device, peaks, model, tok):
               f"decode floor {decode_floor * 1e3:.2f} ms ({B * decoder_flops / 1e12:.2f} TFLOP) -> at best "
               f"{B / (gen_floor + decode_floor):.0f} images/s end to end")
         with autocast:  # the decoder's time does not depend on the generator variant: measured once
-            tokens = torch.randint(cfg.vocab_size, (B, cfg.n_tokens), device=device, generator=g)
+            tokens = torch.randint(gen_config.vocab_size, (B, gen_config.n_tokens), device=device, generator=g)
             decode_s = statistics.median(timed(lambda: tok.decode(tokens), device, args.reps, warmup=1))
             if args.compile:  # the fast+compile row decodes as sample.py --compile does
                 compiled_decode = torch.compile(tok.decode)
@@ -392,7 +394,7 @@ def sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, flo
     everything it builds is freed when it returns."""
     from fast_sample import FastSampler
     device, B = labels.device, len(labels)
-    steps = model.cfg.n_tokens // model.cfg.tokens_per_step
+    steps = model.config.n_tokens // model.config.tokens_per_step
     sampling = dict(temperature=1.0, top_k=args.top_k, top_p=args.top_p)
     dtype = torch.bfloat16 if use_bf16 else torch.float32
     out = {}
@@ -439,10 +441,10 @@ def sample_py_throughput(model, tok, B, args, use_bf16, compile, n_batches=6):
     import numpy as np
     import fast_sample
     import sample
-    labels = np.random.default_rng(args.seed).integers(model.cfg.num_classes, size=n_batches * B)
+    labels = np.random.default_rng(args.seed).integers(model.config.num_classes, size=n_batches * B)
 
     def run():
-        for _ in sample.sample_batches(model, tok, labels, B, args.seed, model.cfg.n_tokens, args.cfg, top_k=args.top_k,
+        for _ in sample.sample_batches(model, tok, labels, B, args.seed, model.config.n_tokens, args.cfg, top_k=args.top_k,
                                        top_p=args.top_p, bf16=use_bf16, compile=compile):
             pass
     run()
@@ -471,7 +473,7 @@ def check_fast_path(model, labels, args, use_bf16, autocast, compile):
             ref = model(tokens, labels)
             if guided:
                 s = model.cfg_schedule(args.cfg)[None, :, None]
-                ref = (1 + s) * ref - s * model(tokens, torch.full_like(labels, model.cfg.num_classes))
+                ref = (1 + s) * ref - s * model(tokens, torch.full_like(labels, model.config.num_classes))
         return ((logits - ref).norm() / ref.norm()).item()
 
     sampler = FastSampler(model, B, guided, **sampling, return_logits=True, dtype=dtype, compile=compile)
@@ -545,21 +547,22 @@ def run_train_variants(args, device, peaks, build, model_name, bench):
 def bench_train_gen(args, device, peaks):
     from generator import GPT, GPTConfig, drop_labels
     use_bf16 = args.bf16  # resolved in main
-    cfg = GPTConfig.preset(args.preset)
+    gen_config = GPTConfig.preset(args.preset)
     with torch.device('meta'):
-        flops_per_sample = GPT(cfg).train_flops_per_sample()
-    print(f"train_gen: GPT {args.preset} (N={cfg.n_tokens}, K={cfg.vocab_size}), random weights and tokens, "
+        flops_per_sample = GPT(gen_config).train_flops_per_sample()
+    print(f"train_gen: GPT {args.preset} (N={gen_config.n_tokens}, K={gen_config.vocab_size}), random weights and tokens, "
           f"{'bf16' if use_bf16 else 'float32'}, on {device}")
 
     def build(B, compile):
         torch.manual_seed(args.seed)
         with torch.device(device):
-            model = GPT(cfg)
+            model = GPT(gen_config)
         optimizer = common.adamw(model, 1e-4, (0.9, 0.95), 0.05, model.no_weight_decay())
         train_model = torch.compile(model) if compile else model
         g = torch.Generator(device).manual_seed(args.seed)
-        batches = [(torch.randint(cfg.vocab_size, (B, cfg.n_tokens), device=device, generator=g),
-                    drop_labels(torch.randint(cfg.num_classes, (B,), device=device, generator=g), cfg.num_classes, 0.1, g))
+        batches = [(torch.randint(gen_config.vocab_size, (B, gen_config.n_tokens), device=device, generator=g),
+                    drop_labels(torch.randint(gen_config.num_classes, (B,), device=device, generator=g),
+                                gen_config.num_classes, 0.1, g))
                    for _ in range(4)]
         state = {'i': 0}
 
@@ -574,7 +577,7 @@ def bench_train_gen(args, device, peaks):
             torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
             optimizer.step()
 
-        return step, flops_per_sample * B, {'tokens_per_step': B * cfg.n_tokens, 'bf16': use_bf16}
+        return step, flops_per_sample * B, {'tokens_per_step': B * gen_config.n_tokens, 'bf16': use_bf16}
 
     return run_train_variants(args, device, peaks, build, args.preset, 'train_gen')
 
@@ -614,20 +617,20 @@ def bench_train_tok(args, device, peaks):
     from losses import LeCamRegularizer, NLayerDiscriminator, hinge_d_loss, hinge_g_loss
     from tokenizer import TokConfig, Tokenizer, flops_per_image
     use_bf16 = args.bf16  # resolved in main
-    cfg = TokConfig.preset(args.preset)
+    tok_config = TokConfig.preset(args.preset)
     lpips, lpips_source = make_lpips(device) if args.lpips else (None, 'off')
-    size = cfg.image_size
+    size = tok_config.image_size
     one = torch.rand(1, 3, size, size, device=device) * 2 - 1
     f_lpips = conv_flops(lpips, one, one) if lpips is not None else 0
     f_disc = conv_flops(NLayerDiscriminator().to(device), one) if args.gan else 0
-    print(f"train_tok: tokenizer {args.preset} ({size} px, N={cfg.n_tokens}, K={cfg.codebook_size}), random weights and "
+    print(f"train_tok: tokenizer {args.preset} ({size} px, N={tok_config.n_tokens}, K={tok_config.codebook_size}), random weights and "
           f"images, LPIPS weights {lpips_source}, GAN {'on' if args.gan else 'off'}, "
           f"{'bf16' if use_bf16 else 'float32'}, on {device}")
 
     def build(B, compile):
         torch.manual_seed(args.seed)
         with torch.device(device):
-            model = Tokenizer(cfg)
+            model = Tokenizer(tok_config)
             disc = NLayerDiscriminator() if args.gan else None
             lecam = LeCamRegularizer() if args.gan else None
         ema_model = copy.deepcopy(model).eval().requires_grad_(False)
@@ -644,7 +647,7 @@ def bench_train_tok(args, device, peaks):
         def step():  # train_tok.py's step after --disc_start (dead-code restarts, every 500 steps, left out)
             x = images[state['i'] % len(images)]
             state['i'] += 1
-            prefix = torch.randint(1, cfg.n_tokens + 1, (B,), device=device, generator=g)
+            prefix = torch.randint(1, tok_config.n_tokens + 1, (B,), device=device, generator=g)
             flip = torch.rand(B, device=device, generator=g) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             target = lowpass(x, model.omegas[prefix - 1])
@@ -673,7 +676,7 @@ def bench_train_tok(args, device, peaks):
                 torch.nn.utils.clip_grad_norm_(disc.parameters(), 1.0)
                 disc_optimizer.step()
 
-        tok_flops = 3 * flops_per_image(cfg) * B
+        tok_flops = 3 * flops_per_image(tok_config) * B
         flops = tok_flops + 1.5 * f_lpips * B + 8 * f_disc * B
         return step, flops, {'tokenizer_flops_per_step': tok_flops, 'lpips_weights': lpips_source, 'gan': args.gan,
                              'lpips_fwd_flops_per_pair': f_lpips, 'disc_fwd_flops_per_image': f_disc, 'bf16': use_bf16}
@@ -743,7 +746,7 @@ def main(argv=None):
         write_json(args.json, records)
     else:
         device = pick_device(args.device)
-        args.bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
+        args.bf16 = common.bf16_autocast_on(args.bf16, device)
         peaks = measure_peaks(device)
         records = {'sample': bench_sample, 'train_gen': bench_train_gen, 'train_tok': bench_train_tok}[args.what](
             args, device, peaks)

@@ -37,7 +37,7 @@ def progress_bar(*args, **kwargs):
 
 
 @dataclass
-class Dist:
+class DistState:
     rank: int
     local_rank: int
     world_size: int
@@ -62,7 +62,7 @@ def setup_distributed(device_arg='auto'):
         device = torch.device(device_arg)
     if world > 1:
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-    return Dist(rank, local_rank, world, device)
+    return DistState(rank, local_rank, world, device)
 
 
 def check_device(device_arg):
@@ -74,6 +74,12 @@ def check_device(device_arg):
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise SystemExit(f"--device {device_arg}: CUDA is not available (torch {torch.__version__}); "
                          f"use --device cpu, or leave --device auto")
+
+
+def bf16_autocast_on(bf16_flag, device):
+    """Whether to run under bf16 autocast: --bf16 / --no-bf16 as given; left out (None), on with CUDA and off on
+    a CPU. Every script that takes --bf16 resolves it here, so they all default alike."""
+    return device.type == 'cuda' if bf16_flag is None else bf16_flag
 
 
 def check_flags(args, positive=(), non_negative=()):
@@ -88,8 +94,8 @@ def check_flags(args, positive=(), non_negative=()):
 
 def cleanup_distributed():
     if dist.is_initialized():
-        # every rank arrives first: a rank that tore the group down while rank 0 still wrote its checkpoint
-        # aborted once in CI (gloo: 'terminate called without an active exception', exit code -6)
+        # every rank arrives first: a rank that tears the group down while rank 0 still writes its checkpoint
+        # makes gloo abort the run ('terminate called without an active exception', exit code -6)
         dist.barrier()
         dist.destroy_process_group()
 
@@ -402,12 +408,12 @@ def stop_on_nonfinite(step, ckpt_path, what='loss'):
     raise SystemExit(f"non-finite {what} at or before step {step}: stopped without saving; {advice}.")
 
 
-def speed_record(n_steps, seconds, global_batch, flops_per_sample, d):
+def speed_record(n_steps, seconds, global_batch, flops_per_sample, dist_state):
     """images/s, MFU per GPU against PEAK_FLOPS, and peak memory, for the log."""
     rate = n_steps * global_batch / seconds
-    record = {'images_per_s': rate, 'mfu': rate * flops_per_sample / PEAK_FLOPS / d.world_size}
-    if d.device.type == 'cuda':
-        record['peak_mem_gb'] = torch.cuda.max_memory_allocated(d.device) / 2**30
+    record = {'images_per_s': rate, 'mfu': rate * flops_per_sample / PEAK_FLOPS / dist_state.world_size}
+    if dist_state.device.type == 'cuda':
+        record['peak_mem_gb'] = torch.cuda.max_memory_allocated(dist_state.device) / 2**30
     return record
 
 

@@ -383,13 +383,6 @@ def preprocess(images, resize='tf1', size=INPUT_SIZE):
 # ----------------------------------------------------------------------------------------------
 # Inputs: folders of images and .npz arrays, decoded in DataLoader workers into uint8 tensors.
 
-def list_images(folder):
-    paths = find_images(folder)
-    if not paths:
-        raise FIDError(f'{folder}: no images ({", ".join(IMAGE_EXTENSIONS)}) found')
-    return paths
-
-
 class ImageFiles(Dataset):
     def __init__(self, paths):
         self.paths = paths
@@ -485,7 +478,10 @@ def image_batches(path, batch_size=500, workers=8, pin_memory=False):
     """-> (loader yielding ImageBatch items, number of inputs)."""
     workers = min(workers, os.cpu_count() or 1)
     if os.path.isdir(path):
-        files = ImageFiles(list_images(path))
+        paths = find_images(path)
+        if not paths:
+            raise FIDError(f'{path}: no images ({", ".join(IMAGE_EXTENSIONS)}) found')
+        files = ImageFiles(paths)
         loader = DataLoader(files, batch_size=batch_size, num_workers=workers, collate_fn=collate_images,
                             pin_memory=pin_memory)
         count = len(files)

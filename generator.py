@@ -140,15 +140,15 @@ class SelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg, drop_path_rate):
+    def __init__(self, config, drop_path_rate):
         super().__init__()
-        self.width, self.drop_path_rate = cfg.width, drop_path_rate
-        self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps, elementwise_affine=False)
-        self.attn = SelfAttention(cfg.width, cfg.heads, cfg.dropout)
-        hidden = round(cfg.width * cfg.mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(cfg.width, hidden), nn.GELU(approximate='tanh'), nn.Linear(hidden, cfg.width))
-        self.residual_dropout = nn.Dropout(cfg.dropout)
-        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(cfg.width, 6 * cfg.width))
+        self.width, self.drop_path_rate = config.width, drop_path_rate
+        self.norm = nn.LayerNorm(config.width, eps=config.norm_eps, elementwise_affine=False)
+        self.attn = SelfAttention(config.width, config.heads, config.dropout)
+        hidden = round(config.width * config.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(config.width, hidden), nn.GELU(approximate='tanh'), nn.Linear(hidden, config.width))
+        self.residual_dropout = nn.Dropout(config.dropout)
+        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(config.width, 6 * config.width))
 
     def modulation(self, cond):
         """(gate1, gate2, scale1, scale2, shift1, shift2), each (B, 1, C): VAR's channel order."""
@@ -163,24 +163,24 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, config):
         super().__init__()
-        self.cfg = cfg
-        C = cfg.width
-        self.class_emb = nn.Embedding(cfg.num_classes + 1, C)  # last row: null class, also the sos
-        self.tok_emb = nn.Embedding(cfg.vocab_size, C)
-        self.pos_emb = nn.Parameter(torch.empty(1, cfg.n_tokens, C))
+        self.config = config
+        C = config.width
+        self.class_emb = nn.Embedding(config.num_classes + 1, C)  # last row: null class, also the sos
+        self.tok_emb = nn.Embedding(config.vocab_size, C)
+        self.pos_emb = nn.Parameter(torch.empty(1, config.n_tokens, C))
         # python floats, not torch.linspace, so the model can be built on the meta device
-        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
-        self.blocks = nn.ModuleList(Block(cfg, rate) for rate in rates)
-        self.head_norm = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
+        rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]
+        self.blocks = nn.ModuleList(Block(config, rate) for rate in rates)
+        self.head_norm = nn.LayerNorm(C, eps=config.norm_eps, elementwise_affine=False)
         self.head_ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 2 * C))  # VAR's AdaLNBeforeHead
-        self.head = nn.Linear(C, cfg.vocab_size)
-        P = cfg.tokens_per_step
-        if P < 1 or cfg.n_tokens % P:
-            divisors = [d for d in range(1, cfg.n_tokens + 1) if cfg.n_tokens % d == 0]
-            raise ValueError(f'tokens_per_step={P} must divide n_tokens={cfg.n_tokens}: use one of {divisors}')
-        self.register_buffer('slot_ids', torch.arange(cfg.n_tokens), persistent=False)
+        self.head = nn.Linear(C, config.vocab_size)
+        P = config.tokens_per_step
+        if P < 1 or config.n_tokens % P:
+            divisors = [d for d in range(1, config.n_tokens + 1) if config.n_tokens % d == 0]
+            raise ValueError(f'tokens_per_step={P} must divide n_tokens={config.n_tokens}: use one of {divisors}')
+        self.register_buffer('slot_ids', torch.arange(config.n_tokens), persistent=False)
         # block_causal[i, j]: slot i may attend to slot j, i.e. j's group is not later than i's (P = 1: causal)
         group = self.slot_ids // P
         self.register_buffer('block_causal', group[None, :] <= group[:, None], persistent=False)
@@ -189,22 +189,22 @@ class GPT(nn.Module):
     @torch.no_grad()
     def _init_weights(self):
         # VAR's init_weights with its training defaults (init_std=-1 -> sqrt(1 / width / 3))
-        cfg, std = self.cfg, math.sqrt(1 / self.cfg.width / 3)
+        config, std = self.config, math.sqrt(1 / self.config.width / 3)
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.trunc_normal_(m.weight, std=std)
             if isinstance(m, nn.Linear) and m.bias is not None:
                 m.bias.zero_()
         nn.init.trunc_normal_(self.pos_emb, std=std)
-        self.head.weight.mul_(cfg.init_head)
-        self.head_ada_lin[-1].weight.mul_(cfg.init_adaln)
+        self.head.weight.mul_(config.init_head)
+        self.head_ada_lin[-1].weight.mul_(config.init_adaln)
         for block in self.blocks:
             # residual projections shrink with depth so the residual stream keeps its scale
-            block.attn.proj.weight.div_(math.sqrt(2 * cfg.depth))
-            block.mlp[-1].weight.div_(math.sqrt(2 * cfg.depth))
+            block.attn.proj.weight.div_(math.sqrt(2 * config.depth))
+            block.mlp[-1].weight.div_(math.sqrt(2 * config.depth))
             ada_weight = block.ada_lin[-1].weight
-            ada_weight[2 * cfg.width:].mul_(cfg.init_adaln)
-            ada_weight[:2 * cfg.width].mul_(cfg.init_adaln_gamma)  # gates start near 0: blocks ~identity
+            ada_weight[2 * config.width:].mul_(config.init_adaln)
+            ada_weight[:2 * config.width].mul_(config.init_adaln_gamma)  # gates start near 0: blocks ~identity
 
     def matmul_param_counts(self):
         """(matmul weights used per token, biases used per token, AdaLN weights and biases used once per
@@ -223,9 +223,9 @@ class GPT(nn.Module):
     def train_flops_per_sample(self):
         """Forward + backward FLOPs of one teacher-forced sequence: 6 x matmul weights x tokens, AdaLN once,
         and QK^T + AV over the full N x N (the causal half is not subtracted), for MFU."""
-        cfg = self.cfg
+        config = self.config
         w, _, ada = self.matmul_param_counts()
-        return 6 * (w * cfg.n_tokens + ada) + 12 * cfg.depth * cfg.width * cfg.n_tokens ** 2
+        return 6 * (w * config.n_tokens + ada) + 12 * config.depth * config.width * config.n_tokens ** 2
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
@@ -241,16 +241,16 @@ class GPT(nn.Module):
         return self.head(self.head_norm(x) * (1 + scale) + shift).float()
 
     def _head_modulation(self, cond):
-        return self.head_ada_lin(cond).view(-1, 1, 2, self.cfg.width).unbind(2)
+        return self.head_ada_lin(cond).view(-1, 1, 2, self.config.width).unbind(2)
 
     def forward(self, idx, labels, with_loss=False):
         """Teacher forcing. idx (B, n <= N) token ids, labels (B,) with num_classes = null class.
         Returns float32 logits (B, n, K); logits[:, i] predicts idx[:, i] from idx[:, :i] (with P tokens per step:
         from the groups before i's, idx[:, :i // P * P]). with_loss: also the cross-entropy of each position
-        (B, n), computed here so that a compiled model fuses it with the head (train_gen.py; 2 ms of a 62 ms d16
-        step when done outside)."""
-        n, P = idx.shape[1], self.cfg.tokens_per_step
-        assert 1 <= n <= self.cfg.n_tokens, f'sequence length {n} outside 1..{self.cfg.n_tokens}'
+        (B, n), computed here so that a compiled model fuses it with the head (train_gen.py: outside the
+        model it would cost 3% of a d16 step)."""
+        n, P = idx.shape[1], self.config.tokens_per_step
+        assert 1 <= n <= self.config.n_tokens, f'sequence length {n} outside 1..{self.config.n_tokens}'
         cond = self.class_emb(labels)
         # The P slots of group g take the P tokens of group g - 1 (the class in group 0), each with the position
         # of the token the slot predicts, as VAR's next scale takes the previous scale's tokens as its inputs:
@@ -273,7 +273,7 @@ class GPT(nn.Module):
         """Per-position guidance scales (N,) or None when guidance is off. cfg_scale: float or a
         tensor (N,); cfg_ramp ramps the float linearly from 0 at position 0 to cfg_scale at N-1,
         as VAR ramps its guidance over scales."""
-        N = self.cfg.n_tokens
+        N = self.config.n_tokens
         if torch.is_tensor(cfg_scale):
             assert cfg_scale.shape == (N,), f'cfg schedule must have shape ({N},)'
             return cfg_scale.to(device=self.pos_emb.device, dtype=torch.float32)
@@ -296,25 +296,25 @@ class GPT(nn.Module):
         past k + n_steps is sampled whole and cut.
         This is the readable reference; fast_sample.generate(model, ...) samples the same tokens from the same
         random numbers, faster."""
-        B, N, P = labels.shape[0], self.cfg.n_tokens, self.cfg.tokens_per_step
+        B, N, P = labels.shape[0], self.config.n_tokens, self.config.tokens_per_step
         n_prefix = 0 if prefix is None else prefix.shape[1]
         n_steps = N - n_prefix if n_steps is None else n_steps
         total = n_prefix + n_steps
         assert 0 <= n_steps and total <= N, f'{n_prefix} + {n_steps} tokens exceed N={N}'
         guidance = self.cfg_schedule(cfg_scale, cfg_ramp)
         if guidance is not None:  # second half of the batch: the unconditional branch
-            labels = torch.cat((labels, torch.full_like(labels, self.cfg.num_classes)))
+            labels = torch.cat((labels, torch.full_like(labels, self.config.num_classes)))
         # the class-conditioned AdaLN terms are the same at every step: compute them once
         cond = self.class_emb(labels)
         modulations = [block.modulation(cond) for block in self.blocks]
         head_modulation = self._head_modulation(cond)
         device = cond.device
         cache_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else cond.dtype
-        head_dim = self.cfg.width // self.cfg.heads
-        kv_cache = torch.zeros(len(self.blocks), 2, len(labels), self.cfg.heads, N, head_dim, device=device, dtype=cache_dtype)
+        head_dim = self.config.width // self.config.heads
+        kv_cache = torch.zeros(len(self.blocks), 2, len(labels), self.config.heads, N, head_dim, device=device, dtype=cache_dtype)
 
         tokens = torch.empty(B, -(-total // P) * P, dtype=torch.long, device=device)  # whole groups, cut at the end
-        step_logits = torch.empty(B, n_steps, self.cfg.vocab_size, device=device)
+        step_logits = torch.empty(B, n_steps, self.config.vocab_size, device=device)
         if n_prefix > 0:
             tokens[:, :n_prefix] = prefix
         start = n_prefix // P * P  # first token of the group holding token n_prefix, the first one to sample

@@ -31,7 +31,7 @@ import fast_sample
 import tokens
 from data import save_grid, to_float, to_uint8
 from generator import GPT, GPTConfig
-from tokenizer import Tokenizer
+from tokenizer import Tokenizer, save_coarse_to_fine
 
 
 def parse_args(argv=None):
@@ -63,7 +63,7 @@ def parse_args(argv=None):
 def device_and_bf16(args):
     """--device ('auto': CUDA when there is one) and --bf16 (default: on with CUDA)."""
     device = torch.device(args.device if args.device != 'auto' else 'cuda' if torch.cuda.is_available() else 'cpu')
-    return device, device.type == 'cuda' if args.bf16 is None else args.bf16
+    return device, common.bf16_autocast_on(args.bf16, device)
 
 
 def check_settings(args, n_tokens, vocab_size):
@@ -92,12 +92,12 @@ def load_models(ckpt_path, tok_path=None, device='cpu', no_ema=False):
         raise SystemExit(f"--ckpt: {e}")
     except ValueError as e:
         raise SystemExit(f"--ckpt: {e}. --ckpt takes the generator; its tokenizer is found from it (or pass --tok_ckpt)")
-    cfg = GPTConfig(**ckpt['config'])
-    gpt = GPT(cfg)
+    gen_config = GPTConfig(**ckpt['config'])
+    gpt = GPT(gen_config)
     gpt.load_state_dict(ckpt['model'] if no_ema or ckpt['ema'] is None else ckpt['ema'])
     gpt = gpt.to(device).eval()
     trained_with = ckpt['tokenizer']
-    N, K = cfg.n_tokens, cfg.vocab_size
+    N, K = gen_config.n_tokens, gen_config.vocab_size
 
     path = tok_path or trained_with['path']
     if not os.path.isfile(path):
@@ -108,8 +108,8 @@ def load_models(ckpt_path, tok_path=None, device='cpu', no_ema=False):
         tok = Tokenizer.from_checkpoint(path, device)
     except ValueError as e:
         raise SystemExit(f"--tok_ckpt: {e}")
-    if (tok.cfg.n_tokens, tok.cfg.codebook_size) != (N, K):
-        raise SystemExit(f"tokenizer {path!r} has N={tok.cfg.n_tokens} tokens and K={tok.cfg.codebook_size} codes, but the "
+    if (tok.config.n_tokens, tok.config.codebook_size) != (N, K):
+        raise SystemExit(f"tokenizer {path!r} has N={tok.config.n_tokens} tokens and K={tok.config.codebook_size} codes, but the "
                          f"generator {ckpt_path!r} was trained on N={N}, K={K}: pass --tok_ckpt {trained_with['path']}")
     if common.file_sha256(path) != trained_with['sha256']:
         raise SystemExit(f"tokenizer {path!r} is not the checkpoint the generator was trained on ({trained_with['path']!r}, "
@@ -149,7 +149,7 @@ def parse_classes(spec, num_classes):
 
 
 @torch.no_grad()
-def sample_batches(gpt, tok, labels, batch_size, seed, n_keep, cfg=0.0, cfg_ramp=False, temperature=1.0, top_k=0,
+def sample_batches(gpt, tok, labels, batch_size, seed, n_keep, cfg_scale=0.0, cfg_ramp=False, temperature=1.0, top_k=0,
                    top_p=0.0, bf16=False, compile=False):
     """Yields (start, codes, uint8 images) per batch of `labels` (a numpy int array). Batch b draws from a
     generator seeded by (seed, b); the codes are the first n_keep tokens, decoded from that prefix alone.
@@ -172,7 +172,7 @@ def sample_batches(gpt, tok, labels, batch_size, seed, n_keep, cfg=0.0, cfg_ramp
         # autocast per batch, not around the loop: held across a yield it would leak into the caller's code
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             # static KV cache + CUDA graphs; on the CPU the same tokens as the reference loop, gpt.generate
-            codes = fast_sample.generate(gpt, batch_labels, cfg_scale=cfg, cfg_ramp=cfg_ramp, temperature=temperature,
+            codes = fast_sample.generate(gpt, batch_labels, cfg_scale=cfg_scale, cfg_ramp=cfg_ramp, temperature=temperature,
                                          top_k=top_k, top_p=top_p, generator=generator, n_steps=n_keep, compile=compile)
         if pending is not None:
             yield to_host(*pending)  # waits for batch b - 1 only; batch b is queued behind it
@@ -187,25 +187,16 @@ def sample_batches(gpt, tok, labels, batch_size, seed, n_keep, cfg=0.0, cfg_ramp
         yield to_host(*pending)
 
 
-@torch.no_grad()
-def save_progressive(tok, codes, path):
-    """Figure 1: one row per sample, column i decoded from the first i tokens (coarse to fine)."""
-    n = codes.shape[1]
-    prefix = torch.arange(1, n + 1, device=codes.device)
-    rows = [tok.decode(c.expand(n, -1), prefix_len=prefix) for c in codes]
-    save_grid(torch.cat(rows), path, ncol=n)
-
-
 def main(argv=None):
     args = parse_args(argv)
     device, use_bf16 = device_and_bf16(args)
     gpt, tok, ckpt = load_models(args.ckpt, args.tok_ckpt, device, args.no_ema)
-    N = gpt.cfg.n_tokens
-    classes = parse_classes(args.classes, gpt.cfg.num_classes)
-    check_settings(args, N, gpt.cfg.vocab_size)
+    N = gpt.config.n_tokens
+    classes = parse_classes(args.classes, gpt.config.num_classes)
+    check_settings(args, N, gpt.config.vocab_size)
     n_keep = N - args.truncate
     labels = np.repeat(np.array(classes, dtype=np.int64), args.per_class)
-    H = tok.cfg.image_size
+    H = tok.config.image_size
     images = np.empty((len(labels), H, H, 3), dtype=np.uint8)
     common.check_writable(os.path.join(args.out, 'png') if args.png else args.out, '--out')  # before hours of sampling
     codes = np.empty((len(labels), n_keep), dtype=np.int64)
@@ -221,7 +212,7 @@ def main(argv=None):
             codes[start:start + len(batch_codes)] = batch_codes.cpu().numpy()
             if start == 0 and args.progressive:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    save_progressive(tok, batch_codes[:args.progressive], os.path.join(args.out, 'progressive.png'))
+                    save_coarse_to_fine(tok, batch_codes[:args.progressive], os.path.join(args.out, 'progressive.png'))
             if args.png:
                 for i in range(start, start + len(batch_codes)):
                     Image.fromarray(images[i]).save(os.path.join(args.out, 'png', f'{i:06d}_{labels[i]}.png'))

@@ -144,7 +144,7 @@ def main(argv=None):
     args = parse_args(argv)
     device, use_bf16 = sample.device_and_bf16(args)
     gpt, tok, ckpt = sample.load_models(args.ckpt, args.tok_ckpt, device, args.no_ema)
-    N, S = gpt.cfg.n_tokens, tok.cfg.image_size
+    N, S = gpt.config.n_tokens, tok.config.image_size
     keeps = args.keep or [N // 2]
     if any(not 1 <= k <= N for k in keeps):
         raise SystemExit(f"--keep {' '.join(map(str, keeps))}: each k must be in 1..N={N} (N keeps each sub-image's own tokens)")
@@ -154,7 +154,7 @@ def main(argv=None):
     images = images[:args.limit]
     if labels is None:
         print(f"--input {args.input} has no labels: completing with the null class (unconditional)")
-        labels = np.full(len(images), gpt.cfg.num_classes)
+        labels = np.full(len(images), gpt.config.num_classes)
     labels = labels[:len(images)].astype(np.int64)
     outputs = ['plain'] * ('plain' in args.modes) + [f'{m}_k{k}' for k in keeps for m in args.modes if m != 'plain']
     results = {name: np.empty((len(images), 2 * S, 2 * S, 3), dtype=np.uint8) for name in outputs}

@@ -76,9 +76,9 @@ def write(path, text):
 def sweep(args):
     device, use_bf16 = sample.device_and_bf16(args)
     gpt, tok, ckpt = sample.load_models(args.ckpt, args.tok_ckpt, device)
-    N = gpt.cfg.n_tokens
-    sample.check_settings(args, N, gpt.cfg.vocab_size)
-    classes = sample.parse_classes(args.classes, gpt.cfg.num_classes)
+    N = gpt.config.n_tokens
+    sample.check_settings(args, N, gpt.config.vocab_size)
+    classes = sample.parse_classes(args.classes, gpt.config.num_classes)
     labels = np.repeat(np.array(classes, dtype=np.int64), args.per_class)
     evaluation = fid.Evaluation(args.inception, device, args.resize)
     ref = evaluation.image_set(args.ref, need_pool=False)
@@ -92,20 +92,20 @@ def sweep(args):
     print(f"{'cfg':>6} {'temp':>6} {'top_k':>6} {'top_p':>6} {'trunc':>6} {'FID':>9} {'sFID':>9} {'copy@4':>7} "
           f"{'copy@8':>7} {'copy@N':>7} {'s':>7}")
     rows = []
-    for cfg, temperature, top_k, top_p, truncate in grid:
+    for cfg_scale, temperature, top_k, top_p, truncate in grid:
         start_time = time.perf_counter()
-        batches = sample.sample_batches(gpt, tok, labels, args.batch_size, args.seed, N - truncate, cfg, args.cfg_ramp,
+        batches = sample.sample_batches(gpt, tok, labels, args.batch_size, args.seed, N - truncate, cfg_scale, args.cfg_ramp,
                                         temperature, top_k, top_p, use_bf16)
         codes, images = zip(*[(batch_codes.cpu().numpy(), batch_images) for _, batch_codes, batch_images in batches])
         images = np.concatenate(images)
         copied = (tokens.copied_shares(np.concatenate(codes), train_codes, (4, 8, N)) if train_codes is not None else {})
-        row = dict(cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p, truncate=truncate,
+        row = dict(cfg=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p, truncate=truncate,
                    **score(images, inception, device, args.resize, ref),
                    copied_share={str(k): v for k, v in copied.items()}, seconds=time.perf_counter() - start_time)
         rows.append(row)
         sfid = '-' if row['sfid'] is None else f"{row['sfid']:.3f}"
         shares = ' '.join(f"{100 * copied[k]:>6.2f}%" if k in copied else f"{'-':>7}" for k in (4, 8, N))
-        print(f"{cfg:>6g} {temperature:>6g} {top_k:>6d} {top_p:>6g} {truncate:>6d} {row['fid']:>9.3f} {sfid:>9} "
+        print(f"{cfg_scale:>6g} {temperature:>6g} {top_k:>6d} {top_p:>6g} {truncate:>6d} {row['fid']:>9.3f} {sfid:>9} "
               f"{shares} {row['seconds']:>7.1f}", flush=True)
 
     best = best_row(rows)

@@ -14,7 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common import load_checkpoint
-from dct import omega_schedule
+from data import save_grid
+from dct import lowpass, omega_schedule
 
 
 @dataclass
@@ -74,8 +75,8 @@ class Block(nn.Module):
         fc1, fc2 = self.mlp[0], self.mlp[2]
         dtype = torch.get_autocast_dtype('cuda') if torch.is_autocast_enabled('cuda') else fc1.weight.dtype
         if h.is_cuda and dtype == torch.bfloat16 and not torch.is_grad_enabled():
-            # bf16 inference: fc1 and its GELU as one GEMM (cuBLASLt's bias + GELU epilogue), not a GEMM and a pass
-            # over the 4x-wide activations: decode of 256 images 40.1 -> 36.9 ms (docs/performance.md). That
+            # bf16 inference: fc1 and its GELU as one GEMM (cuBLASLt's bias + GELU epilogue), which saves a pass
+            # over the 4x-wide activations, 8% of a decode (docs/performance.md). That
             # GELU is the tanh form; its gap to the exact one training uses (< 4.8e-4) is far below bf16's rounding
             # (tests/test_tokenizer.py).
             h = torch._addmm_activation(fc1.bias.to(dtype), h.flatten(0, -2).to(dtype), fc1.weight.to(dtype).t(),
@@ -141,7 +142,7 @@ def sample_prefix_lengths(n_tokens, count, generator, full_prob=0.0):
     """Algorithm 1's prefix lengths i, uniform over 1..N, with full_prob of extra mass on i = N: the full image,
     the target that rFID scores, is otherwise drawn 1 time in N."""
     prefix = torch.randint(1, n_tokens + 1, (count,), generator=generator)
-    if full_prob > 0:  # drawn only then, so the default leaves the rest of the step's random stream as it was
+    if full_prob > 0:  # drawn only then, so that full_prob = 0 takes no extra numbers from the step's random stream
         prefix = torch.where(torch.rand(count, generator=generator) < full_prob, n_tokens, prefix)
     return prefix
 
@@ -163,12 +164,12 @@ def spectral_mask(n_context, n_tokens, causal, context_sees_tokens):
 
 
 class Tokenizer(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, config):
         super().__init__()
-        assert cfg.image_size % cfg.patch_size == 0, "image_size must be a multiple of patch_size"
-        self.cfg = cfg
-        D, p, N = cfg.width, cfg.patch_size, cfg.n_tokens
-        self.grid = cfg.image_size // p
+        assert config.image_size % config.patch_size == 0, "image_size must be a multiple of patch_size"
+        self.config = config
+        D, p, N = config.width, config.patch_size, config.n_tokens
+        self.grid = config.image_size // p
         P = self.grid ** 2
         scale = D ** -0.5
         # encoder
@@ -176,23 +177,23 @@ class Tokenizer(nn.Module):
         self.enc_pos = nn.Parameter(scale * torch.randn(P, D))
         self.latent_queries = nn.Parameter(scale * torch.randn(N, D))
         self.enc_latent_pos = nn.Parameter(scale * torch.randn(N, D))
-        self.encoder = nn.ModuleList(Block(D, cfg.heads) for _ in range(cfg.depth))
+        self.encoder = nn.ModuleList(Block(D, config.heads) for _ in range(config.depth))
         self.enc_ln = nn.LayerNorm(D)
-        self.to_code = nn.Linear(D, cfg.code_dim)
-        self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.code_dim, cfg.l2_norm_codes, cfg.commitment)
+        self.to_code = nn.Linear(D, config.code_dim)
+        self.quantizer = VectorQuantizer(config.codebook_size, config.code_dim, config.l2_norm_codes, config.commitment)
         # decoder
-        self.from_code = nn.Linear(cfg.code_dim, D)
+        self.from_code = nn.Linear(config.code_dim, D)
         self.mask_token = nn.Parameter(scale * torch.randn(D))
         self.dec_pos = nn.Parameter(scale * torch.randn(P, D))
         self.dec_latent_pos = nn.Parameter(scale * torch.randn(N, D))
-        self.decoder = nn.ModuleList(Block(D, cfg.heads) for _ in range(cfg.depth))
+        self.decoder = nn.ModuleList(Block(D, config.heads) for _ in range(config.depth))
         self.dec_ln = nn.LayerNorm(D)
         self.to_pixels = nn.Linear(D, p * p * 3)  # TiTok's single-stage head: 1x1 -> p*p*3, unpatchify, 3x3 conv
         self.pixel_conv = nn.Conv2d(3, 3, 3, padding=1)
 
-        self.register_buffer('enc_mask', spectral_mask(P, N, cfg.causal, False), persistent=False)
-        self.register_buffer('dec_mask', spectral_mask(P, N, cfg.causal, True), persistent=False)
-        self.register_buffer('omegas', torch.tensor(omega_schedule(N, cfg.image_size, cfg.schedule)), persistent=False)
+        self.register_buffer('enc_mask', spectral_mask(P, N, config.causal, False), persistent=False)
+        self.register_buffer('dec_mask', spectral_mask(P, N, config.causal, True), persistent=False)
+        self.register_buffer('omegas', torch.tensor(omega_schedule(N, config.image_size, config.schedule)), persistent=False)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -210,7 +211,7 @@ class Tokenizer(nn.Module):
         h = torch.cat([h, (self.latent_queries + self.enc_latent_pos).expand(len(x), -1, -1)], dim=1)
         for block in self.encoder:
             h = block(h, self.enc_mask)
-        return self.to_code(self.enc_ln(h[:, -self.cfg.n_tokens:]))
+        return self.to_code(self.enc_ln(h[:, -self.config.n_tokens:]))
 
     def decode_codes(self, zq, prefix_len=None):
         """Quantized latents (B, n, code_dim), n <= N, -> images. prefix_len (B,) hides each sample's latents past
@@ -227,7 +228,7 @@ class Tokenizer(nn.Module):
         for block in self.decoder:
             h = block(h, mask)
         patches = self.to_pixels(self.dec_ln(h[:, :P]))  # (B, P, p*p*3)
-        img = F.fold(patches.transpose(1, 2), self.cfg.image_size, self.cfg.patch_size, stride=self.cfg.patch_size)
+        img = F.fold(patches.transpose(1, 2), self.config.image_size, self.config.patch_size, stride=self.config.patch_size)
         return self.pixel_conv(img)
 
     def forward(self, x, prefix_len=None):
@@ -243,8 +244,8 @@ class Tokenizer(nn.Module):
     @torch.no_grad()
     def decode(self, idx, prefix_len=None):
         """Codes (B, n) with n <= N (a prefix) -> images in [-1, 1]. prefix_len (B,) may cut further per sample."""
-        if idx.shape[1] > self.cfg.n_tokens:
-            raise ValueError(f"got {idx.shape[1]} tokens but this tokenizer has N = {self.cfg.n_tokens}")
+        if idx.shape[1] > self.config.n_tokens:
+            raise ValueError(f"got {idx.shape[1]} tokens but this tokenizer has N = {self.config.n_tokens}")
         return self.decode_codes(self.quantizer.lookup(idx), prefix_len).clamp(-1, 1)
 
     def num_params(self):
@@ -259,11 +260,29 @@ class Tokenizer(nn.Module):
         return tok.to(device).eval()
 
 
-def flops_per_image(cfg, decoder_passes=1):
+@torch.no_grad()
+def save_coarse_to_fine(tok, idx, path, prefix_lens=None, images=None):
+    """Figure 1 of the paper as a PNG: per code sequence of idx (B, n), a row of its decodes from the first i tokens
+    for each i in prefix_lens (default 1..n), coarse to fine. With images (the encoded originals, in [-1, 1]), each
+    row of decodes comes under a row of its targets lowpass(image, w_i), and both rows end with the original."""
+    prefix_lens = torch.tensor(list(range(1, idx.shape[1] + 1) if prefix_lens is None else prefix_lens), device=idx.device)
+    rows = []
+    for i, codes in enumerate(idx):
+        decodes = tok.decode(codes.expand(len(prefix_lens), -1), prefix_len=prefix_lens)
+        if images is None:
+            rows.append(decodes)
+        else:
+            image = images[i]
+            targets = lowpass(image.expand(len(prefix_lens), -1, -1, -1), tok.omegas[prefix_lens - 1])
+            rows += [torch.cat([targets, image[None]]), torch.cat([decodes, image[None]])]
+    save_grid(torch.cat(rows), path, ncol=len(prefix_lens) + (images is not None))
+
+
+def flops_per_image(config, decoder_passes=1):
     """Forward matmul FLOPs of one image (encoder + decoder_passes decoders), for MFU; x3 for training."""
-    P, N, D = (cfg.image_size // cfg.patch_size) ** 2, cfg.n_tokens, cfg.width
+    P, N, D = (config.image_size // config.patch_size) ** 2, config.n_tokens, config.width
     L = P + N
     per_block = 2 * L * (12 * D * D) + 2 * 2 * L * L * D  # qkv/proj/mlp weights + QK^T and AV
-    patch = 2 * P * (3 * cfg.patch_size ** 2) * D
-    head = 2 * P * D * 3 * cfg.patch_size ** 2 + 2 * 9 * 3 * 3 * cfg.image_size ** 2
-    return (cfg.depth * per_block + patch) + decoder_passes * (cfg.depth * per_block + head)
+    patch = 2 * P * (3 * config.patch_size ** 2) * D
+    head = 2 * P * D * 3 * config.patch_size ** 2 + 2 * 9 * 3 * 3 * config.image_size ** 2
+    return (config.depth * per_block + patch) + decoder_passes * (config.depth * per_block + head)

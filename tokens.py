@@ -36,7 +36,7 @@ def barrier():
 def tokenizer_record(tok, tok_ckpt):
     """What a token file and a generator checkpoint remember of their tokenizer."""
     return {'path': os.path.abspath(tok_ckpt), 'sha256': common.file_sha256(tok_ckpt),
-            'config': dataclasses.asdict(tok.cfg)}
+            'config': dataclasses.asdict(tok.config)}
 
 
 def view_params(image_index, views, augment_scale, seed):
@@ -75,21 +75,21 @@ def make_views(x, params):
     return out
 
 
-def encode_folder(tok, tok_ckpt, data_root, path, dd, views=2, augment_scale=0.8, seed=0, chunk_size=10_000,
+def encode_folder(tok, tok_ckpt, data_root, path, dist_state, views=2, augment_scale=0.8, seed=0, chunk_size=10_000,
                   batch_size=256, workers=8, bf16=False):
     """Encode every image of data_root into `views` rows of the token file at path (see the module docstring);
     finished chunks of an interrupted run are kept. Every process calls this; each encodes its share."""
-    device = dd.device
-    N, K = tok.cfg.n_tokens, tok.cfg.codebook_size
+    device = dist_state.device
+    N, K = tok.config.n_tokens, tok.config.codebook_size
     if K > 2 ** 16:
         raise SystemExit(f"a codebook of {K} codes does not fit the token file's uint16")
-    dataset = ImageFolder(data_root, tok.cfg.image_size)
+    dataset = ImageFolder(data_root, tok.config.image_size)
     if len(dataset.classes) >= 2 ** 15:
         raise SystemExit(f"{len(dataset.classes)} classes do not fit the token file's int16 labels")
     record = tokenizer_record(tok, tok_ckpt)
     partial = path + '.partial'
     settings = {'tok_ckpt': record['path'], 'tok_sha256': record['sha256'], 'tok_config': record['config'],
-                'n_tokens': N, 'codebook_size': K, 'image_size': tok.cfg.image_size,
+                'n_tokens': N, 'codebook_size': K, 'image_size': tok.config.image_size,
                 'data': os.path.realpath(data_root), 'n_images': len(dataset), 'classes': dataset.classes,
                 'views': views, 'augment_scale': augment_scale if views > 2 else None, 'augment_seed': seed if views > 2 else None,
                 'chunk_size': chunk_size, 'bf16': bf16}
@@ -102,7 +102,7 @@ def encode_folder(tok, tok_ckpt, data_root, path, dd, views=2, augment_scale=0.8
         if changed:
             raise SystemExit(f"the interrupted encoding in {partial!r} used other {', '.join(changed)}: "
                              f"delete {partial!r} or rerun with its settings")
-    elif dd.master:
+    elif dist_state.master:
         os.makedirs(partial, exist_ok=True)
         common.atomic_write(settings_path, lambda f: f.write(json.dumps(settings).encode()))
 
@@ -111,10 +111,10 @@ def encode_folder(tok, tok_ckpt, data_root, path, dd, views=2, augment_scale=0.8
 
     n_chunks = -(-len(dataset) // chunk_size)
     todo = [k for k in range(n_chunks) if not os.path.exists(chunk_path(k))]
-    if dd.master and len(todo) < n_chunks:
+    if dist_state.master and len(todo) < n_chunks:
         print(f"resuming the encoding in {partial}: {n_chunks - len(todo)} of {n_chunks} chunks already done")
     barrier()  # every process has listed `todo` before any writes a chunk, so all agree on the split
-    mine = todo[dd.rank::dd.world_size]
+    mine = todo[dist_state.rank::dist_state.world_size]
 
     # one loader over all my chunks; batches never straddle two chunks
     batches, batch_chunk = [], []
@@ -126,7 +126,7 @@ def encode_folder(tok, tok_ckpt, data_root, path, dd, views=2, augment_scale=0.8
     loader = torch.utils.data.DataLoader(IndexedImages(dataset), batch_sampler=batches, num_workers=workers,
                                          collate_fn=collate_indexed, pin_memory=device.type == 'cuda')
     pbar = common.progress_bar(total=sum(map(len, batches)), desc=f'encode {os.path.basename(path)}', unit='img',
-                               disable=not dd.master)
+                               disable=not dist_state.master)
     codes, labels, n_bad = [], [], 0
     for i, (images, batch_labels, indices, bad) in enumerate(loader):
         if len(images):
@@ -146,7 +146,7 @@ def encode_folder(tok, tok_ckpt, data_root, path, dd, views=2, augment_scale=0.8
     pbar.close()
     barrier()
 
-    if dd.master:
+    if dist_state.master:
         parts = {'codes': [], 'labels': []}
         n_bad = 0
         for k in range(n_chunks):

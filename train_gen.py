@@ -99,8 +99,8 @@ MACHINE_FLAGS = ('tok_ckpt', 'data', 'tokens', 'val_data', 'val_tokens', 'out_di
 RUN_FLAGS = ('preset', 'dropout', 'drop_path', 'tokens_per_step', 'batch_size', 'seed', 'augment', 'augment_scale')
 
 # ----------------------------------------------------------------------------- setup
-dd = common.setup_distributed(args.device)
-device = dd.device
+dist_state = common.setup_distributed(args.device)
+device = dist_state.device
 ckpt_path = os.path.join(args.out_dir, 'ckpt.pt')
 resume = None
 if args.resume:  # first: the run's settings decide the batch split, the token files and the model
@@ -108,11 +108,11 @@ if args.resume:  # first: the run's settings decide the batch split, the token f
     run_settings = {**resume['args'], **{name: resume['config'][name] for name in ('dropout', 'drop_path', 'tokens_per_step')
                                          if name in resume['config']}}
     changed = common.apply_resume_args(parser, args, run_settings, fixed=RUN_FLAGS, keep=MACHINE_FLAGS)
-    if dd.master:
+    if dist_state.master:
         print(f"resuming at step {resume['step']} with the checkpoint's settings"
               + (f", changed: {', '.join('--' + name for name in changed)}" if changed else ""))
-micro_batch = common.micro_batch_size(args.batch_size, dd.world_size, args.grad_accum)
-use_bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
+micro_batch = common.micro_batch_size(args.batch_size, dist_state.world_size, args.grad_accum)
+use_bf16 = common.bf16_autocast_on(args.bf16, device)
 autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 best_path = os.path.join(args.out_dir, 'best.pt')
 log_path = os.path.join(args.out_dir, 'log.jsonl')
@@ -126,8 +126,8 @@ try:
 except (FileNotFoundError, ValueError) as e:
     raise SystemExit(f"--tok_ckpt: {e}")
 tokenizer_record = tokens.tokenizer_record(tok, args.tok_ckpt)
-N, K = tok.cfg.n_tokens, tok.cfg.codebook_size
-encoding = dict(dd=dd, seed=args.seed, chunk_size=args.encode_chunk, batch_size=args.encode_batch,
+N, K = tok.config.n_tokens, tok.config.codebook_size
+encoding = dict(dist_state=dist_state, seed=args.seed, chunk_size=args.encode_chunk, batch_size=args.encode_batch,
                 workers=args.workers, bf16=args.encode_bf16)
 
 if not os.path.exists(tokens_path):
@@ -177,19 +177,19 @@ if resume:
     if resume['tokenizer']['sha256'] != tokenizer_record['sha256']:
         raise SystemExit(f"the checkpoint was trained on the tokens of {resume['tokenizer']['path']!r}, not of "
                          f"--tok_ckpt {args.tok_ckpt!r}: pass that tokenizer or start a new --out_dir")
-    cfg = GPTConfig(**resume['config'])
+    config = GPTConfig(**resume['config'])
 else:
-    if 'preset' not in common.flags_given(parser) and dd.master:
+    if 'preset' not in common.flags_given(parser) and dist_state.master:
         print(f"no --preset given: using {args.preset}; --preset tiny is the CPU smoke test")
     if args.preset not in PRESETS:
         raise SystemExit(f"unknown generator preset {args.preset!r}; choose from {sorted(PRESETS)}")
     overrides = {name: getattr(args, name) for name in ('dropout', 'drop_path', 'tokens_per_step')
                  if getattr(args, name) is not None}
-    cfg = GPTConfig.preset(args.preset, n_tokens=N, vocab_size=K, num_classes=num_classes, **overrides)
-if cfg.num_classes != num_classes:
-    raise SystemExit(f"the generator has {cfg.num_classes} classes but the token file {num_classes}")
+    config = GPTConfig.preset(args.preset, n_tokens=N, vocab_size=K, num_classes=num_classes, **overrides)
+if config.num_classes != num_classes:
+    raise SystemExit(f"the generator has {config.num_classes} classes but the token file {num_classes}")
 try:
-    model = GPT(cfg).to(device)
+    model = GPT(config).to(device)
 except ValueError as e:  # a --tokens_per_step that does not divide N
     raise SystemExit(f"--tokens_per_step: {e}")
 ema_model = copy.deepcopy(model).eval().requires_grad_(False) if args.ema > 0 else None
@@ -208,16 +208,16 @@ if resume:
 
 peak_lr = args.lr * args.batch_size / 256
 warmup = max(1, args.max_steps // 50 if args.warmup is None else args.warmup)
-if dd.master:
+if dist_state.master:
     common.check_writable(args.out_dir, '--out_dir')
-    print(f"generator {cfg}\n{model.num_params() / 1e6:.1f}M params, {n_images} images x {views} view(s) of "
-          f"{num_classes} classes, peak lr {peak_lr:.3g}, {dd.world_size} process(es) on {device}, bf16 {use_bf16}, "
-          f"global batch {args.batch_size} = {dd.world_size} x {args.grad_accum} x {micro_batch} (processes x --grad_accum x micro-batch)"
+    print(f"generator {config}\n{model.num_params() / 1e6:.1f}M params, {n_images} images x {views} view(s) of "
+          f"{num_classes} classes, peak lr {peak_lr:.3g}, {dist_state.world_size} process(es) on {device}, bf16 {use_bf16}, "
+          f"global batch {args.batch_size} = {dist_state.world_size} x {args.grad_accum} x {micro_batch} (processes x --grad_accum x micro-batch)"
           + ("" if has_val else "\nno --val_data: the NLL of training rows alone is logged, and no best.pt is kept"))
 # compile first, then DDP (as nanoGPT): compiling the DDP wrapper splits the graph at every gradient bucket
 train_model = torch.compile(model) if args.compile else model
-if dd.world_size > 1:
-    train_model = DDP(train_model, device_ids=[dd.local_rank] if device.type == 'cuda' else None)
+if dist_state.world_size > 1:
+    train_model = DDP(train_model, device_ids=[dist_state.local_rank] if device.type == 'cuda' else None)
 
 
 def lr_at(step):
@@ -242,8 +242,8 @@ def next_batch(images_stream, step):
     images = np.fromiter(itertools.islice(images_stream, args.batch_size), dtype=np.int64, count=args.batch_size)
     rows = images * views + epoch_views(step // steps_per_epoch)[images]
     labels = torch.from_numpy(token_labels[rows].astype(np.int64))
-    labels = drop_labels(labels, cfg.num_classes, args.label_drop, common.step_generator(args.seed, step))
-    local = slice(dd.rank * args.batch_size // dd.world_size, (dd.rank + 1) * args.batch_size // dd.world_size)
+    labels = drop_labels(labels, config.num_classes, args.label_drop, common.step_generator(args.seed, step))
+    local = slice(dist_state.rank * args.batch_size // dist_state.world_size, (dist_state.rank + 1) * args.batch_size // dist_state.world_size)
     idx = torch.from_numpy(token_codes[rows[local]].astype(np.int64))
     return idx.to(device, non_blocking=True), labels[local].to(device, non_blocking=True)
 
@@ -254,7 +254,7 @@ def save_sample_grid(path):
     net = ema_model or model
     was_training = net.training
     net.eval()
-    labels = torch.arange(16, device=device) % cfg.num_classes
+    labels = torch.arange(16, device=device) % config.num_classes
     with autocast:
         codes = net.generate(labels, cfg_scale=args.sample_cfg, generator=torch.Generator(device).manual_seed(args.seed))
         images = tok.decode(codes)
@@ -291,7 +291,7 @@ def estimate_nll(net, codes, labels):
     was_training = net.training
     net.eval()
     total = torch.zeros(N + 1, dtype=torch.float64, device=device)  # per-position sums, then the row count
-    mine = np.arange(dd.rank, len(codes), dd.world_size)
+    mine = np.arange(dist_state.rank, len(codes), dist_state.world_size)
     for start in range(0, len(mine), args.eval_batch):
         rows = mine[start:start + args.eval_batch]
         idx = torch.from_numpy(codes[rows].astype(np.int64)).to(device)
@@ -299,7 +299,7 @@ def estimate_nll(net, codes, labels):
             _, token_loss = net(idx, torch.from_numpy(labels[rows].astype(np.int64)).to(device), with_loss=True)
         total[:N] += token_loss.double().sum(0)
         total[N] += len(rows)
-    if dd.world_size > 1:
+    if dist_state.world_size > 1:
         dist.all_reduce(total)
     net.train(was_training)
     return (total[:N] / total[N]).tolist()
@@ -319,7 +319,7 @@ def evaluate():
 
 def save_checkpoint(path, val_nll, keep=0):
     common.save_and_keep({
-        'kind': 'generator', 'config': dataclasses.asdict(cfg), 'args': vars(args), 'step': step,
+        'kind': 'generator', 'config': dataclasses.asdict(config), 'args': vars(args), 'step': step,
         'model': model.state_dict(), 'ema': ema_model.state_dict() if ema_model is not None else None,
         'optimizer': optimizer.state_dict(), 'rng': common.rng_state(), 'val_nll': val_nll,
         'best_val_nll': best_val_nll, 'tokenizer': tokenizer_record, 'tokens': os.path.abspath(tokens_path),
@@ -337,14 +337,14 @@ flops_per_sample = model.train_flops_per_sample()
 last_val_nll = None
 checkpoints = common.CheckpointSchedule(args.ckpt_every, args.max_steps, args.ckpt_minutes, device)
 t_last, step_last = time.time(), step
-pbar = common.progress_bar(total=args.max_steps, initial=step, disable=not dd.master)
+pbar = common.progress_bar(total=args.max_steps, initial=step, disable=not dist_state.master)
 while step < args.max_steps:
     idx, labels = next_batch(images_stream, step)
     for group in optimizer.param_groups:
         group['lr'] = lr_at(step)
     optimizer.zero_grad(set_to_none=True)
     for micro_step, (micro_idx, micro_labels) in enumerate(zip(idx.chunk(args.grad_accum), labels.chunk(args.grad_accum))):
-        common.seed_model_randomness(args.seed, step, dd.rank * args.grad_accum + micro_step)
+        common.seed_model_randomness(args.seed, step, dist_state.rank * args.grad_accum + micro_step)
         with common.gradient_sync(train_model, micro_step, args.grad_accum):
             with autocast:  # float32 logits (B, N, K), logits[:, i] predicts idx[:, i]; token_loss (B, N)
                 logits, token_loss = train_model(micro_idx, micro_labels, with_loss=True)
@@ -368,16 +368,16 @@ while step < args.max_steps:
             common.stop_on_nonfinite(step, ckpt_path)
         n = step - step_last
         packed = torch.cat([sums['loss_per_position'], sums['acc_per_position'], sums['grad_norm'][None]]) / n
-        if dd.world_size > 1:
+        if dist_state.world_size > 1:
             dist.all_reduce(packed)
-            packed /= dd.world_size
+            packed /= dist_state.world_size
         packed = packed.tolist()
         loss_pos, acc_pos, mean_grad_norm = packed[:N], packed[N:2 * N], packed[-1]
         record = {'step': step, 'lr': lr_at(step - 1), 'loss': sum(loss_pos) / N, 'acc': sum(acc_pos) / N,
                   'grad_norm': mean_grad_norm,
-                  **common.speed_record(n, time.time() - t_last, args.batch_size, flops_per_sample, dd),
+                  **common.speed_record(n, time.time() - t_last, args.batch_size, flops_per_sample, dist_state),
                   'loss_per_position': [round(v, 5) for v in loss_pos], 'acc_per_position': [round(v, 5) for v in acc_pos]}
-        if dd.master:
+        if dist_state.master:
             common.log_jsonl(log_path, record)
             pbar.set_postfix({k: f"{record[k]:.4g}" for k in ('loss', 'acc', 'grad_norm')})
         sums = new_sums()
@@ -385,7 +385,7 @@ while step < args.max_steps:
     if (args.eval_every and step % args.eval_every == 0) or step == args.max_steps:
         record = evaluate()
         last_val_nll = record.get('val_nll')
-        if dd.master:
+        if dist_state.master:
             common.log_jsonl(log_path, record)
             plot.plot_log(log_path, os.path.join(args.out_dir, 'nll.png'))
             pbar.write(f"step {step}: NLL per sequence train {record['train_nll']:.2f}"
@@ -393,14 +393,14 @@ while step < args.max_steps:
         if last_val_nll is not None and last_val_nll < best_val_nll:
             best_val_nll = last_val_nll
             check_finite_before_saving(micro_idx, micro_labels)
-            if dd.master:
+            if dist_state.master:
                 save_checkpoint(best_path, last_val_nll)
         t_last = time.time()  # the evaluation is not training time
-    if dd.master and args.sample_every and (step % args.sample_every == 0 or step == args.max_steps):
+    if dist_state.master and args.sample_every and (step % args.sample_every == 0 or step == args.max_steps):
         save_sample_grid(os.path.join(args.out_dir, f'samples_{step:07d}.png'))
     if checkpoints.due(step, log_step):
         check_finite_before_saving(micro_idx, micro_labels)
-        if dd.master:
+        if dist_state.master:
             save_checkpoint(ckpt_path, last_val_nll, args.keep)
 pbar.close()
 common.cleanup_distributed()

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
-from data import ImageFolder, image_loader, readable_samples, save_grid, to_float, to_uint8
+from data import ImageFolder, image_loader, readable_samples, to_float, to_uint8
 from dct import lowpass
 from losses import LPIPS, LeCamRegularizer, NLayerDiscriminator, hinge_d_loss, hinge_g_loss
-from tokenizer import TokConfig, Tokenizer, flops_per_image, sample_prefix_lengths
+from tokenizer import TokConfig, Tokenizer, flops_per_image, sample_prefix_lengths, save_coarse_to_fine
 from tokens import IndexedImages, collate_indexed
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,39 +91,39 @@ RUN_FLAGS = ('preset', 'n_tokens', 'codebook_size', 'code_dim', 'commitment', 's
 
 # ----------------------------------------------------------------------------- setup
 run_start = time.time()
-dd = common.setup_distributed(args.device)
-device = dd.device
+dist_state = common.setup_distributed(args.device)
+device = dist_state.device
 ckpt_path = os.path.join(args.out_dir, 'ckpt.pt')
 log_path = os.path.join(args.out_dir, 'log.jsonl')
 
 resume = None
 if args.resume:
     resume = common.load_resume_checkpoint(args, ckpt_path, 'tokenizer')
-    cfg = TokConfig(**resume['config'])
-    run_settings = {**resume['args'], 'n_tokens': cfg.n_tokens, 'codebook_size': cfg.codebook_size,
-                    'code_dim': cfg.code_dim, 'commitment': cfg.commitment, 'schedule': cfg.schedule,
-                    'no_causal': not cfg.causal}
+    config = TokConfig(**resume['config'])
+    run_settings = {**resume['args'], 'n_tokens': config.n_tokens, 'codebook_size': config.codebook_size,
+                    'code_dim': config.code_dim, 'commitment': config.commitment, 'schedule': config.schedule,
+                    'no_causal': not config.causal}
     changed = common.apply_resume_args(parser, args, run_settings, fixed=RUN_FLAGS, keep=MACHINE_FLAGS)
-    if dd.master:
+    if dist_state.master:
         print(f"resuming at step {resume['step']} with the checkpoint's settings"
               + (f", changed: {', '.join('--' + name for name in changed)}" if changed else "")
               + (f"; it has reached --max_steps {args.max_steps}: raise --max_steps to train further"
                  if resume['step'] >= args.max_steps and not args.eval_only else ""))
 else:
-    if 'preset' not in common.flags_given(parser) and dd.master:
+    if 'preset' not in common.flags_given(parser) and dist_state.master:
         print(f"no --preset given: using {args.preset} (the paper's 256 px tokenizer); --preset tiny is the CPU smoke test")
-    cfg = TokConfig.preset(args.preset, n_tokens=args.n_tokens, codebook_size=args.codebook_size, code_dim=args.code_dim,
+    config = TokConfig.preset(args.preset, n_tokens=args.n_tokens, codebook_size=args.codebook_size, code_dim=args.code_dim,
                            commitment=args.commitment, schedule=args.schedule, causal=False if args.no_causal else None)
-micro_batch = common.micro_batch_size(args.batch_size, dd.world_size, args.grad_accum)  # with the run's settings
-use_bf16 = device.type == 'cuda' if args.bf16 is None else args.bf16
+micro_batch = common.micro_batch_size(args.batch_size, dist_state.world_size, args.grad_accum)  # with the run's settings
+use_bf16 = common.bf16_autocast_on(args.bf16, device)
 autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 torch.manual_seed(args.seed)
-model = Tokenizer(cfg).to(device)
+model = Tokenizer(config).to(device)
 ema_model = copy.deepcopy(model).eval().requires_grad_(False)
 optimizer = common.adamw(model, args.lr, (0.9, 0.999), args.weight_decay, model.no_weight_decay())
 use_gan = args.gan_weight > 0
-disc = NLayerDiscriminator(n_conditions=cfg.image_size + 1 if args.disc_cond else 0).to(device) if use_gan else None
-disc_optimizer = common.adamw(disc, args.lr, (0.9, 0.999), args.weight_decay) if use_gan else None
+discriminator = NLayerDiscriminator(n_conditions=config.image_size + 1 if args.disc_cond else 0).to(device) if use_gan else None
+discriminator_optimizer = common.adamw(discriminator, args.lr, (0.9, 0.999), args.weight_decay) if use_gan else None
 lecam = LeCamRegularizer().to(device) if use_gan else None
 lpips = LPIPS(args.lpips_path, resize=args.lpips_resize).to(device) if args.lpips_weight > 0 else None
 
@@ -133,36 +133,38 @@ if resume:
     ema_model.load_state_dict(resume['ema'])
     optimizer.load_state_dict(resume['optimizer'])
     if use_gan and resume['disc'] is None:
-        if dd.master:
+        if dist_state.master:
             print("the checkpoint has no discriminator (trained with --gan_weight 0): the GAN starts with a new one")
     elif use_gan:
-        disc.load_state_dict(resume['disc'])
-        disc_optimizer.load_state_dict(resume['disc_optimizer'])
+        discriminator.load_state_dict(resume['disc'])
+        discriminator_optimizer.load_state_dict(resume['disc_optimizer'])
         lecam.load_state_dict(resume['lecam'])
     common.set_rng_state(resume['rng'])
-    if not dd.master:
+    if not dist_state.master:
         model.quantizer.usage.zero_()  # the checkpoint holds the sum over ranks: count it once
     step = resume['step']
     del resume
 
-if dd.master:
+if dist_state.master:
     common.check_writable(args.out_dir, '--out_dir')
-    print(f"tokenizer {cfg}\n{model.num_params() / 1e6:.1f}M params, {dd.world_size} process(es) on {device}, "
-          f"global batch {args.batch_size} = {dd.world_size} x {args.grad_accum} x {micro_batch} (processes x --grad_accum x micro-batch), "
+    print(f"tokenizer {config}\n{model.num_params() / 1e6:.1f}M params, {dist_state.world_size} process(es) on {device}, "
+          f"global batch {args.batch_size} = {dist_state.world_size} x {args.grad_accum} x {micro_batch} (processes x --grad_accum x micro-batch), "
           f"bf16 {use_bf16}" + (f", LPIPS weights: {lpips.weights_source}" if lpips else ", no LPIPS"))
 # compile first, then DDP (as nanoGPT). The losses too: at 256 px, LPIPS's float32 distance maps and the
 # discriminator's GroupNorms are most of a step's non-matmul time, and compiling fuses them.
 compiled = torch.compile if args.compile else (lambda module: module)
 train_model = compiled(model)
-disc_net = compiled(disc) if use_gan else None  # the generator loss calls it frozen, without DDP
-train_disc = disc_net  # the discriminator step's wrapper
+# The generator loss calls the discriminator frozen, without DDP (discriminator_compiled); the discriminator step
+# trains it through discriminator_ddp: its DDP wrapper with several processes, the compiled module with one.
+discriminator_compiled = compiled(discriminator) if use_gan else None
+discriminator_ddp = discriminator_compiled
 lpips_loss = compiled(lpips) if lpips is not None else None
-if dd.world_size > 1:
-    device_ids = [dd.local_rank] if device.type == 'cuda' else None
+if dist_state.world_size > 1:
+    device_ids = [dist_state.local_rank] if device.type == 'cuda' else None
     # broadcast_buffers=False: the code-usage counts are per rank (summed at restarts and checkpoints), and
     # DDP's default would overwrite them with rank 0's before every forward; the other buffers are constants
     train_model = DDP(train_model, device_ids=device_ids, broadcast_buffers=False)
-    train_disc = DDP(disc_net, device_ids=device_ids) if use_gan else None
+    discriminator_ddp = DDP(discriminator_compiled, device_ids=device_ids) if use_gan else None
 
 
 def lr_at(step):
@@ -176,10 +178,10 @@ def lr_at(step):
 def step_randomness(step):
     """Prefix lengths and flips of the global batch from (seed, step): the same on any number of processes and after resume."""
     g = common.step_generator(args.seed, step)
-    prefix = sample_prefix_lengths(cfg.n_tokens, args.batch_size, g, args.full_prefix_prob)
+    prefix = sample_prefix_lengths(config.n_tokens, args.batch_size, g, args.full_prefix_prob)
     flip = torch.rand(args.batch_size, generator=g) < 0.5
-    n = args.batch_size // dd.world_size
-    local = slice(dd.rank * n, (dd.rank + 1) * n)
+    n = args.batch_size // dist_state.world_size
+    local = slice(dist_state.rank * n, (dist_state.rank + 1) * n)
     return prefix[local].to(device, non_blocking=True), flip[local].to(device, non_blocking=True)  # no host sync
 
 
@@ -192,7 +194,7 @@ def views(images, flip):
 def prefix_targets(x, prefix):
     """Algorithm 1: the target of a prefix of i tokens is the w_i x w_i DCT low-pass of the image."""
     if args.no_spectral:
-        return x, torch.full_like(prefix, cfg.n_tokens)
+        return x, torch.full_like(prefix, config.n_tokens)
     return lowpass(x, model.omegas[prefix - 1]), prefix
 
 
@@ -202,9 +204,9 @@ def restart_dead_codes(step, candidates):
     every micro-batch, gathered from all ranks in the order of the global batch (identical on each rank)."""
     q = model.quantizer
     usage = q.usage.clone()
-    if dd.world_size > 1:
+    if dist_state.world_size > 1:
         torch.distributed.all_reduce(usage)
-        gathered = [torch.empty_like(candidates) for _ in range(dd.world_size)]
+        gathered = [torch.empty_like(candidates) for _ in range(dist_state.world_size)]
         torch.distributed.all_gather(gathered, candidates)
         candidates = torch.cat(gathered)
     stats = codebook_stats(usage)
@@ -225,25 +227,10 @@ def ema_codebook_stats(images, flip):
     B x N codes (8,192 in the cifar recipe, 8 per code of K = 1024): the perplexity reads low by about K / (2 B N) nats."""
     micro_batches = zip(images.tensor_split(args.grad_accum), flip.tensor_split(args.grad_accum))
     codes = [ema_model.encode(views(*micro)) for micro in micro_batches]
-    usage = torch.bincount(torch.cat(codes).flatten(), minlength=cfg.codebook_size).float()
-    if dd.world_size > 1:
+    usage = torch.bincount(torch.cat(codes).flatten(), minlength=config.codebook_size).float()
+    if dist_state.world_size > 1:
         torch.distributed.all_reduce(usage)
     return {f'ema_{k}': v for k, v in codebook_stats(usage).items()}
-
-
-@torch.no_grad()
-def save_prefix_png(tok, x, path):
-    """Figure 1 of the paper: per image, a row of targets lowpass(x, w_i) over a row of reconstructions from i tokens."""
-    prefixes = [2 ** k for k in range(int(math.log2(cfg.n_tokens)) + 1)]
-    prefixes += [cfg.n_tokens] if prefixes[-1] != cfg.n_tokens else []
-    idx = tok.encode(x)
-    rows = []
-    for img, codes in zip(x, idx):
-        n = torch.tensor(prefixes, device=device)
-        targets = lowpass(img.expand(len(prefixes), -1, -1, -1), tok.omegas[n - 1])
-        recons = tok.decode(codes.expand(len(prefixes), -1), prefix_len=n)
-        rows += [torch.cat([targets, img[None]]), torch.cat([recons, img[None]])]
-    save_grid(torch.cat(rows), path, ncol=len(prefixes) + 1)
 
 
 @torch.no_grad()
@@ -255,16 +242,16 @@ def evaluate(tok, root):
     on rank 0 in folder order. The codes come from a float32 encoder, as in the token files (bf16 changes some codes);
     the decoder runs under --bf16, as in sampling."""
     eval_start = time.time()
-    dataset = ImageFolder(root, cfg.image_size)
+    dataset = ImageFolder(root, config.image_size)
     stride = max(1, len(dataset) // args.eval_prefix_images)
-    share = np.array_split(np.arange(len(dataset)), dd.world_size)[dd.rank]
+    share = np.array_split(np.arange(len(dataset)), dist_state.world_size)[dist_state.rank]
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(IndexedImages(dataset), share), batch_size=100,
                                          num_workers=args.workers, collate_fn=collate_indexed)
     # per prefix: summed squared errors against the low-pass target and against the image; then the images scored
     # at the prefixes < N and at N
-    errors = torch.zeros(2, cfg.n_tokens, dtype=torch.float64, device=device)
+    errors = torch.zeros(2, config.n_tokens, dtype=torch.float64, device=device)
     counts = torch.zeros(2, dtype=torch.float64, device=device)
-    usage = torch.zeros(cfg.codebook_size, device=device)
+    usage = torch.zeros(config.codebook_size, device=device)
     recons = []
 
     def add_errors(recon, x, i):
@@ -272,47 +259,47 @@ def evaluate(tok, root):
         to_image = ((recon.float() - x) / 2).pow(2).mean((1, 2, 3)).sum()
         errors[:, i - 1] += torch.stack([to_target, to_image])
 
-    for images, _, indices, _ in common.progress_bar(loader, desc='eval', unit='batch', disable=not dd.master):
+    for images, _, indices, _ in common.progress_bar(loader, desc='eval', unit='batch', disable=not dist_state.master):
         x = to_float(images, device)
         idx = tok.encode(x)
-        usage += torch.bincount(idx.flatten(), minlength=cfg.codebook_size)
+        usage += torch.bincount(idx.flatten(), minlength=config.codebook_size)
         with autocast:
             recon = tok.decode(idx)
-        add_errors(recon, x, cfg.n_tokens)
+        add_errors(recon, x, config.n_tokens)
         every_prefix = [j for j, i in enumerate(indices) if i % stride == 0]
-        for i in range(1, cfg.n_tokens if every_prefix else 0):
+        for i in range(1, config.n_tokens if every_prefix else 0):
             with autocast:
                 add_errors(tok.decode(idx[every_prefix, :i]), x[every_prefix], i)
         counts[0] += len(every_prefix)
         counts[1] += len(x)
         if args.eval_npz:
             recons.append(to_uint8(recon))
-    if dd.world_size > 1:
+    if dist_state.world_size > 1:
         for total in (errors, counts, usage):
             torch.distributed.all_reduce(total)
     if args.eval_npz:
-        mine = np.concatenate(recons) if recons else np.zeros((0, cfg.image_size, cfg.image_size, 3), np.uint8)
-        shares = [None] * dd.world_size if dd.master else None
-        if dd.world_size > 1:
+        mine = np.concatenate(recons) if recons else np.zeros((0, config.image_size, config.image_size, 3), np.uint8)
+        shares = [None] * dist_state.world_size if dist_state.master else None
+        if dist_state.world_size > 1:
             torch.distributed.gather_object(mine, shares, dst=0)
         else:
             shares = [mine]
-        if dd.master:
+        if dist_state.master:
             np.savez(args.eval_npz, arr_0=np.concatenate(shares))
-    if not dd.master:
+    if not dist_state.master:
         return None
     seen, prefix_images = int(counts[1]), int(counts[0])
-    scored = torch.cat([counts[0].expand(cfg.n_tokens - 1), counts[1:]])
+    scored = torch.cat([counts[0].expand(config.n_tokens - 1), counts[1:]])
     mse_target, mse_full = (errors[0] / scored).tolist(), (errors[1] / scored).tolist()
     table = [{'prefix': i + 1, 'omega': int(tok.omegas[i]), 'l2_vs_lowpass': mse_target[i],
               'psnr_vs_lowpass': -10 * math.log10(mse_target[i]), 'l2_vs_image': mse_full[i],
-              'psnr_vs_image': -10 * math.log10(mse_full[i])} for i in range(cfg.n_tokens)]
+              'psnr_vs_image': -10 * math.log10(mse_full[i])} for i in range(config.n_tokens)]
     print(f"{'prefix':>6} {'w_i':>4} {'PSNR(lowpass)':>13} {'PSNR(image)':>11}   ({seen} images of {root}, "
-          f"{prefix_images} of them at the prefixes < {cfg.n_tokens})")
+          f"{prefix_images} of them at the prefixes < {config.n_tokens})")
     for r in table:
         print(f"{r['prefix']:>6} {r['omega']:>4} {r['psnr_vs_lowpass']:>13.2f} {r['psnr_vs_image']:>11.2f}")
     summary = {'psnr_vs_image_at_N': table[-1]['psnr_vs_image'],
-               'psnr_vs_lowpass_at': {i: table[i - 1]['psnr_vs_lowpass'] for i in (1, 2, 4, 8) if i <= cfg.n_tokens},
+               'psnr_vs_lowpass_at': {i: table[i - 1]['psnr_vs_lowpass'] for i in (1, 2, 4, 8) if i <= config.n_tokens},
                **codebook_stats(usage), 'run_wall_s': time.time() - run_start, 'eval_wall_s': time.time() - eval_start}
     print(f"PSNR at N vs image {summary['psnr_vs_image_at_N']:.2f} dB, prefixes "
           + ', '.join(f"{i}: {v:.2f}" for i, v in summary['psnr_vs_lowpass_at'].items())
@@ -336,15 +323,15 @@ def loss_of_current_weights(x, prefix, target):
 def save_checkpoint():
     """Called on every rank: the code usage counts are per rank, so the checkpoint stores their sum."""
     usage = model.quantizer.usage.clone()
-    if dd.world_size > 1:
+    if dist_state.world_size > 1:
         torch.distributed.all_reduce(usage)
-    if not dd.master:
+    if not dist_state.master:
         return
     common.save_and_keep({
-        'kind': 'tokenizer', 'config': dataclasses.asdict(cfg), 'args': vars(args), 'step': step,
+        'kind': 'tokenizer', 'config': dataclasses.asdict(config), 'args': vars(args), 'step': step,
         'model': {**model.state_dict(), 'quantizer.usage': usage}, 'ema': {**ema_model.state_dict(), 'quantizer.usage': usage}, 'optimizer': optimizer.state_dict(),
-        'disc': disc.state_dict() if use_gan else None,
-        'disc_optimizer': disc_optimizer.state_dict() if use_gan else None,
+        'disc': discriminator.state_dict() if use_gan else None,
+        'disc_optimizer': discriminator_optimizer.state_dict() if use_gan else None,
         'lecam': lecam.state_dict() if use_gan else None, 'rng': common.rng_state(),
     }, ckpt_path, step, args.keep)
 
@@ -357,15 +344,17 @@ if args.eval_only:
     common.cleanup_distributed()
     raise SystemExit(0)
 
-dataset, loader = image_loader(args.data, cfg.image_size, args.batch_size, dd.rank, dd.world_size,
+dataset, loader = image_loader(args.data, config.image_size, args.batch_size, dist_state.rank, dist_state.world_size,
                                args.seed, step, args.workers)
 preview = to_float(torch.stack([image for image, _ in readable_samples(dataset, 8)]), device)
-flops_per_sample = 3 * flops_per_image(cfg)  # forward + backward, tokenizer matmuls only (not LPIPS, GAN)
+preview_prefix_lens = [2 ** k for k in range(int(math.log2(config.n_tokens)) + 1)]  # 1, 2, 4, ... and N
+preview_prefix_lens += [config.n_tokens] if preview_prefix_lens[-1] != config.n_tokens else []
+flops_per_sample = 3 * flops_per_image(config)  # forward + backward, tokenizer matmuls only (not LPIPS, GAN)
 finite = torch.ones((), dtype=torch.bool, device=device)
 sums = {}
 n_bad, n_empty_batches = 0, 0
 t_last, step_last = time.time(), step
-pbar = common.progress_bar(total=args.max_steps, initial=step, disable=not dd.master)
+pbar = common.progress_bar(total=args.max_steps, initial=step, disable=not dist_state.master)
 data_iter = iter(loader)
 checkpoints = common.CheckpointSchedule(args.ckpt_every, args.max_steps, args.ckpt_minutes, device)
 while step < args.max_steps:
@@ -377,7 +366,7 @@ while step < args.max_steps:
     prefix, flip = step_randomness(step)
     prefix, flip = prefix[:len(images)], flip[:len(images)]  # a batch with skipped bad files is shorter
     gan_on = use_gan and step >= args.disc_start
-    for group in optimizer.param_groups + (disc_optimizer.param_groups if use_gan else []):
+    for group in optimizer.param_groups + (discriminator_optimizer.param_groups if use_gan else []):
         group['lr'] = lr_at(step)
 
     # tokenizer step; every micro-step's loss is divided by grad_accum: the gradient is the mean over the process's share
@@ -387,11 +376,11 @@ while step < args.max_steps:
     for micro_step, (micro_images, micro_prefix, micro_flip) in enumerate(micro_batches):
         if not len(micro_images):  # skipped bad files left fewer images than micro-steps
             continue
-        common.seed_model_randomness(args.seed, step, dd.rank * args.grad_accum + micro_step)
+        common.seed_model_randomness(args.seed, step, dist_state.rank * args.grad_accum + micro_step)
         x = views(micro_images, micro_flip)
         target, micro_prefix = prefix_targets(x, micro_prefix)
         last_micro_batch = x, micro_prefix, target  # for the finite-weights check before a checkpoint
-        gan_mask = micro_prefix == cfg.n_tokens if args.gan_full_only else None  # the samples whose target is the full image
+        gan_mask = micro_prefix == config.n_tokens if args.gan_full_only else None  # the samples whose target is the full image
         disc_condition = model.omegas[micro_prefix - 1] if args.disc_cond else None
         with common.gradient_sync(train_model, micro_step, args.grad_accum):
             with autocast:
@@ -404,10 +393,10 @@ while step < args.max_steps:
                     micro_terms['lpips'] = lpips_loss(recon, target).mean()
                     loss = loss + args.lpips_weight * micro_terms['lpips']
                 if gan_on:
-                    disc.requires_grad_(False)  # the generator loss must not touch the discriminator's gradients
-                    micro_terms['gan_g'] = hinge_g_loss(disc_net(recon, disc_condition), gan_mask)
+                    discriminator.requires_grad_(False)  # the generator loss must not touch the discriminator's gradients
+                    micro_terms['gan_g'] = hinge_g_loss(discriminator_compiled(recon, disc_condition), gan_mask)
                     loss = loss + args.gan_weight * micro_terms['gan_g']
-                    disc.requires_grad_(True)
+                    discriminator.requires_grad_(True)
             (loss / args.grad_accum).backward()
         finite &= torch.isfinite(loss.detach())
         for k, v in micro_terms.items():
@@ -421,20 +410,20 @@ while step < args.max_steps:
 
     # discriminator step: real = the same low-pass targets the tokenizer is asked for (with the same w_i)
     if gan_on:
-        disc_optimizer.zero_grad(set_to_none=True)
+        discriminator_optimizer.zero_grad(set_to_none=True)
         for micro_step, (target, recon, disc_condition, gan_mask) in enumerate(disc_batches):
-            with common.gradient_sync(train_disc, micro_step, args.grad_accum):
+            with common.gradient_sync(discriminator_ddp, micro_step, args.grad_accum):
                 with autocast:
-                    logits = train_disc(torch.cat([target, recon]),
-                                        None if disc_condition is None else disc_condition.repeat(2)).float()
+                    logits = discriminator_ddp(torch.cat([target, recon]),
+                                               None if disc_condition is None else disc_condition.repeat(2)).float()
                     real, fake = logits.chunk(2)
                     gan_d = hinge_d_loss(real, fake, gan_mask)
                     d_loss = gan_d + args.lecam_weight * lecam(real, fake, gan_mask, update=False)
                 (d_loss / args.grad_accum).backward()
             terms['gan_d'] = terms.get('gan_d', 0) + gan_d.detach().float() / args.grad_accum
         lecam.update()
-        torch.nn.utils.clip_grad_norm_(disc.parameters(), args.grad_clip)
-        disc_optimizer.step()
+        torch.nn.utils.clip_grad_norm_(discriminator.parameters(), args.grad_clip)
+        discriminator_optimizer.step()
 
     for k, v in terms.items():
         sums[k] = sums.get(k, 0) + v.detach().float()
@@ -450,26 +439,27 @@ while step < args.max_steps:
             common.stop_on_nonfinite(step, ckpt_path)
         n = step - step_last
         means = torch.stack(list(sums.values())) / n
-        if dd.world_size > 1:  # the terms of the global batch, as one process with --grad_accum logs them
+        if dist_state.world_size > 1:  # the terms of the global batch, as one process with --grad_accum logs them
             torch.distributed.all_reduce(means)
-            means /= dd.world_size
+            means /= dist_state.world_size
         record = {'step': step, 'lr': lr_at(step - 1), **dict(zip(sums, means.tolist())),
-                  **common.speed_record(n, time.time() - t_last, args.batch_size, flops_per_sample, dd),
+                  **common.speed_record(n, time.time() - t_last, args.batch_size, flops_per_sample, dist_state),
                   'bad_images_skipped': n_bad, 'empty_batches_skipped': n_empty_batches,
                   **(codebook or codebook_stats(model.quantizer.usage)), **ema_codebook_stats(images, flip)}
-        if dd.master:
+        if dist_state.master:
             common.log_jsonl(log_path, record)
             pbar.set_postfix({k: f"{record[k]:.4g}" for k in ('l2', 'lpips', 'vq', 'codebook_used') if k in record})
         sums, t_last, step_last = {}, time.time(), step
-    if dd.master and args.sample_every and (step % args.sample_every == 0 or step == args.max_steps):
-        save_prefix_png(ema_model, preview, os.path.join(args.out_dir, f'prefixes_{step:07d}.png'))
+    if dist_state.master and args.sample_every and (step % args.sample_every == 0 or step == args.max_steps):
+        save_coarse_to_fine(ema_model, ema_model.encode(preview), os.path.join(args.out_dir, f'prefixes_{step:07d}.png'),
+                            preview_prefix_lens, images=preview)
     if checkpoints.due(step, log_step):
         states = [model.state_dict(), ema_model.state_dict(), optimizer.state_dict()]
-        states += [disc.state_dict(), disc_optimizer.state_dict()] if use_gan else []
+        states += [discriminator.state_dict(), discriminator_optimizer.state_dict()] if use_gan else []
         common.check_checkpoint_finite(step, ckpt_path, finite, loss_of_current_weights(*last_micro_batch), *states)
         save_checkpoint()
 pbar.close()
-if n_bad and dd.master:
+if n_bad and dist_state.master:
     print(f"skipped {n_bad} unreadable image(s)" + (f", {n_empty_batches} batch(es) without any readable one" if n_empty_batches else ""))
 if args.eval_data:
     evaluate(ema_model, args.eval_data)

@@ -3,7 +3,7 @@
 # tokenizer, ranked by validation NLL (CIFAR-10 test/) against the NLL of training rows.
 #   TOK=out/cifar10/tok/ckpt.pt DATA=../shared/data/cifar10 ROOT=out/gen_search bash scripts/gen_search.sh [variant ...]
 # Variants (train_gen.py flags on top of the shared ones below):
-#   old         the recipe before the search: image + flip, no dropout, drop path 0.0333 (VAR's 0.1 x 8 / 24)
+#   old         the baseline: image + flip, no dropout, drop path 0.0333 (VAR's 0.1 x 8 / 24)
 #   dropout     + dropout 0.1, drop path 0.1
 #   augment     + 8 views per image (flip and zoom crops), dropout 0.1, drop path 0.1
 #   augment_ema + EMA 0.9995 of the weights (the EMA model is evaluated and sampled)

@@ -47,7 +47,7 @@ def test_sampler_refuses_a_model_whose_block_was_edited(tmp_path, edit):
     labels = torch.tensor([0, 3, 7])
     model = edited_model(load_edited_generator(tmp_path, [edit]))
     # the edit changes the model's logits, so a sampler running the old math would sample from the wrong ones
-    idx = torch.randint(model.cfg.vocab_size, (3, model.cfg.n_tokens), generator=torch.Generator().manual_seed(0))
+    idx = torch.randint(model.config.vocab_size, (3, model.config.n_tokens), generator=torch.Generator().manual_seed(0))
     assert not torch.allclose(model(idx, labels), make_model()(idx, labels), rtol=1e-5, atol=1e-5)
     with pytest.raises(RuntimeError, match=r'Port the change into fast_sample\.py.*set MIRRORED_FINGERPRINT'):
         FastSampler(model, batch_size=3, guided=True, top_k=1)
@@ -62,7 +62,7 @@ def test_sampler_refuses_block_subclasses_swapped_into_the_model():
 
     model = make_model()
     for i, original in enumerate(model.blocks):
-        model.blocks[i] = ScaledBlock(model.cfg, original.drop_path_rate)
+        model.blocks[i] = ScaledBlock(model.config, original.drop_path_rate)
         model.blocks[i].load_state_dict(original.state_dict())
         match = 'every block of the model to be of one class' if i < len(model.blocks) - 1 else 'MIRRORED_FINGERPRINT'
         with pytest.raises(RuntimeError, match=match):
@@ -78,7 +78,7 @@ def test_sampler_accepts_edits_of_comments_docstrings_and_layout(tmp_path):
          '        """One block: attention, then the MLP, each AdaLN-modulated and gated."""\n\n'
          '        # a comment on its own line\n'),
         ('"""Causal over x (or restricted', '"""Attention, causal over x (or restricted'),
-        ('hidden = round(cfg.width * cfg.mlp_ratio)', 'hidden = round(\n            cfg.width * cfg.mlp_ratio)  # MLP width'),
+        ('hidden = round(config.width * config.mlp_ratio)', 'hidden = round(\n            config.width * config.mlp_ratio)  # MLP width'),
     ]
     model = edited_model(load_edited_generator(tmp_path, edits))
     assert fast_sample.mirrored_fingerprint(model) == fast_sample.MIRRORED_FINGERPRINT
@@ -154,7 +154,7 @@ def test_fast_sampling_uses_the_reference_random_stream(sampling):
 
 def test_fast_guidance_schedule_and_truncation():
     model = make_model()
-    labels, N = torch.tensor([2, 6, 1]), model.cfg.n_tokens
+    labels, N = torch.tensor([2, 6, 1]), model.config.n_tokens
     schedule = torch.linspace(0.5, 3.0, N)
     ref, ref_logits = model.generate(labels, cfg_scale=schedule, top_k=1, return_logits=True)
     tokens, logits = fast_sample.generate(model, labels, cfg_scale=schedule, top_k=1, return_logits=True)
@@ -170,7 +170,7 @@ def test_fast_sampler_follows_weight_updates_and_is_reused():
     before = fast_sample.generate(model, labels, top_k=1)
     sampler = fast_sample.SAMPLERS[model]
     with torch.no_grad():
-        model.head.bias[:] = torch.randn(model.cfg.vocab_size) * 10  # in place: same pointer, new version
+        model.head.bias[:] = torch.randn(model.config.vocab_size) * 10  # in place: same pointer, new version
     after = fast_sample.generate(model, labels, top_k=1)
     assert fast_sample.SAMPLERS[model] is sampler  # same settings: the cached sampler is reused
     assert torch.equal(after, model.generate(labels, top_k=1))
@@ -259,7 +259,7 @@ def test_fast_path_under_bf16_autocast():
         tokens, logits = fast_sample.generate(model, labels, cfg_scale=1.5, generator=torch.Generator().manual_seed(0),
                                               return_logits=True)
         s = model.cfg_schedule(1.5)[None, :, None]
-        ref = (1 + s) * model(tokens, labels) - s * model(tokens, torch.full_like(labels, model.cfg.num_classes))
+        ref = (1 + s) * model(tokens, labels) - s * model(tokens, torch.full_like(labels, model.config.num_classes))
     assert fast_sample.SAMPLERS[model].dtype == torch.bfloat16
     assert ((logits - ref).norm() / ref.norm()).item() < 3e-2
 

@@ -25,15 +25,15 @@ def make_model(seed=0, **overrides):
 
 def random_tokens(model, batch, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(model.cfg.vocab_size, (batch, model.cfg.n_tokens), generator=g)
+    return torch.randint(model.config.vocab_size, (batch, model.config.n_tokens), generator=g)
 
 
 def test_forward_shapes_and_config_round_trip():
     model = make_model()
-    idx, labels = random_tokens(model, 3), torch.tensor([0, 5, model.cfg.num_classes])
-    assert model(idx, labels).shape == (3, model.cfg.n_tokens, model.cfg.vocab_size)
-    assert model(idx[:, :3], labels).shape == (3, 3, model.cfg.vocab_size)
-    rebuilt = GPT(GPTConfig(**dataclasses.asdict(model.cfg)))
+    idx, labels = random_tokens(model, 3), torch.tensor([0, 5, model.config.num_classes])
+    assert model(idx, labels).shape == (3, model.config.n_tokens, model.config.vocab_size)
+    assert model(idx[:, :3], labels).shape == (3, 3, model.config.vocab_size)
+    rebuilt = GPT(GPTConfig(**dataclasses.asdict(model.config)))
     rebuilt.load_state_dict(model.state_dict())
     assert torch.equal(rebuilt.eval()(idx, labels), model(idx, labels))
 
@@ -60,20 +60,20 @@ def test_causality():
     model = make_model()
     idx, labels = random_tokens(model, 2), torch.tensor([1, 2])
     base = model(idx, labels)
-    for j in range(model.cfg.n_tokens):
+    for j in range(model.config.n_tokens):
         changed = idx.clone()
-        changed[:, j] = (changed[:, j] + 1) % model.cfg.vocab_size
+        changed[:, j] = (changed[:, j] + 1) % model.config.vocab_size
         logits = model(changed, labels)
         # logits[:, i] sees idx[:, :i], so changing token j affects positions > j only
         assert torch.equal(logits[:, :j + 1], base[:, :j + 1])
-        if j + 1 < model.cfg.n_tokens:
+        if j + 1 < model.config.n_tokens:
             assert not torch.allclose(logits[:, j + 1:], base[:, j + 1:])
 
 
 def test_class_label_conditions_every_position():
     model = make_model()
     idx = random_tokens(model, 1)
-    cond, null = model(idx, torch.tensor([4])), model(idx, torch.tensor([model.cfg.num_classes]))
+    cond, null = model(idx, torch.tensor([4])), model(idx, torch.tensor([model.config.num_classes]))
     assert not torch.isclose(cond, null).all(dim=-1).any()
 
 
@@ -81,19 +81,19 @@ def test_cfg_scale_zero_is_conditional():
     model = make_model()
     labels = torch.tensor([2, 6])
     # a zero schedule tensor forces the doubled-batch guided path
-    tokens, step_logits = model.generate(labels, cfg_scale=torch.zeros(model.cfg.n_tokens), top_k=1, return_logits=True)
+    tokens, step_logits = model.generate(labels, cfg_scale=torch.zeros(model.config.n_tokens), top_k=1, return_logits=True)
     torch.testing.assert_close(step_logits, model(tokens, labels), rtol=1e-5, atol=1e-5)
 
 
 def test_cfg_ramp_scales_each_position():
     model = make_model()
-    labels, N, scale = torch.tensor([2, 6]), model.cfg.n_tokens, 3.0
+    labels, N, scale = torch.tensor([2, 6]), model.config.n_tokens, 3.0
     expected_ramp = scale * torch.arange(N) / (N - 1)
     torch.testing.assert_close(model.cfg_schedule(scale, cfg_ramp=True), expected_ramp)
     g = torch.Generator().manual_seed(0)
     tokens, step_logits = model.generate(labels, cfg_scale=scale, cfg_ramp=True, generator=g, return_logits=True)
     cond = model(tokens, labels)
-    uncond = model(tokens, torch.full_like(labels, model.cfg.num_classes))
+    uncond = model(tokens, torch.full_like(labels, model.config.num_classes))
     s = expected_ramp[None, :, None]
     torch.testing.assert_close(step_logits, (1 + s) * cond - s * uncond, rtol=1e-5, atol=1e-4)
 
@@ -126,7 +126,7 @@ def test_prefix_continuation_and_truncation():
     model = make_model()
     labels = torch.tensor([1, 8, 3])
     full = model.generate(labels, top_k=1)
-    for n_prefix in (1, 3, model.cfg.n_tokens - 1):
+    for n_prefix in (1, 3, model.config.n_tokens - 1):
         continued = model.generate(labels, top_k=1, prefix=full[:, :n_prefix])
         assert torch.equal(continued, full)
     assert torch.equal(model.generate(labels, top_k=1, n_steps=3), full[:, :3])
@@ -134,12 +134,12 @@ def test_prefix_continuation_and_truncation():
 
 
 def test_next_token_model_reproduces_the_recorded_logits_and_samples():
-    """tokens_per_step = 1 is the next-token model as it was before groups existed: the logits, seeded samples,
-    guided logits and prefix continuations recorded from that code (assets/generator_next_token_reference.npz,
+    """tokens_per_step = 1 is the plain next-token model: its logits, seeded samples, guided logits and prefix
+    continuations equal those recorded from a next-token-only implementation (assets/generator_next_token_reference.npz,
     this file's make_model() on the CPU in float32); tests/test_fast_sample.py checks the fast path's samples."""
     ref = np.load(os.path.join(REPO, 'assets', 'generator_next_token_reference.npz'))
     model = make_model()
-    assert model.cfg.tokens_per_step == 1
+    assert model.config.tokens_per_step == 1
     idx, labels = torch.from_numpy(ref['idx']), torch.from_numpy(ref['labels'])
     torch.testing.assert_close(model(idx, labels), torch.from_numpy(ref['logits']), rtol=1e-5, atol=1e-5)
     tokens, step_logits = model.generate(labels, cfg_scale=2.0, cfg_ramp=True, top_p=0.9, return_logits=True,
@@ -152,10 +152,10 @@ def test_next_token_model_reproduces_the_recorded_logits_and_samples():
 
 def test_checkpoint_config_without_tokens_per_step_loads_as_next_token_model():
     model = make_model()
-    old_config = {k: v for k, v in dataclasses.asdict(model.cfg).items() if k != 'tokens_per_step'}
+    old_config = {k: v for k, v in dataclasses.asdict(model.config).items() if k != 'tokens_per_step'}
     rebuilt = GPT(GPTConfig(**old_config))
     rebuilt.load_state_dict(model.state_dict())  # strict: no new weights or persistent buffers
-    assert rebuilt.cfg.tokens_per_step == 1
+    assert rebuilt.config.tokens_per_step == 1
     grouped = GPT(GPTConfig.preset('tiny', tokens_per_step=4))
     assert grouped.state_dict().keys() == model.state_dict().keys()
 
@@ -174,7 +174,7 @@ def test_group_logits_see_only_earlier_groups():
     base = model(idx, labels)
     for j in range(N):
         changed = idx.clone()
-        changed[:, j] = (changed[:, j] + 1) % model.cfg.vocab_size
+        changed[:, j] = (changed[:, j] + 1) % model.config.vocab_size
         logits = model(changed, labels)
         end_of_group = (j // P + 1) * P
         assert torch.equal(logits[:, :end_of_group], base[:, :end_of_group])
@@ -193,7 +193,7 @@ def test_group_sampler_equals_full_forward_group_by_group(cfg_scale):
     full = model(tokens, labels)
     if s is not None:
         s = s[None, :, None]
-        full = (1 + s) * full - s * model(tokens, torch.full_like(labels, model.cfg.num_classes))
+        full = (1 + s) * full - s * model(tokens, torch.full_like(labels, model.config.num_classes))
     torch.testing.assert_close(step_logits, full, rtol=1e-5, atol=1e-4)
     assert torch.equal(tokens, full.argmax(dim=-1))
 
@@ -230,7 +230,7 @@ def test_weight_decay_spares_biases_scales_and_positions():
     assert [group['weight_decay'] for group in optimizer.param_groups] == [0.05, 0.0]
     assert not decay & no_decay and decay | no_decay == set(names.values())
     log_scales = {name for name in names.values() if name.endswith('log_scale')}
-    assert len(log_scales) == model.cfg.depth
+    assert len(log_scales) == model.config.depth
     assert {'pos_emb', 'head.bias', 'blocks.0.attn.q_bias'} | log_scales <= no_decay
     assert {'head.weight', 'tok_emb.weight', 'class_emb.weight', 'blocks.0.attn.qkv.weight'} <= decay
 
@@ -246,7 +246,7 @@ def test_drop_labels():
 def test_param_count_matches_paper(name):
     with torch.device('meta'):  # no memory is allocated for the 0.3B-1B weights
         model = GPT(GPTConfig.preset(name))
-    assert model.cfg.width == 64 * model.cfg.depth and model.cfg.heads == model.cfg.depth
+    assert model.config.width == 64 * model.config.depth and model.config.heads == model.config.depth
     assert math.isclose(model.num_params(), PAPER_PARAMS[name], rel_tol=0.05)
 
 
@@ -259,12 +259,12 @@ def test_sample_with_race_is_sample_from_logits():
 
 
 def test_training_flops_count_every_matmul_once_per_token():
-    cfg = GPTConfig.preset('tiny')
-    C, L, N, K = cfg.width, cfg.depth, cfg.n_tokens, cfg.vocab_size
+    config = GPTConfig.preset('tiny')
+    C, L, N, K = config.width, config.depth, config.n_tokens, config.vocab_size
     per_token = L * (3 * C * C + C * C + 2 * 4 * C * C) + C * K  # qkv, proj, MLP, head
     per_sequence = L * (C * 6 * C + 6 * C) + C * 2 * C + 2 * C  # block and head AdaLN, once per class
     attention = 2 * 2 * L * N * N * C  # QK^T and AV
-    assert GPT(cfg).train_flops_per_sample() == 6 * (per_token * N + per_sequence) + 3 * attention
+    assert GPT(config).train_flops_per_sample() == 6 * (per_token * N + per_sequence) + 3 * attention
 
 
 @pytest.mark.parametrize('tokens_per_step', [1, 4])

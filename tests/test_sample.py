@@ -64,9 +64,9 @@ def bad_tokenizers(tiny_tokenizer, tmp_path_factory):
     root = tmp_path_factory.mktemp('bad_tok')
 
     def four_tokens(ckpt):
-        cfg = TokConfig(**{**ckpt['config'], 'n_tokens': 4})
-        ckpt['config'] = dataclasses.asdict(cfg)
-        ckpt['model'] = ckpt['ema'] = Tokenizer(cfg).state_dict()
+        tok_config = TokConfig(**{**ckpt['config'], 'n_tokens': 4})
+        ckpt['config'] = dataclasses.asdict(tok_config)
+        ckpt['model'] = ckpt['ema'] = Tokenizer(tok_config).state_dict()
 
     return (save_modified_tokenizer(tiny_tokenizer[1], root / 'other_weights.pt', perturb_weights),
             save_modified_tokenizer(tiny_tokenizer[1], root / 'four_tokens.pt', four_tokens))
@@ -133,9 +133,9 @@ def test_nonfinite_cfg_and_unwritable_out_stop_before_sampling(generator_ckpt, t
     def no_sampling(*args, **kwargs):
         raise AssertionError('sampled although the settings were bad')
     monkeypatch.setattr(sample_module, 'sample_batches', no_sampling)
-    for cfg in ('nan', 'inf', '-inf'):
-        with pytest.raises(SystemExit, match=f'--cfg {cfg}: out of range, use a finite guidance scale'):
-            sample_module.main(['--ckpt', str(generator_ckpt), '--out', str(tmp_path), f'--cfg={cfg}', '--per_class', '1'])
+    for cfg_scale in ('nan', 'inf', '-inf'):
+        with pytest.raises(SystemExit, match=f'--cfg {cfg_scale}: out of range, use a finite guidance scale'):
+            sample_module.main(['--ckpt', str(generator_ckpt), '--out', str(tmp_path), f'--cfg={cfg_scale}', '--per_class', '1'])
     with pytest.raises(SystemExit, match=f"--out: '{unwritable_dir}' is not a writable folder"):
         sample_module.main(['--ckpt', str(generator_ckpt), '--out', str(unwritable_dir), '--per_class', '1'])
     (tmp_path / 'a_file').write_bytes(b'')

@@ -32,7 +32,7 @@ def test_merge_inverts_split_exactly(mode):
 def tiny_models():
     torch.manual_seed(0)
     tok = Tokenizer(TokConfig.preset('tiny')).eval()
-    gpt = GPT(GPTConfig.preset('tiny', vocab_size=tok.cfg.codebook_size, n_tokens=tok.cfg.n_tokens)).eval()
+    gpt = GPT(GPTConfig.preset('tiny', vocab_size=tok.config.codebook_size, n_tokens=tok.config.n_tokens)).eval()
     return gpt, tok
 
 
@@ -42,8 +42,8 @@ def test_keeping_all_tokens_gives_the_sub_images_reconstructions(mode, cifar_ima
     assembled here by slicing, independently of merge."""
     gpt, tok = tiny_models()
     x, labels = cifar_images[:3], torch.tensor([0, 4, 9])
-    out = complete(gpt, tok, x, labels, keep=tok.cfg.n_tokens, mode=mode)
-    up, S = upsample(x), tok.cfg.image_size
+    out = complete(gpt, tok, x, labels, keep=tok.config.n_tokens, mode=mode)
+    up, S = upsample(x), tok.config.image_size
     assert up.shape == out.shape == (3, 3, 2 * S, 2 * S)
     expected = torch.empty_like(up)
     for a in (0, 1):

@@ -96,7 +96,7 @@ def test_tiny_tokenizer_overfits_four_images_at_every_prefix(cifar_images):
     x = cifar_images[:4]
     torch.manual_seed(0)
     tok = Tokenizer(TokConfig.preset('tiny', width=96))
-    N = tok.cfg.n_tokens
+    N = tok.config.n_tokens
 
     def errors():
         tok.eval()
@@ -127,10 +127,10 @@ def test_training_forward_compiles_to_one_graph():
     """A graph break (bincount's data-dependent shape did it) splits torch.compile's forward and backward and
     made the titok_b64 step host-bound on an H100 (docs/performance.md)."""
     tok = Tokenizer(TokConfig.preset('tiny')).train()
-    x = torch.rand(4, 3, tok.cfg.image_size, tok.cfg.image_size) * 2 - 1
+    x = torch.rand(4, 3, tok.config.image_size, tok.config.image_size) * 2 - 1
     explanation = torch._dynamo.explain(tok)(x, torch.tensor([1, 3, 5, 8]))
     assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
-    assert tok.quantizer.usage.sum() == 4 * tok.cfg.n_tokens  # the count still happened (in the traced run)
+    assert tok.quantizer.usage.sum() == 4 * tok.config.n_tokens  # the count still happened (in the traced run)
 
 
 def decoder_with_tanh_gelu(tok):
@@ -147,7 +147,7 @@ def test_tanh_gelu_of_bf16_inference_is_far_below_bf16_rounding():
     assert (F.gelu(x) - F.gelu(x, approximate='tanh')).abs().max() < 4.8e-4
     torch.manual_seed(0)
     tok = Tokenizer(TokConfig.preset('cifar')).eval()
-    idx = torch.randint(0, tok.cfg.codebook_size, (8, tok.cfg.n_tokens))
+    idx = torch.randint(0, tok.config.codebook_size, (8, tok.config.n_tokens))
     exact = tok.decode(idx)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         bf16_error = (tok.decode(idx).float() - exact).abs().max()
@@ -160,14 +160,14 @@ def test_cuda_bf16_decode_runs_the_gelu_epilogue_within_bf16_error(monkeypatch):
     GELU in bf16 is; training (grad on) keeps the exact GELU."""
     torch.manual_seed(0)
     tok = Tokenizer(TokConfig.preset('cifar')).cuda().eval()
-    idx = torch.randint(0, tok.cfg.codebook_size, (8, tok.cfg.n_tokens), device='cuda')
+    idx = torch.randint(0, tok.config.codebook_size, (8, tok.config.n_tokens), device='cuda')
     exact = tok.decode(idx)
     calls, fused_gelu = [], torch._addmm_activation
     monkeypatch.setattr(torch, '_addmm_activation', lambda *a, **k: calls.append(1) or fused_gelu(*a, **k))
     with torch.autocast('cuda', dtype=torch.bfloat16):
         fused = tok.decode(idx).float()
-        assert len(calls) == tok.cfg.depth
+        assert len(calls) == tok.config.depth
         with torch.enable_grad():
             exact_bf16 = tok.decode_codes(tok.quantizer.lookup(idx)).float().clamp(-1, 1)
-        assert len(calls) == tok.cfg.depth
+        assert len(calls) == tok.config.depth
     assert (fused - exact).abs().max() < 1.5 * (exact_bf16 - exact).abs().max()

@@ -44,17 +44,17 @@ def test_token_file_round_trip(tiny_tokenizer, token_file):
     data, tok_ckpt = tiny_tokenizer
     codes, labels, meta = read_tokens(token_file)
     tok = Tokenizer.from_checkpoint(tok_ckpt)
-    dataset = ImageFolder(data, tok.cfg.image_size)
+    dataset = ImageFolder(data, tok.config.image_size)
     x = torch.stack([dataset[i][0] for i in range(len(dataset))]).float() / 127.5 - 1
     expected = torch.stack([tok.encode(x), tok.encode(x.flip(-1))], dim=1).flatten(0, 1)  # rows: image, its flip
     assert codes.dtype == np.uint16 and labels.dtype == np.int16
-    assert codes.shape == (2 * N_CLASSES * PER_CLASS, tok.cfg.n_tokens)
+    assert codes.shape == (2 * N_CLASSES * PER_CLASS, tok.config.n_tokens)
     np.testing.assert_array_equal(codes, expected.numpy())
     np.testing.assert_array_equal(labels, np.repeat(dataset.labels, 2))
     with open(tok_ckpt, 'rb') as f:
         assert meta['tok_sha256'] == hashlib.file_digest(f, 'sha256').hexdigest()
     assert meta['tok_ckpt'] == str(tok_ckpt) and meta['data'] == os.path.realpath(data)
-    assert (meta['n_tokens'], meta['codebook_size'], meta['image_size']) == (tok.cfg.n_tokens, tok.cfg.codebook_size, 32)
+    assert (meta['n_tokens'], meta['codebook_size'], meta['image_size']) == (tok.config.n_tokens, tok.config.codebook_size, 32)
     assert meta['classes'] == ['class0', 'class1', 'class2'] and meta['n_rows'] == len(codes) and meta['n_bad'] == 0
     assert not os.path.exists(f'{token_file}.partial')
 
@@ -286,7 +286,7 @@ def test_augmented_token_file_holds_k_views_and_a_rerun_reuses_it(tiny_tokenizer
     np.testing.assert_array_equal(labels, np.repeat(ImageFolder(data, 32).labels, 4))
 
     tok = Tokenizer.from_checkpoint(tok_ckpt)
-    dataset = ImageFolder(data, tok.cfg.image_size)
+    dataset = ImageFolder(data, tok.config.image_size)
     x = torch.stack([dataset[i][0] for i in range(len(dataset))]).float() / 127.5 - 1
     params = torch.from_numpy(np.stack([tokens.view_params(i, 4, 0.5, seed=0) for i in range(len(dataset))]))
     views = tokens.make_views(x, params).view(len(dataset), 4, *x.shape[1:])
