@@ -9,6 +9,7 @@
 #   lpips       full_gan + LPIPS on inputs upsampled to 128 px (--lpips_resize 128)
 #   lpips_cond  cond_gan + LPIPS on inputs upsampled to 128 px
 #   lpips_k4096 lpips + a 4,096-code codebook (384 bits per image instead of 320)
+#   lpips_cond_k4096  lpips_cond + a 4,096-code codebook
 # The variants run at the same time, variant j on GPU j mod GPUS, each under $ROOT/<variant>/ (cifar10.sh's
 # layout: tok/ckpt.pt, tok/eval.jsonl, tok/rfid.json, run.log). Last: $ROOT/summary.json and a table.
 # INCEPTION= and LPIPS= name weight files when the packages are not installed (as for cifar10.sh).
@@ -28,7 +29,8 @@ variant_flags() {  # the train_tok.py flags of variant $1, on top of the tok sta
     lpips_cond)  echo "--full_prefix_prob 0.5 --disc_cond --lpips_resize 128" ;;
     lpips)       echo "--full_prefix_prob 0.5 --gan_full_only --lpips_resize 128" ;;
     lpips_k4096) echo "--full_prefix_prob 0.5 --gan_full_only --lpips_resize 128 --codebook_size 4096" ;;
-    *) echo "unknown variant $1: use control cond_gan full_gan lpips_cond lpips lpips_k4096" >&2; exit 2 ;;
+    lpips_cond_k4096) echo "--full_prefix_prob 0.5 --disc_cond --lpips_resize 128 --codebook_size 4096" ;;
+    *) echo "unknown variant $1: use control cond_gan full_gan lpips_cond lpips lpips_k4096 lpips_cond_k4096" >&2; exit 2 ;;
   esac
 }
 for v in "${variants[@]}"; do variant_flags "$v" >/dev/null; done  # an unknown name stops here, before any run
@@ -51,10 +53,10 @@ for v in variants:
                      psnr_at_N=evaluation['psnr_vs_image_at_N'], psnr_vs_lowpass_at=evaluation['psnr_vs_lowpass_at'],
                      codebook_used=evaluation['codebook_used'], codebook_perplexity=evaluation['codebook_perplexity'],
                      minutes=evaluation['run_wall_s'] / 60))
-print(f"{'variant':<12} {'rFID':>7} {'PSNR@N':>7} {'vs low-pass @1/2/4/8':>24} {'used':>6} {'perplexity':>10} {'min':>5}")
+print(f"{'variant':<16} {'rFID':>7} {'PSNR@N':>7} {'vs low-pass @1/2/4/8':>24} {'used':>6} {'perplexity':>10} {'min':>5}")
 for r in rows:
     prefixes = '/'.join(f"{v:.2f}" for v in r['psnr_vs_lowpass_at'].values())
-    print(f"{r['variant']:<12} {r['rfid']:>7.2f} {r['psnr_at_N']:>7.2f} {prefixes:>24} {r['codebook_used']:>6.1%} "
+    print(f"{r['variant']:<16} {r['rfid']:>7.2f} {r['psnr_at_N']:>7.2f} {prefixes:>24} {r['codebook_used']:>6.1%} "
           f"{r['codebook_perplexity']:>10.0f} {r['minutes']:>5.1f}")
 json.dump(rows, open(os.path.join(root, 'summary.json'), 'w'), indent=1)
 EOF
