@@ -34,7 +34,7 @@ variant_flags() {  # the train_gen.py flags of variant $1, on top of $SHARED
     *) echo "unknown variant $1: use old dropout augment augment_ema strong d12" >&2; exit 2 ;;
   esac
 }
-for v in "${variants[@]}"; do variant_flags "$v" >/dev/null; done  # an unknown name stops here, before any run
+check_variants variant_flags "${variants[@]}"
 
 train_variant() {  # train_variant NAME DIR: run_variants' command
   local flags views

@@ -1,14 +1,23 @@
 # Sourced by the scripts that train several variants at once (gen_search.sh, tok_search.sh, tokens_per_step.sh,
-# table4.sh): GPUS, and run_variants, which runs one command per variant, the j-th on GPU j mod GPUS.
+# table4.sh): GPUS; check_variants, which stops on an unknown variant name; and run_variants, which runs one
+# command per variant, the j-th on GPU j mod GPUS.
 # shellcheck shell=bash
 GPUS=${GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}  # fewer GPUs than variants: some share one
 [ "$GPUS" -ge 1 ] || GPUS=1
+
+# check_variants FLAGS NAME ...: calls the calling script's function FLAGS on each NAME, output discarded, in this
+# shell, so that FLAGS' own message and exit status stop the script on the first unknown name, before any run.
+check_variants() {
+  local flags=$1 name
+  shift
+  for name in "$@"; do "$flags" "$name" >/dev/null; done
+}
 
 # run_variants LABEL DIR_PREFIX RUN NAME ...: for each NAME, in the background and at the same time, creates
 # DIR=DIR_PREFIX<NAME> and runs `RUN NAME DIR` with CUDA_VISIBLE_DEVICES set to its GPU and its output in
 # DIR/run.log; then waits for them all, names each one that failed with its log ("LABEL<NAME> failed: see ..."),
 # and sets failed to 1 if any did, else 0. RUN is a command or a function of the calling script; check the
-# names before calling, as an error in RUN only fails its own variant.
+# names first (check_variants), as an error in RUN only fails its own variant.
 run_variants() {
   local label=$1 prefix=$2 run=$3 j
   shift 3

@@ -24,7 +24,7 @@ row_flags() {  # the train_tok.py flags of row $1
     *) echo "unknown row $1: use titok spectral causal nonuniform" >&2; exit 2 ;;
   esac
 }
-for row in "${rows[@]}"; do row_flags "$row" >/dev/null; done  # an unknown name stops here, before any run
+check_variants row_flags "${rows[@]}"
 
 run_row() {  # run_row NAME DIR: run_variants' command
   OUT=$2 TOK_FLAGS="--n_tokens 16 $(row_flags "$1")" bash "$(dirname "$0")/cifar10.sh" tok gen sample fid

@@ -33,7 +33,7 @@ variant_flags() {  # the train_tok.py flags of variant $1, on top of the tok sta
     *) echo "unknown variant $1: use control cond_gan full_gan lpips_cond lpips lpips_k4096 lpips_cond_k4096" >&2; exit 2 ;;
   esac
 }
-for v in "${variants[@]}"; do variant_flags "$v" >/dev/null; done  # an unknown name stops here, before any run
+check_variants variant_flags "${variants[@]}"
 
 train_variant() {  # train_variant NAME DIR: run_variants' command
   OUT=$2 TOK_FLAGS="$COMPILE $(variant_flags "$1")" bash "$(dirname "$0")/cifar10.sh" tok

@@ -1,0 +1,44 @@
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.skipif(shutil.which('bash') is None, reason='the scripts are bash')
+
+# script, a known variant name, the start of the script's own message for an unknown one
+SEARCHES = [('gen_search.sh', 'old', 'unknown variant bogus: use old dropout'),
+            ('tok_search.sh', 'control', 'unknown variant bogus: use control cond_gan'),
+            ('table4.sh', 'titok', 'unknown row bogus: use titok spectral')]
+
+
+def run_search(tmp_path, script, names):
+    """Runs scripts/<script> NAMES with a `python` on PATH that only records its arguments in tmp_path/calls:
+    -> (the finished process, the recorded calls)."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    (bin_dir / 'python').write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "calls"}\n')
+    (bin_dir / 'python').chmod(0o755)
+    env = {**os.environ, 'PATH': f"{bin_dir}{os.pathsep}{os.environ['PATH']}", 'GPUS': '1', 'TOK': 'tok.pt',
+           'ROOT': str(tmp_path / 'root')}
+    result = subprocess.run(['bash', os.path.join('scripts', script), *names], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=60)
+    calls = (tmp_path / 'calls').read_text().splitlines() if (tmp_path / 'calls').exists() else []
+    return result, calls
+
+
+@pytest.mark.parametrize('script,known,message', SEARCHES)
+def test_search_stops_on_unknown_variant_before_any_run(tmp_path, script, known, message):
+    result, calls = run_search(tmp_path, script, [known, 'bogus'])
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert calls == [] and not (tmp_path / 'root').exists()
+
+
+@pytest.mark.parametrize('script,known', [(script, known) for script, known, _ in SEARCHES])
+def test_search_runs_known_variants(tmp_path, script, known):
+    result, calls = run_search(tmp_path, script, [known])
+    assert result.returncode == 0, result.stderr
+    assert any('train_' in call and os.path.join('root', known) in call for call in calls), calls
