@@ -12,7 +12,8 @@ ROOT=${ROOT:-out/tokens_per_step}
 PS=${PS:-1 2 4}
 STEPS=${STEPS:-6000}
 WORKERS=${WORKERS:-4}
-# scripts/cifar10.sh's generator recipe (8 views per image, dropout and drop path of cifar_d8, EMA)
+VIEWS=${VIEWS:-8}  # views per training image in the token file (flips and zoom crops), as scripts/cifar10.sh's gen stage
+# the rest of scripts/cifar10.sh's generator recipe (dropout and drop path of cifar_d8, EMA)
 FLAGS=${FLAGS:---preset cifar_d8 --ema 0.9995 --batch_size 512 --lr 2e-4 --log_every 200 --eval_every 500 --ckpt_every 2000 --sample_every 0 --compile}
 SAMPLING=${SAMPLING:---cfg 2.0}  # the best setting of that recipe's sweep for P = 1 (docs/results.md, generalisation)
 source "$(dirname "$0")/run_variants.sh"
@@ -21,12 +22,12 @@ STATS=${STATS:-$ROOT/cifar10_train_stats.npz}
 mkdir -p "$ROOT"
 [ -f "$STATS" ] || python fid.py --no-pr --save-stats "$STATS" "$DATA/train" "${WEIGHTS_FID[@]}"
 [ -f "$ROOT/tokens.npz" ] || python train_gen.py --tok_ckpt "$TOK" --data "$DATA/train" --tokens "$ROOT/tokens.npz" \
-  --augment 8 --val_data "$DATA/test" --val_tokens "$ROOT/val_tokens.npz" --encode_only --workers "$WORKERS" --out_dir "$ROOT"
+  --augment "$VIEWS" --val_data "$DATA/test" --val_tokens "$ROOT/val_tokens.npz" --encode_only --workers "$WORKERS" --out_dir "$ROOT"
 read -ra ps <<<"$PS"
 train_sample_score() {  # train_sample_score P DIR: run_variants' command
   # shellcheck disable=SC2086
   python train_gen.py --tok_ckpt "$TOK" --tokens "$ROOT/tokens.npz" --val_tokens "$ROOT/val_tokens.npz" --out_dir "$2" \
-      --max_steps "$STEPS" --tokens_per_step "$1" $FLAGS &&
+      --augment "$VIEWS" --max_steps "$STEPS" --tokens_per_step "$1" $FLAGS &&
     python sample.py --ckpt "$2/best.pt" --classes all --per_class 5000 --batch_size 1000 --seed 0 $SAMPLING \
       --out "$2/samples" &&
     python fid.py "$2/samples/samples_50000x32x32x3.npz" "$STATS" --no-pr --json "$2/samples/fid.json" "${WEIGHTS_FID[@]}"

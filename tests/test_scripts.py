@@ -42,3 +42,14 @@ def test_search_runs_known_variants(tmp_path, script, known):
     result, calls = run_search(tmp_path, script, [known])
     assert result.returncode == 0, result.stderr
     assert any('train_' in call and os.path.join('root', known) in call for call in calls), calls
+
+
+def test_tokens_per_step_trains_on_the_views_it_encoded(tmp_path):
+    # train_gen.py refuses a token file whose views differ from its --augment (default 2)
+    result, calls = run_search(tmp_path, 'tokens_per_step.sh', [])
+    assert result.returncode == 0, result.stderr
+    encode = next(call.split() for call in calls if '--encode_only' in call)
+    trains = [call.split() for call in calls if 'train_gen.py' in call and '--encode_only' not in call]
+    assert len(trains) == 3
+    views = encode[encode.index('--augment') + 1]
+    assert [train[train.index('--augment') + 1] if '--augment' in train else None for train in trains] == [views] * 3
