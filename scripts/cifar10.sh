@@ -13,7 +13,7 @@
 set -euo pipefail
 DATA=${DATA:-../shared/data/cifar10}        # train/ and test/ in class folders
 OUT=${OUT:-out/cifar10}
-TOK_STEPS=${TOK_STEPS:-6000}
+TOK_STEPS=${TOK_STEPS:-10000}
 GEN_STEPS=${GEN_STEPS:-6000}
 TOK_PRESET=${TOK_PRESET:-cifar}
 GEN_PRESET=${GEN_PRESET:-cifar_d8}
