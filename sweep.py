@@ -10,8 +10,9 @@ reference statistics load once, then every point of the grid (the product of the
 --ref: statistics written by `fid.py --save-stats` (or a folder of images, whose features are computed first).
 Every setting samples --per_class images of each class with the same --seed (default 1, held out from sample.py's
 default 0: the final samples then score a setting on images it was not picked on) and prints a table line.
---best_flags: the sample.py flags of the lowest-FID setting. --truncate k (decode from the first N - k tokens) is an
-ablation, not a way to sample: rows with k > 0 compete for the best only when every row truncates.
+--best_flags: the sample.py flags of the lowest-FID setting (and --cfg_ramp, --no_ema when the sweep had them).
+--truncate k (decode from the first N - k tokens) is an ablation, not a way to sample: rows with k > 0 compete for
+the best only when every row truncates.
 """
 import argparse
 import itertools
