@@ -34,29 +34,43 @@ from generator import GPT, GPTConfig
 from tokenizer import Tokenizer, save_coarse_to_fine
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_args(parser):
+    """The flags that pick the generator, its tokenizer and where they run (sample.py, superres.py, sweep.py)."""
     parser.add_argument('--ckpt', required=True, help='generator checkpoint written by train_gen.py')
     parser.add_argument('--tok_ckpt', help="tokenizer checkpoint (default: the one the generator's checkpoint names)")
+    parser.add_argument('--no_ema', action='store_true', help='use the raw weights even when the checkpoint has EMA weights')
+    parser.add_argument('--bf16', action=argparse.BooleanOptionalAction, default=None, help='bf16 autocast (default: on with CUDA)')
+    parser.add_argument('--device', default='auto')
+
+
+def add_sampling_args(parser, several=False):
+    """The sampling flags, checked by check_sampling_settings; several=True: each but --cfg_ramp takes a list of
+    values (sweep.py's grid)."""
+    def add(flag, type, default, help=None):
+        parser.add_argument(flag, type=type, nargs='+' if several else None, default=[default] if several else default,
+                            help=help)
+    add('--cfg', float, 1.5, "guidance scale s: (1 + s) cond - s uncond; 0 is plain conditional")
+    parser.add_argument('--cfg_ramp', action='store_true', help='guidance ramps linearly from 0 (first token) to --cfg (last)')
+    add('--temperature', float, 1.0)
+    add('--top_k', int, 0, '0: off')
+    add('--top_p', float, 0.0, '0: off')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(parser)
     parser.add_argument('--out', default='samples', help='output folder')
     parser.add_argument('--classes', default='all', help="'all' or class ids like 1,2,3")
     parser.add_argument('--per_class', type=int, default=50)
-    parser.add_argument('--cfg', type=float, default=1.5, help="guidance scale s: (1 + s) cond - s uncond; 0 is plain conditional")
-    parser.add_argument('--cfg_ramp', action='store_true', help='guidance ramps linearly from 0 (first token) to --cfg (last)')
-    parser.add_argument('--temperature', type=float, default=1.0)
-    parser.add_argument('--top_k', type=int, default=0, help='0: off')
-    parser.add_argument('--top_p', type=float, default=0.0, help='0: off')
+    add_sampling_args(parser)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--batch_size', type=int, default=256, help='larger batches sample faster on a GPU (docs/performance.md)')
     parser.add_argument('--png', action='store_true', help='also write every sample as a PNG')
     parser.add_argument('--truncate', type=int, default=0, help='decode from the first N - k tokens')
     parser.add_argument('--progressive', type=int, nargs='?', const=4, default=0, metavar='K',
                         help='coarse-to-fine strips of the first K samples (bare flag: 4; at most one batch)')
-    parser.add_argument('--no_ema', action='store_true', help='use the raw weights even when the checkpoint has EMA weights')
-    parser.add_argument('--bf16', action=argparse.BooleanOptionalAction, default=None, help='bf16 autocast (default: on with CUDA)')
     parser.add_argument('--compile', action='store_true', help="torch.compile the sampler's block math and the decoder "
                         "(GPU; pays off over many batches, see bench.py sample)")
-    parser.add_argument('--device', default='auto')
     return parser.parse_args(argv)
 
 
@@ -66,21 +80,30 @@ def device_and_bf16(args):
     return device, common.bf16_autocast_on(args.bf16, device)
 
 
+def check_range(flag, values, ok, allowed):
+    """Stops with a message naming the values of `flag` (one value or a list of them) that are not ok."""
+    bad = [v for v in (values if isinstance(values, list) else [values]) if not ok(v)]
+    if bad:
+        raise SystemExit(f"{flag} {' '.join(map(str, bad))}: out of range, use {allowed}")
+
+
+def check_sampling_settings(args, vocab_size):
+    """The flags of add_sampling_args, single values or lists of them: stops with a message naming the bad value
+    before anything is sampled."""
+    check_range('--top_k', args.top_k, lambda k: 0 <= k <= vocab_size, f'0 (off) .. K={vocab_size}')
+    check_range('--top_p', args.top_p, lambda p: 0 <= p <= 1, '0 (off) .. 1')
+    check_range('--temperature', args.temperature, lambda t: t > 0, 'a value above 0')
+    check_range('--cfg', args.cfg, math.isfinite, 'a finite guidance scale (0: plain conditional)')
+
+
 def check_settings(args, n_tokens, vocab_size):
-    """Stops with a message naming the bad value before anything is sampled. The sampling flags may be single
-    values (sample.py) or lists of them (sweep.py)."""
+    """sample.py's and sweep.py's settings, before anything is sampled: as check_sampling_settings, and
+    --per_class, --batch_size and --truncate (single values or lists of them)."""
     if args.per_class < 1 or args.batch_size < 1:
         raise SystemExit(f"--per_class {args.per_class} --batch_size {args.batch_size}: both must be at least 1")
-    checks = [('--truncate', args.truncate, lambda k: 0 <= k < n_tokens,
-               f'0..{n_tokens - 1} (decoding must keep at least one of the N={n_tokens} tokens)'),
-              ('--top_k', args.top_k, lambda k: 0 <= k <= vocab_size, f'0 (off) .. K={vocab_size}'),
-              ('--top_p', args.top_p, lambda p: 0 <= p <= 1, '0 (off) .. 1'),
-              ('--temperature', args.temperature, lambda t: t > 0, 'a value above 0'),
-              ('--cfg', args.cfg, math.isfinite, 'a finite guidance scale (0: plain conditional)')]
-    for flag, values, ok, allowed in checks:
-        bad = [v for v in (values if isinstance(values, list) else [values]) if not ok(v)]
-        if bad:
-            raise SystemExit(f"{flag} {' '.join(map(str, bad))}: out of range, use {allowed}")
+    check_range('--truncate', args.truncate, lambda k: 0 <= k < n_tokens,
+                f'0..{n_tokens - 1} (decoding must keep at least one of the N={n_tokens} tokens)')
+    check_sampling_settings(args, vocab_size)
 
 
 def load_models(ckpt_path, tok_path=None, device='cpu', no_ema=False):

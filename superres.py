@@ -39,27 +39,19 @@ MODES = ('plain', 'stride', 'patch')
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--ckpt', required=True, help='generator checkpoint written by train_gen.py')
-    parser.add_argument('--tok_ckpt', help="tokenizer checkpoint (default: the one the generator's checkpoint names)")
+    sample.add_model_args(parser)
     parser.add_argument('--input', required=True, help='ADM .npz of S x S images (e.g. sample.py output) or an image folder')
     parser.add_argument('--out', default='superres', help='output folder')
     parser.add_argument('--modes', nargs='+', choices=MODES, default=list(MODES))
     parser.add_argument('--keep', type=int, nargs='+', help='k, tokens kept of each sub-image (several: one output each; '
                         'default N / 2)')
-    parser.add_argument('--cfg', type=float, default=1.5, help='guidance scale of the completion (as sample.py)')
-    parser.add_argument('--cfg_ramp', action='store_true')
-    parser.add_argument('--temperature', type=float, default=1.0)
-    parser.add_argument('--top_k', type=int, default=0, help='0: off')
-    parser.add_argument('--top_p', type=float, default=0.0, help='0: off')
+    sample.add_sampling_args(parser)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--batch_size', type=int, default=256, help='images per batch (4 sub-images each)')
     parser.add_argument('--limit', type=int, help='use only the first n images of --input')
     parser.add_argument('--show', type=int, default=8, help='rows of side_by_side.png')
     parser.add_argument('--fid_ref', help='fid.py REF (folder, .npz of images or statistics) to score every output against')
     parser.add_argument('--inception', help="fid.py's --inception weights")
-    parser.add_argument('--no_ema', action='store_true')
-    parser.add_argument('--bf16', action=argparse.BooleanOptionalAction, default=None, help='bf16 autocast (default: on with CUDA)')
-    parser.add_argument('--device', default='auto')
     return parser.parse_args(argv)
 
 
@@ -145,6 +137,7 @@ def main(argv=None):
     device, use_bf16 = sample.device_and_bf16(args)
     gpt, tok, ckpt = sample.load_models(args.ckpt, args.tok_ckpt, device, args.no_ema)
     N, S = gpt.config.n_tokens, tok.config.image_size
+    sample.check_sampling_settings(args, gpt.config.vocab_size)
     keeps = args.keep or [N // 2]
     if any(not 1 <= k <= N for k in keeps):
         raise SystemExit(f"--keep {' '.join(map(str, keeps))}: each k must be in 1..N={N} (N keeps each sub-image's own tokens)")

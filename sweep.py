@@ -10,8 +10,9 @@ reference statistics load once, then every point of the grid (the product of the
 --ref: statistics written by `fid.py --save-stats` (or a folder of images, whose features are computed first).
 Every setting samples --per_class images of each class with the same --seed (default 1, held out from sample.py's
 default 0: the final samples then score a setting on images it was not picked on) and prints a table line.
---best_flags: the sample.py flags of the lowest-FID setting. --truncate k (decode from the first N - k tokens) is an
-ablation, not a way to sample: rows with k > 0 compete for the best only when every row truncates.
+--best_flags: the sample.py flags of the lowest-FID setting (and --cfg_ramp, --no_ema when the sweep had them).
+--truncate k (decode from the first N - k tokens) is an ablation, not a way to sample: rows with k > 0 compete for
+the best only when every row truncates.
 """
 import argparse
 import itertools
@@ -28,23 +29,16 @@ import tokens
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--ckpt', required=True, help='generator checkpoint written by train_gen.py')
-    parser.add_argument('--tok_ckpt', help="tokenizer checkpoint (default: the one the generator's checkpoint names)")
+    sample.add_model_args(parser)
     parser.add_argument('--ref', required=True, help='reference: statistics .npz from fid.py --save-stats, or images')
     parser.add_argument('--inception', metavar='PATH', help='Inception weights (default: found as fid.py finds them)')
     parser.add_argument('--resize', choices=['tf1', 'pytorch'], default='tf1', help="as fid.py's --resize")
-    parser.add_argument('--cfg', type=float, nargs='+', default=[1.5], help='guidance scales')
-    parser.add_argument('--cfg_ramp', action='store_true', help='every setting ramps its guidance (as sample.py)')
-    parser.add_argument('--temperature', type=float, nargs='+', default=[1.0])
-    parser.add_argument('--top_k', type=int, nargs='+', default=[0], help='0: off')
-    parser.add_argument('--top_p', type=float, nargs='+', default=[0.0], help='0: off')
+    sample.add_sampling_args(parser, several=True)
     parser.add_argument('--truncate', type=int, nargs='+', default=[0], help='drop the last k tokens (Table 3)')
     parser.add_argument('--classes', default='all', help="'all' or class ids like 1,2,3 (FID wants all)")
     parser.add_argument('--per_class', type=int, default=1000, help='samples per class and setting')
     parser.add_argument('--batch_size', type=int, default=1000)
     parser.add_argument('--seed', type=int, default=1, help="held out from sample.py's default seed 0")
-    parser.add_argument('--bf16', action=argparse.BooleanOptionalAction, default=None, help='bf16 autocast (default: on with CUDA)')
-    parser.add_argument('--device', default='auto')
     parser.add_argument('--json', metavar='OUT', help='write every row and the best as JSON')
     parser.add_argument('--best_flags', metavar='OUT', help="write the best row's sample.py flags as one line")
     return parser.parse_args(argv)
@@ -64,9 +58,10 @@ def best_row(rows):
     return min([row for row in rows if row['truncate'] == 0] or rows, key=lambda row: row['fid'])
 
 
-def sample_flags(row, cfg_ramp):
+def sample_flags(row, cfg_ramp, no_ema):
+    """sample.py's flags for the setting of `row`, with the guidance ramp and weights every row was sampled with."""
     return (f"--cfg {row['cfg']} --temperature {row['temperature']} --top_k {row['top_k']} --top_p {row['top_p']}"
-            + (' --cfg_ramp' if cfg_ramp else ''))
+            + (' --cfg_ramp' if cfg_ramp else '') + (' --no_ema' if no_ema else ''))
 
 
 def write(path, text):
@@ -75,7 +70,7 @@ def write(path, text):
 
 def sweep(args):
     device, use_bf16 = sample.device_and_bf16(args)
-    gpt, tok, ckpt = sample.load_models(args.ckpt, args.tok_ckpt, device)
+    gpt, tok, ckpt = sample.load_models(args.ckpt, args.tok_ckpt, device, args.no_ema)
     N = gpt.config.n_tokens
     sample.check_settings(args, N, gpt.config.vocab_size)
     classes = sample.parse_classes(args.classes, gpt.config.num_classes)
@@ -109,7 +104,7 @@ def sweep(args):
               f"{shares} {row['seconds']:>7.1f}", flush=True)
 
     best = best_row(rows)
-    flags = sample_flags(best, args.cfg_ramp)
+    flags = sample_flags(best, args.cfg_ramp, args.no_ema)
     print(f"best: FID {best['fid']:.3f}" + (f" (decoding {N - best['truncate']}/{N} tokens)" if best['truncate'] else '')
           + f" with {flags}")
     if args.json:

@@ -45,13 +45,8 @@ train_variant() {  # train_variant NAME DIR: run_variants' command
     --out_dir "$2" $SHARED $flags
 }
 mkdir -p "$ROOT"
-
-encode() {  # encode VIEWS: the training token file of VIEWS views per image, once
-  [ -f "$ROOT/tokens_k$1.npz" ] || python train_gen.py --tok_ckpt "$TOK" --data "$DATA/train" --tokens "$ROOT/tokens_k$1.npz" \
-    --augment "$1" --val_data "$DATA/test" --val_tokens "$ROOT/val_tokens.npz" --encode_only --workers "$WORKERS" --out_dir "$ROOT"
-}
-encode 2
-encode 8
+encode_tokens 2
+encode_tokens 8
 
 run_variants 'variant ' "$ROOT/" train_variant "${variants[@]}"
 

@@ -1,6 +1,6 @@
 # Sourced by the scripts that train several variants at once (gen_search.sh, tok_search.sh, tokens_per_step.sh,
-# table4.sh): GPUS; check_variants, which stops on an unknown variant name; and run_variants, which runs one
-# command per variant, the j-th on GPU j mod GPUS.
+# table4.sh): GPUS; check_variants, which stops on an unknown variant name; run_variants, which runs one
+# command per variant, the j-th on GPU j mod GPUS; and encode_tokens, the token files generator variants share.
 # shellcheck shell=bash
 GPUS=${GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}  # fewer GPUs than variants: some share one
 [ "$GPUS" -ge 1 ] || GPUS=1
@@ -32,4 +32,12 @@ run_variants() {
   for j in "${!names[@]}"; do
     wait "${pids[$j]}" || { echo "$label${names[$j]} failed: see $prefix${names[$j]}/run.log" >&2; failed=1; }
   done
+}
+
+# encode_tokens VIEWS: $ROOT/tokens_k<VIEWS>.npz, the codes by $TOK of $DATA/train in VIEWS views per image, and
+# $ROOT/val_tokens.npz, those of $DATA/test, encoded once (skipped while the training file exists) for the
+# generators trained on them (train_gen.py --tokens ... --augment VIEWS --val_tokens ...).
+encode_tokens() {
+  [ -f "$ROOT/tokens_k$1.npz" ] || python train_gen.py --tok_ckpt "$TOK" --data "$DATA/train" --tokens "$ROOT/tokens_k$1.npz" \
+    --augment "$1" --val_data "$DATA/test" --val_tokens "$ROOT/val_tokens.npz" --encode_only --workers "$WORKERS" --out_dir "$ROOT"
 }

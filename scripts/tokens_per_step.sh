@@ -21,12 +21,11 @@ source "$(dirname "$0")/run_variants.sh"
 STATS=${STATS:-$ROOT/cifar10_train_stats.npz}
 mkdir -p "$ROOT"
 [ -f "$STATS" ] || python fid.py --no-pr --save-stats "$STATS" "$DATA/train" "${WEIGHTS_FID[@]}"
-[ -f "$ROOT/tokens.npz" ] || python train_gen.py --tok_ckpt "$TOK" --data "$DATA/train" --tokens "$ROOT/tokens.npz" \
-  --augment "$VIEWS" --val_data "$DATA/test" --val_tokens "$ROOT/val_tokens.npz" --encode_only --workers "$WORKERS" --out_dir "$ROOT"
+encode_tokens "$VIEWS"
 read -ra ps <<<"$PS"
 train_sample_score() {  # train_sample_score P DIR: run_variants' command
   # shellcheck disable=SC2086
-  python train_gen.py --tok_ckpt "$TOK" --tokens "$ROOT/tokens.npz" --val_tokens "$ROOT/val_tokens.npz" --out_dir "$2" \
+  python train_gen.py --tok_ckpt "$TOK" --tokens "$ROOT/tokens_k$VIEWS.npz" --val_tokens "$ROOT/val_tokens.npz" --out_dir "$2" \
       --augment "$VIEWS" --max_steps "$STEPS" --tokens_per_step "$1" $FLAGS &&
     python sample.py --ckpt "$2/best.pt" --classes all --per_class 5000 --batch_size 1000 --seed 0 $SAMPLING \
       --out "$2/samples" &&

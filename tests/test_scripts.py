@@ -44,7 +44,7 @@ def test_search_runs_known_variants(tmp_path, script, known):
     assert any('train_' in call and os.path.join('root', known) in call for call in calls), calls
 
 
-def test_tokens_per_step_trains_on_the_views_it_encoded(tmp_path):
+def test_tokens_per_step_trains_on_the_token_file_and_views_it_encoded(tmp_path):
     # train_gen.py refuses a token file whose views differ from its --augment (default 2)
     result, calls = run_search(tmp_path, 'tokens_per_step.sh', [])
     assert result.returncode == 0, result.stderr
@@ -53,3 +53,20 @@ def test_tokens_per_step_trains_on_the_views_it_encoded(tmp_path):
     assert len(trains) == 3
     views = encode[encode.index('--augment') + 1]
     assert [train[train.index('--augment') + 1] if '--augment' in train else None for train in trains] == [views] * 3
+    assert {train[train.index('--tokens') + 1] for train in trains} == {encode[encode.index('--tokens') + 1]}
+
+
+@pytest.mark.parametrize('script, names, present, encoded', [
+    ('gen_search.sh', ['old'], [], ['tokens_k2.npz', 'tokens_k8.npz']),
+    ('gen_search.sh', ['old'], ['tokens_k8.npz'], ['tokens_k2.npz']),
+    ('tokens_per_step.sh', [], [], ['tokens_k8.npz']),
+    ('tokens_per_step.sh', [], ['tokens_k8.npz'], []),
+])
+def test_generator_searches_encode_only_the_token_files_not_there(tmp_path, script, names, present, encoded):
+    (tmp_path / 'root').mkdir()
+    for name in present:
+        (tmp_path / 'root' / name).write_bytes(b'')
+    result, calls = run_search(tmp_path, script, names)
+    assert result.returncode == 0, result.stderr
+    encodes = [call.split() for call in calls if '--encode_only' in call]
+    assert [encode[encode.index('--tokens') + 1] for encode in encodes] == [str(tmp_path / 'root' / name) for name in encoded]

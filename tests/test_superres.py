@@ -1,6 +1,7 @@
 """superres.py: the stride and patch splits, spectral completion against hand-made expectations, and the CLI on
 tiny checkpoints built by the real trainers."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from PIL import Image
 
 from conftest import make_image_folder, run, train_gen
 from generator import GPT, GPTConfig
+import superres
 from superres import complete, merge, split, upsample
 from tokenizer import TokConfig, Tokenizer
 
@@ -112,3 +114,19 @@ def test_cli_reads_an_image_folder_and_refuses_images_of_another_size(generator_
     np.savez(npz, arr_0=np.zeros((2, 64, 64, 3), dtype=np.uint8))
     refused = run('superres.py', '--ckpt', generator_ckpt, '--input', npz, '--device', 'cpu', expect_ok=False)
     assert 'expected uint8 (n, 32, 32, 3)' in refused.stderr
+
+
+@pytest.mark.parametrize('flag, value, message', [
+    ('--top_p', 1.5, '--top_p 1.5: out of range, use 0 (off) .. 1'),
+    ('--top_k', 1000, '--top_k 1000: out of range, use 0 (off) .. K=64'),
+    ('--temperature', 0, '--temperature 0.0: out of range, use a value above 0'),
+    ('--cfg', 'nan', '--cfg nan: out of range, use a finite guidance scale'),
+])
+def test_cli_stops_on_sample_py_out_of_range_sampling_flags_before_completing(generator_ckpt, tmp_path, flag, value,
+                                                                                message):
+    npz = tmp_path / 'samples_2x32x32x3.npz'
+    np.savez(npz, arr_0=np.zeros((2, 32, 32, 3), dtype=np.uint8))
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        superres.main(['--ckpt', str(generator_ckpt), '--input', str(npz), '--out', str(tmp_path / 'out'),
+                       '--device', 'cpu', f'{flag}={value}'])
+    assert not (tmp_path / 'out').exists()

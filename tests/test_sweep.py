@@ -93,6 +93,14 @@ def test_grid_best_flags_and_table(setup, tmp_path, capsys):
     assert sample.parse_args(['--ckpt', 'gen.pt', *best_flags.split()]).cfg_ramp
 
 
+def test_no_ema_samples_the_raw_weights_and_is_a_flag_of_the_best_setting(setup, tmp_path):
+    ema_row = run_sweep(setup, tmp_path / 'ema', '--seed', SEED)[0]['rows'][0]
+    report, best_flags = run_sweep(setup, tmp_path / 'raw', '--seed', SEED, '--no_ema')
+    assert report['rows'][0]['fid'] != ema_row['fid']  # the checkpoint's EMA weights are not its raw ones
+    assert best_flags == '--cfg 1.5 --temperature 1.0 --top_k 0 --top_p 0.0 --no_ema\n'
+    assert sample.parse_args(['--ckpt', 'gen.pt', *best_flags.split()]).no_ema
+
+
 def test_best_row_skips_truncated_rows_unless_all_truncate():
     rows = [dict(fid=3.0, truncate=0), dict(fid=1.0, truncate=4), dict(fid=2.0, truncate=0)]
     assert sweep.best_row(rows) is rows[2]
