@@ -3,7 +3,7 @@ Throughput benchmarks that print a short table last and append JSON lines (--jso
 
     python bench.py loader --data ../shared/data/imagenet256-sample --size 256 --batch 256 --workers 16
     python bench.py sample --preset d16 --tok_preset titok_b64 --batch 64 256 --cfg 1.5 [--compile]
-    python bench.py sample --preset d16 --tok_preset titok_b64 --batch 256 --cfg 1.5 --tokens_per_step 1 4
+    python bench.py sample --preset d16 --tok_preset titok_b64 --batch 256 --cfg 1.5 --tokens_per_step 1 4 [--profile]
     python bench.py train_gen --preset d16 --batch 256 [--compile]
     python bench.py train_tok --preset titok_b64 --batch 64 [--compile]
     python bench.py table --json bench.jsonl          # the table of every record in a JSON-lines file
@@ -30,6 +30,7 @@ positions), R rows:
   floor  max(FLOPs / matmul rate, bytes / bandwidth); step 0 adds the once-per-sequence AdaLN matmuls.
 Decode floor: B x decoder FLOPs (tokenizer.flops_per_image, decoder part) / matmul rate. For the fast
 path on CUDA each step is also timed alone (CUDA events between graph replays): 'worst step/floor'.
+--profile adds the CUDA kernel time by class of the fast path's middle step, run once outside its graph.
 A check at the first batch size (--check): each path's logits against a float32 teacher-forced forward
 pass over its own tokens (the fast path must stay within 2x of the reference loop's error), and the
 share of tokens equal to the reference loop's for the same seed (sampled and greedy).
@@ -387,6 +388,8 @@ def print_sample_line(r):
                  f"slow path's, same seed: sampled {r['check_sampled_token_match']:.1%}, greedy "
                  f"{r['check_greedy_token_match']:.1%} (rows {r['check_greedy_rows_equal']:.1%})")
     print(line)
+    if 'profile' in r:
+        print_profile(r['profile'])
 
 
 def sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, floors, decode):
@@ -429,6 +432,12 @@ def sample_variant(variant, model, tok, labels, g, args, autocast, use_bf16, flo
         worst = max(range(steps), key=ratios.__getitem__)
         out.update(step_ms=step_ms, step_over_floor=ratios, worst_step=worst, worst_step_over_floor=ratios[worst],
                    median_step_over_floor=statistics.median(ratios), steps_over_2x_floor=sum(r > 2 for r in ratios))
+    if args.profile and variant != 'slow':
+        def middle_step():  # run eagerly, outside its graph, so that the profiler sees each kernel
+            with torch.no_grad(), torch.autocast(device.type, enabled=False):
+                sampler._step(steps // 2)
+        if prof := kernel_profile(middle_step, device):
+            out['profile'] = prof
     if variant != 'slow':
         out['sample_py_images_per_s'] = sample_py_throughput(model, tok, B, args, use_bf16, variant == 'fast+compile')
     return out
@@ -716,6 +725,8 @@ def main(argv=None):
     p.add_argument('--reps', type=int, default=5, help='timed calls per measurement (median)')
     p.add_argument('--check', action=argparse.BooleanOptionalAction, default=True,
                    help='check the fast path against the reference at the first batch size')
+    p.add_argument('--profile', action='store_true',
+                   help="kernel time by class of the fast paths' middle step, run outside its CUDA graph (CUDA)")
     device_args(p)
 
     for name, default_preset, default_batch in (('train_gen', 'd16', 256), ('train_tok', 'titok_b64', 64)):

@@ -16,7 +16,7 @@ def read_records(path):
 def test_sample_and_train_benches_on_cpu(tmp_path):
     out = tmp_path / 'bench.jsonl'
     stdout = bench('sample', '--preset', 'tiny', '--tok_preset', 'tiny', '--batch', 2, 3, '--cfg', 1.5,
-                   '--reps', 1, '--device', 'cpu', '--tokens_per_step', 1, 4, '--json', out)
+                   '--reps', 1, '--device', 'cpu', '--tokens_per_step', 1, 4, '--profile', '--json', out)
     table = stdout[stdout.index('== sample'):]
     assert 'RANDOM weights' in stdout and 'floor img/s' in table and 'fast' in table and 'slow' in table
     assert 'tiny-p4/tiny' in table and '2 steps of 4 token(s)' in stdout
