@@ -121,8 +121,9 @@ def test_cli_reads_an_image_folder_and_refuses_images_of_another_size(generator_
     ('--top_k', 1000, '--top_k 1000: out of range, use 0 (off) .. K=64'),
     ('--temperature', 0, '--temperature 0.0: out of range, use a value above 0'),
     ('--cfg', 'nan', '--cfg nan: out of range, use a finite guidance scale'),
+    ('--batch_size', 0, '--batch_size 0: must be at least 1'),
 ])
-def test_cli_stops_on_sample_py_out_of_range_sampling_flags_before_completing(generator_ckpt, tmp_path, flag, value,
+def test_cli_stops_on_out_of_range_flags_before_completing(generator_ckpt, tmp_path, flag, value,
                                                                                 message):
     npz = tmp_path / 'samples_2x32x32x3.npz'
     np.savez(npz, arr_0=np.zeros((2, 32, 32, 3), dtype=np.uint8))
