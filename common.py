@@ -33,7 +33,9 @@ def progress_bar(*args, **kwargs):
     """tqdm for every script: redrawn up to 10 times a second on a terminal, at most once a minute in a log
     file, where every redraw is another line."""
     terminal = kwargs.get('file', sys.stderr).isatty()
-    return tqdm(*args, mininterval=0.1 if terminal else 60, dynamic_ncols=True, **kwargs)
+    interval = 0.1 if terminal else 60
+    # maxinterval too: tqdm's monitor thread otherwise forces a redraw whenever the last one is 10 s old
+    return tqdm(*args, mininterval=interval, maxinterval=max(interval, 10), dynamic_ncols=True, **kwargs)
 
 
 @dataclass
