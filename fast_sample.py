@@ -152,10 +152,15 @@ def group_attention(q, k, v, k_cache, v_cache, start, q_scale):
     q times q_scale (H,), the P new keys/values written to cache positions start..start+P-1, and every new slot
     attending to positions 0..start+P-1: block-causal attention needs no mask in a step, as a group's slots all
     see each other and everything before. q, k, v (R, P, H, D); caches (R, H, N, D). Returns (R, P, H, D).
-    torch's SDPA over the cache slice (on CUDA too: the Triton kernel takes one query per row)."""
-    end = start + q.shape[1]
+    On CUDA with Triton (P and the head size powers of two, P <= 16) one kernel as decode_attention's; else
+    torch's SDPA over the cache slice, which at P query rows per sequence costs several times the kernel
+    (docs/performance.md)."""
+    P, D = q.shape[1], q.shape[-1]
+    end = start + P
     if end > k_cache.shape[2]:
         raise IndexError(f'group_attention: positions {start}..{end - 1} outside the cache of {k_cache.shape[2]}')
+    if triton is not None and q.is_cuda and D & (D - 1) == 0 and P & (P - 1) == 0 and P <= 16:
+        return _group_attention_triton(q, k, v, k_cache, v_cache, start, q_scale)
     q = (F.normalize(q.float(), dim=-1) * q_scale[:, None]).to(k_cache.dtype).transpose(1, 2)
     k_cache[:, :, start:end].copy_(F.normalize(k.float(), dim=-1).transpose(1, 2))
     v_cache[:, :, start:end].copy_(v.transpose(1, 2))
@@ -199,13 +204,72 @@ if triton is not None:
         tl.store(v_cache + base + t * D + d, v_new.to(v_cache.dtype.element_ty))
 
 
+    @triton.jit
+    def _group_attention_kernel(q, k, v, k_cache, v_cache, out, q_scale, start, q_row, q_slot, k_row, k_slot, v_row,
+                                v_slot, out_row, out_slot, cache_row, cache_head, D: tl.constexpr, P: tl.constexpr,
+                                BLOCK_N: tl.constexpr):
+        """_decode_attention_kernel for the P new slots of a group, one program per (row, head): the P queries
+        and new keys normalised and rounded as there, the online softmax of every slot started from its scores
+        against all P new keys (a group's slots see each other), then the start cached positions in chunks of
+        BLOCK_N as (P, BLOCK_N) scores; the new keys and values are stored last."""
+        row, head = tl.program_id(0), tl.program_id(1)
+        slots, d = tl.arange(0, P), tl.arange(0, D)
+        queries = tl.load(q + row * q_row + slots[:, None] * q_slot + head * D + d[None, :]).to(tl.float32)
+        norms = tl.maximum(tl.sqrt(tl.sum(queries * queries, axis=1)), 1e-12)
+        queries = queries / norms[:, None] * tl.load(q_scale + head)
+        queries = queries.to(k_cache.dtype.element_ty).to(tl.float32)
+        k_new = tl.load(k + row * k_row + slots[:, None] * k_slot + head * D + d[None, :]).to(tl.float32)
+        k_new = (k_new / tl.maximum(tl.sqrt(tl.sum(k_new * k_new, axis=1)), 1e-12)[:, None]).to(k_cache.dtype.element_ty)
+        v_new = tl.load(v + row * v_row + slots[:, None] * v_slot + head * D + d[None, :])
+        scores = tl.sum(queries[:, None, :] * k_new.to(tl.float32)[None, :, :], axis=2)  # (P slots, P new keys)
+        top = tl.max(scores, axis=1)  # running max of each slot's scores
+        weights = tl.exp(scores - top[:, None])
+        mass = tl.sum(weights, axis=1)  # running sum of exp(score - top)
+        mixed = tl.sum(weights[:, :, None] * v_new.to(tl.float32)[None, :, :], axis=1)  # (P, D)
+        base = row * cache_row + head * cache_head
+        for first in range(0, start, BLOCK_N):
+            positions = first + tl.arange(0, BLOCK_N)
+            cached = positions < start
+            offsets = base + positions[:, None] * D + d[None, :]
+            keys = tl.load(k_cache + offsets, mask=cached[:, None], other=0.0).to(tl.float32)
+            scores = tl.where(cached[None, :], tl.sum(queries[:, None, :] * keys[None, :, :], axis=2), float('-inf'))
+            new_top = tl.maximum(top, tl.max(scores, axis=1))
+            shrink, weights = tl.exp(top - new_top), tl.exp(scores - new_top[:, None])
+            values = tl.load(v_cache + offsets, mask=cached[:, None], other=0.0).to(tl.float32)
+            mass = mass * shrink + tl.sum(weights, axis=1)
+            mixed = mixed * shrink[:, None] + tl.sum(weights[:, :, None] * values[None, :, :], axis=1)
+            top = new_top
+        tl.store(out + row * out_row + slots[:, None] * out_slot + head * D + d[None, :],
+                 (mixed / mass[:, None]).to(out.dtype.element_ty))
+        new_offsets = base + (start + slots)[:, None] * D + d[None, :]
+        tl.store(k_cache + new_offsets, k_new)
+        tl.store(v_cache + new_offsets, v_new.to(v_cache.dtype.element_ty))
+
+
+def _check_attention_layout(kernel, q, k, v, k_cache, v_cache):
+    """The kernels index q, k, v by (row, [slot,] head, d) with contiguous heads, and the caches by (N, D) rows."""
+    D = q.shape[-1]
+    for name, x in (('q', q), ('k', k), ('v', v)):
+        if x.stride(-1) != 1 or x.stride(-2) != D:
+            raise ValueError(f'{kernel}: {name} must have contiguous heads, got strides {x.stride()}')
+    if k_cache.stride() != v_cache.stride() or k_cache.stride()[2:] != (D, 1):
+        raise ValueError(f'{kernel}: caches need (N, D) contiguous per head, got {k_cache.stride()}')
+
+
+def _group_attention_triton(q, k, v, k_cache, v_cache, start, q_scale):
+    R, P, H, D = q.shape
+    _check_attention_layout('group_attention', q, k, v, k_cache, v_cache)
+    out = torch.empty(R, P, H, D, device=q.device, dtype=q.dtype)
+    # P x BLOCK_N x D products per program: a warp per slot keeps each thread's share as in the one-slot kernel
+    _group_attention_kernel[(R, H)](q, k, v, k_cache, v_cache, out, q_scale, start, q.stride(0), q.stride(1),
+                                    k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+                                    k_cache.stride(0), k_cache.stride(1), D=D, P=P, BLOCK_N=16, num_warps=min(P, 8))
+    return out
+
+
 def _decode_attention_triton(q, k, v, k_cache, v_cache, t, q_scale):
     R, H, D = q.shape
-    for name, x in (('q', q), ('k', k), ('v', v)):
-        if x.stride(2) != 1 or x.stride(1) != D:
-            raise ValueError(f'decode_attention: {name} must have contiguous heads, got strides {x.stride()}')
-    if k_cache.stride() != v_cache.stride() or k_cache.stride()[2:] != (D, 1):
-        raise ValueError(f'decode_attention: caches need (N, D) contiguous per head, got {k_cache.stride()}')
+    _check_attention_layout('decode_attention', q, k, v, k_cache, v_cache)
     out = torch.empty(R, H, D, device=q.device, dtype=q.dtype)
     _decode_attention_kernel[(R, H)](q, k, v, k_cache, v_cache, out, q_scale, t, q.stride(0), k.stride(0), v.stride(0),
                                      k_cache.stride(0), k_cache.stride(1), H=H, D=D, BLOCK_N=16, num_warps=1)

@@ -315,3 +315,54 @@ def test_decode_attention_triton_kernel_matches_reference(t):
     assert torch.equal(filled[1, :, :, t], v)
     untouched = [i for i in range(cache.shape[3]) if i != t]
     assert torch.equal(filled[:, :, :, untouched], cache[:, :, :, untouched])
+
+
+def group_attention_case(device, dtype, P, R=6, H=4, N=16, D=16, seed=0):
+    """decode_attention_case for P new slots per row: views of an (R, P, 3, H, D) qkv projection."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = (3 * torch.randn(R, P, 3, H, D, generator=g)).to(device, dtype)
+    q_scale = torch.linspace(1.0, 20.0, H).to(device)
+    cache = torch.randn(2, R, H, N, D, generator=g).to(device, dtype)
+    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], q_scale, cache
+
+
+def reference_group_attention(q, k, v, q_scale, cache, start):
+    """reference_attention for P new slots: each attends to positions 0..start-1 and to all P new entries."""
+    q = (F.normalize(q.float(), dim=-1) * q_scale[:, None]).to(cache.dtype).float()
+    k = F.normalize(k.float(), dim=-1).to(cache.dtype).float()
+    keys = torch.cat([cache[0, :, :, :start].float(), k.transpose(1, 2)], dim=2)
+    values = torch.cat([cache[1, :, :, :start].float(), v.transpose(1, 2).float()], dim=2)
+    weights = torch.softmax(torch.einsum('rphd,rhnd->rphn', q, keys), dim=-1)
+    return torch.einsum('rphn,rhnd->rphd', weights, values), k
+
+
+def check_group_attention_writes(filled, cache, k_normalised, v, start, atol):
+    """The P new keys (normalised) and values at start..start+P-1 of the caches, every other position untouched."""
+    P = v.shape[1]
+    torch.testing.assert_close(filled[0, :, :, start:start + P].float(), k_normalised.transpose(1, 2), rtol=0, atol=atol)
+    assert torch.equal(filled[1, :, :, start:start + P], v.transpose(1, 2))
+    untouched = [i for i in range(cache.shape[3]) if not start <= i < start + P]
+    assert torch.equal(filled[:, :, :, untouched], cache[:, :, :, untouched])
+
+
+@pytest.mark.parametrize('P, start', [(2, 0), (4, 0), (4, 8), (4, 12)])
+def test_group_attention_is_softmax_over_cache_and_every_new_slot(P, start):
+    q, k, v, q_scale, cache = group_attention_case('cpu', torch.float32, P)
+    filled = cache.clone()
+    out = fast_sample.group_attention(q, k, v, filled[0], filled[1], start, q_scale)
+    ref, k_normalised = reference_group_attention(q, k, v, q_scale, cache, start)
+    torch.testing.assert_close(out, ref)
+    check_group_attention_writes(filled, cache, k_normalised, v, start, atol=1e-6)
+    with pytest.raises(IndexError, match='outside the cache'):
+        fast_sample.group_attention(q, k, v, filled[0], filled[1], cache.shape[3] - P + 1, q_scale)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or fast_sample.triton is None, reason='needs CUDA and Triton')
+@pytest.mark.parametrize('P, start', [(2, 0), (4, 0), (4, 32), (4, 60), (8, 56)])
+def test_group_attention_triton_kernel_matches_reference(P, start):
+    q, k, v, q_scale, cache = group_attention_case('cuda', torch.bfloat16, P, R=512, H=16, N=64, D=64)
+    filled = cache.clone()
+    out = fast_sample._group_attention_triton(q, k, v, filled[0], filled[1], start, q_scale)
+    ref, k_normalised = reference_group_attention(q, k, v, q_scale, cache, start)
+    torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=3e-2)  # as the one-slot kernel's test
+    check_group_attention_writes(filled, cache, k_normalised, v, start, atol=4e-3)
