@@ -11,7 +11,7 @@ Writes to --out:
   grid.png                   up to 8 samples (columns) of each of the first 8 classes (rows)
   png/{i:06d}_{class}.png    with --png, every sample
   progressive.png            with --progressive [K]: the first K (4) samples decoded from their first 1, 2, ..., n tokens
-  sample_args.json           the settings, checkpoint step and tokenizer
+  sample_args.json           the settings, checkpoint step, tokenizer, and the sampling loop's seconds and images/s
 --truncate k decodes each sample from its first N - k tokens only (Table 3); the k tokens are never generated.
 Reproducibility: batch b samples with a generator seeded by (--seed, b), so the same --seed, --batch_size and
 device give the same images; another batch size gives other (equally valid) samples.
@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import os
+import time
 
 import numpy as np
 import torch
@@ -229,6 +230,7 @@ def main(argv=None):
 
     batches = sample_batches(gpt, tok, labels, args.batch_size, args.seed, n_keep, args.cfg, args.cfg_ramp,
                              args.temperature, args.top_k, args.top_p, use_bf16, args.compile)
+    started = time.perf_counter()
     with common.progress_bar(total=len(labels), unit='img') as pbar:
         for start, batch_codes, batch_images in batches:
             images[start:start + len(batch_codes)] = batch_images
@@ -240,6 +242,8 @@ def main(argv=None):
                 for i in range(start, start + len(batch_codes)):
                     Image.fromarray(images[i]).save(os.path.join(args.out, 'png', f'{i:06d}_{labels[i]}.png'))
             pbar.update(len(batch_codes))
+    sampling_s = time.perf_counter() - started  # generation, decoding and the copy to the host, first-call setup included
+    print(f"sampled {len(labels)} images in {sampling_s:.1f} s ({len(labels) / sampling_s:.0f} images/s)")
     copied = report_memorisation(ckpt, codes, N)
 
     npz_path = os.path.join(args.out, f'samples_{len(images)}x{H}x{H}x3.npz')
@@ -250,7 +254,8 @@ def main(argv=None):
               os.path.join(args.out, 'grid.png'), ncol=shown_per_class)
     with open(os.path.join(args.out, 'sample_args.json'), 'w') as f:
         json.dump({**vars(args), 'n': len(images), 'generator_step': ckpt['step'], 'generator_val_nll': ckpt.get('val_nll'),
-                   'copied_share': copied, 'tokenizer': tok.path, 'device': str(device), 'bf16': use_bf16}, f, indent=1)
+                   'copied_share': copied, 'tokenizer': tok.path, 'device': str(device), 'bf16': use_bf16,
+                   'sampling_s': sampling_s, 'images_per_s': len(labels) / sampling_s}, f, indent=1)
     print(f"wrote {npz_path} and {os.path.join(args.out, 'grid.png')}")
 
 

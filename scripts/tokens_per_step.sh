@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Several tokens per step at CIFAR-10 scale (the paper's d16-p4 row): generators with P = 1, 2, 4 tokens per step
 # trained at one budget on the same token files, then each one's best validation NLL (CIFAR-10 test/, nats per
-# sequence), gFID-50k of its best.pt against the train statistics, and the images/s of sample.py's loop.
+# sequence), gFID-50k of its best.pt against the train statistics, and the images/s of sample.py's loop (comparable
+# between P only when the runs did not share a GPU: with fewer GPUs than P values they sample at the same time).
 #   TOK=out/cifar10/tok/ckpt.pt DATA=../shared/data/cifar10 ROOT=out/tokens_per_step bash scripts/tokens_per_step.sh
 # Model j trains on GPU j mod GPUS; each writes $ROOT/p<P>/ (log.jsonl, best.pt, run.log, samples/), and last
 # $ROOT/summary.json and a table.
@@ -40,11 +41,14 @@ for p in ps:
     evals = [r for r in map(json.loads, open(f'{root}/p{p}/log.jsonl')) if 'val_nll' in r]
     best = min(evals, key=lambda r: r['val_nll'])
     fid = json.load(open(f'{root}/p{p}/samples/fid.json'))
+    sampling = json.load(open(f'{root}/p{p}/samples/sample_args.json'))
     rows.append({'tokens_per_step': int(p), 'best_val_nll': best['val_nll'], 'best_step': best['step'],
-                 'train_nll_at_best': best['train_nll'], 'gfid_50k': fid['fid'], 'sfid_50k': fid.get('sfid')})
+                 'train_nll_at_best': best['train_nll'], 'gfid_50k': fid['fid'], 'sfid_50k': fid.get('sfid'),
+                 'sample_images_per_s': sampling['images_per_s']})
 json.dump(rows, open(f'{root}/summary.json', 'w'), indent=1)
-print(f"{'P':>2} {'val NLL':>9} {'(step)':>7} {'train NLL':>10} {'gFID-50k':>9}")
+print(f"{'P':>2} {'val NLL':>9} {'(step)':>7} {'train NLL':>10} {'gFID-50k':>9} {'sample img/s':>13}")
 for r in rows:
-    print(f"{r['tokens_per_step']:>2} {r['best_val_nll']:9.2f} {r['best_step']:7d} {r['train_nll_at_best']:10.2f} {r['gfid_50k']:9.2f}")
+    print(f"{r['tokens_per_step']:>2} {r['best_val_nll']:9.2f} {r['best_step']:7d} {r['train_nll_at_best']:10.2f} "
+          f"{r['gfid_50k']:9.2f} {r['sample_images_per_s']:13.0f}")
 PY
 exit $failed

@@ -1,5 +1,6 @@
 """sample.py end to end on tiny checkpoints built by the real trainers: outputs, seeding, bad inputs."""
 import dataclasses
+import json
 import os
 import runpy
 import sys
@@ -45,6 +46,9 @@ def test_outputs(generator_ckpt, tmp_path):
     assert Image.open(tmp_path / 'grid.png').size == (3 * cell + 2, 2 * cell + 2)  # 2 classes x 3 samples
     # 2 samples x their prefixes of 1 .. N - 1 tokens
     assert Image.open(tmp_path / 'progressive.png').size == ((N_TOKENS - 1) * cell + 2, 2 * cell + 2)
+    record = json.loads((tmp_path / 'sample_args.json').read_text())
+    assert record['n'] == 6 and record['top_p'] == 0.9 and record['sampling_s'] > 0
+    assert record['images_per_s'] == pytest.approx(6 / record['sampling_s'])
 
 
 def test_same_seed_same_images(generator_ckpt, tmp_path):
