@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, ended_in_gloo_teardown_abort
 
 
 @pytest.fixture(scope='module')
@@ -30,7 +30,7 @@ def train(data, out, *extra, nproc=1, check=True):
     launcher = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(nproc), '--standalone'] if nproc > 1 else [sys.executable]
     result = subprocess.run(launcher + [os.path.join(REPO, 'train_tok.py')] + flags, capture_output=True, text=True, cwd=REPO)
     if check:
-        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.returncode == 0 or (nproc > 1 and ended_in_gloo_teardown_abort(result)), result.stdout + result.stderr
     return result
 
 
