@@ -35,10 +35,10 @@ N_CLASSES, PER_CLASS = 3, 4
 
 def ended_in_gloo_teardown_abort(result):
     """A torchrun whose only failure is a rank aborted by gloo as the processes exit ('terminate called without an
-    active exception', exit code -6, no Python error): rare (once in about 90
-    two-process runs on a 2-core machine), after the run's work and its barrier before destroy_process_group; the
-    cause, inside torch's gloo teardown, is not found. It is reported as a warning; the tests go on to
-    check the run's checkpoint and log, which a run that died before its end would fail."""
+    active exception', exit code -6, no Python error): rare (once in about 90 two-process runs on a 2-core
+    machine), after the run's work and its barrier before destroy_process_group; the cause, inside torch's gloo
+    teardown, is not found. It is reported as a warning; the tests go on to check the run's checkpoint and log,
+    which a run that died before its end would fail."""
     output = result.stdout + result.stderr
     aborted = (result.returncode != 0 and 'terminate called without an active exception' in output
                and 'exitcode  : -6' in output and 'exitcode  : 1 ' not in output)
