@@ -138,8 +138,7 @@ def main(argv=None):
     gpt, tok, ckpt = sample.load_models(args.ckpt, args.tok_ckpt, device, args.no_ema)
     N, S = gpt.config.n_tokens, tok.config.image_size
     sample.check_sampling_settings(args, gpt.config.vocab_size)
-    if args.batch_size < 1:
-        raise SystemExit(f"--batch_size {args.batch_size}: must be at least 1")
+    common.check_flags(args, positive=('batch_size',))
     keeps = args.keep or [N // 2]
     if any(not 1 <= k <= N for k in keeps):
         raise SystemExit(f"--keep {' '.join(map(str, keeps))}: each k must be in 1..N={N} (N keeps each sub-image's own tokens)")

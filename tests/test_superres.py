@@ -123,8 +123,7 @@ def test_cli_reads_an_image_folder_and_refuses_images_of_another_size(generator_
     ('--cfg', 'nan', '--cfg nan: out of range, use a finite guidance scale'),
     ('--batch_size', 0, '--batch_size 0: must be at least 1'),
 ])
-def test_cli_stops_on_out_of_range_flags_before_completing(generator_ckpt, tmp_path, flag, value,
-                                                                                message):
+def test_cli_stops_on_out_of_range_flags_before_completing(generator_ckpt, tmp_path, flag, value, message):
     npz = tmp_path / 'samples_2x32x32x3.npz'
     np.savez(npz, arr_0=np.zeros((2, 32, 32, 3), dtype=np.uint8))
     with pytest.raises(SystemExit, match=re.escape(message)):
