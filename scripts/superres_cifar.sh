@@ -12,11 +12,10 @@ PER_CLASS=${PER_CLASS:-1000}                    # 10,000 generated images
 KEEP=${KEEP:-8 16 24 28}                        # k tokens kept of N = 32: one output per k and split
 SAMPLING=${SAMPLING:---cfg 2.0}                 # the best sweep setting of scripts/cifar10.sh's recipe (docs/results.md)
 [ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()
-REF=$OUT/ref64/superres_plain_50000x64x64x3.npz
-STATS=$OUT/ref64_stats.npz
+STATS=$OUT/ref64_stats.npz  # of $OUT/ref64/superres_plain_<n>x64x64x3.npz, n = the training images
 mkdir -p "$OUT"
-[ -f "$REF" ] || python superres.py --ckpt "$GEN" --input "$DATA/train" --modes plain --out "$OUT/ref64"
-[ -f "$STATS" ] || python fid.py --no-pr --save-stats "$STATS" "$REF" "${WEIGHTS_FID[@]}"
+[ -f "$STATS" ] || { python superres.py --ckpt "$GEN" --input "$DATA/train" --modes plain --out "$OUT/ref64" &&
+  python fid.py --no-pr --save-stats "$STATS" "$OUT"/ref64/superres_plain_*x3.npz "${WEIGHTS_FID[@]}"; }
 [ -f "$OUT/samples/samples_$((PER_CLASS * 10))x32x32x3.npz" ] || python sample.py --ckpt "$GEN" --classes all \
   --per_class "$PER_CLASS" --batch_size 1000 --seed 1 $SAMPLING --out "$OUT/samples"
 # shellcheck disable=SC2086
