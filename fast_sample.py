@@ -232,12 +232,15 @@ if triton is not None:
             cached = positions < start
             offsets = base + positions[:, None] * D + d[None, :]
             keys = tl.load(k_cache + offsets, mask=cached[:, None], other=0.0).to(tl.float32)
-            scores = tl.where(cached[None, :], tl.sum(queries[:, None, :] * keys[None, :, :], axis=2), float('-inf'))
-            new_top = tl.maximum(top, tl.max(scores, axis=1))
-            shrink, weights = tl.exp(top - new_top), tl.exp(scores - new_top[:, None])
+            # the (P, BLOCK_N) block has its own names: Triton's compiler (not its interpreter) rejects a variable
+            # carried through the loop with a changing shape, as the (P, P) scores / weights above would be
+            block_scores = tl.where(cached[None, :], tl.sum(queries[:, None, :] * keys[None, :, :], axis=2),
+                                    float('-inf'))
+            new_top = tl.maximum(top, tl.max(block_scores, axis=1))
+            shrink, block_weights = tl.exp(top - new_top), tl.exp(block_scores - new_top[:, None])
             values = tl.load(v_cache + offsets, mask=cached[:, None], other=0.0).to(tl.float32)
-            mass = mass * shrink + tl.sum(weights, axis=1)
-            mixed = mixed * shrink[:, None] + tl.sum(weights[:, :, None] * values[None, :, :], axis=1)
+            mass = mass * shrink + tl.sum(block_weights, axis=1)
+            mixed = mixed * shrink[:, None] + tl.sum(block_weights[:, :, None] * values[None, :, :], axis=1)
             top = new_top
         tl.store(out + row * out_row + slots[:, None] * out_slot + head * D + d[None, :],
                  (mixed / mass[:, None]).to(out.dtype.element_ty))
