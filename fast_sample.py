@@ -153,8 +153,8 @@ def group_attention(q, k, v, k_cache, v_cache, start, q_scale):
     attending to positions 0..start+P-1: block-causal attention needs no mask in a step, as a group's slots all
     see each other and everything before. q, k, v (R, P, H, D); caches (R, H, N, D). Returns (R, P, H, D).
     On CUDA with Triton (P and the head size powers of two, P <= 16) one kernel as decode_attention's; else
-    torch's SDPA over the cache slice, which at P query rows per sequence costs several times the kernel
-    (docs/performance.md)."""
+    torch's SDPA over the cache slice (d16-p4 at batch 256 with CFG on an H200: the generator 101.3 ms per batch
+    with SDPA, 95.8 ms with the kernel; docs/performance.md)."""
     P, D = q.shape[1], q.shape[-1]
     end = start + P
     if end > k_cache.shape[2]:

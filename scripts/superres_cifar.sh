@@ -9,7 +9,7 @@ GEN=${GEN:?set GEN to a generator checkpoint trained on CIFAR-10 by train_gen.py
 DATA=${DATA:-../shared/data/cifar10}
 OUT=${OUT:-out/superres}
 PER_CLASS=${PER_CLASS:-1000}                    # 10,000 generated images
-KEEP=${KEEP:-8 16 24 28}                        # k tokens kept of N = 32: one output per k and split
+KEEP=${KEEP:-8 16 24 28 32}                     # k tokens kept of N = 32, one output per k and split (32: the tokenizer alone)
 SAMPLING=${SAMPLING:---cfg 2.0}                 # the best sweep setting of scripts/cifar10.sh's recipe (docs/results.md)
 [ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()
 STATS=$OUT/ref64_stats.npz  # of $OUT/ref64/superres_plain_<n>x64x64x3.npz, n = the training images

@@ -11,7 +11,7 @@ TOK=${TOK:?set TOK to a tokenizer checkpoint}
 DATA=${DATA:-../shared/data/cifar10}
 ROOT=${ROOT:-out/tokens_per_step}
 PS=${PS:-1 2 4}
-STEPS=${STEPS:-6000}
+STEPS=${STEPS:-3000}  # validation NLL is lowest by step 2,000-2,500 on this tokenizer (docs/results.md): 6,000 adds time only
 WORKERS=${WORKERS:-4}
 VIEWS=${VIEWS:-8}  # views per training image in the token file (flips and zoom crops), as scripts/cifar10.sh's gen stage
 # the rest of scripts/cifar10.sh's generator recipe (dropout and drop path of cifar_d8, EMA)

@@ -116,6 +116,14 @@ def test_cli_reads_an_image_folder_and_refuses_images_of_another_size(generator_
     assert 'expected uint8 (n, 32, 32, 3)' in refused.stderr
 
 
+def test_cli_keeps_seven_eighths_of_the_tokens_by_default(generator_ckpt, tmp_path):
+    npz = tmp_path / 'samples_2x32x32x3.npz'
+    np.savez(npz, arr_0=np.zeros((2, 32, 32, 3), dtype=np.uint8))
+    run('superres.py', '--ckpt', generator_ckpt, '--input', npz, '--out', tmp_path / 'out', '--modes', 'patch',
+        '--device', 'cpu')
+    assert list(json.loads((tmp_path / 'out' / 'superres.json').read_text())['outputs']) == ['patch_k7']  # N = 8
+
+
 @pytest.mark.parametrize('flag, value, message', [
     ('--top_p', 1.5, '--top_p 1.5: out of range, use 0 (off) .. 1'),
     ('--top_k', 1000, '--top_k 1000: out of range, use 0 (off) .. K=64'),
