@@ -3,6 +3,7 @@ Line plots of training logs (log.jsonl) as PNG, drawn with PIL (the repo has no 
 
     python plot.py out/gen/log.jsonl --out nll.png                       # training vs validation NLL
     python plot.py out/a/log.jsonl out/b/log.jsonl --keys val_nll --out val.png   # runs side by side
+    python plot.py out/*/gen/log.jsonl --per_position --out pos.png   # validation NLL per position at each best step
 
 Each key is read from the records that have it; 'batch_nll' is the training loss per sequence (the sum
 of a training record's loss_per_position: dropout and augmentation on, unlike the evaluations).
@@ -33,6 +34,24 @@ def read_series(path, key):
     return points
 
 
+def best_per_position(path):
+    """[(position, nats)] of the validation NLL per position at the evaluation of lowest validation NLL (best.pt's)."""
+    with open(path) as f:
+        evaluations = [record for record in map(json.loads, f) if 'val_nll_per_position' in record]
+    if not evaluations:
+        return []
+    best = min(evaluations, key=lambda record: record['val_nll'])
+    return [(i + 1, nll) for i, nll in enumerate(best['val_nll_per_position'])]
+
+
+def run_labels(paths):
+    """Short names for several logs: their folders without the parts every path shares (out/a/gen, out/b/gen: a, b)."""
+    parts = [os.path.dirname(os.path.abspath(path)).split(os.sep) for path in paths]
+    head = len(os.path.commonprefix(parts))
+    tail = len(os.path.commonprefix([p[head:][::-1] for p in parts]))
+    return ['/'.join(p[head:len(p) - tail]) or os.path.basename(path) for p, path in zip(parts, paths)]
+
+
 def nice_ticks(low, high, count=6):
     """About `count` round tick values covering [low, high]."""
     raw = max(high - low, 1e-12) / count
@@ -42,7 +61,7 @@ def nice_ticks(low, high, count=6):
     return [first + i * step for i in range(int((high - first) / step) + 1)]
 
 
-def draw(series, out, title='', size=(900, 560)):
+def draw(series, out, title='', size=(900, 560), xlabel='step'):
     """series: {label: [(x, y)]} -> a PNG line plot with axes, ticks and a legend."""
     series = {label: points for label, points in series.items() if points}
     if not series:
@@ -72,7 +91,7 @@ def draw(series, out, title='', size=(900, 560)):
         pen.line([left - 4, py, left, py], fill='black')
         pen.line([left, py, width - right, py], fill=(230, 230, 230))
         pen.text((4, py - 6), f"{y:.4g}", fill='black', font=font)
-    pen.text((width // 2 - 15, height - 20), 'step', fill='black', font=font)
+    pen.text((width // 2 - 15, height - 20), xlabel, fill='black', font=font)
     pen.text((left, 8), title, fill='black', font=font)
     for i, (label, points) in enumerate(series.items()):
         colour = COLOURS[i % len(COLOURS)]
@@ -94,14 +113,20 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('logs', nargs='+', help='jsonl logs written by train_gen.py or train_tok.py')
     parser.add_argument('--keys', nargs='+', default=list(DEFAULT_KEYS), help='record keys to plot against step')
+    parser.add_argument('--per_position', action='store_true',
+                        help="instead: each log's validation NLL per token position at its best evaluation")
     parser.add_argument('--out', required=True, help='PNG to write')
     parser.add_argument('--title', default='')
     args = parser.parse_args(argv)
-    several = len(args.logs) > 1
-    series = {(f"{os.path.basename(os.path.dirname(os.path.abspath(log)))} {key}" if several else key):
-              read_series(log, key) for log in args.logs for key in args.keys}
+    labels = run_labels(args.logs)
+    if args.per_position:
+        series, xlabel = {label: best_per_position(log) for label, log in zip(labels, args.logs)}, 'position'
+    else:
+        series = {(f"{label} {key}" if len(args.logs) > 1 else key): read_series(log, key)
+                  for label, log in zip(labels, args.logs) for key in args.keys}
+        xlabel = 'step'
     try:
-        draw(series, args.out, args.title)
+        draw(series, args.out, args.title, xlabel=xlabel)
     except ValueError as e:
         raise SystemExit(f"plot.py: {e}")
     print(f"wrote {args.out}")

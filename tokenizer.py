@@ -6,6 +6,9 @@ Encoder: [patch tokens | N latent queries] -> pre-LN ViT -> latents -> VQ codes 
 Decoder: [one mask token per patch | quantized latents 1..i] -> pre-LN ViT -> pixels.
 The spectral causal mask lets latent i see only latents <= i (encoder and decoder), so a prefix of
 i codes is a self-contained description of the image at frequency w_i.
+
+Table 4's rows are ABLATIONS: TiTok (full attention, every token rebuilds the full image), + spectral
+supervision, + spectral causal mask, + non-uniform mapping (SpectralAR).
 """
 from dataclasses import dataclass
 
@@ -15,7 +18,7 @@ import torch.nn.functional as F
 
 from common import load_checkpoint
 from data import save_grid
-from dct import lowpass, omega_schedule
+from dct import SCHEDULES, lowpass, omega_schedule
 
 
 @dataclass
@@ -30,26 +33,49 @@ class TokConfig:
     code_dim: int = 12  # TiTok's low-dimensional codes
     l2_norm_codes: bool = True  # cosine-similarity lookup: keeps the codebook well used
     commitment: float = 0.25
-    causal: bool = True  # spectral causal mask; False is TiTok's full attention (Table 4 ablation)
-    schedule: str = 'nonuniform'  # w_i mapping: 'nonuniform' (eq. 9), 'nonuniform_shared' or 'uniform' (dct.omega_schedule)
+    spectral: bool = True  # prefix i rebuilds lowpass(image, w_i); False: TiTok, all N tokens rebuild the image
+    causal: bool = True  # spectral causal mask; False: TiTok's full attention among patches and latents
+    schedule: str = 'nonuniform'  # w_i mapping, one of dct.SCHEDULES: 'nonuniform' is eq. (9)
 
     @staticmethod
-    def preset(name, **overrides):
+    def preset(name, ablation='full', **overrides):
+        """The preset's config as Table 4's row `ablation` (ABLATIONS), with the overrides that are not None."""
         if name not in PRESETS:
             raise ValueError(f"unknown tokenizer preset {name!r}; choose from {sorted(PRESETS)}")
-        return TokConfig(**{**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
+        row = {k: v for k, v in ABLATIONS[ablation].items() if v is not None}
+        return TokConfig(**{**PRESETS[name], **row, **{k: v for k, v in overrides.items() if v is not None}})
+
+    @property
+    def ablation(self):
+        """Table 4's row of this config (the reverse of ABLATIONS; a row whose schedule was overridden reads as
+        'causal' for uniform and 'full' otherwise)."""
+        if not self.spectral:
+            return 'titok'
+        if not self.causal:
+            return 'spectral'
+        return 'causal' if self.schedule == 'uniform' else 'full'
+
+
+# Table 4's rows, each adding one ingredient to the row before; schedule None keeps the preset's non-uniform one
+ABLATIONS = {
+    'titok': dict(spectral=False, causal=False, schedule='uniform'),  # the schedule is unused: no prefixes
+    'spectral': dict(spectral=True, causal=False, schedule='uniform'),
+    'causal': dict(spectral=True, causal=True, schedule='uniform'),
+    'full': dict(spectral=True, causal=True, schedule=None),
+}
 
 
 PRESETS = {
     'titok_b64': dict(),  # the paper's setting: 256 px, patch 16, ViT-B/ViT-B, N=64, K=4096
     # CIFAR-10, chosen for a ~10 H100-minute budget rather than by a sweep: patch 4 (8x8 grid), ViT 384x6
     # (21M params, small enough to ship as a checkpoint), N=32 tokens, K=1024 (50k images would leave
-    # most of 4096 codes rare for the generator). At 32 px with N=32 every token adds one frequency, so
-    # 'nonuniform' equals 'uniform' (dct.omega_schedule); --schedule nonuniform_shared keeps eq. (9)'s proportions
-    # by letting tokens share a cut-off, --n_tokens 16 ablates the schedule, --n_tokens 64 gives two tokens per
-    # frequency (docs/results.md: the N = 64 run).
-    'cifar': dict(image_size=32, patch_size=4, width=384, depth=6, heads=6, n_tokens=32, codebook_size=1024),
-    'tiny': dict(image_size=32, patch_size=8, width=32, depth=2, heads=2, n_tokens=8, codebook_size=64, code_dim=8),
+    # most of 4096 codes rare for the generator). At 32 px with N=32 eq. (9)'s rule of one new frequency per
+    # token makes 'nonuniform' equal 'uniform' (dct.omega_schedule), so the small presets take
+    # 'nonuniform_psnr', eq. (9)'s information per token measured on CIFAR-10 (docs/results.md).
+    'cifar': dict(image_size=32, patch_size=4, width=384, depth=6, heads=6, n_tokens=32, codebook_size=1024,
+                  schedule='nonuniform_psnr'),
+    'tiny': dict(image_size=32, patch_size=8, width=32, depth=2, heads=2, n_tokens=8, codebook_size=64, code_dim=8,
+                 schedule='nonuniform_psnr'),
 }
 
 
@@ -147,18 +173,21 @@ def sample_prefix_lengths(n_tokens, count, generator, full_prob=0.0):
     return prefix
 
 
-def spectral_mask(n_context, n_tokens, causal, context_sees_tokens):
+def spectral_mask(n_context, n_tokens, causal, decoder):
     """
-    (L, L) bool mask over [context (patches or mask tokens) | latent tokens].
-    Latent i sees all context and latents <= i (all latents when not causal). Encoder patches see
-    patches only; decoder mask tokens also see the latents (the prefix limit is applied per sample).
+    (L, L) bool mask (True = may attend) over [context (patches or mask tokens) | latent tokens].
+    causal=False is TiTok's full attention: everything sees everything. causal=True is the spectral causal mask:
+    latent i sees all context and the latents <= i; encoder patches see patches only (through a patch, latent i
+    would see latents after it); decoder mask tokens see the latents, whose prefix limit decode_codes applies per
+    sample, hiding the latents past each sample's prefix from every query.
     """
     L = n_context + n_tokens
+    if not causal:
+        return torch.ones(L, L, dtype=torch.bool)
     allow = torch.zeros(L, L, dtype=torch.bool)
     allow[:, :n_context] = True
-    latents = torch.ones(n_tokens, n_tokens, dtype=torch.bool)
-    allow[n_context:, n_context:] = latents.tril() if causal else latents
-    if context_sees_tokens:
+    allow[n_context:, n_context:] = torch.ones(n_tokens, n_tokens, dtype=torch.bool).tril()
+    if decoder:
         allow[:n_context, n_context:] = True
     return allow
 
@@ -191,8 +220,8 @@ class Tokenizer(nn.Module):
         self.to_pixels = nn.Linear(D, p * p * 3)  # TiTok's single-stage head: 1x1 -> p*p*3, unpatchify, 3x3 conv
         self.pixel_conv = nn.Conv2d(3, 3, 3, padding=1)
 
-        self.register_buffer('enc_mask', spectral_mask(P, N, config.causal, False), persistent=False)
-        self.register_buffer('dec_mask', spectral_mask(P, N, config.causal, True), persistent=False)
+        self.register_buffer('enc_mask', spectral_mask(P, N, config.causal, decoder=False), persistent=False)
+        self.register_buffer('dec_mask', spectral_mask(P, N, config.causal, decoder=True), persistent=False)
         self.register_buffer('omegas', torch.tensor(omega_schedule(N, config.image_size, config.schedule)), persistent=False)
         self.apply(self._init_weights)
 
@@ -255,9 +284,21 @@ class Tokenizer(nn.Module):
     def from_checkpoint(path, device='cpu', use_ema=True):
         """Rebuild a tokenizer from a train_tok.py checkpoint alone (EMA weights when present)."""
         ckpt = load_checkpoint(path, 'tokenizer')
-        tok = Tokenizer(TokConfig(**ckpt['config']))
+        tok = Tokenizer(config_of_checkpoint(ckpt, path))
         tok.load_state_dict(ckpt['ema'] if use_ema and ckpt.get('ema') else ckpt['model'])
         return tok.to(device).eval()
+
+
+def config_of_checkpoint(ckpt, path):
+    """The TokConfig of a tokenizer checkpoint. Checkpoints from before the `spectral` field whose latents were not
+    causal had an encoder whose patches could not see the latents, a mask no row of Table 4 has and this code no
+    longer builds: they stop here rather than run under another mask."""
+    config = ckpt['config']
+    if 'spectral' not in config and not config.get('causal', True):
+        raise ValueError(f"{path!r} was trained with the earlier --no_causal (latents in full attention, encoder patches "
+                         f"blind to them), which this version no longer builds: retrain it with "
+                         f"train_tok.py --ablation spectral (or titok)")
+    return TokConfig(**config)
 
 
 @torch.no_grad()

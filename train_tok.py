@@ -7,8 +7,9 @@ Train the Nested Spectral Tokenizer (Algorithm 1 of the paper) with TiTok's sing
 
 Each step draws a prefix length i per image, asks the decoder to rebuild lowpass(image, w_i) from
 tokens 1..i, and adds L2 + VQ + LPIPS (+ hinge GAN once --disc_start is reached).
-Ablations of Table 4: --no_spectral (all N tokens, full image: TiTok), --no_causal, --schedule uniform.
-Sharper full reconstructions: --full_prefix_prob, --lpips_resize, --disc_cond or --gan_full_only.
+Table 4's rows: --ablation titok | spectral | causal | full (the default: SpectralAR).
+Sharper full reconstructions, departures from Algorithm 1: --full_prefix_prob, --gan_full_only (or --disc_cond),
+--lpips_resize.
 """
 import argparse
 import copy
@@ -26,7 +27,9 @@ import common
 from data import ImageFolder, image_loader, readable_samples, to_float, to_uint8
 from dct import lowpass
 from losses import LPIPS, LeCamRegularizer, NLayerDiscriminator, hinge_d_loss, hinge_g_loss
-from tokenizer import TokConfig, Tokenizer, flops_per_image, sample_prefix_lengths, save_coarse_to_fine
+from dct import SCHEDULES
+from tokenizer import (ABLATIONS, TokConfig, Tokenizer, config_of_checkpoint, flops_per_image, sample_prefix_lengths,
+                       save_coarse_to_fine)
 from tokens import IndexedImages, collate_indexed
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,9 +40,14 @@ parser.add_argument('--n_tokens', type=int, help='override the preset N')
 parser.add_argument('--codebook_size', type=int)
 parser.add_argument('--code_dim', type=int, help='override the preset code dimension')
 parser.add_argument('--commitment', type=float, help='override the preset VQ commitment weight')
-parser.add_argument('--schedule', choices=['nonuniform', 'nonuniform_shared', 'uniform'])
-parser.add_argument('--no_causal', action='store_true', help='full attention among latents (TiTok)')
-parser.add_argument('--no_spectral', action='store_true', help='no spectral supervision: all N tokens rebuild the full image (TiTok)')
+parser.add_argument('--ablation', choices=list(ABLATIONS), default='full',
+                    help="Table 4's row. titok: full attention among patches and latents in encoder and decoder, all N "
+                         "tokens rebuild the full image. spectral: + spectral supervision (prefix i rebuilds "
+                         "lowpass(image, w_i), uniform w_i). causal: + the spectral causal mask in encoder and decoder. "
+                         "full: + the non-uniform mapping w_i (SpectralAR; the default)")
+parser.add_argument('--schedule', choices=SCHEDULES,
+                    help="override the row's w_i mapping (full: the preset's, 'nonuniform' = eq. (9) at 256 px, "
+                         "'nonuniform_psnr' for 32 px; spectral and causal: 'uniform')")
 parser.add_argument('--batch_size', type=int, default=256, help='global batch over all processes and micro-steps')
 parser.add_argument('--grad_accum', type=int, default=1,
                     help='micro-steps per optimizer step: each process runs batch_size / (processes x grad_accum) images at a time')
@@ -86,7 +94,7 @@ common.check_flags(args, positive=('batch_size', 'grad_accum', 'max_steps', 'log
 MACHINE_FLAGS = ('data', 'out_dir', 'device', 'workers', 'compile', 'bf16', 'lpips_path', 'eval_data', 'eval_only', 'eval_npz')
 # what shapes the model, its losses or the data stream: a resumed run must not contradict the checkpoint. Not
 # --grad_accum: a run may continue on another number of processes with the same global --batch_size.
-RUN_FLAGS = ('preset', 'n_tokens', 'codebook_size', 'code_dim', 'commitment', 'schedule', 'no_causal', 'no_spectral',
+RUN_FLAGS = ('preset', 'n_tokens', 'codebook_size', 'code_dim', 'commitment', 'ablation', 'schedule',
              'batch_size', 'seed', 'full_prefix_prob', 'lpips_resize', 'disc_cond', 'gan_full_only')
 
 # ----------------------------------------------------------------------------- setup
@@ -99,10 +107,13 @@ log_path = os.path.join(args.out_dir, 'log.jsonl')
 resume = None
 if args.resume:
     resume = common.load_resume_checkpoint(args, ckpt_path, 'tokenizer')
-    config = TokConfig(**resume['config'])
+    try:
+        config = config_of_checkpoint(resume, ckpt_path if args.resume == 'auto' else args.resume)
+    except ValueError as e:
+        raise SystemExit(f"--resume: {e}")
     run_settings = {**resume['args'], 'n_tokens': config.n_tokens, 'codebook_size': config.codebook_size,
                     'code_dim': config.code_dim, 'commitment': config.commitment, 'schedule': config.schedule,
-                    'no_causal': not config.causal}
+                    'ablation': config.ablation}
     changed = common.apply_resume_args(parser, args, run_settings, fixed=RUN_FLAGS, keep=MACHINE_FLAGS)
     if dist_state.master:
         print(f"resuming at step {resume['step']} with the checkpoint's settings"
@@ -112,8 +123,8 @@ if args.resume:
 else:
     if 'preset' not in common.flags_given(parser) and dist_state.master:
         print(f"no --preset given: using {args.preset} (the paper's 256 px tokenizer); --preset tiny is the CPU smoke test")
-    config = TokConfig.preset(args.preset, n_tokens=args.n_tokens, codebook_size=args.codebook_size, code_dim=args.code_dim,
-                           commitment=args.commitment, schedule=args.schedule, causal=False if args.no_causal else None)
+    config = TokConfig.preset(args.preset, args.ablation, n_tokens=args.n_tokens, codebook_size=args.codebook_size,
+                              code_dim=args.code_dim, commitment=args.commitment, schedule=args.schedule)
 micro_batch = common.micro_batch_size(args.batch_size, dist_state.world_size, args.grad_accum)  # with the run's settings
 use_bf16 = common.bf16_autocast_on(args.bf16, device)
 autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
@@ -192,8 +203,9 @@ def views(images, flip):
 
 
 def prefix_targets(x, prefix):
-    """Algorithm 1: the target of a prefix of i tokens is the w_i x w_i DCT low-pass of the image."""
-    if args.no_spectral:
+    """Algorithm 1: the target of a prefix of i tokens is the w_i x w_i DCT low-pass of the image (TiTok's row:
+    the image itself, from all N tokens)."""
+    if not config.spectral:
         return x, torch.full_like(prefix, config.n_tokens)
     return lowpass(x, model.omegas[prefix - 1]), prefix
 

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # CIFAR-10 end to end on one GPU: tokenizer -> tokens -> generator -> 50k samples -> FID against train.
-#   bash scripts/cifar10.sh [stage ...]     stages: stats tok gen sweep sample fid truncate (default: all, in order)
+#   bash scripts/cifar10.sh [stage ...]     stages: stats tok rfid_train gen sweep sample fid truncate
+#                                           (default: all but rfid_train, in order)
+#     rfid_train  the 50k training images reconstructed and scored against the gFID reference (train statistics),
+#               so that gFID - rFID compares the generator with its tokenizer on one footing
 #     sweep     sweep.py by FID, 10k samples each, seed 1 (held out from the final seed 0), in two rounds:
 #               CFG x temperature, then top-k x top-p at the best of round 1 (coordinate search: a
-#               full product is too long); writes $OUT/sweep/best_flags, the sample.py flags of the lowest FID
+#               full product is too long; SWEEP_TOPKS=0 SWEEP_TOPPS=0 skip it); writes $OUT/sweep/best_flags, the
+#               sample.py flags of the lowest FID
 #     sample    with $OUT/sweep/best_flags when it exists (delete it to go back to --cfg $CFG)
 #     truncate  Table 3: drop the last k tokens, at the sweep's best setting (else --cfg $CFG), 10k samples, seed 1
 # Every stage reads what the earlier ones wrote under $OUT, so any stage can be re-run alone.
@@ -19,6 +23,7 @@ TOK_PRESET=${TOK_PRESET:-cifar}
 GEN_PRESET=${GEN_PRESET:-cifar_d8}
 WORKERS=${WORKERS:-12}
 CFG=${CFG:-1.5}
+SEED=${SEED:-0}                              # the tokenizer's and the generator's training seed
 STATS=${STATS:-$OUT/cifar10_train_stats.npz}  # shared by several runs (scripts/table4.sh)
 PER_CLASS=${PER_CLASS:-5000}                 # final samples: 50,000
 SWEEP_PER_CLASS=${SWEEP_PER_CLASS:-1000}     # sweep and truncation samples: 10,000
@@ -49,31 +54,37 @@ sweep=(python sweep.py --ckpt "$OUT/gen/best.pt" --ref "$STATS" --classes all --
 
 for stage in "${stages[@]}"; do
   case $stage in
-  stats)  # reference statistics of the 50k training images (the gFID reference)
-    [ -f "$STATS" ] || python fid.py --no-pr --save-stats "$STATS" "$DATA/train" "${WEIGHTS_FID[@]}" ;;
+  stats)  # reference statistics of the 50k training images (the gFID reference), with their pool features for
+    # precision and recall
+    [ -f "$STATS" ] || python fid.py --save-stats "$STATS" "$DATA/train" "${WEIGHTS_FID[@]}" ;;
   tok)
     python train_tok.py --preset "$TOK_PRESET" --data "$DATA/train" --out_dir "$OUT/tok" --batch_size 256 \
       --max_steps "$TOK_STEPS" --lr 3e-4 --min_lr 3e-5 --warmup 500 --disc_start $((TOK_STEPS * 6 / 10)) \
       --restart_every 200 --log_every 100 --sample_every 1000 --ckpt_every 1000 --workers "$WORKERS" \
-      --eval_data "$DATA/test" --eval_npz "$OUT/tok/recon_test.npz" "${WEIGHTS[@]}" $TOK_RECIPE $TOK_FLAGS
+      --eval_data "$DATA/test" --eval_npz "$OUT/tok/recon_test.npz" --seed "$SEED" "${WEIGHTS[@]}" $TOK_RECIPE $TOK_FLAGS
     python fid.py "$OUT/tok/recon_test.npz" "$DATA/test" --no-pr --json "$OUT/tok/rfid.json" "${WEIGHTS_FID[@]}" ;;
+  rfid_train)
+    python train_tok.py --resume "$OUT/tok/ckpt.pt" --eval_only --data "$DATA/train" --eval_data "$DATA/train" \
+      --eval_prefix_images 1000 --eval_npz "$OUT/tok_train/recon_train.npz" --out_dir "$OUT/tok_train" \
+      --workers "$WORKERS" "${WEIGHTS[@]}"
+    python fid.py "$OUT/tok_train/recon_train.npz" "$STATS" --no-pr --json "$OUT/tok_train/rfid.json" "${WEIGHTS_FID[@]}" ;;
   gen)
     python train_gen.py --preset "$GEN_PRESET" --tok_ckpt "$OUT/tok/ckpt.pt" --data "$DATA/train" \
       --val_data "$DATA/test" --augment 8 --ema 0.9995 --out_dir "$OUT/gen" --batch_size 512 \
       --max_steps "$GEN_STEPS" --lr 2e-4 --log_every 200 --eval_every 500 --ckpt_every 2000 \
-      --sample_every 2000 --workers "$WORKERS" ;;
+      --sample_every 2000 --seed "$SEED" --workers "$WORKERS" ;;
   sample)
     python sample.py --ckpt "$OUT/gen/best.pt" --classes all --per_class "$PER_CLASS" --batch_size 1000 \
       $(sampling_flags sample) --seed 0 --progressive 8 --out "$OUT/samples" ;;
   fid)
-    python fid.py "$(ls "$OUT"/samples/samples_*.npz | head -1)" "$DATA/train" --json "$OUT/samples/fid.json" "${WEIGHTS_FID[@]}" ;;
+    python fid.py "$(ls "$OUT"/samples/samples_*.npz | head -1)" "$STATS" --json "$OUT/samples/fid.json" "${WEIGHTS_FID[@]}" ;;
   sweep)  # the lists unquoted: one value per word; round 2's --top_k/--top_p come after (and override) round 1's flags
     "${sweep[@]}" --cfg $SWEEP_CFGS --temperature $SWEEP_TEMPS --json "$OUT/sweep/sweep.json" \
       --best_flags "$OUT/sweep/best_flags"
-    "${sweep[@]}" $(cat "$OUT/sweep/best_flags") --top_k $SWEEP_TOPKS --top_p $SWEEP_TOPPS \
-      --json "$OUT/sweep/sweep_filter.json" --best_flags "$OUT/sweep/best_flags" ;;
+    [ "$SWEEP_TOPKS $SWEEP_TOPPS" = "0 0" ] || "${sweep[@]}" $(cat "$OUT/sweep/best_flags") --top_k $SWEEP_TOPKS \
+      --top_p $SWEEP_TOPPS --json "$OUT/sweep/sweep_filter.json" --best_flags "$OUT/sweep/best_flags" ;;
   truncate)
     "${sweep[@]}" $(sampling_flags truncate) --truncate $TRUNCATE --json "$OUT/truncate/truncate.json" ;;
-  *) echo "unknown stage $stage: use stats tok gen sweep sample fid truncate" >&2; exit 2 ;;
+  *) echo "unknown stage $stage: use stats tok rfid_train gen sweep sample fid truncate" >&2; exit 2 ;;
   esac
 done

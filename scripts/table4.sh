@@ -1,42 +1,94 @@
 #!/usr/bin/env bash
-# Table 4 on CIFAR-10: the same budget for every row, each on scripts/cifar10.sh's tokenizer recipe (TOK_RECIPE,
-# the search's winner) and generator recipe, N_TOKENS tokens per image.
+# Table 4 on CIFAR-10: one budget for every row, each on scripts/cifar10.sh's tokenizer recipe (TOK_RECIPE) and
+# generator recipe, N = 32 tokens per image.
 #   DATA=../shared/data/cifar10 ROOT=out/table4 bash scripts/table4.sh [row ...]
-# Rows: titok (no spectral supervision, no causal mask), spectral (+ spectral supervision, uniform w_i),
-# causal (+ spectral causal mask), nonuniform (+ eq. (9)'s schedule: full SpectralAR). At 32 px with N = 32 the
-# strict `nonuniform` schedule is the uniform one (one frequency per token), so that row uses NONUNIFORM =
-# nonuniform_shared (w_i = 1 x 4, 2 x 4, 3 x 4, 4 x 4, 5, 5, ..., 8, 8, 11, 14, ..., 32).
-# The recorded table (docs/results.md) had TOK_RECIPE= N_TOKENS=16 NONUNIFORM=nonuniform (w_i 1..12, 14, 20, 26,
-# 32 against 2, 4, ..., 32) and the generator recipe of that time.
-# The rows run at the same time, row j on GPU j mod GPUS (several rows share a GPU when there are fewer
-# GPUs than rows); each writes $ROOT/<row>/run.log. Every row samples with the same settings and seed
-# (cifar10.sh's sample stage: CFG=$CFG, temperature 1, no top-k / top-p, seed 0).
+# Rows (train_tok.py --ablation; each adds one ingredient to the row before):
+#   titok       full attention among patches and latents, all N tokens rebuild the full image
+#   spectral    + spectral supervision (prefix i rebuilds lowpass(image, w_i), w_i uniform)
+#   causal      + the spectral causal mask (encoder and decoder)
+#   full        + the non-uniform mapping (the cifar preset's nonuniform_psnr): SpectralAR
+#   full_alg1   full trained by Algorithm 1 as written: TOK_RECIPE without --full_prefix_prob / --gan_full_only
+#   titok_s1, full_s1   titok and full again with seed 1 (tokenizer and generator): the run-to-run noise
+# Every row's generator samples with the same settings and seed: CFG swept per row over SWEEP_CFGS on the held-out
+# seed 1 (SWEEP_PER_CLASS x 10 samples each), then 50k samples at the best CFG with seed 0 against the training
+# statistics (gFID), and the 50k training images reconstructed against the same statistics (rFID-train, the
+# rfid_train stage). The rows run at the same time, row j on GPU j mod GPUS, each writing $ROOT/<row>/run.log; a row
+# whose gFID is written is skipped, so a rerun after a lost machine trains only the unfinished rows.
+# Last: $ROOT/summary.json, $ROOT/nll_per_position.png (validation NLL per position at each row's best.pt) and a table.
 set -euo pipefail
 ROOT=${ROOT:-out/table4}
 source "$(dirname "$0")/run_variants.sh"
 export STATS=${STATS:-$ROOT/cifar10_train_stats.npz} TOK_STEPS=${TOK_STEPS:-4000} GEN_STEPS=${GEN_STEPS:-3000}
-N_TOKENS=${N_TOKENS:-32} NONUNIFORM=${NONUNIFORM:-nonuniform_shared}
-export CFG=${CFG:-1.5} WORKERS=${WORKERS:-3}
-rows=("$@"); [ ${#rows[@]} -eq 0 ] && rows=(titok spectral causal nonuniform)
+export WORKERS=${WORKERS:-3} SWEEP_CFGS=${SWEEP_CFGS:-1.5 2 3} SWEEP_TEMPS=${SWEEP_TEMPS:-1.0} SWEEP_TOPKS=0 SWEEP_TOPPS=0
+export SWEEP_PER_CLASS=${SWEEP_PER_CLASS:-500}
+COMPILE=${COMPILE---compile}  # COMPILE= for a CPU dry run
+RECIPE=${TOK_RECIPE---full_prefix_prob 0.5 --gan_full_only --lpips_resize 128 --codebook_size 4096}  # cifar10.sh's
+ALG1_RECIPE=${ALG1_RECIPE---lpips_resize 128 --codebook_size 4096}  # the same without the two departures
+rows=("$@"); [ ${#rows[@]} -eq 0 ] && rows=(titok spectral causal full full_alg1 titok_s1 full_s1)
 
-row_flags() {  # the train_tok.py flags of row $1
+row_settings() {  # "ABLATION SEED RECIPE" of row $1
   case $1 in
-    titok)      echo "--no_spectral --no_causal --schedule uniform" ;;
-    spectral)   echo "--no_causal --schedule uniform" ;;
-    causal)     echo "--schedule uniform" ;;
-    nonuniform) echo "--schedule $NONUNIFORM" ;;
-    *) echo "unknown row $1: use titok spectral causal nonuniform" >&2; exit 2 ;;
+    titok|spectral|causal|full) echo "$1 0 $RECIPE" ;;
+    titok_s1|full_s1) echo "${1%_s1} 1 $RECIPE" ;;
+    full_alg1) echo "full 0 $ALG1_RECIPE" ;;
+    *) echo "unknown row $1: use titok spectral causal full full_alg1 titok_s1 full_s1" >&2; exit 2 ;;
   esac
 }
-check_variants row_flags "${rows[@]}"
+check_variants row_settings "${rows[@]}"
 
-run_row() {  # run_row NAME DIR: run_variants' command
-  OUT=$2 TOK_FLAGS="--n_tokens $N_TOKENS $(row_flags "$1")" bash "$(dirname "$0")/cifar10.sh" tok gen sample fid
+run_row() {  # run_row NAME DIR: run_variants' command; a finished row (its gFID written) is not run again
+  local ablation seed recipe
+  [ -f "$2/samples/fid.json" ] && { echo "row $1: finished earlier ($2/samples/fid.json)"; return 0; }
+  read -r ablation seed recipe <<<"$(row_settings "$1")"
+  OUT=$2 SEED=$seed TOK_RECIPE="$recipe" TOK_FLAGS="$COMPILE --ablation $ablation" \
+    bash "$(dirname "$0")/cifar10.sh" tok rfid_train gen sweep sample fid
 }
 OUT=$ROOT bash "$(dirname "$0")/cifar10.sh" stats
 run_variants 'row ' "$ROOT/" run_row "${rows[@]}"
-for row in "${rows[@]}"; do
-  [ -f "$ROOT/$row/samples/fid.json" ] || continue
-  python -c "import json,sys; r=json.load(open('$ROOT/$row/samples/fid.json')); t=json.load(open('$ROOT/$row/tok/rfid.json')); print(f'$row: gFID-50k {r[\"fid\"]:.2f}  rFID {t[\"fid\"]:.2f}')"
-done
+
+logs=(); for row in "${rows[@]}"; do [ -f "$ROOT/$row/gen/log.jsonl" ] && logs+=("$ROOT/$row/gen/log.jsonl"); done
+[ ${#logs[@]} -eq 0 ] || python plot.py "${logs[@]}" --per_position --out "$ROOT/nll_per_position.png" \
+  --title 'validation NLL per position at best.pt (nats)'
+python - "$ROOT" "${rows[@]}" <<'EOF'
+import json, os, sys
+root, rows = sys.argv[1], sys.argv[2:]
+
+
+def read(path, last=False):
+    if not os.path.exists(path):
+        return None
+    if path.endswith('.jsonl'):
+        records = [json.loads(line) for line in open(path)]
+        return records[-1] if last else records
+    return json.load(open(path))
+
+
+table = []
+for row in rows:
+    d = os.path.join(root, row)
+    tok, tok_train, gfid = read(f'{d}/tok/rfid.json'), read(f'{d}/tok_train/rfid.json'), read(f'{d}/samples/fid.json')
+    evaluation, gen_log = read(f'{d}/tok/eval.jsonl', last=True), read(f'{d}/gen/log.jsonl')
+    sweep, args = read(f'{d}/sweep/sweep.json'), read(f'{d}/samples/sample_args.json')
+    evals = [r for r in gen_log or [] if 'val_nll' in r]
+    best = min(evals, key=lambda r: r['val_nll']) if evals else None
+    table.append(dict(
+        row=row, rfid_test=tok and tok['fid'], rfid_train=tok_train and tok_train['fid'], gfid=gfid and gfid['fid'],
+        gfid_minus_rfid_train=gfid and tok_train and gfid['fid'] - tok_train['fid'],
+        precision=gfid and gfid.get('precision'), recall=gfid and gfid.get('recall'),
+        psnr_at_N=evaluation and evaluation['psnr_vs_image_at_N'],
+        psnr_vs_lowpass_at=evaluation and evaluation['psnr_vs_lowpass_at'],
+        codebook_used=evaluation and evaluation['codebook_used'],
+        best_val_nll=best and best['val_nll'], train_nll_at_best=best and best['train_nll'], best_step=best and best['step'],
+        sweep_fid_by_cfg=sweep and {str(r['cfg']): r['fid'] for r in sweep['rows']},
+        cfg=args and args['cfg'], copied_share=args and args.get('copied_share')))
+json.dump(table, open(os.path.join(root, 'summary.json'), 'w'), indent=1)
+f = lambda v, spec: '-' if v is None else format(v, spec)
+print(f"{'row':<10} {'rFID-test':>9} {'rFID-train':>10} {'gFID-50k':>8} {'g-r':>6} {'CFG':>4} {'val NLL':>8} "
+      f"{'PSNR@N':>6} {'vs low-pass @1/2/4/8':>23} {'codes':>6}")
+for r in table:
+    lowpass = '/'.join(f'{v:.2f}' for v in r['psnr_vs_lowpass_at'].values()) if r['psnr_vs_lowpass_at'] else '-'
+    print(f"{r['row']:<10} {f(r['rfid_test'], '9.2f')} {f(r['rfid_train'], '10.2f')} {f(r['gfid'], '8.2f')} "
+          f"{f(r['gfid_minus_rfid_train'], '6.2f')} {f(r['cfg'], '4')} {f(r['best_val_nll'], '8.2f')} "
+          f"{f(r['psnr_at_N'], '6.2f')} {lowpass:>23} {f(r['codebook_used'], '6.1%')}")
+EOF
 exit $failed

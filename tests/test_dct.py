@@ -80,8 +80,9 @@ def test_more_tokens_than_frequencies_share_cutoffs_in_runs(kind):
 
 
 @pytest.mark.parametrize('n_tokens,size', [(64, 256), (32, 32), (16, 32), (64, 32), (64, 512), (10, 37), (1, 8)])
-def test_shared_schedule_never_decreases_and_ends_at_the_image_size(n_tokens, size):
-    w = omega_schedule(n_tokens, size, 'nonuniform_shared')
+@pytest.mark.parametrize('kind', ['nonuniform_shared', 'nonuniform_psnr'])
+def test_shared_schedules_never_decrease_and_end_at_the_image_size(n_tokens, size, kind):
+    w = omega_schedule(n_tokens, size, kind)
     assert len(w) == n_tokens and w[0] >= 1 and w[-1] == size
     assert (np.diff(w) >= 0).all(), w
 
@@ -91,3 +92,12 @@ def test_shared_schedule_is_eq9_at_256px_and_keeps_its_proportions_at_32px():
     w = omega_schedule(32, 32, 'nonuniform_shared')
     assert w[15] <= 32 / 8 and w[23] <= 32 / 4  # half the tokens on w <= size/8, three quarters on w <= size/4
     assert omega_schedule(32, 32)[15] == 16  # what steps >= 1 make of it: the uniform schedule
+
+
+def test_psnr_schedule_at_32px_pairs_tokens_on_a_cutoff_up_to_13_then_climbs():
+    w = omega_schedule(32, 32, 'nonuniform_psnr')
+    assert w == [1, 2, 2, 3, 3, 4, 4, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13,
+                 16, 18, 21, 23, 25, 28, 30, 32]
+    assert (w[15], w[23]) == (9, 13)  # the anchors: CIFAR-10's PSNR at eq. (9)'s prefixes N/2 and 3N/4 on ImageNet
+    uniform, shared = omega_schedule(32, 32, 'uniform'), omega_schedule(32, 32, 'nonuniform_shared')
+    assert all(s <= p <= u for s, p, u in zip(shared, w, uniform))  # between the two other choices at 32 px

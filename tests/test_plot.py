@@ -18,3 +18,20 @@ def test_log_curves_are_drawn_in_their_colours(tmp_path):
     pixels = np.asarray(Image.open(tmp_path / 'nll.png').convert('RGB')).reshape(-1, 3)
     for colour in plot.COLOURS[:3]:
         assert (pixels == colour).all(1).sum() > 50
+
+
+def test_per_position_plot_takes_each_run_at_its_lowest_validation_nll_and_names_runs_by_their_folder(tmp_path):
+    logs = []
+    for run, best in (('titok', [3.0, 2.0]), ('full', [2.5, 2.2])):
+        (tmp_path / run / 'gen').mkdir(parents=True)
+        records = [{'step': 1, 'val_nll': 9.0, 'val_nll_per_position': [4.0, 5.0]},
+                   {'step': 2, 'val_nll': sum(best), 'val_nll_per_position': best},
+                   {'step': 3, 'val_nll': 9.5, 'val_nll_per_position': [4.5, 5.0]}]
+        logs.append(tmp_path / run / 'gen' / 'log.jsonl')
+        logs[-1].write_text(''.join(json.dumps(r) + '\n' for r in records))
+    assert plot.best_per_position(logs[0]) == [(1, 3.0), (2, 2.0)]
+    assert plot.run_labels([str(p) for p in logs]) == ['titok', 'full']
+    plot.main([str(p) for p in logs] + ['--per_position', '--out', str(tmp_path / 'pos.png')])
+    pixels = np.asarray(Image.open(tmp_path / 'pos.png').convert('RGB')).reshape(-1, 3)
+    for colour in plot.COLOURS[:2]:
+        assert (pixels == colour).all(1).sum() > 50

@@ -70,3 +70,24 @@ def test_generator_searches_encode_only_the_token_files_not_there(tmp_path, scri
     assert result.returncode == 0, result.stderr
     encodes = [call.split() for call in calls if '--encode_only' in call]
     assert [encode[encode.index('--tokens') + 1] for encode in encodes] == [str(tmp_path / 'root' / name) for name in encoded]
+
+
+def test_table4_rows_train_their_ablation_seed_and_recipe_and_score_the_training_reconstructions(tmp_path):
+    result, calls = run_search(tmp_path, 'table4.sh', ['titok_s1', 'full_alg1'])
+    assert result.returncode == 0, result.stderr
+
+    def calls_of(row, script):
+        return [call.split() for call in calls if script in call and os.path.join('root', row) + os.sep in call]
+
+    def value(call, flag):
+        return call[call.index(flag) + 1]
+
+    titok_tok, alg1_tok = calls_of('titok_s1', 'train_tok.py'), calls_of('full_alg1', 'train_tok.py')
+    assert (value(titok_tok[0], '--ablation'), value(titok_tok[0], '--seed')) == ('titok', '1')
+    assert '--full_prefix_prob' in titok_tok[0] and '--gan_full_only' in titok_tok[0]
+    assert (value(alg1_tok[0], '--ablation'), value(alg1_tok[0], '--seed')) == ('full', '0')
+    assert '--full_prefix_prob' not in alg1_tok[0] and '--gan_full_only' not in alg1_tok[0]
+    assert [value(call, '--seed') for call in calls_of('titok_s1', 'train_gen.py')] == ['1']
+    train_recon = next(call for call in titok_tok if '--eval_only' in call)  # the rfid_train stage
+    assert value(train_recon, '--eval_data').endswith('train')
+    assert any('recon_train.npz' in call and 'cifar10_train_stats.npz' in call for call in calls if 'fid.py' in call)

@@ -32,6 +32,64 @@ def test_full_attention_ablation_lets_later_latents_leak_back():
     assert (before[:, :5] - tok.encode_latents(x)[:, :5]).abs().max() > 1e-4
 
 
+def sees(mask, n_context):
+    """What each kind of query may attend to under an (L, L) mask over [context | latents]: four booleans
+    (context sees context, context sees latents, latent sees context, latent sees later latents) and whether a
+    latent sees itself and the latents before it."""
+    ctx, lat = slice(0, n_context), slice(n_context, None)
+    latents = mask[lat, lat]
+    return dict(context_sees_context=bool(mask[ctx, ctx].all()), context_sees_latents=bool(mask[ctx, lat].any()),
+                latent_sees_context=bool(mask[lat, ctx].all()), latent_sees_later=bool(latents.triu(1).any()),
+                latent_sees_earlier=bool(latents[torch.ones_like(latents).tril()].all()))
+
+
+FULL = dict(context_sees_context=True, context_sees_latents=True, latent_sees_context=True, latent_sees_later=True,
+            latent_sees_earlier=True)
+CAUSAL_ENCODER = {**FULL, 'context_sees_latents': False, 'latent_sees_later': False}
+CAUSAL_DECODER = {**FULL, 'latent_sees_later': False}
+
+
+@pytest.mark.parametrize('row,spectral,encoder,decoder,schedule', [
+    ('titok', False, FULL, FULL, 'uniform'),
+    ('spectral', True, FULL, FULL, 'uniform'),
+    ('causal', True, CAUSAL_ENCODER, CAUSAL_DECODER, 'uniform'),
+    ('full', True, CAUSAL_ENCODER, CAUSAL_DECODER, 'nonuniform_psnr'),
+])
+def test_each_table4_row_has_its_attention_pattern_and_schedule(row, spectral, encoder, decoder, schedule):
+    tok = Tokenizer(TokConfig.preset('tiny', row))
+    patches = tok.grid ** 2
+    assert sees(tok.enc_mask, patches) == encoder and sees(tok.dec_mask, patches) == decoder
+    assert (tok.config.spectral, tok.config.schedule, tok.config.ablation) == (spectral, schedule, row)
+    assert TokConfig.preset('titok_b64', row).schedule == ('nonuniform' if row == 'full' else 'uniform')
+
+
+def test_titok_row_encoder_patches_carry_later_latents_back_to_earlier_ones():
+    """TiTok's full-attention encoder: a later latent query reaches an earlier latent, also through the patches
+    (a mask where only latents saw each other would leave that path closed); the causal rows close both paths."""
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    for row, leaks in (('titok', True), ('spectral', True), ('causal', False), ('full', False)):
+        torch.manual_seed(0)
+        tok = Tokenizer(TokConfig.preset('tiny', row)).eval()  # 2 blocks: latent -> patch, then patch -> latent
+        patches = tok.grid ** 2
+        with torch.no_grad():
+            tok.enc_mask[patches:, patches:] = torch.eye(8, dtype=torch.bool)  # latents see only themselves...
+        before = tok.encode_latents(x)
+        with torch.no_grad():
+            tok.latent_queries[5] += torch.randn_like(tok.latent_queries[5])
+        changed = (before[:, :5] - tok.encode_latents(x)[:, :5]).abs().max() > 1e-5  # ...so only patches can carry it
+        assert bool(changed) == leaks, row
+
+
+def test_checkpoints_of_the_earlier_non_causal_encoder_are_refused_with_the_fix(tmp_path):
+    from tokenizer import config_of_checkpoint
+    old = {'config': {**TokConfig.preset('tiny').__dict__, 'causal': False}}
+    old['config'].pop('spectral')
+    with pytest.raises(ValueError, match='--ablation spectral'):
+        config_of_checkpoint(old, 'old.pt')
+    old['config']['causal'] = True  # earlier causal checkpoints are what they were
+    assert config_of_checkpoint(old, 'old.pt').spectral
+
+
 def test_decoding_prefix_i_ignores_codes_after_i_and_prefixes_differ_per_sample():
     tok = tiny()
     idx = torch.randint(0, 64, (3, 8))
