@@ -12,7 +12,7 @@
 # Every row's generator samples with the same settings and seed: CFG swept per row over SWEEP_CFGS on the held-out
 # seed 1 (SWEEP_PER_CLASS x 10 samples each), then 50k samples at the best CFG with seed 0 against the training
 # statistics (gFID), and the 50k training images reconstructed against the same statistics (rFID-train, the
-# rfid_train stage). The rows run at the same time, row j on GPU j mod GPUS, each writing $ROOT/<row>/run.log; a row
+# rfid_train stage). The full row also runs Table 3 (cifar10.sh's truncate stage, at its best CFG). The rows run at the same time, row j on GPU j mod GPUS, each writing $ROOT/<row>/run.log; a row
 # whose gFID is written is skipped, so a rerun after a lost machine trains only the unfinished rows.
 # Last: $ROOT/summary.json, $ROOT/nll_per_position.png (validation NLL per position at each row's best.pt) and a table.
 set -euo pipefail
@@ -40,8 +40,10 @@ run_row() {  # run_row NAME DIR: run_variants' command; a finished row (its gFID
   local ablation seed recipe
   [ -f "$2/samples/fid.json" ] && { echo "row $1: finished earlier ($2/samples/fid.json)"; return 0; }
   read -r ablation seed recipe <<<"$(row_settings "$1")"
+  local stages=(tok rfid_train gen sweep sample fid)
+  [ "$1" = full ] && stages+=(truncate)  # Table 3 on the full row: drop the last 0, N/8, N/4, 3N/8 tokens
   OUT=$2 SEED=$seed TOK_RECIPE="$recipe" TOK_FLAGS="$COMPILE --ablation $ablation" \
-    bash "$(dirname "$0")/cifar10.sh" tok rfid_train gen sweep sample fid
+    bash "$(dirname "$0")/cifar10.sh" "${stages[@]}"
 }
 OUT=$ROOT bash "$(dirname "$0")/cifar10.sh" stats
 run_variants 'row ' "$ROOT/" run_row "${rows[@]}"
@@ -68,7 +70,8 @@ for row in rows:
     d = os.path.join(root, row)
     tok, tok_train, gfid = read(f'{d}/tok/rfid.json'), read(f'{d}/tok_train/rfid.json'), read(f'{d}/samples/fid.json')
     evaluation, gen_log = read(f'{d}/tok/eval.jsonl', last=True), read(f'{d}/gen/log.jsonl')
-    sweep, args = read(f'{d}/sweep/sweep.json'), read(f'{d}/samples/sample_args.json')
+    sweep, args, truncation = (read(f'{d}/{p}') for p in ('sweep/sweep.json', 'samples/sample_args.json',
+                                                           'truncate/truncate.json'))
     evals = [r for r in gen_log or [] if 'val_nll' in r]
     best = min(evals, key=lambda r: r['val_nll']) if evals else None
     table.append(dict(
@@ -80,9 +83,11 @@ for row in rows:
         codebook_used=evaluation and evaluation['codebook_used'],
         best_val_nll=best and best['val_nll'], train_nll_at_best=best and best['train_nll'], best_step=best and best['step'],
         sweep_fid_by_cfg=sweep and {str(r['cfg']): r['fid'] for r in sweep['rows']},
-        cfg=args and args['cfg'], copied_share=args and args.get('copied_share')))
+        cfg=args and args['cfg'], copied_share=args and args.get('copied_share'),
+        truncation_fid=truncation and {str(r['truncate']): r['fid'] for r in truncation['rows']},
+        truncation_samples=truncation and truncation['n']))
 json.dump(table, open(os.path.join(root, 'summary.json'), 'w'), indent=1)
-f = lambda v, spec: '-' if v is None else format(v, spec)
+f = lambda v, spec: format('-', '>' + spec.split('.')[0].rstrip('%f')) if v is None else format(v, spec)
 print(f"{'row':<10} {'rFID-test':>9} {'rFID-train':>10} {'gFID-50k':>8} {'g-r':>6} {'CFG':>4} {'val NLL':>8} "
       f"{'PSNR@N':>6} {'vs low-pass @1/2/4/8':>23} {'codes':>6}")
 for r in table:
@@ -90,5 +95,9 @@ for r in table:
     print(f"{r['row']:<10} {f(r['rfid_test'], '9.2f')} {f(r['rfid_train'], '10.2f')} {f(r['gfid'], '8.2f')} "
           f"{f(r['gfid_minus_rfid_train'], '6.2f')} {f(r['cfg'], '4')} {f(r['best_val_nll'], '8.2f')} "
           f"{f(r['psnr_at_N'], '6.2f')} {lowpass:>23} {f(r['codebook_used'], '6.1%')}")
+for r in table:
+    if r['truncation_fid']:
+        print(f"{r['row']}, Table 3 (FID of {r['truncation_samples']} samples decoded from the first N - k tokens): "
+              + ', '.join(f'k = {k}: {v:.2f}' for k, v in r['truncation_fid'].items()))
 EOF
 exit $failed
