@@ -9,6 +9,9 @@ i codes is a self-contained description of the image at frequency w_i.
 
 Table 4's rows are ABLATIONS: TiTok (full attention, every token rebuilds the full image), + spectral
 supervision, + spectral causal mask, + non-uniform mapping (SpectralAR).
+
+TiTok's two-stage recipe (config.stage 1 and 2, train_tok.py --stage): the decoder's head predicts, per patch, the
+code of a pretrained MaskGIT VQGAN (vqgan.py), and that VQGAN's decoder, held here, makes the pixels.
 """
 from dataclasses import dataclass
 
@@ -19,6 +22,7 @@ import torch.nn.functional as F
 from common import load_checkpoint
 from data import save_grid
 from dct import SCHEDULES, lowpass, omega_schedule
+from vqgan import Codebook, Decoder, VQGANConfig
 
 
 @dataclass
@@ -36,6 +40,11 @@ class TokConfig:
     spectral: bool = True  # prefix i rebuilds lowpass(image, w_i); False: TiTok, all N tokens rebuild the image
     causal: bool = True  # spectral causal mask; False: TiTok's full attention among patches and latents
     schedule: str = 'nonuniform'  # w_i mapping, one of dct.SCHEDULES: 'nonuniform' is eq. (9)
+    # TiTok's training stage the decoder is built for. 0: single stage, the decoder outputs pixels. 1: it outputs
+    # logits over the proxy_vqgan's codes per patch (pixels: each patch's most likely code through the VQGAN decoder,
+    # frozen). 2: the codes' soft embedding through the VQGAN decoder, fine-tuned with the decoder; encoder frozen.
+    stage: int = 0
+    proxy_vqgan: dict | None = None  # stages 1 and 2: the vqgan.VQGANConfig (as a dict) of the proxy codes' VQGAN
 
     @staticmethod
     def preset(name, ablation='full', **overrides):
@@ -217,13 +226,33 @@ class Tokenizer(nn.Module):
         self.dec_latent_pos = nn.Parameter(scale * torch.randn(N, D))
         self.decoder = nn.ModuleList(Block(D, config.heads) for _ in range(config.depth))
         self.dec_ln = nn.LayerNorm(D)
-        self.to_pixels = nn.Linear(D, p * p * 3)  # TiTok's single-stage head: 1x1 -> p*p*3, unpatchify, 3x3 conv
-        self.pixel_conv = nn.Conv2d(3, 3, 3, padding=1)
+        if config.stage == 0:
+            self.to_pixels = nn.Linear(D, p * p * 3)  # TiTok's single-stage head: 1x1 -> p*p*3, unpatchify, 3x3 conv
+            self.pixel_conv = nn.Conv2d(3, 3, 3, padding=1)
+        else:
+            self.build_proxy_head(config)
 
         self.register_buffer('enc_mask', spectral_mask(P, N, config.causal, decoder=False), persistent=False)
         self.register_buffer('dec_mask', spectral_mask(P, N, config.causal, decoder=True), persistent=False)
         self.register_buffer('omegas', torch.tensor(omega_schedule(N, config.image_size, config.schedule)), persistent=False)
         self.apply(self._init_weights)
+        for name, param in self.named_parameters():
+            if name.split('.')[0] in FROZEN_IN_STAGE.get(config.stage, ()):
+                param.requires_grad_(False)
+
+    def build_proxy_head(self, config):
+        """The decoder of stages 1 and 2: TiTok's proxy-code head (per patch: 1x1 conv to 2 x width, tanh, 1x1 conv to
+        the VQGAN's codebook) and the VQGAN's codebook and decoder (pixel_quantize, pixel_decoder: TiTok's names),
+        which train_tok.py fills from the VQGAN's weights file at the start of stage 1."""
+        vq = VQGANConfig(**config.proxy_vqgan)
+        if vq.downsample != config.patch_size:
+            raise ValueError(f"proxy codes need one VQGAN code per tokenizer patch, but the VQGAN downsamples by {vq.downsample} "
+                             f"and the tokenizer's patches are {config.patch_size} px: use a tokenizer preset with patch size "
+                             f"{vq.downsample} (titok_b64 for TiTok's f16 VQGAN) or a VQGAN that downsamples by {config.patch_size}")
+        D = config.width
+        self.to_proxy_logits = nn.Sequential(nn.Linear(D, 2 * D), nn.Tanh(), nn.Linear(2 * D, vq.codebook_size))
+        self.pixel_quantize = Codebook(vq.codebook_size, vq.code_dim)
+        self.pixel_decoder = Decoder(vq)
 
     @staticmethod
     def _init_weights(m):
@@ -232,7 +261,7 @@ class Tokenizer(nn.Module):
             nn.init.zeros_(m.bias)
 
     def no_weight_decay(self):
-        return ('pos', 'latent_queries', 'mask_token', 'codebook')
+        return ('pos', 'latent_queries', 'mask_token', 'codebook', 'pixel_quantize')
 
     def encode_latents(self, x):
         """Images in [-1, 1] (B, 3, H, W) -> continuous pre-quantization latents (B, N, code_dim)."""
@@ -246,6 +275,23 @@ class Tokenizer(nn.Module):
         """Quantized latents (B, n, code_dim), n <= N, -> images. prefix_len (B,) hides each sample's latents past
         its own prefix (a per-sample mask); None decodes all n, on P + n tokens under the static spectral mask,
         which spares SDPA reading a (B, L, L) mask (sampling decodes this way)."""
+        h = self.decode_patches(zq, prefix_len)
+        if self.config.stage:
+            return self.pixels_of_proxy_logits(self.to_proxy_logits(h))
+        img = F.fold(self.to_pixels(h).transpose(1, 2), self.config.image_size, self.config.patch_size,
+                     stride=self.config.patch_size)
+        return self.pixel_conv(img)
+
+    def pixels_of_proxy_logits(self, logits):
+        """Proxy-code logits (B, P, K) -> images through the VQGAN decoder. Stage 1 decodes each patch's most likely
+        code, as TiTok scores its stage 1; stage 2 the codes' expected embedding under softmax(logits), as TiTok's
+        stage 2 trains and decodes: it passes the pixel losses' gradients on to the logits."""
+        codebook = self.pixel_quantize.embedding.weight
+        embeddings = codebook[logits.argmax(-1)] if self.config.stage == 1 else logits.softmax(-1) @ codebook
+        return self.pixel_decoder(embeddings.transpose(1, 2).unflatten(2, (self.grid, self.grid)))
+
+    def decode_patches(self, zq, prefix_len):
+        """The decoder transformer: quantized latents -> the normalized features of the P patch tokens (B, P, width)."""
         B, n, P = len(zq), zq.shape[1], self.grid ** 2
         h = torch.cat([(self.mask_token + self.dec_pos).expand(B, -1, -1),
                        self.from_code(zq) + self.dec_latent_pos[:n]], dim=1)
@@ -256,14 +302,23 @@ class Tokenizer(nn.Module):
             mask = (mask & visible[:, None, :])[:, None]  # (B, 1, L, L)
         for block in self.decoder:
             h = block(h, mask)
-        patches = self.to_pixels(self.dec_ln(h[:, :P]))  # (B, P, p*p*3)
-        img = F.fold(patches.transpose(1, 2), self.config.image_size, self.config.patch_size, stride=self.config.patch_size)
-        return self.pixel_conv(img)
+        return self.dec_ln(h[:, :P])
 
     def forward(self, x, prefix_len=None):
-        """Training pass: returns (reconstruction from each sample's prefix (all N tokens when None), VQ loss, codes)."""
+        """Training pass: returns (decoder output from each sample's prefix (all N tokens when None), VQ loss, codes).
+        The output is the reconstruction; in stage 1 the proxy-code logits (B, P, K), P patches in row-major order."""
         zq, idx, vq_loss = self.quantizer(self.encode_latents(x))
-        return self.decode_codes(zq.to(x.dtype), prefix_len), vq_loss, idx
+        zq = zq.to(x.dtype)
+        if self.config.stage == 1:
+            return self.to_proxy_logits(self.decode_patches(zq, prefix_len)), vq_loss, idx
+        return self.decode_codes(zq, prefix_len), vq_loss, idx
+
+    def prefix_targets(self, x, prefix):
+        """Algorithm 1: the target of a prefix of i tokens is the w_i x w_i DCT low-pass of the image (TiTok's row:
+        the image itself, from all N tokens). Returns (targets, the prefix lengths to decode)."""
+        if not self.config.spectral:
+            return x, torch.full_like(prefix, self.config.n_tokens)
+        return lowpass(x, self.omegas[prefix - 1]), prefix
 
     @torch.no_grad()
     def encode(self, x):
@@ -287,6 +342,18 @@ class Tokenizer(nn.Module):
         tok = Tokenizer(config_of_checkpoint(ckpt, path))
         tok.load_state_dict(ckpt['ema'] if use_ema and ckpt.get('ema') else ckpt['model'])
         return tok.to(device).eval()
+
+
+# the parameters (by top-level name) each stage keeps as they are: stage 1 the VQGAN's codebook and decoder, whose
+# codes are the targets; stage 2, as TiTok's, the encoder side (the codes generators learn stay those of stage 1)
+FROZEN_IN_STAGE = {1: ('pixel_quantize', 'pixel_decoder'),
+                   2: ('patch_embed', 'enc_pos', 'latent_queries', 'enc_latent_pos', 'encoder', 'enc_ln', 'to_code', 'quantizer')}
+
+
+def proxy_code_loss(logits, vqgan, targets):
+    """Stage 1's loss: the cross-entropy of the proxy-code logits (B, P, K) with the VQGAN's codes of the target
+    images (B, 3, H, W), whose grid is flattened in the decoder's row-major patch order."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), vqgan.encode(targets).flatten())
 
 
 def config_of_checkpoint(ckpt, path):
