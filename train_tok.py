@@ -8,6 +8,9 @@ Train the Nested Spectral Tokenizer (Algorithm 1 of the paper) with TiTok's sing
 Each step draws a prefix length i per image, asks the decoder to rebuild lowpass(image, w_i) from
 tokens 1..i, and adds L2 + VQ + LPIPS (+ hinge GAN once --disc_start is reached).
 Table 4's rows: --ablation titok | spectral | causal | full (the default: SpectralAR).
+The paper's recipe, TiTok's two stages with proxy codes: --stage 1 --proxy_vqgan maskgit-vqgan-imagenet-f16-256.bin
+(cross-entropy with the VQGAN's codes of each prefix's target), then --stage 2 --init_from STAGE1_CKPT (the decoder and
+the VQGAN's decoder fine-tuned on pixels, the encoder frozen).
 Sharper full reconstructions, departures from Algorithm 1: --full_prefix_prob, --gan_full_only (or --disc_cond),
 --lpips_resize.
 """
@@ -28,9 +31,10 @@ from data import ImageFolder, image_loader, readable_samples, to_float, to_uint8
 from dct import lowpass
 from losses import LPIPS, LeCamRegularizer, NLayerDiscriminator, hinge_d_loss, hinge_g_loss
 from dct import SCHEDULES
-from tokenizer import (ABLATIONS, TokConfig, Tokenizer, config_of_checkpoint, flops_per_image, sample_prefix_lengths,
-                       save_coarse_to_fine)
+from tokenizer import (ABLATIONS, TokConfig, Tokenizer, config_of_checkpoint, flops_per_image, proxy_code_loss,
+                       sample_prefix_lengths, save_coarse_to_fine)
 from tokens import IndexedImages, collate_indexed
+from vqgan import WEIGHTS_SOURCE, load_vqgan
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument('--data', required=True, help='ImageFolder root: <class>/<image> files')
@@ -45,6 +49,13 @@ parser.add_argument('--ablation', choices=list(ABLATIONS), default='full',
                          "tokens rebuild the full image. spectral: + spectral supervision (prefix i rebuilds "
                          "lowpass(image, w_i), uniform w_i). causal: + the spectral causal mask in encoder and decoder. "
                          "full: + the non-uniform mapping w_i (SpectralAR; the default)")
+parser.add_argument('--stage', type=int, choices=(0, 1, 2), default=0,
+                    help="TiTok's two-stage recipe with proxy codes (the paper's). 0: single stage on pixels. 1: the decoder "
+                         "predicts the --proxy_vqgan VQGAN's code of each patch of every prefix's target (cross-entropy + VQ, "
+                         "no pixel losses). 2: from the stage-1 checkpoint --init_from, the encoder and quantizer frozen, the "
+                         "decoder and the VQGAN's decoder fine-tuned on pixels through the predicted codes' soft embedding")
+parser.add_argument('--proxy_vqgan', help=f"stage 1: the VQGAN weights whose codes are the targets. {WEIGHTS_SOURCE}")
+parser.add_argument('--init_from', help='stage 2: the stage-1 checkpoint to start from (its EMA weights, its VQGAN decoder)')
 parser.add_argument('--schedule', choices=SCHEDULES,
                     help="override the row's w_i mapping (full: the preset's, 'nonuniform' = eq. (9) at 256 px, "
                          "'nonuniform_psnr' for 32 px; spectral and causal: 'uniform')")
@@ -96,6 +107,81 @@ MACHINE_FLAGS = ('data', 'out_dir', 'device', 'workers', 'compile', 'bf16', 'lpi
 # --grad_accum: a run may continue on another number of processes with the same global --batch_size.
 RUN_FLAGS = ('preset', 'n_tokens', 'codebook_size', 'code_dim', 'commitment', 'ablation', 'schedule',
              'batch_size', 'seed', 'full_prefix_prob', 'lpips_resize', 'disc_cond', 'gan_full_only')
+# the tokenizer's shape, which stage 2 takes from its stage-1 checkpoint
+ARCHITECTURE_FLAGS = ('preset', 'n_tokens', 'codebook_size', 'code_dim', 'commitment', 'ablation', 'schedule')
+# the flags each stage of TiTok's recipe fixes: stage 1 learns the proxy codes by cross-entropy alone (no pixel losses);
+# stage 2 restarts no codes, its encoder and codebook being frozen
+STAGE_SETTINGS = {1: {'l2_weight': 0.0, 'lpips_weight': 0.0, 'gan_weight': 0.0}, 2: {'restart_every': 0}}
+
+
+def run_settings_of(ckpt, config):
+    """The flags a checkpoint was trained with; those that shape the tokenizer read from its config."""
+    return {**ckpt['args'], 'n_tokens': config.n_tokens, 'codebook_size': config.codebook_size, 'code_dim': config.code_dim,
+            'commitment': config.commitment, 'schedule': config.schedule, 'ablation': config.ablation, 'stage': config.stage}
+
+
+def check_resumed_stage(saved_stage, path):
+    """A resumed run continues the checkpoint's stage; stage 2 starts anew from a stage-1 checkpoint (--init_from)."""
+    if 'stage' in common.flags_given(parser) and args.stage != saved_stage:
+        fix = (f"to start stage 2 from it, run --stage 2 --init_from {path} with another --out_dir"
+               if (saved_stage, args.stage) == (1, 2) else "leave --stage out to continue it, or start a new run in another --out_dir")
+        raise SystemExit(f"--stage {args.stage} contradicts the checkpoint, which was trained at --stage {saved_stage}: {fix}")
+
+
+def check_stage_flags():
+    """Stop with the fix where the flags do not fit --stage; set the flags the stage fixes (STAGE_SETTINGS)."""
+    given = common.flags_given(parser)
+    if args.stage == 1 and not args.proxy_vqgan:
+        raise SystemExit(f"--stage 1 needs --proxy_vqgan PATH, the VQGAN whose codes the decoder learns. {WEIGHTS_SOURCE}")
+    if args.stage == 2 and not (args.init_from or args.resume):
+        raise SystemExit("--stage 2 needs --init_from PATH, the stage-1 checkpoint it fine-tunes (train_tok.py --stage 1)")
+    for flag, stage in (('proxy_vqgan', 1), ('init_from', 2)):
+        if flag in given and args.stage != stage:
+            detail = " (stage 2 takes the VQGAN decoder from the stage-1 checkpoint)" if flag == 'proxy_vqgan' else ""
+            raise SystemExit(f"--{flag} is for --stage {stage} only{detail}: leave it out")
+    for name, value in STAGE_SETTINGS.get(args.stage, {}).items():
+        if name in given and getattr(args, name) != value:
+            raise SystemExit(f"--stage {args.stage} runs with --{name} {value}: leave --{name} out")
+        setattr(args, name, value)
+
+
+def stage_two_start():
+    """The stage-1 checkpoint --init_from and the stage-2 config of its tokenizer; architecture flags given must agree."""
+    try:
+        init = common.load_checkpoint(args.init_from, 'tokenizer')
+        config = config_of_checkpoint(init, args.init_from)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"--init_from: {e}")
+    if config.stage != 1:
+        raise SystemExit(f"--init_from {args.init_from!r} is a stage-{config.stage} checkpoint: stage 2 starts from a "
+                         f"checkpoint of train_tok.py --stage 1")
+    saved = run_settings_of(init, config)
+    given = common.flags_given(parser)
+    for name in ARCHITECTURE_FLAGS:
+        if name in given and getattr(args, name) != saved[name]:
+            raise SystemExit(f"--{name} {getattr(args, name)} contradicts the stage-1 checkpoint (--{name} {saved[name]}): "
+                             f"stage 2 keeps its tokenizer; leave --{name} out")
+        setattr(args, name, saved[name])
+    return init, dataclasses.replace(config, stage=2)
+
+
+def load_proxy_vqgan():
+    try:
+        return load_vqgan(args.proxy_vqgan).to(device)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--proxy_vqgan: {e}")
+
+
+def stage_start_weights(model, proxy_vqgan, stage_one):
+    """A new run's first weights where a stage sets them: stage 1 copies the VQGAN's codebook and decoder into the
+    tokenizer (frozen there, they decode its predicted codes); stage 2 starts from the stage-1 tokenizer's EMA weights."""
+    if config.stage == 1:
+        model.pixel_quantize.load_state_dict(proxy_vqgan.quantize.state_dict())
+        model.pixel_decoder.load_state_dict(proxy_vqgan.decoder.state_dict())
+    elif config.stage == 2:
+        model.load_state_dict(stage_one['ema'])
+    return model
+
 
 # ----------------------------------------------------------------------------- setup
 run_start = time.time()
@@ -111,25 +197,36 @@ if args.resume:
         config = config_of_checkpoint(resume, ckpt_path if args.resume == 'auto' else args.resume)
     except ValueError as e:
         raise SystemExit(f"--resume: {e}")
-    run_settings = {**resume['args'], 'n_tokens': config.n_tokens, 'codebook_size': config.codebook_size,
-                    'code_dim': config.code_dim, 'commitment': config.commitment, 'schedule': config.schedule,
-                    'ablation': config.ablation}
-    changed = common.apply_resume_args(parser, args, run_settings, fixed=RUN_FLAGS, keep=MACHINE_FLAGS)
+    check_resumed_stage(config.stage, ckpt_path if args.resume == 'auto' else args.resume)
+    changed = common.apply_resume_args(parser, args, run_settings_of(resume, config), fixed=RUN_FLAGS, keep=MACHINE_FLAGS)
     if dist_state.master:
         print(f"resuming at step {resume['step']} with the checkpoint's settings"
               + (f", changed: {', '.join('--' + name for name in changed)}" if changed else "")
               + (f"; it has reached --max_steps {args.max_steps}: raise --max_steps to train further"
                  if resume['step'] >= args.max_steps and not args.eval_only else ""))
 else:
-    if 'preset' not in common.flags_given(parser) and dist_state.master:
+    if 'preset' not in common.flags_given(parser) and args.stage != 2 and dist_state.master:
         print(f"no --preset given: using {args.preset} (the paper's 256 px tokenizer); --preset tiny is the CPU smoke test")
+check_stage_flags()
+proxy_vqgan = load_proxy_vqgan() if args.stage == 1 else None
+stage_one = None
+if not resume and args.stage == 2:
+    stage_one, config = stage_two_start()
+elif not resume:
     config = TokConfig.preset(args.preset, args.ablation, n_tokens=args.n_tokens, codebook_size=args.codebook_size,
-                              code_dim=args.code_dim, commitment=args.commitment, schedule=args.schedule)
+                              code_dim=args.code_dim, commitment=args.commitment, schedule=args.schedule, stage=args.stage,
+                              proxy_vqgan=dataclasses.asdict(proxy_vqgan.config) if proxy_vqgan else None)
 micro_batch = common.micro_batch_size(args.batch_size, dist_state.world_size, args.grad_accum)  # with the run's settings
 use_bf16 = common.bf16_autocast_on(args.bf16, device)
 autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 torch.manual_seed(args.seed)
-model = Tokenizer(config).to(device)
+try:
+    model = Tokenizer(config).to(device)
+except ValueError as e:  # a VQGAN whose code grid is not the tokenizer's patch grid
+    raise SystemExit(f"--stage {config.stage}: {e}")
+if not resume:
+    model = stage_start_weights(model, proxy_vqgan, stage_one)
+del stage_one  # the stage-1 checkpoint: its weights are the model's now
 ema_model = copy.deepcopy(model).eval().requires_grad_(False)
 optimizer = common.adamw(model, args.lr, (0.9, 0.999), args.weight_decay, model.no_weight_decay())
 use_gan = args.gan_weight > 0
@@ -202,12 +299,25 @@ def views(images, flip):
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def prefix_targets(x, prefix):
-    """Algorithm 1: the target of a prefix of i tokens is the w_i x w_i DCT low-pass of the image (TiTok's row:
-    the image itself, from all N tokens)."""
-    if not config.spectral:
-        return x, torch.full_like(prefix, config.n_tokens)
-    return lowpass(x, model.omegas[prefix - 1]), prefix
+def tokenizer_loss(output, vq_loss, target, gan_on=False, disc_condition=None, gan_mask=None):
+    """The tokenizer's loss on one micro-batch and its terms for the log. Stage 1: the cross-entropy of the proxy-code
+    logits with the VQGAN's codes of the targets, + VQ. Otherwise L2 + VQ + LPIPS (+ GAN once on) on pixels; in stage 2
+    the VQ term has no gradient (the encoder is frozen) and only shows in the log."""
+    if config.stage == 1:
+        ce = proxy_code_loss(output, proxy_vqgan, target)
+        return ce + vq_loss, {'proxy_ce': ce.detach(), 'vq': vq_loss.detach()}
+    l2 = F.mse_loss(output, target)
+    loss = args.l2_weight * l2 + vq_loss
+    terms = {'l2': l2.detach(), 'vq': vq_loss.detach()}
+    if lpips is not None:
+        terms['lpips'] = lpips_loss(output, target).mean()
+        loss = loss + args.lpips_weight * terms['lpips']
+    if gan_on:
+        discriminator.requires_grad_(False)  # the generator loss must not touch the discriminator's gradients
+        terms['gan_g'] = hinge_g_loss(discriminator_compiled(output, disc_condition), gan_mask)
+        loss = loss + args.gan_weight * terms['gan_g']
+        discriminator.requires_grad_(True)
+    return loss, terms
 
 
 @torch.no_grad()
@@ -327,9 +437,10 @@ def loss_of_current_weights(x, prefix, target):
     """The loss of the weights about to be saved, on the last micro-batch (common.check_checkpoint_finite says why)."""
     model.eval()  # eval: the code usage counts stay as training left them
     with autocast:
-        recon, vq_loss, _ = model(x, prefix)
+        output, vq_loss, _ = model(x, prefix)
+        loss, _ = tokenizer_loss(output.float(), vq_loss, target)
     model.train()
-    return F.mse_loss(recon.float(), target) + vq_loss
+    return loss
 
 
 def save_checkpoint():
@@ -390,32 +501,22 @@ while step < args.max_steps:
             continue
         common.seed_model_randomness(args.seed, step, dist_state.rank * args.grad_accum + micro_step)
         x = views(micro_images, micro_flip)
-        target, micro_prefix = prefix_targets(x, micro_prefix)
+        target, micro_prefix = model.prefix_targets(x, micro_prefix)
         last_micro_batch = x, micro_prefix, target  # for the finite-weights check before a checkpoint
         gan_mask = micro_prefix == config.n_tokens if args.gan_full_only else None  # the samples whose target is the full image
         disc_condition = model.omegas[micro_prefix - 1] if args.disc_cond else None
         with common.gradient_sync(train_model, micro_step, args.grad_accum):
             with autocast:
-                recon, vq_loss, _ = train_model(x, micro_prefix)
-                recon = recon.float()
-                l2 = F.mse_loss(recon, target)
-                loss = args.l2_weight * l2 + vq_loss
-                micro_terms = {'l2': l2.detach(), 'vq': vq_loss.detach()}
-                if lpips is not None:
-                    micro_terms['lpips'] = lpips_loss(recon, target).mean()
-                    loss = loss + args.lpips_weight * micro_terms['lpips']
-                if gan_on:
-                    discriminator.requires_grad_(False)  # the generator loss must not touch the discriminator's gradients
-                    micro_terms['gan_g'] = hinge_g_loss(discriminator_compiled(recon, disc_condition), gan_mask)
-                    loss = loss + args.gan_weight * micro_terms['gan_g']
-                    discriminator.requires_grad_(True)
+                output, vq_loss, _ = train_model(x, micro_prefix)
+                output = output.float()
+                loss, micro_terms = tokenizer_loss(output, vq_loss, target, gan_on, disc_condition, gan_mask)
             (loss / args.grad_accum).backward()
         finite &= torch.isfinite(loss.detach())
         for k, v in micro_terms.items():
             terms[k] = terms.get(k, 0) + v.detach().float() / args.grad_accum
         encoder_outputs.append(model.quantizer.last_z)
         if gan_on:
-            disc_batches.append((target, recon.detach(), disc_condition, gan_mask))
+            disc_batches.append((target, output.detach(), disc_condition, gan_mask))
     terms['grad_norm'] = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
     optimizer.step()
     common.ema_update(ema_model, model, common.ema_decay(args.ema, step))
@@ -460,7 +561,7 @@ while step < args.max_steps:
                   **(codebook or codebook_stats(model.quantizer.usage)), **ema_codebook_stats(images, flip)}
         if dist_state.master:
             common.log_jsonl(log_path, record)
-            pbar.set_postfix({k: f"{record[k]:.4g}" for k in ('l2', 'lpips', 'vq', 'codebook_used') if k in record})
+            pbar.set_postfix({k: f"{record[k]:.4g}" for k in ('l2', 'proxy_ce', 'lpips', 'vq', 'codebook_used') if k in record})
         sums, t_last, step_last = {}, time.time(), step
     if dist_state.master and args.sample_every and (step % args.sample_every == 0 or step == args.max_steps):
         save_coarse_to_fine(ema_model, ema_model.encode(preview), os.path.join(args.out_dir, f'prefixes_{step:07d}.png'),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, ended_in_gloo_teardown_abort
+from conftest import ENV, REPO, ended_in_gloo_teardown_abort
 
 
 @pytest.fixture(scope='module')
@@ -28,7 +28,8 @@ def train(data, out, *extra, nproc=1, check=True):
              '--lpips_weight', '0', '--disc_start', '2', '--warmup', '0', '--min_lr', '1e-4', '--restart_every', '2',
              '--log_every', '1', '--sample_every', '100', '--device', 'cpu', *extra]
     launcher = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(nproc), '--standalone'] if nproc > 1 else [sys.executable]
-    result = subprocess.run(launcher + [os.path.join(REPO, 'train_tok.py')] + flags, capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(launcher + [os.path.join(REPO, 'train_tok.py')] + flags, capture_output=True, text=True, cwd=REPO,
+                            env=ENV)
     if check:
         assert result.returncode == 0 or (nproc > 1 and ended_in_gloo_teardown_abort(result)), result.stdout + result.stderr
     return result
@@ -227,3 +228,59 @@ def test_sharded_evaluation_equals_one_process_and_scores_short_prefixes_on_a_su
     assert every['prefix_images'] == 24
     assert every['prefixes'][-1]['l2_vs_image'] == pytest.approx(one['prefixes'][-1]['l2_vs_image'], rel=1e-6)
     assert every['prefixes'][0]['l2_vs_image'] != pytest.approx(one['prefixes'][0]['l2_vs_image'], rel=1e-3)
+
+
+@pytest.fixture(scope='module')
+def stage_one(image_dir, tmp_path_factory):
+    """(VQGAN weights file, folder of a stage-1 run): 20 steps of proxy-code training of the tiny preset against a
+    random VQGAN of the official design whose codes are one per 8 px patch."""
+    from test_vqgan import save_random_vqgan
+    root = tmp_path_factory.mktemp('stage_one')
+    save_random_vqgan(root / 'vqgan.bin')
+    train(image_dir, root / 'out', '--stage', '1', '--proxy_vqgan', str(root / 'vqgan.bin'), '--max_steps', '20',
+          '--lr', '1e-3', '--min_lr', '1e-3', '--log_every', '5')
+    return root / 'vqgan.bin', root / 'out'
+
+
+def test_stage_one_trains_the_proxy_code_cross_entropy_down_without_pixel_losses(stage_one):
+    vqgan_path, out = stage_one
+    log = read_log(out)
+    assert log[-1]['proxy_ce'] < 0.85 * log[0]['proxy_ce']  # measured: 4.11 at step 5, 3.22 at step 20
+    assert not {'l2', 'lpips', 'gan_g', 'gan_d'} & set().union(*log)
+    ckpt = torch.load(out / 'ckpt.pt', weights_only=True)
+    assert ckpt['config']['stage'] == 1 and ckpt['disc'] is None
+    assert (ckpt['args']['l2_weight'], ckpt['args']['lpips_weight'], ckpt['args']['gan_weight']) == (0, 0, 0)
+    vqgan = torch.load(vqgan_path, weights_only=True)
+    for k, v in vqgan.items():  # the VQGAN's decoder and codebook, copied in, stay frozen
+        if not k.startswith('encoder.'):
+            assert torch.equal(ckpt['model'][f'pixel_{k}'], v), k
+
+
+def test_stage_two_starts_from_stage_one_and_fine_tunes_only_the_decoder_side(stage_one, image_dir, tmp_path):
+    _, one = stage_one
+    flags = ('--stage', '2', '--init_from', str(one / 'ckpt.pt'), '--restart_every', '0')
+    train(image_dir, tmp_path / 'two', *flags, '--max_steps', '3')
+    train(image_dir, tmp_path / 'two', '--max_steps', '4', '--restart_every', '0', '--resume')
+    start = torch.load(one / 'ckpt.pt', weights_only=True)['ema']
+    two = torch.load(tmp_path / 'two' / 'ckpt.pt', weights_only=True)
+    assert two['config']['stage'] == 2 and two['step'] == 4 and two['args']['preset'] == 'tiny'
+    for k, v in two['model'].items():
+        frozen = k.split('.')[0] in ('patch_embed', 'enc_pos', 'latent_queries', 'enc_latent_pos', 'encoder', 'enc_ln',
+                                     'to_code') or k == 'quantizer.codebook.weight'
+        assert torch.equal(v, start[k]) == frozen, k
+    log = read_log(tmp_path / 'two')
+    assert [r['step'] for r in log] == [1, 2, 3, 4] and 'gan_g' in log[-1] and 'l2' in log[-1]
+
+
+def test_flags_that_do_not_fit_the_stage_stop_with_the_fix(stage_one, image_dir, tmp_path):
+    vqgan_path, one = stage_one
+    result = train(image_dir, one, '--resume', '--stage', '2', check=False)
+    assert (f"--stage 2 contradicts the checkpoint, which was trained at --stage 1: to start stage 2 from it, run "
+            f"--stage 2 --init_from {one / 'ckpt.pt'} with another --out_dir") in result.stderr
+    result = train(image_dir, tmp_path / 'out', '--stage', '1', check=False)
+    assert '--stage 1 needs --proxy_vqgan PATH' in result.stderr and 'fun-research/TiTok' in result.stderr
+    result = train(image_dir, tmp_path / 'out', '--stage', '1', '--proxy_vqgan', str(tmp_path / 'absent.bin'), check=False)
+    assert 'do not exist' in result.stderr and 'fun-research/TiTok' in result.stderr
+    result = train(image_dir, tmp_path / 'out', '--stage', '1', '--proxy_vqgan', str(vqgan_path), '--gan_weight', '0.1', check=False)
+    assert '--stage 1 runs with --gan_weight 0.0: leave --gan_weight out' in result.stderr
+    assert not os.path.exists(tmp_path / 'out' / 'ckpt.pt')
