@@ -344,8 +344,8 @@ class Tokenizer(nn.Module):
         return tok.to(device).eval()
 
 
-# the parameters (by top-level name) each stage keeps as they are: stage 1 the VQGAN's codebook and decoder, whose
-# codes are the targets; stage 2, as TiTok's, the encoder side (the codes generators learn stay those of stage 1)
+# the parameters (by top-level name) each stage keeps as they are: stage 1 the teacher VQGAN's codebook and decoder,
+# which only decode the predicted codes; stage 2, as TiTok's, the encoder side (the codes stay those of stage 1)
 FROZEN_IN_STAGE = {1: ('pixel_quantize', 'pixel_decoder'),
                    2: ('patch_embed', 'enc_pos', 'latent_queries', 'enc_latent_pos', 'encoder', 'enc_ln', 'to_code', 'quantizer')}
 

@@ -70,9 +70,9 @@ def test_missing_or_wrong_weights_stop_with_where_to_get_them(tmp_path):
         load_vqgan(str(tmp_path / 'bytes.bin'))
 
 
-def proxy_tokenizer(stage, vqgan):
+def proxy_tokenizer(stage, vqgan, ablation='full'):
     """The tiny tokenizer with the proxy-code decoder of stage 1 or 2 and vqgan's codebook and decoder in it."""
-    tok = Tokenizer(TokConfig.preset('tiny', stage=stage, proxy_vqgan=dataclasses.asdict(vqgan.config)))
+    tok = Tokenizer(TokConfig.preset('tiny', ablation, stage=stage, proxy_vqgan=dataclasses.asdict(vqgan.config)))
     tok.pixel_quantize.load_state_dict(vqgan.quantize.state_dict())
     tok.pixel_decoder.load_state_dict(vqgan.decoder.state_dict())
     return tok
@@ -95,6 +95,11 @@ def test_proxy_target_of_prefix_i_is_the_vqgan_codes_of_lowpass_at_w_i(cifar_ima
     assert proxy_code_loss(one_hot_logits(expected), vqgan, targets) < 1e-6
     assert proxy_code_loss(one_hot_logits(full_image_codes), vqgan, targets) > 1
     assert proxy_code_loss(one_hot_logits(expected.transpose(1, 2)), vqgan, targets) > 1  # patch order matters
+
+    # TiTok's row of Table 4: every prefix is the full N tokens and its target the image itself
+    targets, decoded_prefix = proxy_tokenizer(1, vqgan, 'titok').prefix_targets(cifar_images, prefix)
+    assert (decoded_prefix == 8).all()
+    assert proxy_code_loss(one_hot_logits(full_image_codes), vqgan, targets) < 1e-6
 
 
 def test_stage_one_decodes_the_most_likely_codes_and_stage_two_their_soft_embedding(cifar_images, tmp_path):
