@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import ENV, REPO, ended_in_gloo_teardown_abort
+from test_vqgan import save_random_vqgan
 
 
 @pytest.fixture(scope='module')
@@ -234,7 +235,6 @@ def test_sharded_evaluation_equals_one_process_and_scores_short_prefixes_on_a_su
 def stage_one(image_dir, tmp_path_factory):
     """(VQGAN weights file, folder of a stage-1 run): 20 steps of proxy-code training of the tiny preset against a
     random VQGAN of the official design whose codes are one per 8 px patch."""
-    from test_vqgan import save_random_vqgan
     root = tmp_path_factory.mktemp('stage_one')
     save_random_vqgan(root / 'vqgan.bin')
     train(image_dir, root / 'out', '--stage', '1', '--proxy_vqgan', str(root / 'vqgan.bin'), '--max_steps', '20',
