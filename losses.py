@@ -186,14 +186,15 @@ class LPIPS(nn.Module):
         # lpips wraps these in Dropout for its own training; at eval that is the identity
         self.heads = nn.ModuleList(nn.Conv2d(c, 1, kernel_size=1, bias=False) for c in LPIPS_TAP_CHANNELS)
         state, self.weights_source = find_lpips_state(path)
+        source = self.weights_source if path is None else f"--lpips_path {path}"
         missing = sorted(set(self.state_dict()) - set(state))
         if missing:  # a file of other weights (a tokenizer checkpoint, a ResNet): no tensor of ours, or not all
-            raise common.UserError(f"{self.weights_source} holds no complete LPIPS-VGG16 weights ({len(missing)} "
+            raise common.UserError(f"{source} holds no complete LPIPS-VGG16 weights ({len(missing)} "
                                    f"tensors missing, e.g. {missing[0]}): {LPIPS_PATH_FIX}")
         try:
             self.load_state_dict(state)  # strict: every trunk and head tensor must be there, of the right shape
         except RuntimeError as error:
-            raise common.UserError(f"wrong LPIPS weights from {self.weights_source} ({str(error).splitlines()[-1].strip()}): "
+            raise common.UserError(f"{source} holds wrong LPIPS weights ({str(error).splitlines()[-1].strip()}): "
                                    f"{LPIPS_PATH_FIX}") from None
         if any((head.weight < 0).any() for head in self.heads):
             raise ValueError(f"LPIPS heads from {self.weights_source} have negative weights: not lpips v0.1 heads")

@@ -1,4 +1,5 @@
 import math
+import re
 import sys
 
 import numpy as np
@@ -101,6 +102,18 @@ def test_too_few_images_are_refused_not_tabled(tmp_path, monkeypatch):
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
     monkeypatch.setattr(sys, "argv", ["causality.py", str(tmp_path)])
     with pytest.raises(UserError, match="3 readable image.s.: R2_avg needs at least 100"):
+        causality.main()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--max-images", "0"), "--max-images 0: R2_avg needs at least 100 images"),
+    (("--json", "{tmp}"), "--json: '{tmp}' is a folder: pass a file path"),
+])
+def test_bad_flags_stop_before_reading_images(tmp_path, monkeypatch, flags, message):
+    import causality
+    monkeypatch.setattr(causality, "load_images", lambda *a: pytest.fail("images read before the flags were checked"))
+    monkeypatch.setattr(sys, "argv", ["causality.py", str(tmp_path), *(f.format(tmp=tmp_path) for f in flags)])
+    with pytest.raises(UserError, match=re.escape(message.format(tmp=tmp_path))):
         causality.main()
 
 

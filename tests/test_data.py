@@ -44,6 +44,19 @@ def test_hidden_and_empty_class_folders(tmp_path):
         data.list_images(tmp_path)
 
 
+def test_a_missing_folder_and_a_folder_of_empty_class_folders_read_differently(tmp_path):
+    with pytest.raises(common.UserError, match="image folder .*missing' does not exist"):
+        data.list_images(str(tmp_path / 'missing'))
+    os.makedirs(tmp_path / 'cat')
+    with pytest.raises(common.UserError, match="class folder.s. cat of .* hold no images"):
+        data.list_images(tmp_path)
+
+
+def test_a_batch_larger_than_the_data_set_names_batch_size():
+    with pytest.raises(common.UserError, match="--batch_size 16 is larger than the data set's 12 images: pass --batch_size 12 or less"):
+        data.ResumableSampler(12, 16)
+
+
 def test_decompression_bomb_is_an_unreadable_image(tmp_path, monkeypatch):
     save_image(tmp_path / 'cls' / 'fine.png')
     Image.new('L', (100, 100)).save(tmp_path / 'cls' / 'bomb.png')
