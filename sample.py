@@ -214,12 +214,12 @@ def sample_batches(gpt, tok, labels, batch_size, seed, n_keep, cfg_scale=0.0, cf
 
 
 def check_fits_in_memory(n_samples, image_size, n_keep):
-    """Stop before allocating when the images and codes of n_samples cannot fit in this machine's memory."""
-    needed = n_samples * (image_size * image_size * 3 + n_keep * 8)
+    """Stop before allocating when the labels, images and codes of n_samples cannot fit in this machine's memory."""
+    needed = n_samples * (8 + image_size * image_size * 3 + n_keep * 8)
     available = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
     if needed > available:
         raise common.UserError(f"--per_class: {n_samples:,} samples need {needed / 2**30:,.1f} GiB of memory for their "
-                               f"images and codes, this machine has {available / 2**30:,.1f} GiB: lower --per_class "
+                               f"labels, images and codes, this machine has {available / 2**30:,.1f} GiB: lower --per_class "
                                f"(or sample in several runs with other --seed values)")
 
 
@@ -232,14 +232,14 @@ def main(argv=None):
     classes = parse_classes(args.classes, gpt.config.num_classes)
     check_settings(args, N, gpt.config.vocab_size)
     n_keep = N - args.truncate
+    H = tok.config.image_size
+    check_fits_in_memory(len(classes) * args.per_class, H, n_keep)
     labels = np.repeat(np.array(classes, dtype=np.int64), args.per_class)
     shown_first_batch = min(args.batch_size, len(labels))
     if not 0 <= args.progressive <= shown_first_batch:
         raise common.UserError(f"--progressive {args.progressive}: the strips show samples of the first batch, here "
                                f"{shown_first_batch}: pass --progressive {shown_first_batch} or less, or a larger "
                                f"--batch_size / --per_class")
-    H = tok.config.image_size
-    check_fits_in_memory(len(labels), H, n_keep)
     images = np.empty((len(labels), H, H, 3), dtype=np.uint8)
     codes = np.empty((len(labels), n_keep), dtype=np.int64)
     print(f"{len(labels)} samples of {len(classes)} class(es) from {describe_checkpoint(args.ckpt, ckpt)}, decoding "
