@@ -139,3 +139,28 @@ def test_cli_stops_on_out_of_range_flags_before_completing(generator_ckpt, tmp_p
         superres.main(['--ckpt', str(generator_ckpt), '--input', str(npz), '--out', str(tmp_path / 'out'),
                        '--device', 'cpu', f'{flag}={value}'])
     assert not (tmp_path / 'out').exists()
+
+
+def test_an_out_that_cannot_be_a_folder_stops_before_any_completion(generator_ckpt, tmp_path, monkeypatch):
+    """superres.py created --out only after all the work, so an existing file there lost every output."""
+    npz = tmp_path / 'samples_2x32x32x3.npz'
+    np.savez(npz, arr_0=np.zeros((2, 32, 32, 3), dtype=np.uint8))
+    (tmp_path / 'a_file').write_bytes(b'')
+    monkeypatch.setattr(superres, 'complete', lambda *a, **k: pytest.fail('completed before --out was checked'))
+    with pytest.raises(UserError, match=r"--out: .*a_file' is not a writable folder .*: pass another --out"):
+        superres.main(['--ckpt', str(generator_ckpt), '--input', str(npz), '--out', str(tmp_path / 'a_file'),
+                       '--device', 'cpu'])
+
+
+@pytest.mark.parametrize('labels, flags, message', [
+    (np.array([0, 1, 2]), (), 'labels of shape (3,) for 2 images: save one class id per image'),
+    (np.array([0, 3]), (), 'labels 0..3 are not class ids of this generator, 0..2'),
+    (np.array([0, 1]), ('--limit', '0'), '--limit 0: must be at least 1'),
+])
+def test_bad_labels_and_limit_are_named_before_completing(generator_ckpt, tmp_path, monkeypatch, labels, flags, message):
+    npz = tmp_path / 'samples_2x32x32x3.npz'
+    np.savez(npz, arr_0=np.zeros((2, 32, 32, 3), dtype=np.uint8), labels=labels)
+    monkeypatch.setattr(superres, 'complete', lambda *a, **k: pytest.fail('completed despite bad input'))
+    with pytest.raises(UserError, match=re.escape(message)):
+        superres.main(['--ckpt', str(generator_ckpt), '--input', str(npz), '--out', str(tmp_path / 'out'),
+                       '--device', 'cpu', *flags])
