@@ -151,3 +151,11 @@ def test_bad_reference_or_weights_say_so(setup, tmp_path, monkeypatch):
     with pytest.raises(UserError, match='Inception weights .*missing.pth: no such file'):
         run_sweep(setup, tmp_path, '--inception', tmp_path / 'missing.pth')
     assert not list(tmp_path.iterdir())
+
+
+def test_unwritable_json_or_best_flags_stop_before_sampling(setup, tmp_path, monkeypatch):
+    monkeypatch.setattr(sample, 'sample_batches', lambda *a, **k: pytest.fail('sampled before the outputs were checked'))
+    (tmp_path / 'a_file').write_bytes(b'')
+    for flag in ('--json', '--best_flags'):
+        with pytest.raises(UserError, match=f"{flag}: .*a_file' is not a writable folder"):
+            run_sweep(setup, tmp_path, flag, tmp_path / 'a_file' / 'out')
