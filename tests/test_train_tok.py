@@ -227,3 +227,16 @@ def test_sharded_evaluation_equals_one_process_and_scores_short_prefixes_on_a_su
     assert every['prefix_images'] == 24
     assert every['prefixes'][-1]['l2_vs_image'] == pytest.approx(one['prefixes'][-1]['l2_vs_image'], rel=1e-6)
     assert every['prefixes'][0]['l2_vs_image'] != pytest.approx(one['prefixes'][0]['l2_vs_image'], rel=1e-3)
+
+
+@pytest.mark.parametrize('data, flags, message', [
+    ('images', ('--batch_size', '32'), "--batch_size 32 is larger than the data set's 24 images: pass --batch_size 24 or less"),
+    ('missing', (), "missing' does not exist: pass a folder of <class>/<image> files"),
+    ('empty_class', (), "class folder(s) cat of"),
+    ('images', ('--lpips_weight', '1', '--lpips_path', 'missing.pth'), '--lpips_path missing.pth: no such file'),
+])
+def test_bad_data_and_flags_stop_with_one_line_and_exit_status_2(image_dir, tmp_path, data, flags, message):
+    os.makedirs(tmp_path / 'empty_class' / 'cat')
+    result = train(image_dir if data == 'images' else tmp_path / data, tmp_path / 'out', *flags, check=False)
+    assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
+    assert result.stderr.startswith('train_tok.py: error: ') and message in result.stderr, result.stderr
