@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import common
-from data import UNREADABLE_IMAGE_ERRORS, find_images, load_rgb
+from data import UNREADABLE_IMAGE_ERRORS, find_images, load_npz, load_rgb
 from dct import lowpass
 
 PAPER_TABLE1 = {  # Huang et al. 2025, Table 1 (CIFAR-100 validation), i = 2, 3, 4
@@ -61,7 +61,10 @@ def pick(count, max_images):
 def load_images(source, max_images=None):
     """Folder of images or .npz (arr_0, uint8 NHWC) -> float64 tensor (N, 3, 32, 32) in [0, 1]."""
     if source.endswith(".npz"):
-        array = np.load(source)["arr_0"]
+        arrays = load_npz(source)
+        if "arr_0" not in arrays:
+            raise common.UserError(f"{source}: no arr_0 in this .npz: save the images as arr_0, uint8 (N, H, W, 3)")
+        array = arrays["arr_0"]
         if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] not in (1, 3):
             raise common.UserError(f"{source}: arr_0 must be uint8 images (N, H, W, 3), got {array.dtype} {array.shape}"
                              + ("; an NCHW array becomes NHWC with arr.transpose(0, 2, 3, 1)" if array.ndim == 4 and array.shape[1] == 3 else ""))

@@ -357,7 +357,9 @@ def load_checkpoint(path, kind):
         if 'GLOBAL' in str(e):  # a pickle that names a class or function; random bytes fail on an opcode instead
             raise ValueError(f"{path!r} holds objects other than tensors, numbers, strings, lists and dicts: refused "
                              f"unread, since loading it could run code. A {kind} checkpoint comes from {trainer}") from None
-        raise ValueError(f"{path!r} is not a checkpoint (a damaged or foreign file: {e}); "
+        reason = re.search(r'WeightsUnpickler error:\s*(.+)', str(e))  # torch's message runs over several lines
+        raise ValueError(f"{path!r} is not a checkpoint (a damaged or foreign file: "
+                         f"{reason[1].strip() if reason else str(e).splitlines()[0]}); "
                          f"use a checkpoint written by {trainer}") from None
     except Exception as e:  # random bytes raise almost anything (EOFError, UnicodeDecodeError, RuntimeError...)
         reason = f"{type(e).__name__}: {e}".partition('\n')[0]

@@ -5,6 +5,7 @@ bad file, ADM's center crop, and a sampler whose order survives kill-and-resume 
 import itertools
 import os
 import warnings
+import zipfile
 
 import numpy as np
 import torch
@@ -65,6 +66,17 @@ def list_images(root):
         raise common.UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r}: pass a folder of "
                                f"<class>/<image> files")
     return paths, labels, classes
+
+
+def load_npz(path):
+    """{name: array} of an .npz, read whole; a missing, damaged or foreign file (pickled objects) stops with a
+    UserError naming it."""
+    try:
+        with np.load(path) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise common.UserError(f"{path}: not a readable .npz of arrays ({str(e).splitlines()[0]}): pass an .npz with "
+                               f"uint8 images (N, H, W, 3) as arr_0") from None
 
 
 def center_crop_arr(img, size):

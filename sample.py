@@ -76,6 +76,8 @@ def parse_args(argv=None):
 
 def device_and_bf16(args):
     """--device ('auto': CUDA when there is one) and --bf16 (default: on with CUDA)."""
+    if args.device != 'auto':
+        common.check_device(args.device)
     device = torch.device(args.device if args.device != 'auto' else 'cuda' if torch.cuda.is_available() else 'cpu')
     return device, common.bf16_autocast_on(args.bf16, device)
 

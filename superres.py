@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 import common
 import sample
-from data import ImageFolder, save_grid, to_float, to_uint8
+from data import ImageFolder, load_npz, save_grid, to_float, to_uint8
 
 MODES = ('plain', 'stride', 'patch')
 
@@ -116,10 +116,10 @@ def load_inputs(path, size, generator_classes):
         return images, labels
     if not os.path.isfile(path):
         raise common.UserError(f"--input {path!r} does not exist: pass an .npz written by sample.py or an image folder")
-    with np.load(path) as f:
-        if 'arr_0' not in f.files:
-            raise common.UserError(f"--input {path}: no arr_0 in this .npz: pass one written by sample.py (ADM format)")
-        images, labels = f['arr_0'], (f['labels'] if 'labels' in f.files else None)
+    arrays = load_npz(path)
+    if 'arr_0' not in arrays:
+        raise common.UserError(f"--input {path}: no arr_0 in this .npz: pass one written by sample.py (ADM format)")
+    images, labels = arrays['arr_0'], arrays.get('labels')
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
         raise common.UserError(f"--input {path}: arr_0 is {images.dtype} {images.shape}, expected uint8 (n, {size}, {size}, 3): "
                                f"the tokenizer's size, which super-resolution doubles")
@@ -147,6 +147,11 @@ def main(argv=None):
         raise common.UserError(f"--keep {' '.join(map(str, keeps))}: each k must be in 1..N={N} (N keeps each sub-image's "
                                f"own tokens)")
     common.check_writable(args.out, '--out')  # before the work, whose outputs it would otherwise lose at the end
+    if args.fid_ref:  # a bad reference or missing Inception weights stop before the work too
+        import fid
+        evaluation = fid.Evaluation(args.inception, device)
+        ref = evaluation.image_set(args.fid_ref, need_pool=False)
+        evaluation.model  # a statistics file as --fid_ref has not loaded the weights yet
     sampling = dict(cfg_scale=args.cfg, cfg_ramp=args.cfg_ramp, temperature=args.temperature, top_k=args.top_k,
                     top_p=args.top_p)
     images, labels = load_inputs(args.input, S, ckpt.get('classes'))
@@ -190,9 +195,6 @@ def main(argv=None):
     save_grid(to_float(columns.flatten(0, 1).permute(0, 3, 1, 2), 'cpu'), os.path.join(args.out, 'side_by_side.png'),
               ncol=len(outputs))
     if args.fid_ref:
-        import fid
-        evaluation = fid.Evaluation(args.inception, device)
-        ref = evaluation.image_set(args.fid_ref, need_pool=False)
         for name, record in report['outputs'].items():
             record['fid'] = fid.compute_metrics(evaluation.image_set(record['npz'], need_pool=False), ref, pr=False)[0]['fid']
         report['fid_ref'] = args.fid_ref

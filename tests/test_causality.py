@@ -117,6 +117,15 @@ def test_bad_flags_stop_before_reading_images(tmp_path, monkeypatch, flags, mess
         causality.main()
 
 
+def test_an_npz_that_is_not_one_or_has_no_arr_0_is_named(tmp_path):
+    (tmp_path / "random.npz").write_bytes(np.random.default_rng(0).bytes(3000))
+    with pytest.raises(UserError, match="random.npz: not a readable .npz of arrays"):
+        load_images(str(tmp_path / "random.npz"))
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(UserError, match="other.npz: no arr_0 in this .npz"):
+        load_images(str(tmp_path / "other.npz"))
+
+
 def test_nchw_npz_is_refused_with_the_transpose(tmp_path):
     np.savez(tmp_path / "nchw.npz", arr_0=np.zeros((4, 3, 32, 32), np.uint8))
     with pytest.raises(UserError, match=r"arr_0 must be uint8 images \(N, H, W, 3\).*arr.transpose\(0, 2, 3, 1\)"):

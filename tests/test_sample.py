@@ -202,3 +202,10 @@ def test_memorisation_of_truncated_samples_is_reported_over_the_tokens_they_keep
     sample_module.main(['--ckpt', str(generator_ckpt), '--out', str(tmp_path), '--per_class', '1', '--truncate', '5'])
     copied = [line for line in capsys.readouterr().out.splitlines() if line.startswith('copied from a training row:')]
     assert len(copied) == 1 and copied[0].startswith('copied from a training row: first 3 tokens ')
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='CUDA is available here')
+def test_device_cuda_without_cuda_names_the_fix(generator_ckpt, tmp_path):
+    import sample as sample_module
+    with pytest.raises(UserError, match='--device cuda: CUDA is not available .*use --device cpu'):
+        sample_module.main(['--ckpt', str(generator_ckpt), '--out', str(tmp_path), '--device', 'cuda'])

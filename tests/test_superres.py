@@ -164,3 +164,15 @@ def test_bad_labels_and_limit_are_named_before_completing(generator_ckpt, tmp_pa
     with pytest.raises(UserError, match=re.escape(message)):
         superres.main(['--ckpt', str(generator_ckpt), '--input', str(npz), '--out', str(tmp_path / 'out'),
                        '--device', 'cpu', *flags])
+
+
+def test_an_unreadable_input_or_a_missing_fid_reference_stops_before_completing(generator_ckpt, tmp_path, monkeypatch):
+    (tmp_path / 'random.npz').write_bytes(np.random.default_rng(0).bytes(3000))
+    npz = tmp_path / 'samples_2x32x32x3.npz'
+    np.savez(npz, arr_0=np.zeros((2, 32, 32, 3), dtype=np.uint8))
+    monkeypatch.setattr(superres, 'complete', lambda *a, **k: pytest.fail('completed despite bad input'))
+    for flags, message in ((('--input', tmp_path / 'random.npz'), 'random.npz: not a readable .npz of arrays'),
+                           (('--input', npz, '--fid_ref', tmp_path / 'missing.npz'), 'missing.npz: no such file or folder')):
+        with pytest.raises(UserError, match=re.escape(message)):
+            superres.main(['--ckpt', str(generator_ckpt), '--out', str(tmp_path / 'out'), '--device', 'cpu',
+                           *map(str, flags)])
