@@ -306,11 +306,12 @@ def save_and_keep(obj, path, step, keep=0):
     root, ext = os.path.splitext(path)
     tagged = f"{root}_{step:07d}{ext}"
     tmp = f"{tagged}.tmp.{os.getpid()}"
-    try:
-        os.link(path, tmp)  # a second name for the same bytes: no second write of a multi-GB file
-    except OSError:  # a filesystem without hard links
-        shutil.copyfile(path, tmp)
-    os.replace(tmp, tagged)
+    with disk_full_reported(tagged):
+        try:
+            os.link(path, tmp)  # a second name for the same bytes: no second write of a multi-GB file
+        except OSError:  # a filesystem without hard links
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, tagged)
     copies = tagged_checkpoints(path)
     for s in sorted(s for s in copies if s <= step)[:-keep]:
         os.remove(copies[s])
