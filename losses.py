@@ -197,7 +197,7 @@ class LPIPS(nn.Module):
             raise common.UserError(f"{source} holds wrong LPIPS weights ({str(error).splitlines()[-1].strip()}): "
                                    f"{LPIPS_PATH_FIX}") from None
         if any((head.weight < 0).any() for head in self.heads):
-            raise ValueError(f"LPIPS heads from {self.weights_source} have negative weights: not lpips v0.1 heads")
+            raise common.UserError(f"LPIPS heads from {source} have negative weights: not lpips v0.1 heads: {LPIPS_PATH_FIX}")
         self.requires_grad_(False)
         self.to(memory_format=torch.channels_last)
         self.eval()
