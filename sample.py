@@ -25,12 +25,11 @@ import time
 
 import numpy as np
 import torch
-from PIL import Image
 
 import common
 import fast_sample
 import tokens
-from data import save_grid, to_float, to_uint8
+from data import save_grid, save_png, to_float, to_uint8
 from generator import GPT, GPTConfig
 from tokenizer import Tokenizer, save_coarse_to_fine
 
@@ -77,6 +76,8 @@ def parse_args(argv=None):
 
 def device_and_bf16(args):
     """--device ('auto': CUDA when there is one) and --bf16 (default: on with CUDA)."""
+    if args.device != 'auto':
+        common.check_device(args.device)
     device = torch.device(args.device if args.device != 'auto' else 'cuda' if torch.cuda.is_available() else 'cpu')
     return device, common.bf16_autocast_on(args.bf16, device)
 
@@ -85,26 +86,26 @@ def check_range(flag, values, ok, allowed):
     """Stops with a message naming the values of `flag` (one value or a list of them) that are not ok."""
     bad = [v for v in (values if isinstance(values, list) else [values]) if not ok(v)]
     if bad:
-        raise SystemExit(f"{flag} {' '.join(map(str, bad))}: out of range, use {allowed}")
+        raise common.UserError(f"{flag} {' '.join(map(str, bad))}: out of range, use {allowed}")
 
 
-def check_sampling_settings(args, vocab_size):
-    """The flags of add_sampling_args, single values or lists of them: stops with a message naming the bad value
-    before anything is sampled."""
-    check_range('--top_k', args.top_k, lambda k: 0 <= k <= vocab_size, f'0 (off) .. K={vocab_size}')
-    check_range('--top_p', args.top_p, lambda p: 0 <= p <= 1, '0 (off) .. 1')
-    check_range('--temperature', args.temperature, lambda t: t > 0, 'a value above 0')
-    check_range('--cfg', args.cfg, math.isfinite, 'a finite guidance scale (0: plain conditional)')
+def check_sampling_settings(vocab_size, cfg, temperature, top_k, top_p):
+    """The settings of add_sampling_args' flags, single values or lists of them: stops with a message naming the
+    bad value before anything is sampled (sample_batches checks its own, for callers other than the scripts)."""
+    check_range('--top_k', top_k, lambda k: 0 <= k <= vocab_size, f'0 (off) .. K={vocab_size}')
+    check_range('--top_p', top_p, lambda p: 0 <= p <= 1, '0 (off) .. 1')
+    check_range('--temperature', temperature, lambda t: t > 0, 'a value above 0')
+    check_range('--cfg', cfg, math.isfinite, 'a finite guidance scale (0: plain conditional)')
 
 
 def check_settings(args, n_tokens, vocab_size):
     """sample.py's and sweep.py's settings, before anything is sampled: as check_sampling_settings, and
     --per_class, --batch_size and --truncate (single values or lists of them)."""
     if args.per_class < 1 or args.batch_size < 1:
-        raise SystemExit(f"--per_class {args.per_class} --batch_size {args.batch_size}: both must be at least 1")
+        raise common.UserError(f"--per_class {args.per_class} --batch_size {args.batch_size}: both must be at least 1")
     check_range('--truncate', args.truncate, lambda k: 0 <= k < n_tokens,
                 f'0..{n_tokens - 1} (decoding must keep at least one of the N={n_tokens} tokens)')
-    check_sampling_settings(args, vocab_size)
+    check_sampling_settings(vocab_size, args.cfg, args.temperature, args.top_k, args.top_p)
 
 
 def load_models(ckpt_path, tok_path=None, device='cpu', no_ema=False):
@@ -113,9 +114,9 @@ def load_models(ckpt_path, tok_path=None, device='cpu', no_ema=False):
     try:
         ckpt = common.load_checkpoint(ckpt_path, 'generator')
     except FileNotFoundError as e:
-        raise SystemExit(f"--ckpt: {e}")
+        raise common.UserError(f"--ckpt: {e}")
     except ValueError as e:
-        raise SystemExit(f"--ckpt: {e}. --ckpt takes the generator; its tokenizer is found from it (or pass --tok_ckpt)")
+        raise common.UserError(f"--ckpt: {e}. --ckpt takes the generator; its tokenizer is found from it (or pass --tok_ckpt)")
     gen_config = GPTConfig(**ckpt['config'])
     gpt = GPT(gen_config)
     gpt.load_state_dict(ckpt['model'] if no_ema or ckpt['ema'] is None else ckpt['ema'])
@@ -125,19 +126,19 @@ def load_models(ckpt_path, tok_path=None, device='cpu', no_ema=False):
 
     path = tok_path or trained_with['path']
     if not os.path.isfile(path):
-        raise SystemExit(f"tokenizer checkpoint {path!r} does not exist" if tok_path else
-                         f"tokenizer checkpoint {path!r} named by {ckpt_path!r} does not exist: "
-                         f"pass --tok_ckpt with the tokenizer the generator was trained on")
+        raise common.UserError(f"tokenizer checkpoint {path!r} does not exist" if tok_path else
+                               f"tokenizer checkpoint {path!r} named by {ckpt_path!r} does not exist: "
+                               f"pass --tok_ckpt with the tokenizer the generator was trained on")
     try:
         tok = Tokenizer.from_checkpoint(path, device)
     except ValueError as e:
-        raise SystemExit(f"--tok_ckpt: {e}")
+        raise common.UserError(f"--tok_ckpt: {e}")
     if (tok.config.n_tokens, tok.config.codebook_size) != (N, K):
-        raise SystemExit(f"tokenizer {path!r} has N={tok.config.n_tokens} tokens and K={tok.config.codebook_size} codes, but the "
-                         f"generator {ckpt_path!r} was trained on N={N}, K={K}: pass --tok_ckpt {trained_with['path']}")
+        raise common.UserError(f"tokenizer {path!r} has N={tok.config.n_tokens} tokens and K={tok.config.codebook_size} codes, but the "
+                               f"generator {ckpt_path!r} was trained on N={N}, K={K}: pass --tok_ckpt {trained_with['path']}")
     if common.file_sha256(path) != trained_with['sha256']:
-        raise SystemExit(f"tokenizer {path!r} is not the checkpoint the generator was trained on ({trained_with['path']!r}, "
-                         f"sha256 {trained_with['sha256'][:12]}); its codes would decode wrongly: pass that one as --tok_ckpt")
+        raise common.UserError(f"tokenizer {path!r} is not the checkpoint the generator was trained on ({trained_with['path']!r}, "
+                               f"sha256 {trained_with['sha256'][:12]}); its codes would decode wrongly: pass that one as --tok_ckpt")
     tok.path = path
     return gpt, tok, ckpt
 
@@ -149,9 +150,10 @@ def describe_checkpoint(path, ckpt):
                                               "no validation NLL: trained without --val_data)")
 
 
-def report_memorisation(ckpt, codes, n_tokens):
-    """The memorisation probe of generated codes against the checkpoint's training token file, printed."""
-    shares = tokens.memorisation_probe(ckpt.get('tokens'), codes, n_tokens)
+def report_memorisation(ckpt, codes):
+    """The memorisation probe of generated codes (B, n) against the checkpoint's training token file, printed: the
+    share of samples whose first 4, 8 and n tokens (all they hold, n = N or N - --truncate) copy a training row."""
+    shares = tokens.memorisation_probe(ckpt.get('tokens'), codes, codes.shape[1])
     if shares is not None:
         print('copied from a training row: ' + ', '.join(f"first {k} tokens {100 * v:.2f}%" for k, v in shares.items()))
     return shares
@@ -164,11 +166,11 @@ def parse_classes(spec, num_classes):
     try:
         classes = [int(c) for c in spec.split(',')]
     except ValueError:
-        raise SystemExit(f"--classes {spec!r}: expected 'all' or class ids like 1,2,3")
+        raise common.UserError(f"--classes {spec!r}: expected 'all' or class ids like 1,2,3")
     out_of_range = [c for c in classes if not 0 <= c < num_classes]
     if out_of_range:
-        raise SystemExit(f"--classes: class id(s) {out_of_range} out of range: this generator has {num_classes} "
-                         f"classes, ids 0..{num_classes - 1}")
+        raise common.UserError(f"--classes: class id(s) {out_of_range} out of range: this generator has {num_classes} "
+                               f"classes, ids 0..{num_classes - 1}")
     return classes
 
 
@@ -178,7 +180,9 @@ def sample_batches(gpt, tok, labels, batch_size, seed, n_keep, cfg_scale=0.0, cf
     """Yields (start, codes, uint8 images) per batch of `labels` (a numpy int array). Batch b draws from a
     generator seeded by (seed, b); the codes are the first n_keep tokens, decoded from that prefix alone.
     On CUDA batch b decodes, and its images go to the host, on a side stream while batch b + 1 samples, so the
-    GPU never idles during the host copy (bench.py sample's 'sample.py img/s': 1,576 -> 1,996 at batch 256)."""
+    GPU never idles during the host copy (bench.py sample's 'sample.py img/s': 1,576 -> 1,996 at batch 256).
+    Settings out of range (a NaN cfg_scale samples all-zero codes) raise a common.UserError at the first batch."""
+    check_sampling_settings(gpt.config.vocab_size, cfg_scale, temperature, top_k, top_p)
     device = gpt.pos_emb.device
     decode = torch.compile(tok.decode) if compile else tok.decode
     overlap = device.type == 'cuda'
@@ -211,18 +215,34 @@ def sample_batches(gpt, tok, labels, batch_size, seed, n_keep, cfg_scale=0.0, cf
         yield to_host(*pending)
 
 
+def check_fits_in_memory(n_samples, image_size, n_keep):
+    """Stop before allocating when the labels, images and codes of n_samples cannot fit in this machine's memory."""
+    needed = n_samples * (8 + image_size * image_size * 3 + n_keep * 8)
+    available = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    if needed > available:
+        raise common.UserError(f"--per_class: {n_samples:,} samples need {needed / 2**30:,.1f} GiB of memory for their "
+                               f"labels, images and codes, this machine has {available / 2**30:,.1f} GiB: lower --per_class "
+                               f"(or sample in several runs with other --seed values)")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    common.check_writable(os.path.join(args.out, 'png') if args.png else args.out, '--out')  # before any sampling
     device, use_bf16 = device_and_bf16(args)
     gpt, tok, ckpt = load_models(args.ckpt, args.tok_ckpt, device, args.no_ema)
     N = gpt.config.n_tokens
     classes = parse_classes(args.classes, gpt.config.num_classes)
     check_settings(args, N, gpt.config.vocab_size)
     n_keep = N - args.truncate
-    labels = np.repeat(np.array(classes, dtype=np.int64), args.per_class)
     H = tok.config.image_size
+    check_fits_in_memory(len(classes) * args.per_class, H, n_keep)
+    labels = np.repeat(np.array(classes, dtype=np.int64), args.per_class)
+    shown_first_batch = min(args.batch_size, len(labels))
+    if not 0 <= args.progressive <= shown_first_batch:
+        raise common.UserError(f"--progressive {args.progressive}: the strips show samples of the first batch, here "
+                               f"{shown_first_batch}: pass --progressive {shown_first_batch} or less, or a larger "
+                               f"--batch_size / --per_class")
     images = np.empty((len(labels), H, H, 3), dtype=np.uint8)
-    common.check_writable(os.path.join(args.out, 'png') if args.png else args.out, '--out')  # before hours of sampling
     codes = np.empty((len(labels), n_keep), dtype=np.int64)
     print(f"{len(labels)} samples of {len(classes)} class(es) from {describe_checkpoint(args.ckpt, ckpt)}, decoding "
           f"{n_keep}/{N} tokens with {tok.path}, cfg {args.cfg}{' ramped' if args.cfg_ramp else ''}, on {device}, "
@@ -238,26 +258,27 @@ def main(argv=None):
             if start == 0 and args.progressive:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     save_coarse_to_fine(tok, batch_codes[:args.progressive], os.path.join(args.out, 'progressive.png'))
-            if args.png:
+            if args.png:  # each PNG whole or absent: a full disk stops at the one it names
                 for i in range(start, start + len(batch_codes)):
-                    Image.fromarray(images[i]).save(os.path.join(args.out, 'png', f'{i:06d}_{labels[i]}.png'))
+                    save_png(images[i], os.path.join(args.out, 'png', f'{i:06d}_{labels[i]}.png'))
             pbar.update(len(batch_codes))
     sampling_s = time.perf_counter() - started  # generation, decoding and the copy to the host, first-call setup included
     print(f"sampled {len(labels)} images in {sampling_s:.1f} s ({len(labels) / sampling_s:.0f} images/s)")
-    copied = report_memorisation(ckpt, codes, N)
+    copied = report_memorisation(ckpt, codes)
 
     npz_path = os.path.join(args.out, f'samples_{len(images)}x{H}x{H}x3.npz')
-    np.savez(npz_path, arr_0=images, labels=labels)
+    common.atomic_write(npz_path, lambda f: np.savez(f, arr_0=images, labels=labels))
     shown_classes, shown_per_class = min(8, len(classes)), min(8, args.per_class)
     shown = [c * args.per_class + j for c in range(shown_classes) for j in range(shown_per_class)]
     save_grid(to_float(torch.from_numpy(images[shown]).permute(0, 3, 1, 2), 'cpu'),
               os.path.join(args.out, 'grid.png'), ncol=shown_per_class)
-    with open(os.path.join(args.out, 'sample_args.json'), 'w') as f:
-        json.dump({**vars(args), 'n': len(images), 'generator_step': ckpt['step'], 'generator_val_nll': ckpt.get('val_nll'),
-                   'copied_share': copied, 'tokenizer': tok.path, 'device': str(device), 'bf16': use_bf16,
-                   'sampling_s': sampling_s, 'images_per_s': len(labels) / sampling_s}, f, indent=1)
+    settings = {**vars(args), 'n': len(images), 'generator_step': ckpt['step'], 'generator_val_nll': ckpt.get('val_nll'),
+                'copied_share': copied, 'tokenizer': tok.path, 'device': str(device), 'bf16': use_bf16,
+                'sampling_s': sampling_s, 'images_per_s': len(labels) / sampling_s}
+    common.atomic_write(os.path.join(args.out, 'sample_args.json'), lambda f: f.write(json.dumps(settings, indent=1).encode()))
     print(f"wrote {npz_path} and {os.path.join(args.out, 'grid.png')}")
 
 
 if __name__ == '__main__':
+    common.exit_on_user_error()
     main()

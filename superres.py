@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 import common
 import sample
-from data import ImageFolder, save_grid, to_float, to_uint8
+from data import ImageFolder, load_npz, save_grid, to_float, to_uint8
 
 MODES = ('plain', 'stride', 'patch')
 
@@ -104,9 +104,9 @@ def load_inputs(path, size, generator_classes):
     if os.path.isdir(path):
         folder = ImageFolder(path, size)
         if folder.classes and generator_classes and folder.classes != list(generator_classes):
-            raise SystemExit(f"--input {path}: its class folders {folder.classes[:5]}... are not the generator's classes "
-                             f"{list(generator_classes)[:5]}...: give a folder with the training data's class folders, or "
-                             "one without class folders (completed as the null class)")
+            raise common.UserError(f"--input {path}: its class folders {folder.classes[:5]}... are not the generator's "
+                                   f"classes {list(generator_classes)[:5]}...: give a folder with the training data's class "
+                                   "folders, or one without class folders (completed as the null class)")
         items = [folder[i] for i in range(len(folder))]
         bad = sum(item is None for item in items)
         if bad:
@@ -115,14 +115,17 @@ def load_inputs(path, size, generator_classes):
         labels = np.array([item[1] for item in items if item is not None]) if folder.classes else None
         return images, labels
     if not os.path.isfile(path):
-        raise SystemExit(f"--input {path!r} does not exist: pass an .npz written by sample.py or an image folder")
-    with np.load(path) as f:
-        if 'arr_0' not in f.files:
-            raise SystemExit(f"--input {path}: no arr_0 in this .npz: pass one written by sample.py (ADM format)")
-        images, labels = f['arr_0'], (f['labels'] if 'labels' in f.files else None)
+        raise common.UserError(f"--input {path!r} does not exist: pass an .npz written by sample.py or an image folder")
+    arrays = load_npz(path)
+    if 'arr_0' not in arrays:
+        raise common.UserError(f"--input {path}: no arr_0 in this .npz: pass one written by sample.py (ADM format)")
+    images, labels = arrays['arr_0'], arrays.get('labels')
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
-        raise SystemExit(f"--input {path}: arr_0 is {images.dtype} {images.shape}, expected uint8 (n, {size}, {size}, 3): "
-                         f"the tokenizer's size, which super-resolution doubles")
+        raise common.UserError(f"--input {path}: arr_0 is {images.dtype} {images.shape}, expected uint8 (n, {size}, {size}, 3): "
+                               f"the tokenizer's size, which super-resolution doubles")
+    if labels is not None and labels.shape != (len(images),):
+        raise common.UserError(f"--input {path}: labels of shape {labels.shape} for {len(images)} images: save one class id "
+                               f"per image (as sample.py does), or leave labels out to complete with the null class")
     return images, labels
 
 
@@ -134,14 +137,21 @@ def psnr(a, b):
 
 def main(argv=None):
     args = parse_args(argv)
+    common.check_flags(args, positive=('batch_size', 'limit'), non_negative=('show',))
     device, use_bf16 = sample.device_and_bf16(args)
     gpt, tok, ckpt = sample.load_models(args.ckpt, args.tok_ckpt, device, args.no_ema)
     N, S = gpt.config.n_tokens, tok.config.image_size
-    sample.check_sampling_settings(args, gpt.config.vocab_size)
-    common.check_flags(args, positive=('batch_size',))
+    sample.check_sampling_settings(gpt.config.vocab_size, args.cfg, args.temperature, args.top_k, args.top_p)
     keeps = args.keep or [N - N // 8]
     if any(not 1 <= k <= N for k in keeps):
-        raise SystemExit(f"--keep {' '.join(map(str, keeps))}: each k must be in 1..N={N} (N keeps each sub-image's own tokens)")
+        raise common.UserError(f"--keep {' '.join(map(str, keeps))}: each k must be in 1..N={N} (N keeps each sub-image's "
+                               f"own tokens)")
+    common.check_writable(args.out, '--out')  # before the work, whose outputs it would otherwise lose at the end
+    if args.fid_ref:  # a bad reference or missing Inception weights stop before the work too
+        import fid
+        evaluation = fid.Evaluation(args.inception, device)
+        ref = evaluation.image_set(args.fid_ref, need_pool=False)
+        evaluation.model  # a statistics file as --fid_ref has not loaded the weights yet
     sampling = dict(cfg_scale=args.cfg, cfg_ramp=args.cfg_ramp, temperature=args.temperature, top_k=args.top_k,
                     top_p=args.top_p)
     images, labels = load_inputs(args.input, S, ckpt.get('classes'))
@@ -149,6 +159,10 @@ def main(argv=None):
     if labels is None:
         print(f"--input {args.input} has no labels: completing with the null class (unconditional)")
         labels = np.full(len(images), gpt.config.num_classes)
+    elif len(labels) and not 0 <= labels.min() <= labels.max() < gpt.config.num_classes:
+        raise common.UserError(f"--input {args.input}: labels {labels.min()}..{labels.max()} are not class ids of this "
+                               f"generator, 0..{gpt.config.num_classes - 1}: pass the labels of its training classes, "
+                               f"or leave labels out to complete with the null class")
     labels = labels[:len(images)].astype(np.int64)
     outputs = ['plain'] * ('plain' in args.modes) + [f'{m}_k{k}' for k in keeps for m in args.modes if m != 'plain']
     results = {name: np.empty((len(images), 2 * S, 2 * S, 3), dtype=np.uint8) for name in outputs}
@@ -169,12 +183,11 @@ def main(argv=None):
                 results[name][start:start + len(x)] = to_uint8(out)
             pbar.update(len(x))
 
-    os.makedirs(args.out, exist_ok=True)
     report = {'args': vars(args), 'n': len(images), 'generator_step': ckpt['step'], 'tokenizer': tok.path,
               'n_tokens': N, 'outputs': {}}
     for name, arr in results.items():
         path = os.path.join(args.out, f'superres_{name}_{len(arr)}x{2 * S}x{2 * S}x3.npz')
-        np.savez(path, arr_0=arr, labels=labels)
+        common.atomic_write(path, lambda f: np.savez(f, arr_0=arr, labels=labels))
         downsampled = F.avg_pool2d(torch.from_numpy(arr).permute(0, 3, 1, 2).float(), 2).round().byte()
         report['outputs'][name] = {'npz': path, 'psnr_downsampled_vs_input': psnr(downsampled.permute(0, 2, 3, 1).numpy(), images)}
     shown = min(args.show, len(images))
@@ -182,14 +195,10 @@ def main(argv=None):
     save_grid(to_float(columns.flatten(0, 1).permute(0, 3, 1, 2), 'cpu'), os.path.join(args.out, 'side_by_side.png'),
               ncol=len(outputs))
     if args.fid_ref:
-        import fid
-        evaluation = fid.Evaluation(args.inception, device)
-        ref = evaluation.image_set(args.fid_ref, need_pool=False)
         for name, record in report['outputs'].items():
             record['fid'] = fid.compute_metrics(evaluation.image_set(record['npz'], need_pool=False), ref, pr=False)[0]['fid']
         report['fid_ref'] = args.fid_ref
-    with open(os.path.join(args.out, 'superres.json'), 'w') as f:
-        json.dump(report, f, indent=1)
+    common.atomic_write(os.path.join(args.out, 'superres.json'), lambda f: f.write(json.dumps(report, indent=1).encode()))
     for name, record in report['outputs'].items():
         print(f"{name:>14}: PSNR of the 2x-downsampled output vs the input {record['psnr_downsampled_vs_input']:.2f} dB"
               + (f", FID {record['fid']:.2f}" if 'fid' in record else ''))
@@ -197,4 +206,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    common.exit_on_user_error()
     main()

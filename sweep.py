@@ -69,6 +69,9 @@ def write(path, text):
 
 
 def sweep(args):
+    for flag, path in (('--json', args.json), ('--best_flags', args.best_flags)):
+        if path:  # before the samples and their FIDs, which the writes come after
+            common.check_writable_file(path, flag)
     device, use_bf16 = sample.device_and_bf16(args)
     gpt, tok, ckpt = sample.load_models(args.ckpt, args.tok_ckpt, device, args.no_ema)
     N = gpt.config.n_tokens
@@ -117,11 +120,9 @@ def sweep(args):
 
 
 def main(argv=None):
-    try:
-        sweep(parse_args(argv))
-    except fid.FIDError as e:  # bad --ref or --inception: its message says what to do
-        raise SystemExit(f"sweep.py: error: {e}")
+    sweep(parse_args(argv))
 
 
 if __name__ == '__main__':
+    common.exit_on_user_error()
     main()

@@ -14,10 +14,12 @@ Encoding goes chunk by chunk into PATH.partial/ and a rerun continues where it s
 a torchrun encodes its share of the chunks. A token file is only used with the tokenizer checkpoint it
 was made with (same sha256) and the settings it was made with.
 """
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import zipfile
 
 import numpy as np
 import torch
@@ -82,10 +84,10 @@ def encode_folder(tok, tok_ckpt, data_root, path, dist_state, views=2, augment_s
     device = dist_state.device
     N, K = tok.config.n_tokens, tok.config.codebook_size
     if K > 2 ** 16:
-        raise SystemExit(f"a codebook of {K} codes does not fit the token file's uint16")
+        raise common.UserError(f"a codebook of {K} codes does not fit the token file's uint16")
     dataset = ImageFolder(data_root, tok.config.image_size)
     if len(dataset.classes) >= 2 ** 15:
-        raise SystemExit(f"{len(dataset.classes)} classes do not fit the token file's int16 labels")
+        raise common.UserError(f"{len(dataset.classes)} classes do not fit the token file's int16 labels")
     record = tokenizer_record(tok, tok_ckpt)
     partial = path + '.partial'
     settings = {'tok_ckpt': record['path'], 'tok_sha256': record['sha256'], 'tok_config': record['config'],
@@ -100,8 +102,8 @@ def encode_folder(tok, tok_ckpt, data_root, path, dist_state, views=2, augment_s
         refuse_other_tokenizer(started, record, partial)
         changed = [k for k in settings if k != 'tok_ckpt' and started.get(k) != settings[k]]
         if changed:
-            raise SystemExit(f"the interrupted encoding in {partial!r} used other {', '.join(changed)}: "
-                             f"delete {partial!r} or rerun with its settings")
+            raise common.UserError(f"the interrupted encoding in {partial!r} used other {', '.join(changed)}: "
+                                   f"delete {partial!r} or rerun with its settings")
     elif dist_state.master:
         os.makedirs(partial, exist_ok=True)
         common.atomic_write(settings_path, lambda f: f.write(json.dumps(settings).encode()))
@@ -185,14 +187,25 @@ def collate_indexed(batch):
 def refuse_other_tokenizer(made_with, record, what):
     """The codes of one tokenizer mean nothing to another: stop with the two ways out."""
     if made_with['tok_sha256'] != record['sha256']:
-        raise SystemExit(f"{what} was made with tokenizer {made_with['tok_ckpt']!r} (sha256 {made_with['tok_sha256'][:12]}), "
-                         f"not with --tok_ckpt {record['path']!r} (sha256 {record['sha256'][:12]}): delete {what} to encode "
-                         f"again, or pass --tok_ckpt {made_with['tok_ckpt']}")
+        raise common.UserError(f"{what} was made with tokenizer {made_with['tok_ckpt']!r} (sha256 {made_with['tok_sha256'][:12]}), "
+                               f"not with --tok_ckpt {record['path']!r} (sha256 {record['sha256'][:12]}): delete {what} to encode "
+                               f"again, or pass --tok_ckpt {made_with['tok_ckpt']}")
+
+
+@contextlib.contextmanager
+def open_token_file(path):
+    """np.load of a token file; a truncated or foreign file stops with its path and the fix, not BadZipFile."""
+    try:
+        with np.load(path) as f:
+            yield f
+    except (zipfile.BadZipFile, EOFError, ValueError, KeyError) as e:
+        raise common.UserError(f"{path!r} is truncated or not a token file ({type(e).__name__}: {e}): delete it to "
+                               f"encode again") from None
 
 
 def read_meta(path):
     """A token file's meta (np.load leaves the codes unread); files written before views existed hold 2."""
-    with np.load(path) as f:
+    with open_token_file(path) as f:
         meta = json.loads(f['meta'].item())
     meta.setdefault('views', 2)
     return meta
@@ -203,17 +216,17 @@ def check_token_file(path, record, data_root=None, views=None, flag='--data'):
     meta = read_meta(path)
     refuse_other_tokenizer(meta, record, path)
     if data_root and os.path.realpath(data_root) != meta['data']:
-        raise SystemExit(f"{path!r} holds the tokens of {meta['data']!r}, not of {flag} {data_root!r}: "
-                         f"delete it to encode again, or drop {flag}")
+        raise common.UserError(f"{path!r} holds the tokens of {meta['data']!r}, not of {flag} {data_root!r}: "
+                               f"delete it to encode again, or drop {flag}")
     if views is not None and meta['views'] != views:
-        raise SystemExit(f"{path!r} holds {meta['views']} view(s) per image, not {views}: delete it to encode again "
-                         f"with {views}, or pass --augment {meta['views']}")
+        raise common.UserError(f"{path!r} holds {meta['views']} view(s) per image, not {views}: delete it to encode again "
+                               f"with {views}, or pass --augment {meta['views']}")
     return meta
 
 
 def load(path):
     """(codes uint16 (M x V, N), labels int16 (M x V,), meta) of a token file."""
-    with np.load(path) as f:
+    with open_token_file(path) as f:
         return f['codes'], f['labels'], read_meta(path)
 
 

@@ -40,6 +40,7 @@ from data import ResumableSampler, save_grid
 from generator import GPT, PRESETS, GPTConfig, drop_labels
 from tokenizer import Tokenizer
 
+common.exit_on_user_error()
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument('--tok_ckpt', required=True, help='tokenizer checkpoint written by train_tok.py')
 parser.add_argument('--data', help='ImageFolder root (<class>/<image> files); needed only to encode the token file')
@@ -110,7 +111,16 @@ if args.resume:  # first: the run's settings decide the batch split, the token f
     changed = common.apply_resume_args(parser, args, run_settings, fixed=RUN_FLAGS, keep=MACHINE_FLAGS)
     if dist_state.master:
         print(f"resuming at step {resume['step']} with the checkpoint's settings"
-              + (f", changed: {', '.join('--' + name for name in changed)}" if changed else ""))
+              + (f", changed: {', '.join('--' + name for name in changed)}" if changed else "")
+              + (f"; it has reached --max_steps {args.max_steps}: raise --max_steps to train further"
+                 if resume['step'] >= args.max_steps else ""))
+if args.preset not in PRESETS:  # before the token files are encoded
+    raise common.UserError(f"--preset {args.preset}: unknown generator preset; choose from {', '.join(PRESETS)}")
+if not 0 <= args.label_drop < 1:
+    raise common.UserError(f"--label_drop {args.label_drop}: a probability of the null class, use 0 (no guidance "
+                           f"training) .. below 1 (at 1 no label is ever seen)")
+if dist_state.master:
+    common.check_writable(args.out_dir, '--out_dir')  # before hours of encoding into it
 micro_batch = common.micro_batch_size(args.batch_size, dist_state.world_size, args.grad_accum)
 use_bf16 = common.bf16_autocast_on(args.bf16, device)
 autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
@@ -119,12 +129,12 @@ log_path = os.path.join(args.out_dir, 'log.jsonl')
 tokens_path = args.tokens or os.path.join(args.out_dir, 'tokens.npz')
 val_tokens_path = args.val_tokens or os.path.join(args.out_dir, 'val_tokens.npz')
 if args.augment < 1 or not 0 < args.augment_scale <= 1:
-    raise SystemExit(f"--augment {args.augment} --augment_scale {args.augment_scale}: use at least 1 view and a scale in (0, 1]")
+    raise common.UserError(f"--augment {args.augment} --augment_scale {args.augment_scale}: use at least 1 view and a scale in (0, 1]")
 
 try:
     tok = Tokenizer.from_checkpoint(args.tok_ckpt, device)
 except (FileNotFoundError, ValueError) as e:
-    raise SystemExit(f"--tok_ckpt: {e}")
+    raise common.UserError(f"--tok_ckpt: {e}")
 tokenizer_record = tokens.tokenizer_record(tok, args.tok_ckpt)
 N, K = tok.config.n_tokens, tok.config.codebook_size
 encoding = dict(dist_state=dist_state, seed=args.seed, chunk_size=args.encode_chunk, batch_size=args.encode_batch,
@@ -132,7 +142,7 @@ encoding = dict(dist_state=dist_state, seed=args.seed, chunk_size=args.encode_ch
 
 if not os.path.exists(tokens_path):
     if args.data is None:
-        raise SystemExit(f"token file {tokens_path!r} does not exist: pass --data IMAGE_FOLDER to encode it")
+        raise common.UserError(f"token file {tokens_path!r} does not exist: pass --data IMAGE_FOLDER to encode it")
     tokens.encode_folder(tok, args.tok_ckpt, args.data, tokens_path, views=args.augment,
                          augment_scale=args.augment_scale, **encoding)
 token_meta = tokens.check_token_file(tokens_path, tokenizer_record, args.data, args.augment)
@@ -141,8 +151,8 @@ if args.val_data and not os.path.exists(val_tokens_path):
     tokens.encode_folder(tok, args.tok_ckpt, args.val_data, val_tokens_path, views=1, **encoding)
 val_meta = tokens.check_token_file(val_tokens_path, tokenizer_record, args.val_data, flag='--val_data') if has_val else None
 if val_meta and val_meta['classes'] != token_meta['classes']:
-    raise SystemExit(f"the validation classes {val_meta['classes'][:5]}... differ from the training classes "
-                     f"{token_meta['classes'][:5]}...: --val_data needs the same class folders as --data")
+    raise common.UserError(f"the validation classes {val_meta['classes'][:5]}... differ from the training classes "
+                           f"{token_meta['classes'][:5]}...: --val_data needs the same class folders as --data")
 if args.encode_only:
     common.cleanup_distributed()
     raise SystemExit(0)
@@ -170,28 +180,26 @@ num_classes = max(1, len(token_meta['classes']))  # a folder without class subfo
 token_files = {tokens_path: (token_codes, token_labels), **({val_tokens_path: (val_codes, val_labels)} if has_val else {})}
 for path, (codes, labels) in token_files.items():
     if len(codes) and (codes.max() >= K or labels.min() < 0 or labels.max() >= num_classes):
-        raise SystemExit(f"{path!r} holds codes outside 0..{K - 1} or labels outside 0..{num_classes - 1}, so it was not "
-                         f"encoded by --tok_ckpt from its {num_classes} classes: delete it to encode again")
+        raise common.UserError(f"{path!r} holds codes outside 0..{K - 1} or labels outside 0..{num_classes - 1}, so it was not "
+                               f"encoded by --tok_ckpt from its {num_classes} classes: delete it to encode again")
 torch.manual_seed(args.seed)  # here, not earlier: the encoding's DataLoader draws from the global RNG
 if resume:
     if resume['tokenizer']['sha256'] != tokenizer_record['sha256']:
-        raise SystemExit(f"the checkpoint was trained on the tokens of {resume['tokenizer']['path']!r}, not of "
-                         f"--tok_ckpt {args.tok_ckpt!r}: pass that tokenizer or start a new --out_dir")
+        raise common.UserError(f"the checkpoint was trained on the tokens of {resume['tokenizer']['path']!r}, not of "
+                               f"--tok_ckpt {args.tok_ckpt!r}: pass that tokenizer or start a new --out_dir")
     config = GPTConfig(**resume['config'])
 else:
     if 'preset' not in common.flags_given(parser) and dist_state.master:
         print(f"no --preset given: using {args.preset}; --preset tiny is the CPU smoke test")
-    if args.preset not in PRESETS:
-        raise SystemExit(f"unknown generator preset {args.preset!r}; choose from {sorted(PRESETS)}")
     overrides = {name: getattr(args, name) for name in ('dropout', 'drop_path', 'tokens_per_step')
                  if getattr(args, name) is not None}
     config = GPTConfig.preset(args.preset, n_tokens=N, vocab_size=K, num_classes=num_classes, **overrides)
 if config.num_classes != num_classes:
-    raise SystemExit(f"the generator has {config.num_classes} classes but the token file {num_classes}")
+    raise common.UserError(f"the generator has {config.num_classes} classes but the token file {num_classes}")
 try:
     model = GPT(config).to(device)
 except ValueError as e:  # a --tokens_per_step that does not divide N
-    raise SystemExit(f"--tokens_per_step: {e}")
+    raise common.UserError(f"--tokens_per_step: {e}")
 ema_model = copy.deepcopy(model).eval().requires_grad_(False) if args.ema > 0 else None
 optimizer = common.adamw(model, args.lr, (0.9, 0.95), args.weight_decay, model.no_weight_decay())
 
@@ -209,7 +217,6 @@ if resume:
 peak_lr = args.lr * args.batch_size / 256
 warmup = max(1, args.max_steps // 50 if args.warmup is None else args.warmup)
 if dist_state.master:
-    common.check_writable(args.out_dir, '--out_dir')
     print(f"generator {config}\n{model.num_params() / 1e6:.1f}M params, {n_images} images x {views} view(s) of "
           f"{num_classes} classes, peak lr {peak_lr:.3g}, {dist_state.world_size} process(es) on {device}, bf16 {use_bf16}, "
           f"global batch {args.batch_size} = {dist_state.world_size} x {args.grad_accum} x {micro_batch} (processes x --grad_accum x micro-batch)"

@@ -28,13 +28,15 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
 from data import ImageFolder, image_loader, readable_samples, to_float, to_uint8
-from dct import lowpass
+from dct import SCHEDULES, lowpass
 from losses import LPIPS, LeCamRegularizer, NLayerDiscriminator, hinge_d_loss, hinge_g_loss
-from dct import SCHEDULES
+from tokenizer import PRESETS as TOKENIZER_PRESETS
 from tokenizer import (ABLATIONS, TokConfig, Tokenizer, config_of_checkpoint, flops_per_image, proxy_code_loss,
                        sample_prefix_lengths, save_coarse_to_fine)
 from tokens import IndexedImages, collate_indexed
 from vqgan import WEIGHTS_SOURCE, load_vqgan
+
+common.exit_on_user_error()
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument('--data', required=True, help='ImageFolder root: <class>/<image> files')
@@ -99,8 +101,11 @@ parser.add_argument('--eval_prefix_images', type=int, default=10_000,
 parser.add_argument('--eval_only', action='store_true', help='only score --resume on --eval_data')
 parser.add_argument('--eval_npz', help='also write the full-N reconstructions of --eval_data here (uint8 NHWC arr_0: rFID with fid.py)')
 args = parser.parse_args()
-common.check_flags(args, positive=('batch_size', 'grad_accum', 'max_steps', 'log_every', 'ckpt_every', 'eval_prefix_images'),
+common.check_flags(args, positive=('batch_size', 'grad_accum', 'max_steps', 'log_every', 'ckpt_every', 'eval_prefix_images',
+                                   'n_tokens', 'codebook_size', 'code_dim'),
                    non_negative=('warmup', 'disc_start', 'restart_every', 'sample_every', 'workers', 'ckpt_minutes', 'keep'))
+if args.preset not in TOKENIZER_PRESETS:
+    raise common.UserError(f"--preset {args.preset}: unknown tokenizer preset; choose from {', '.join(TOKENIZER_PRESETS)}")
 # where and how to run, not what to train: never taken from a resumed checkpoint
 MACHINE_FLAGS = ('data', 'out_dir', 'device', 'workers', 'compile', 'bf16', 'lpips_path', 'eval_data', 'eval_only', 'eval_npz')
 # what shapes the model, its losses or the data stream: a resumed run must not contradict the checkpoint. Not
@@ -125,23 +130,23 @@ def check_resumed_stage(saved_stage, path):
     if 'stage' in common.flags_given(parser) and args.stage != saved_stage:
         fix = (f"to start stage 2 from it, run --stage 2 --init_from {path} with another --out_dir"
                if (saved_stage, args.stage) == (1, 2) else "leave --stage out to continue it, or start a new run in another --out_dir")
-        raise SystemExit(f"--stage {args.stage} contradicts the checkpoint, which was trained at --stage {saved_stage}: {fix}")
+        raise common.UserError(f"--stage {args.stage} contradicts the checkpoint, which was trained at --stage {saved_stage}: {fix}")
 
 
 def check_stage_flags():
     """Stop with the fix where the flags do not fit --stage; set the flags the stage fixes (STAGE_SETTINGS)."""
     given = common.flags_given(parser)
     if args.stage == 1 and not args.proxy_vqgan:
-        raise SystemExit(f"--stage 1 needs --proxy_vqgan PATH, the VQGAN whose codes the decoder learns. {WEIGHTS_SOURCE}")
+        raise common.UserError(f"--stage 1 needs --proxy_vqgan PATH, the VQGAN whose codes the decoder learns. {WEIGHTS_SOURCE}")
     if args.stage == 2 and not (args.init_from or args.resume):
-        raise SystemExit("--stage 2 needs --init_from PATH, the stage-1 checkpoint it fine-tunes (train_tok.py --stage 1)")
+        raise common.UserError("--stage 2 needs --init_from PATH, the stage-1 checkpoint it fine-tunes (train_tok.py --stage 1)")
     for flag, stage in (('proxy_vqgan', 1), ('init_from', 2)):
         if flag in given and args.stage != stage:
             detail = " (stage 2 takes the VQGAN decoder from the stage-1 checkpoint)" if flag == 'proxy_vqgan' else ""
-            raise SystemExit(f"--{flag} is for --stage {stage} only{detail}: leave it out")
+            raise common.UserError(f"--{flag} is for --stage {stage} only{detail}: leave it out")
     for name, value in STAGE_SETTINGS.get(args.stage, {}).items():
         if name in given and getattr(args, name) != value:
-            raise SystemExit(f"--stage {args.stage} runs with --{name} {value}: leave --{name} out")
+            raise common.UserError(f"--stage {args.stage} runs with --{name} {value}: leave --{name} out")
         setattr(args, name, value)
 
 
@@ -151,15 +156,15 @@ def stage_two_start():
         init = common.load_checkpoint(args.init_from, 'tokenizer')
         config = config_of_checkpoint(init, args.init_from)
     except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"--init_from: {e}")
+        raise common.UserError(f"--init_from: {e}")
     if config.stage != 1:
-        raise SystemExit(f"--init_from {args.init_from!r} is a stage-{config.stage} checkpoint: stage 2 starts from a "
+        raise common.UserError(f"--init_from {args.init_from!r} is a stage-{config.stage} checkpoint: stage 2 starts from a "
                          f"checkpoint of train_tok.py --stage 1")
     saved = run_settings_of(init, config)
     given = common.flags_given(parser)
     for name in ARCHITECTURE_FLAGS:
         if name in given and getattr(args, name) != saved[name]:
-            raise SystemExit(f"--{name} {getattr(args, name)} contradicts the stage-1 checkpoint (--{name} {saved[name]}): "
+            raise common.UserError(f"--{name} {getattr(args, name)} contradicts the stage-1 checkpoint (--{name} {saved[name]}): "
                              f"stage 2 keeps its tokenizer; leave --{name} out")
         setattr(args, name, saved[name])
     return init, dataclasses.replace(config, stage=2)
@@ -169,7 +174,7 @@ def load_proxy_vqgan():
     try:
         return load_vqgan(args.proxy_vqgan).to(device)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"--proxy_vqgan: {e}")
+        raise common.UserError(f"--proxy_vqgan: {e}")
 
 
 def stage_start_weights(model, proxy_vqgan, stage_one):
@@ -196,7 +201,7 @@ if args.resume:
     try:
         config = config_of_checkpoint(resume, ckpt_path if args.resume == 'auto' else args.resume)
     except ValueError as e:
-        raise SystemExit(f"--resume: {e}")
+        raise common.UserError(f"--resume: {e}")
     check_resumed_stage(config.stage, ckpt_path if args.resume == 'auto' else args.resume)
     changed = common.apply_resume_args(parser, args, run_settings_of(resume, config), fixed=RUN_FLAGS, keep=MACHINE_FLAGS)
     if dist_state.master:
@@ -223,7 +228,7 @@ torch.manual_seed(args.seed)
 try:
     model = Tokenizer(config).to(device)
 except ValueError as e:  # a VQGAN whose code grid is not the tokenizer's patch grid
-    raise SystemExit(f"--stage {config.stage}: {e}")
+    raise common.UserError(f"--stage {config.stage}: {e}")
 if not resume:
     model = stage_start_weights(model, proxy_vqgan, stage_one)
 del stage_one  # the stage-1 checkpoint: its weights are the model's now
@@ -255,6 +260,8 @@ if resume:
 
 if dist_state.master:
     common.check_writable(args.out_dir, '--out_dir')
+    if args.eval_npz:
+        common.check_writable_file(args.eval_npz, '--eval_npz')
     print(f"tokenizer {config}\n{model.num_params() / 1e6:.1f}M params, {dist_state.world_size} process(es) on {device}, "
           f"global batch {args.batch_size} = {dist_state.world_size} x {args.grad_accum} x {micro_batch} (processes x --grad_accum x micro-batch), "
           f"bf16 {use_bf16}" + (f", LPIPS weights: {lpips.weights_source}" if lpips else ", no LPIPS"))
@@ -407,7 +414,7 @@ def evaluate(tok, root):
         else:
             shares = [mine]
         if dist_state.master:
-            np.savez(args.eval_npz, arr_0=np.concatenate(shares))
+            common.atomic_write(args.eval_npz, lambda f: np.savez(f, arr_0=np.concatenate(shares)))
     if not dist_state.master:
         return None
     seen, prefix_images = int(counts[1]), int(counts[0])
@@ -462,7 +469,7 @@ def save_checkpoint():
 # ----------------------------------------------------------------------------- training
 if args.eval_only:
     if not (args.resume and args.eval_data):
-        raise SystemExit('--eval_only needs --resume CKPT and --eval_data FOLDER')
+        raise common.UserError('--eval_only needs --resume CKPT and --eval_data FOLDER')
     evaluate(ema_model, args.eval_data)
     common.cleanup_distributed()
     raise SystemExit(0)

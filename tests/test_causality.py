@@ -1,4 +1,5 @@
 import math
+import re
 import sys
 
 import numpy as np
@@ -7,6 +8,7 @@ import torch
 from PIL import Image
 
 from causality import causality_table, load_images, make_tokens, r2_avg
+from common import UserError
 
 
 def naive_r2_avg(token, earlier_tokens):
@@ -99,11 +101,32 @@ def test_too_few_images_are_refused_not_tabled(tmp_path, monkeypatch):
     for i in range(3):
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
     monkeypatch.setattr(sys, "argv", ["causality.py", str(tmp_path)])
-    with pytest.raises(SystemExit, match="3 readable image.s.: R2_avg needs at least 100"):
+    with pytest.raises(UserError, match="3 readable image.s.: R2_avg needs at least 100"):
         causality.main()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--max-images", "0"), "--max-images 0: R2_avg needs at least 100 images"),
+    (("--json", "{tmp}"), "--json: '{tmp}' is a folder: pass a file path"),
+])
+def test_bad_flags_stop_before_reading_images(tmp_path, monkeypatch, flags, message):
+    import causality
+    monkeypatch.setattr(causality, "load_images", lambda *a: pytest.fail("images read before the flags were checked"))
+    monkeypatch.setattr(sys, "argv", ["causality.py", str(tmp_path), *(f.format(tmp=tmp_path) for f in flags)])
+    with pytest.raises(UserError, match=re.escape(message.format(tmp=tmp_path))):
+        causality.main()
+
+
+def test_an_npz_that_is_not_one_or_has_no_arr_0_is_named(tmp_path):
+    (tmp_path / "random.npz").write_bytes(np.random.default_rng(0).bytes(3000))
+    with pytest.raises(UserError, match="random.npz: not a readable .npz of arrays"):
+        load_images(str(tmp_path / "random.npz"))
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(UserError, match="other.npz: no arr_0 in this .npz"):
+        load_images(str(tmp_path / "other.npz"))
 
 
 def test_nchw_npz_is_refused_with_the_transpose(tmp_path):
     np.savez(tmp_path / "nchw.npz", arr_0=np.zeros((4, 3, 32, 32), np.uint8))
-    with pytest.raises(SystemExit, match=r"arr_0 must be uint8 images \(N, H, W, 3\).*arr.transpose\(0, 2, 3, 1\)"):
+    with pytest.raises(UserError, match=r"arr_0 must be uint8 images \(N, H, W, 3\).*arr.transpose\(0, 2, 3, 1\)"):
         load_images(str(tmp_path / "nchw.npz"))

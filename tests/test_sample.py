@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from common import UserError
 from conftest import REPO, perturb_weights, run, save_modified_tokenizer, train_gen
 from tokenizer import TokConfig, Tokenizer
 
@@ -85,7 +86,7 @@ def test_bad_inputs_name_the_fix(tiny_tokenizer, generator_ckpt, bad_tokenizers,
         argv = sys.argv
         sys.argv = ['sample.py', '--ckpt', str(ckpt), '--out', str(out), *map(str, extra)]
         try:
-            with pytest.raises(SystemExit) as stop:
+            with pytest.raises(UserError) as stop:
                 runpy.run_path(os.path.join(REPO, "sample.py"), run_name="__main__")
         finally:
             sys.argv = argv
@@ -138,10 +139,73 @@ def test_nonfinite_cfg_and_unwritable_out_stop_before_sampling(generator_ckpt, t
         raise AssertionError('sampled although the settings were bad')
     monkeypatch.setattr(sample_module, 'sample_batches', no_sampling)
     for cfg_scale in ('nan', 'inf', '-inf'):
-        with pytest.raises(SystemExit, match=f'--cfg {cfg_scale}: out of range, use a finite guidance scale'):
+        with pytest.raises(UserError, match=f'--cfg {cfg_scale}: out of range, use a finite guidance scale'):
             sample_module.main(['--ckpt', str(generator_ckpt), '--out', str(tmp_path), f'--cfg={cfg_scale}', '--per_class', '1'])
-    with pytest.raises(SystemExit, match=f"--out: '{unwritable_dir}' is not a writable folder"):
+    with pytest.raises(UserError, match=f"--out: '{unwritable_dir}' is not a writable folder"):
         sample_module.main(['--ckpt', str(generator_ckpt), '--out', str(unwritable_dir), '--per_class', '1'])
     (tmp_path / 'a_file').write_bytes(b'')
-    with pytest.raises(SystemExit, match="--out: .*a_file' is not a writable folder"):
+    with pytest.raises(UserError, match="--out: .*a_file' is not a writable folder"):
         sample_module.main(['--ckpt', str(generator_ckpt), '--out', str(tmp_path / 'a_file'), '--per_class', '1'])
+
+
+def nan_weights(ckpt):
+    for weights in (ckpt['model'], ckpt['ema']):
+        weights['tok_emb.weight'] = torch.full_like(weights['tok_emb.weight'], float('nan'))
+
+
+def test_a_generator_of_nan_weights_is_refused_not_sampled(generator_ckpt, tmp_path):
+    import sample as sample_module
+    nan_ckpt = save_modified_tokenizer(generator_ckpt, tmp_path / 'nan.pt', nan_weights)
+    with pytest.raises(UserError, match=r"--ckpt: .*nan.pt' holds non-finite \(NaN or inf\) weights"):
+        sample_module.main(['--ckpt', str(nan_ckpt), '--out', str(tmp_path / 'out'), '--per_class', '1'])
+    assert not (tmp_path / 'out').exists() or not list((tmp_path / 'out').iterdir())
+
+
+def test_sample_batches_itself_refuses_a_nan_guidance_scale(generator_ckpt):
+    import sample as sample_module
+    gpt, tok, _ = sample_module.load_models(str(generator_ckpt))
+    with pytest.raises(UserError, match='--cfg nan: out of range'):
+        list(sample_module.sample_batches(gpt, tok, np.zeros(2, np.int64), 2, 0, N_TOKENS, cfg_scale=float('nan')))
+
+
+def test_a_full_disk_while_writing_pngs_keeps_each_png_whole_and_names_the_one_it_stopped_at(generator_ckpt, tmp_path,
+                                                                                              monkeypatch):
+    import common
+    import sample as sample_module
+
+    def open_onto_a_full_disk_from_the_third_png(name, mode):
+        return open('/dev/full' if '000002_' in str(name) else name, mode)
+    monkeypatch.setattr(common, 'open', open_onto_a_full_disk_from_the_third_png, raising=False)
+    with pytest.raises(UserError, match=r"no space left on the device while writing .*png/000002_0.png'"):
+        sample_module.main(['--ckpt', str(generator_ckpt), '--out', str(tmp_path), '--classes', '0', '--per_class', '4',
+                            '--png'])
+    assert sorted(p.name for p in (tmp_path / 'png').iterdir()) == ['000000_0.png', '000001_0.png']
+    for png in (tmp_path / 'png').iterdir():
+        assert Image.open(png).size == (IMAGE_SIZE, IMAGE_SIZE)  # whole, not truncated
+    assert not list(tmp_path.glob('*.npz'))
+
+
+@pytest.mark.parametrize('flags, message', [
+    (('--per_class', 10 ** 12), r'--per_class: 3,000,000,000,000 samples need .* GiB of memory .*: lower --per_class'),
+    (('--per_class', 3, '--batch_size', 2, '--progressive', 100),
+     r'--progressive 100: the strips show samples of the first batch, here 2: pass --progressive 2 or less'),
+])
+def test_settings_that_cannot_be_met_stop_before_sampling(generator_ckpt, tmp_path, monkeypatch, flags, message):
+    import sample as sample_module
+    monkeypatch.setattr(sample_module, 'sample_batches', lambda *a, **k: pytest.fail('sampled'))
+    with pytest.raises(UserError, match=message):
+        sample_module.main(['--ckpt', str(generator_ckpt), '--out', str(tmp_path), *map(str, flags)])
+
+
+def test_memorisation_of_truncated_samples_is_reported_over_the_tokens_they_keep(generator_ckpt, tmp_path, capsys):
+    import sample as sample_module
+    sample_module.main(['--ckpt', str(generator_ckpt), '--out', str(tmp_path), '--per_class', '1', '--truncate', '5'])
+    copied = [line for line in capsys.readouterr().out.splitlines() if line.startswith('copied from a training row:')]
+    assert len(copied) == 1 and copied[0].startswith('copied from a training row: first 3 tokens ')
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='CUDA is available here')
+def test_device_cuda_without_cuda_names_the_fix(generator_ckpt, tmp_path):
+    import sample as sample_module
+    with pytest.raises(UserError, match='--device cuda: CUDA is not available .*use --device cpu'):
+        sample_module.main(['--ckpt', str(generator_ckpt), '--out', str(tmp_path), '--device', 'cuda'])

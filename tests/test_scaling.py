@@ -36,9 +36,9 @@ def test_checkpoints_come_every_n_steps_at_the_end_and_after_the_minutes_at_a_lo
 
 def test_grad_accum_must_split_the_global_batch_evenly():
     assert common.micro_batch_size(256, world_size=4, grad_accum=2) == 32
-    with pytest.raises(SystemExit, match='--batch_size 256 must divide by 3 process'):
+    with pytest.raises(common.UserError, match='--batch_size 256 must divide by 3 process'):
         common.micro_batch_size(256, world_size=3, grad_accum=1)
-    with pytest.raises(SystemExit, match='--grad_accum 0'):
+    with pytest.raises(common.UserError, match='--grad_accum 0'):
         common.micro_batch_size(256, world_size=1, grad_accum=0)
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from common import UserError
 from conftest import make_image_folder, run, train_gen
 from generator import GPT, GPTConfig
 import superres
@@ -134,7 +135,44 @@ def test_cli_keeps_seven_eighths_of_the_tokens_by_default(generator_ckpt, tmp_pa
 def test_cli_stops_on_out_of_range_flags_before_completing(generator_ckpt, tmp_path, flag, value, message):
     npz = tmp_path / 'samples_2x32x32x3.npz'
     np.savez(npz, arr_0=np.zeros((2, 32, 32, 3), dtype=np.uint8))
-    with pytest.raises(SystemExit, match=re.escape(message)):
+    with pytest.raises(UserError, match=re.escape(message)):
         superres.main(['--ckpt', str(generator_ckpt), '--input', str(npz), '--out', str(tmp_path / 'out'),
                        '--device', 'cpu', f'{flag}={value}'])
     assert not (tmp_path / 'out').exists()
+
+
+def test_an_out_that_cannot_be_a_folder_stops_before_any_completion(generator_ckpt, tmp_path, monkeypatch):
+    """superres.py created --out only after all the work, so an existing file there lost every output."""
+    npz = tmp_path / 'samples_2x32x32x3.npz'
+    np.savez(npz, arr_0=np.zeros((2, 32, 32, 3), dtype=np.uint8))
+    (tmp_path / 'a_file').write_bytes(b'')
+    monkeypatch.setattr(superres, 'complete', lambda *a, **k: pytest.fail('completed before --out was checked'))
+    with pytest.raises(UserError, match=r"--out: .*a_file' is not a writable folder .*: pass another --out"):
+        superres.main(['--ckpt', str(generator_ckpt), '--input', str(npz), '--out', str(tmp_path / 'a_file'),
+                       '--device', 'cpu'])
+
+
+@pytest.mark.parametrize('labels, flags, message', [
+    (np.array([0, 1, 2]), (), 'labels of shape (3,) for 2 images: save one class id per image'),
+    (np.array([0, 3]), (), 'labels 0..3 are not class ids of this generator, 0..2'),
+    (np.array([0, 1]), ('--limit', '0'), '--limit 0: must be at least 1'),
+])
+def test_bad_labels_and_limit_are_named_before_completing(generator_ckpt, tmp_path, monkeypatch, labels, flags, message):
+    npz = tmp_path / 'samples_2x32x32x3.npz'
+    np.savez(npz, arr_0=np.zeros((2, 32, 32, 3), dtype=np.uint8), labels=labels)
+    monkeypatch.setattr(superres, 'complete', lambda *a, **k: pytest.fail('completed despite bad input'))
+    with pytest.raises(UserError, match=re.escape(message)):
+        superres.main(['--ckpt', str(generator_ckpt), '--input', str(npz), '--out', str(tmp_path / 'out'),
+                       '--device', 'cpu', *flags])
+
+
+def test_an_unreadable_input_or_a_missing_fid_reference_stops_before_completing(generator_ckpt, tmp_path, monkeypatch):
+    (tmp_path / 'random.npz').write_bytes(np.random.default_rng(0).bytes(3000))
+    npz = tmp_path / 'samples_2x32x32x3.npz'
+    np.savez(npz, arr_0=np.zeros((2, 32, 32, 3), dtype=np.uint8))
+    monkeypatch.setattr(superres, 'complete', lambda *a, **k: pytest.fail('completed despite bad input'))
+    for flags, message in ((('--input', tmp_path / 'random.npz'), 'random.npz: not a readable .npz of arrays'),
+                           (('--input', npz, '--fid_ref', tmp_path / 'missing.npz'), 'missing.npz: no such file or folder')):
+        with pytest.raises(UserError, match=re.escape(message)):
+            superres.main(['--ckpt', str(generator_ckpt), '--out', str(tmp_path / 'out'), '--device', 'cpu',
+                           *map(str, flags)])

@@ -12,6 +12,7 @@ import torch
 import fid
 import sample
 import sweep
+from common import UserError
 from conftest import train_gen
 
 pytestmark = pytest.mark.filterwarnings('ignore:.*covariance:UserWarning')  # a few samples make singular ones
@@ -138,15 +139,23 @@ def test_sampling_autocast_stays_inside_the_batches(setup):
     (('--classes', '0,5'), 'class id(s) [5] out of range'),
 ])
 def test_bad_inputs_stop_before_sampling(setup, tmp_path, extra, message):
-    with pytest.raises(SystemExit, match=re.escape(message)):
+    with pytest.raises(UserError, match=re.escape(message)):
         run_sweep(setup, tmp_path, *extra)
     assert not list(tmp_path.iterdir())
 
 
 def test_bad_reference_or_weights_say_so(setup, tmp_path, monkeypatch):
-    with pytest.raises(SystemExit, match='sweep.py: error: .*missing.npz: no such file or folder'):
+    with pytest.raises(UserError, match='missing.npz: no such file or folder'):
         run_sweep((setup[0], tmp_path / 'missing.npz'), tmp_path)
     monkeypatch.undo()  # the real loader: it stops on the missing file before reading any weights
-    with pytest.raises(SystemExit, match='Inception weights .*missing.pth: no such file'):
+    with pytest.raises(UserError, match='Inception weights .*missing.pth: no such file'):
         run_sweep(setup, tmp_path, '--inception', tmp_path / 'missing.pth')
     assert not list(tmp_path.iterdir())
+
+
+def test_unwritable_json_or_best_flags_stop_before_sampling(setup, tmp_path, monkeypatch):
+    monkeypatch.setattr(sample, 'sample_batches', lambda *a, **k: pytest.fail('sampled before the outputs were checked'))
+    (tmp_path / 'a_file').write_bytes(b'')
+    for flag in ('--json', '--best_flags'):
+        with pytest.raises(UserError, match=f"{flag}: .*a_file' is not a writable folder"):
+            run_sweep(setup, tmp_path, flag, tmp_path / 'a_file' / 'out')

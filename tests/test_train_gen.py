@@ -342,3 +342,30 @@ def test_two_processes_equal_one_with_grad_accum_2_and_resume_across_them(tiny_t
     assert [r['step'] for r in log_accum] == [r['step'] for r in log_moved] == [1, 2, 3, 4]
     for a, b in zip(log_accum, log_moved):
         assert a['loss'] == pytest.approx(b['loss'], rel=1e-5) and a['grad_norm'] == pytest.approx(b['grad_norm'], rel=1e-4)
+
+
+def test_resume_at_max_steps_says_so(tiny_tokenizer, token_file, straight_run, tmp_path):
+    result = train_gen(tiny_tokenizer[1], tmp_path, '--tokens', token_file, '--max_steps', 4,
+                       '--resume', straight_run / 'ckpt.pt')
+    assert 'it has reached --max_steps 4: raise --max_steps to train further' in result.stdout
+
+
+def truncated_copy(path, tmp_path):
+    data = path.read_bytes()
+    (tmp_path / 'truncated.npz').write_bytes(data[:len(data) // 2])
+    return tmp_path / 'truncated.npz'
+
+
+@pytest.mark.parametrize('flags, message', [
+    (('--label_drop', 1.5), '--label_drop 1.5: a probability of the null class'),
+    (('--preset', 'huge'), '--preset huge: unknown generator preset; choose from'),
+    (('--batch_size', 16), "--batch_size 16 is larger than the data set's 12 images: pass --batch_size 12 or less"),
+    (('--tokens', truncated_copy), "truncated.npz' is truncated or not a token file (BadZipFile"),
+])
+def test_bad_flags_and_files_stop_with_one_line_and_exit_status_2(tiny_tokenizer, token_file, tmp_path, flags, message):
+    flag, value = flags
+    value = value(token_file, tmp_path) if callable(value) else value
+    extra = () if flag == '--tokens' else ('--tokens', token_file)
+    result = train_gen(tiny_tokenizer[1], tmp_path / 'out', *extra, flag, value, '--max_steps', 1, expect_ok=False)
+    assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
+    assert result.stderr.startswith('train_gen.py: error: ') and message in result.stderr, result.stderr

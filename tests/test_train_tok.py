@@ -284,3 +284,16 @@ def test_flags_that_do_not_fit_the_stage_stop_with_the_fix(stage_one, image_dir,
     result = train(image_dir, tmp_path / 'out', '--stage', '1', '--proxy_vqgan', str(vqgan_path), '--gan_weight', '0.1', check=False)
     assert '--stage 1 runs with --gan_weight 0.0: leave --gan_weight out' in result.stderr
     assert not os.path.exists(tmp_path / 'out' / 'ckpt.pt')
+
+
+@pytest.mark.parametrize('data, flags, message', [
+    ('images', ('--batch_size', '32'), "--batch_size 32 is larger than the data set's 24 images: pass --batch_size 24 or less"),
+    ('missing', (), "missing' does not exist: pass a folder of <class>/<image> files"),
+    ('empty_class', (), "class folder(s) cat of"),
+    ('images', ('--lpips_weight', '1', '--lpips_path', 'missing.pth'), '--lpips_path missing.pth: no such file'),
+])
+def test_bad_data_and_flags_stop_with_one_line_and_exit_status_2(image_dir, tmp_path, data, flags, message):
+    os.makedirs(tmp_path / 'empty_class' / 'cat')
+    result = train(image_dir if data == 'images' else tmp_path / data, tmp_path / 'out', *flags, check=False)
+    assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
+    assert result.stderr.startswith('train_tok.py: error: ') and message in result.stderr, result.stderr
