@@ -342,3 +342,21 @@ def test_two_processes_equal_one_with_grad_accum_2_and_resume_across_them(tiny_t
     assert [r['step'] for r in log_accum] == [r['step'] for r in log_moved] == [1, 2, 3, 4]
     for a, b in zip(log_accum, log_moved):
         assert a['loss'] == pytest.approx(b['loss'], rel=1e-5) and a['grad_norm'] == pytest.approx(b['grad_norm'], rel=1e-4)
+
+
+def test_preset_follows_the_tokenizer_and_a_warmup_longer_than_the_run_is_refused(tiny_tokenizer, token_file, tmp_path):
+    result = run('train_gen.py', '--tok_ckpt', tiny_tokenizer[1], '--tokens', token_file, '--out_dir', tmp_path,
+                 '--batch_size', 8, '--max_steps', 2, '--warmup', 5, expect_ok=False)
+    assert 'no --preset given: cifar_d8, the preset for 32 px tokenizers' in result.stdout
+    assert '--warmup 5 is longer than --max_steps 2: the lr would never reach its peak; pass --warmup 1' in result.stderr
+
+
+def test_flat_validation_folder_is_refused_before_any_encoding(tiny_tokenizer, tmp_path):
+    data, tok_ckpt = tiny_tokenizer
+    os.makedirs(tmp_path / 'val')
+    for image in (data / 'class0').iterdir():  # one folder of images, as ImageNet's validation set ships
+        os.link(image, tmp_path / 'val' / image.name)
+    message = train_gen(tok_ckpt, tmp_path / 'out', '--data', data, '--val_data', tmp_path / 'val', expect_ok=False).stderr
+    assert f"--val_data {str(tmp_path / 'val')!r} has no class folders, the training data has {N_CLASSES}: sort" in message
+    assert 'imagenet/extract_ILSVRC.sh of github.com/pytorch/examples' in message
+    assert not list((tmp_path / 'out').glob('*tokens*'))  # nothing encoded
