@@ -38,7 +38,7 @@ MODES = ('plain', 'stride', 'patch')
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
     sample.add_model_args(parser)
     parser.add_argument('--input', required=True, help='ADM .npz of S x S images (e.g. sample.py output) or an image folder')
     parser.add_argument('--out', default='superres', help='output folder')

@@ -28,7 +28,7 @@ import tokens
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
     sample.add_model_args(parser)
     parser.add_argument('--ref', required=True, help='reference: statistics .npz from fid.py --save-stats, or images')
     parser.add_argument('--inception', metavar='PATH', help='Inception weights (default: found as fid.py finds them)')
