@@ -59,15 +59,17 @@ def progress_bar(*args, **kwargs):
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """--help with the description as written and every flag's default; flags whose default is None (a rule their
-    help states) or False (off) show none."""
+    help states), False (off) or empty show none."""
+
+    @staticmethod
+    def shows_default(action):
+        return not (action.default is None or action.default is False or action.default in ('', argparse.SUPPRESS))
 
     def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
+        return super()._get_help_string(action) if self.shows_default(action) else action.help
 
     def _format_action(self, action):
-        if not action.help and not (action.default is None or action.default is False or action.default == argparse.SUPPRESS):
+        if not action.help and self.shows_default(action):
             action = copy.copy(action)
             action.help = 'default: %(default)s'  # argparse leaves out the default of a flag without help
         return super()._format_action(action)

@@ -1,4 +1,5 @@
 """common.py's checkpoint loading and atomic writes against hostile or damaged files."""
+import argparse
 import os
 import subprocess
 import sys
@@ -101,3 +102,14 @@ def test_check_writable_names_the_flag(tmp_path):
     (tmp_path / 'file').write_bytes(b'')
     with pytest.raises(SystemExit, match=r"--out_dir: .*file/sub' is not a writable folder .*: pass another --out_dir"):
         common.check_writable(str(tmp_path / 'file' / 'sub'), '--out_dir')
+
+
+def test_help_shows_every_default_but_unset_ones_and_keeps_the_description_as_written():
+    parser = argparse.ArgumentParser(description='first line\n    an indented example', formatter_class=common.HelpFormatter)
+    parser.add_argument('--lr', type=float, default=1e-4)  # no help: argparse alone would show nothing
+    parser.add_argument('--batch_size', type=int, default=256, help='global batch')
+    parser.add_argument('--warmup', type=int, help='steps (default: a tenth of the run)')
+    parser.add_argument('--compile', action='store_true')
+    text = parser.format_help()
+    assert 'default: 0.0001' in text and 'global batch (default: 256)' in text
+    assert 'None' not in text and 'False' not in text and '\n    an indented example' in text
