@@ -113,3 +113,24 @@ def test_help_shows_every_default_but_unset_ones_and_keeps_the_description_as_wr
     text = parser.format_help()
     assert 'default: 0.0001' in text and 'global batch (default: 256)' in text
     assert 'None' not in text and 'False' not in text and '\n    an indented example' in text
+
+
+def test_threads_and_loader_processes_fit_the_idle_cores(monkeypatch):
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    monkeypatch.delenv('LOCAL_WORLD_SIZE', raising=False)
+    threads = torch.get_num_threads()
+    try:
+        for cores, load, device, workers in ((2, 0.1, 'cpu', (0, 2)), (2, 1.2, 'cpu', (0, 1)), (16, 0.0, 'cpu', (4, 12)),
+                                             (16, 0.0, 'cuda', (8, None))):
+            monkeypatch.setattr(os, 'sched_getaffinity', lambda pid, cores=cores: set(range(cores)))
+            monkeypatch.setattr(os, 'getloadavg', lambda load=load: (load, load, load))
+            chosen, line = common.use_cpu_cores(torch.device(device), None)
+            assert chosen == workers[0], (cores, load, device)
+            if device == 'cpu':  # a GPU run leaves the threads alone
+                assert torch.get_num_threads() == workers[1] and f'{workers[1]} thread(s)' in line
+        monkeypatch.setenv('OMP_NUM_THREADS', '3')
+        torch.set_num_threads(3)
+        assert common.use_cpu_cores(torch.device('cpu'), 5) == (5, '3 thread(s) and 5 image loading process(es) '
+                                                                   '(OMP_NUM_THREADS=3)')
+    finally:
+        torch.set_num_threads(threads)

@@ -95,6 +95,7 @@ def test_preset_follows_the_image_size_and_other_sizes_are_told_the_presets(imag
 def test_default_warmup_is_a_tenth_of_a_short_run_and_a_longer_warmup_is_refused(image_dir, tmp_path):
     result = start(image_dir, tmp_path / 'short', '--preset', 'tiny', '--max_steps', 20, '--lr', 1e-3)
     assert result.returncode == 0 and 'warmup over 2 steps, a tenth of --max_steps 20' in result.stdout
+    assert 'Warning' not in result.stderr  # at the default --workers, none from DataLoader about the cores
     assert read_log(tmp_path / 'short')[1]['lr'] == pytest.approx(1e-3)  # the peak at step 2, not 2e-7 of 10,000 steps
     message = start(image_dir, tmp_path / 'long', '--preset', 'tiny', '--max_steps', 20, '--warmup', 30).stderr
     assert '--warmup 30 is longer than --max_steps 20: the lr would never reach its peak; pass --warmup 2' in message
