@@ -101,6 +101,16 @@ def test_default_warmup_is_a_tenth_of_a_short_run_and_a_longer_warmup_is_refused
     assert '--warmup 30 is longer than --max_steps 20: the lr would never reach its peak; pass --warmup 2' in message
 
 
+def test_a_run_resumed_on_two_processes_counts_each_code_use_once(image_dir, tmp_path):
+    # DDP copies rank 0's buffers to every rank once, at its start: rank 0 holds the checkpoint's sum over the ranks,
+    # which the other ranks must not count again
+    flags = ('--restart_every', '0', '--ckpt_every', '2')
+    train(image_dir, tmp_path / 'out', *flags, '--max_steps', '2', nproc=2)
+    train(image_dir, tmp_path / 'out', *flags, '--max_steps', '4', '--resume', nproc=2)
+    ckpt, w = weights(tmp_path / 'out')
+    assert ckpt['step'] == 4 and w['model.quantizer.usage'].sum() == 4 * 8 * 8  # steps x batch x N tokens
+
+
 def test_bad_images_are_skipped_and_counted(image_dir, tmp_path):
     data = tmp_path / 'data'
     shutil.copytree(image_dir, data)
