@@ -167,7 +167,7 @@ def use_cpu_cores(device, workers=0):
     model needs every core and small images decode in the training process at no cost worth a core). On a CPU
     also torch's threads: the cores not taken by the loader processes nor, over the last minute (the load
     average), by other processes. Threads beyond the idle cores wait on each other: with another process busy
-    on one of 2 cores, a tiny tokenizer's step took 4-6 s on 2 threads, 1.3-1.8 s on 1. OMP_NUM_THREADS, when
+    on one of 2 cores, a tiny tokenizer's step took 3-6 s on 2 threads, 1.3-1.8 s on 1. OMP_NUM_THREADS, when
     set, decides the threads."""
     cores = cpu_cores()
     if workers is None:
