@@ -696,10 +696,10 @@ def bench_train_tok(args, device, peaks):
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
     sub = parser.add_subparsers(dest='what', required=True)
 
-    p = sub.add_parser('loader', help='data loader images/s')
+    p = sub.add_parser('loader', formatter_class=common.HelpFormatter, help='data loader images/s')
     p.add_argument('--data', required=True)
     p.add_argument('--size', type=int, default=256)
     p.add_argument('--batch', type=int, default=256)
@@ -713,7 +713,7 @@ def main(argv=None):
         p.add_argument('--compile', action='store_true', help='also time a torch.compile variant')
         p.add_argument('--seed', type=int, default=0)
 
-    p = sub.add_parser('sample', help='sampling: reference loop vs fast_sample.FastSampler, end to end with tokenizer decode')
+    p = sub.add_parser('sample', formatter_class=common.HelpFormatter, help='sampling: reference loop vs fast_sample.FastSampler, end to end with tokenizer decode')
     p.add_argument('--preset', default='d16', help='generator preset')
     p.add_argument('--tok_preset', default='titok_b64', help='tokenizer preset (sets N and K of the generator)')
     p.add_argument('--batch', type=int, nargs='+', default=[64, 256])
@@ -730,7 +730,7 @@ def main(argv=None):
     device_args(p)
 
     for name, default_preset, default_batch in (('train_gen', 'd16', 256), ('train_tok', 'titok_b64', 64)):
-        p = sub.add_parser(name, help=f'{name}.py training steps')
+        p = sub.add_parser(name, formatter_class=common.HelpFormatter, help=f'{name}.py training steps')
         p.add_argument('--preset', default=default_preset)
         p.add_argument('--batch', type=int, nargs='+', default=[default_batch])
         p.add_argument('--warmup', type=int, default=3, help='untimed steps first (compilation happens here)')
@@ -741,7 +741,7 @@ def main(argv=None):
         p.add_argument('--profile', action='store_true', help='kernel time by class of one timed step (CUDA)')
         device_args(p)
 
-    p = sub.add_parser('table', help='print the table of a JSON-lines file written by --json')
+    p = sub.add_parser('table', formatter_class=common.HelpFormatter, help='print the table of a JSON-lines file written by --json')
     for p_ in sub.choices.values():
         p_.add_argument('--json', help='append the results to this JSON-lines file' if p_ is not p else 'file to read')
     args = parser.parse_args(argv)

@@ -53,13 +53,50 @@ def exit_on_user_error():
     sys.excepthook = report
 
 
+class ProgressBar(tqdm):
+    """tqdm whose finished bar is drawn once: the last update, a closing set_postfix and close() would each draw
+    the same 100% line again. A bar cleared to print a message above it (write) is drawn again after it."""
+
+    finished_drawn = None
+
+    def display(self, msg=None, pos=None):
+        finished = (self.n, str(self.postfix))
+        if self.total and self.n >= self.total and msg is None:
+            if self.finished_drawn == finished:
+                return True
+            self.finished_drawn = finished
+        return super().display(msg, pos)
+
+    def clear(self, nolock=False):
+        self.finished_drawn = None
+        super().clear(nolock)
+
+
 def progress_bar(*args, **kwargs):
     """tqdm for every script: redrawn up to 10 times a second on a terminal, at most once a minute in a log
-    file, where every redraw is another line."""
+    file, where every redraw is another line; the finished bar once."""
     terminal = kwargs.get('file', sys.stderr).isatty()
     interval = 0.1 if terminal else 60
     # maxinterval too: tqdm's monitor thread otherwise forces a redraw whenever the last one is 10 s old
-    return tqdm(*args, mininterval=interval, maxinterval=max(interval, 10), dynamic_ncols=True, **kwargs)
+    return ProgressBar(*args, mininterval=interval, maxinterval=max(interval, 10), dynamic_ncols=True, **kwargs)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help with the description as written and every flag's default; flags whose default is None (a rule their
+    help states), False (off) or empty show none."""
+
+    @staticmethod
+    def shows_default(action):
+        return not (action.default is None or action.default is False or action.default in ('', argparse.SUPPRESS))
+
+    def _get_help_string(self, action):
+        return super()._get_help_string(action) if self.shows_default(action) else action.help
+
+    def _format_action(self, action):
+        if not action.help and self.shows_default(action):
+            action = copy.copy(action)
+            action.help = 'default: %(default)s'  # argparse leaves out the default of a flag without help
+        return super()._format_action(action)
 
 
 @dataclass
@@ -142,6 +179,34 @@ def gradient_sync(model, micro_step, grad_accum):
     return contextlib.nullcontext()
 
 
+def cpu_cores():
+    """The CPU cores this process may use: those it may run on (its affinity: a container's or taskset's share),
+    shared among the processes torchrun starts on this host."""
+    return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
+
+
+def use_cpu_cores(device, workers=0):
+    """Fit a run to its cores: -> (--workers, a line saying what was chosen). workers None: image loading processes
+    from the cores (on a GPU up to 8, one core left to the training process; on a CPU none up to 3 cores, where the
+    model needs every core and small images decode in the training process at no cost worth a core). On a CPU
+    also torch's threads: the cores not taken by the loader processes nor, over the last minute (the load
+    average), by other processes. Threads beyond the idle cores wait on each other: with another process busy
+    on one of 2 cores, a tiny tokenizer's step took 3-6 s on 2 threads, 1.3-1.8 s on 1. OMP_NUM_THREADS, when
+    set, decides the threads."""
+    cores = cpu_cores()
+    if workers is None:
+        workers = min(8, cores - 1) if device.type == 'cuda' else min(8, cores // 4)
+    if device.type != 'cpu':
+        return workers, f"{workers} image loading process(es) ({cores} CPU cores)"
+    if 'OMP_NUM_THREADS' not in os.environ:
+        others = os.getloadavg()[0] / int(os.environ.get('LOCAL_WORLD_SIZE', 1))
+        torch.set_num_threads(max(1, cores - workers - round(others)))
+        source = f"{cores} cores, load {others:.1f}"
+    else:
+        source = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
+    return workers, f"{torch.get_num_threads()} thread(s) and {workers} image loading process(es) ({source})"
+
+
 def adamw(model, lr, betas, weight_decay, no_decay=()):
     """AdamW with weight decay only on matrices/conv kernels not named in no_decay (norms, biases, positions are excluded)."""
     decay, no_wd = [], []
@@ -165,6 +230,13 @@ def ema_update(ema_model, model, decay):
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
     for eb, b in zip(ema_model.buffers(), model.buffers()):
         eb.copy_(b)
+
+
+def check_warmup(warmup, max_steps):
+    """Stop when --warmup exceeds --max_steps: the lr would never reach its peak."""
+    if warmup > max_steps:
+        raise UserError(f"--warmup {warmup} is longer than --max_steps {max_steps}: the lr would never reach its peak; "
+                         f"pass --warmup {max(1, max_steps // 10)} (a tenth of the run) or raise --max_steps")
 
 
 def rng_state():
@@ -474,6 +546,15 @@ def stop_on_nonfinite(step, ckpt_path, what='loss'):
     else:
         advice = f"no checkpoint was written yet ({ckpt_path!r} does not exist): start again with a lower --lr or --grad_clip"
     raise SystemExit(f"non-finite {what} at or before step {step}: stopped without saving; {advice}.")
+
+
+def format_duration(seconds):
+    """'42 s', '3 min 05 s' or '2 h 07 min', for closing summary lines."""
+    minutes, seconds = divmod(round(seconds), 60)
+    if not minutes:
+        return f"{seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {seconds:02d} s"
 
 
 def speed_record(n_steps, seconds, global_batch, flops_per_sample, dist_state):

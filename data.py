@@ -41,12 +41,17 @@ def is_inside(path, folder):
     return os.path.commonpath([path, folder]) == folder
 
 
+def class_names(root):
+    """The class folders of an image folder, sorted: its top-level folders but hidden ones (.ipynb_checkpoints)."""
+    return sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith('.'))
+
+
 def list_images(root):
     """Sorted image paths under root (recursive) and their class ids (sorted top-level folder name; hidden
     folders such as .ipynb_checkpoints are not classes). A root without class folders is one class."""
     if not os.path.isdir(root):
         raise common.UserError(f"image folder {root!r} does not exist: pass a folder of <class>/<image> files")
-    classes = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith('.'))
+    classes = class_names(root)
     if not classes:
         paths = find_images(root)
         labels = [0] * len(paths)

@@ -792,7 +792,7 @@ def benchmark(path, evaluation, iterations=10):
 # CLI
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
     parser.add_argument('inputs', nargs='+', metavar='PATH', help='SAMPLES REF; IMAGES with --save-stats or --bench')
     parser.add_argument('--batch', type=int, default=500)
     parser.add_argument('--workers', type=int, default=8, help='image decoding processes')

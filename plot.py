@@ -16,6 +16,8 @@ import os
 
 from PIL import Image, ImageDraw, ImageFont
 
+import common
+
 DEFAULT_KEYS = ('batch_nll', 'train_nll', 'val_nll')
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127)]
@@ -110,7 +112,7 @@ def plot_log(path, out, keys=DEFAULT_KEYS):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
     parser.add_argument('logs', nargs='+', help='jsonl logs written by train_gen.py or train_tok.py')
     parser.add_argument('--keys', nargs='+', default=list(DEFAULT_KEYS), help='record keys to plot against step')
     parser.add_argument('--per_position', action='store_true',

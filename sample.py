@@ -1,16 +1,18 @@
 """
 Sample class-conditional images from a train_gen.py checkpoint, decoded by the tokenizer it was trained on.
 
-    python sample.py --ckpt out/gen/ckpt.pt --out samples/d16 --classes all --per_class 50   # 50,000 images for FID
+    python sample.py --ckpt out/gen/ckpt.pt --out out/samples/d16 --classes all --per_class 50   # 50,000 images for FID
     python sample.py --ckpt out/gen/ckpt.pt --classes 207,360,387 --per_class 8 --truncate 16 --progressive 3
+    python sample.py --ckpt out/gen/ckpt.pt --classes cat,dog --per_class 8   # class folder names
 
 VAR evaluates FID with --cfg 1.5 --cfg_ramp --top_k 900 --top_p 0.96 (its guidance always ramps over scales).
 sweep.py picks these settings by FID on a held-out seed and writes them as flags for this script.
 Writes to --out:
   samples_{n}x{H}x{W}x3.npz  ADM format: arr_0 uint8 (n, H, W, 3) and labels (n,), read by fid.py and ADM's evaluator
-  grid.png                   up to 8 samples (columns) of each of the first 8 classes (rows)
+  grid.png                   up to 8 samples (columns) of each of the first 8 classes (rows, labelled id and name)
   png/{i:06d}_{class}.png    with --png, every sample
-  progressive.png            with --progressive [K]: the first K (4) samples decoded from their first 1, 2, ..., n tokens
+  progressive.png            with --progressive [K]: the first K (4) samples, one per row, decoded from their first
+                             1, 2, ..., n tokens (left to right; the last column is all n)
   sample_args.json           the settings, checkpoint step, tokenizer, and the sampling loop's seconds and images/s
 --truncate k decodes each sample from its first N - k tokens only (Table 3); the k tokens are never generated.
 Reproducibility: batch b samples with a generator seeded by (--seed, b), so the same --seed, --batch_size and
@@ -25,6 +27,7 @@ import time
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
 import common
 import fast_sample
@@ -57,10 +60,11 @@ def add_sampling_args(parser, several=False):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
     add_model_args(parser)
-    parser.add_argument('--out', default='samples', help='output folder')
-    parser.add_argument('--classes', default='all', help="'all' or class ids like 1,2,3")
+    parser.add_argument('--out', default='out/samples', help='output folder')
+    parser.add_argument('--classes', default='all', help="'all', or class names (the training data's folder names) or "
+                        "ids (their place in the sorted names, from 0), comma-separated: cat,dog or 3,5")
     parser.add_argument('--per_class', type=int, default=50)
     add_sampling_args(parser)
     parser.add_argument('--seed', type=int, default=0)
@@ -159,19 +163,46 @@ def report_memorisation(ckpt, codes):
     return shares
 
 
-def parse_classes(spec, num_classes):
-    """--classes 'all' or ids like '1,2,3' -> list of class ids, each checked to be one of the generator's."""
+def class_names(ckpt, num_classes):
+    """The generator's class names (its training data's sorted class folders), or the ids as text for a checkpoint
+    that does not store them or a folder without class folders (one class)."""
+    names = ckpt.get('classes') or []
+    return names if len(names) == num_classes else [str(i) for i in range(num_classes)]
+
+
+def parse_classes(spec, names):
+    """--classes 'all', or names and ids like 'cat,dog' or '1,2,3' -> list of class ids; a name is read as a name
+    before it is read as an id."""
     if spec == 'all':
-        return list(range(num_classes))
-    try:
-        classes = [int(c) for c in spec.split(',')]
-    except ValueError:
-        raise common.UserError(f"--classes {spec!r}: expected 'all' or class ids like 1,2,3")
-    out_of_range = [c for c in classes if not 0 <= c < num_classes]
-    if out_of_range:
-        raise common.UserError(f"--classes: class id(s) {out_of_range} out of range: this generator has {num_classes} "
-                               f"classes, ids 0..{num_classes - 1}")
+        return list(range(len(names)))
+    classes, unknown = [], []
+    for item in spec.split(','):
+        if item in names:
+            classes.append(names.index(item))
+        elif item.isdigit() and int(item) < len(names):
+            classes.append(int(item))
+        else:
+            unknown.append(item)
+    if unknown:
+        listed = ', '.join(f"{i} {name}" if name != str(i) else name for i, name in enumerate(names[:20]))
+        raise common.UserError(f"--classes: {', '.join(unknown)} is no class of this generator, whose {len(names)} classes are, "
+                         f"by id and name: {listed}{', ...' if len(names) > 20 else ''}")
     return classes
+
+
+def label_rows(path, labels, row_height, pad=2):
+    """Write each row's label left of the grid PNG at path (save_grid's layout), in PIL's default font."""
+    grid = Image.open(path)
+    font = ImageFont.load_default()
+    boxes = [ImageDraw.Draw(grid).textbbox((0, 0), label, font=font) for label in labels]
+    margin = max(box[2] for box in boxes) + 2 * pad
+    labelled = Image.new('RGB', (grid.width + margin, grid.height), 'white')
+    labelled.paste(grid, (margin, 0))
+    draw = ImageDraw.Draw(labelled)
+    for row, (label, box) in enumerate(zip(labels, boxes)):
+        top = pad + row * (row_height + pad) + (row_height - box[3] - box[1]) // 2
+        draw.text((pad, top), label, fill='black', font=font)
+    labelled.save(path)
 
 
 @torch.no_grad()
@@ -229,9 +260,11 @@ def main(argv=None):
     args = parse_args(argv)
     common.check_writable(os.path.join(args.out, 'png') if args.png else args.out, '--out')  # before any sampling
     device, use_bf16 = device_and_bf16(args)
+    common.use_cpu_cores(device)
     gpt, tok, ckpt = load_models(args.ckpt, args.tok_ckpt, device, args.no_ema)
     N = gpt.config.n_tokens
-    classes = parse_classes(args.classes, gpt.config.num_classes)
+    names = class_names(ckpt, gpt.config.num_classes)
+    classes = parse_classes(args.classes, names)
     check_settings(args, N, gpt.config.vocab_size)
     n_keep = N - args.truncate
     H = tok.config.image_size
@@ -263,20 +296,23 @@ def main(argv=None):
                     save_png(images[i], os.path.join(args.out, 'png', f'{i:06d}_{labels[i]}.png'))
             pbar.update(len(batch_codes))
     sampling_s = time.perf_counter() - started  # generation, decoding and the copy to the host, first-call setup included
-    print(f"sampled {len(labels)} images in {sampling_s:.1f} s ({len(labels) / sampling_s:.0f} images/s)")
     copied = report_memorisation(ckpt, codes)
 
     npz_path = os.path.join(args.out, f'samples_{len(images)}x{H}x{H}x3.npz')
     common.atomic_write(npz_path, lambda f: np.savez(f, arr_0=images, labels=labels))
     shown_classes, shown_per_class = min(8, len(classes)), min(8, args.per_class)
     shown = [c * args.per_class + j for c in range(shown_classes) for j in range(shown_per_class)]
-    save_grid(to_float(torch.from_numpy(images[shown]).permute(0, 3, 1, 2), 'cpu'),
-              os.path.join(args.out, 'grid.png'), ncol=shown_per_class)
+    grid_path = os.path.join(args.out, 'grid.png')
+    save_grid(to_float(torch.from_numpy(images[shown]).permute(0, 3, 1, 2), 'cpu'), grid_path, ncol=shown_per_class)
+    label_rows(grid_path, [f"{c} {names[c]}" if names[c] != str(c) else names[c] for c in classes[:shown_classes]], H)
     settings = {**vars(args), 'n': len(images), 'generator_step': ckpt['step'], 'generator_val_nll': ckpt.get('val_nll'),
                 'copied_share': copied, 'tokenizer': tok.path, 'device': str(device), 'bf16': use_bf16,
                 'sampling_s': sampling_s, 'images_per_s': len(labels) / sampling_s}
     common.atomic_write(os.path.join(args.out, 'sample_args.json'), lambda f: f.write(json.dumps(settings, indent=1).encode()))
-    print(f"wrote {npz_path} and {os.path.join(args.out, 'grid.png')}")
+    written = [npz_path, grid_path] + [os.path.join(args.out, name) for name, on in (('progressive.png', args.progressive),
+                                                                                   ('png/', args.png)) if on]
+    print(f"wrote {', '.join(written)}: {len(labels)} images sampled in {sampling_s:.1f} s "
+          f"({len(labels) / sampling_s:.0f} images/s)")
 
 
 if __name__ == '__main__':

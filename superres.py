@@ -2,7 +2,7 @@
 Super-resolution by spectral completion (SpectralAR sec. 4.4, Table 3 top): images at the tokenizer's size S
 to 2S, by letting the generator add the fine tokens of 2x-upsampled images.
 
-    python superres.py --ckpt out/cifar10/gen/ckpt.pt --input samples/samples_10000x32x32x3.npz --out superres \
+    python superres.py --ckpt out/cifar10/gen/ckpt.pt --input out/samples/samples_10000x32x32x3.npz --out out/superres \
         --keep 16 24 28 --fid_ref ref64/superres_plain_50000x64x64x3.npz
 
 Each image (uint8, S x S) is upsampled 2x (bicubic: the 'plain' output) and split into 4 sub-images of S x S:
@@ -38,10 +38,10 @@ MODES = ('plain', 'stride', 'patch')
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
     sample.add_model_args(parser)
     parser.add_argument('--input', required=True, help='ADM .npz of S x S images (e.g. sample.py output) or an image folder')
-    parser.add_argument('--out', default='superres', help='output folder')
+    parser.add_argument('--out', default='out/superres', help='output folder')
     parser.add_argument('--modes', nargs='+', choices=MODES, default=list(MODES))
     parser.add_argument('--keep', type=int, nargs='+', help='k, tokens kept of each sub-image (several: one output each; '
                         'default 7N/8, the lowest FID measured on CIFAR-10: docs/superres.md)')

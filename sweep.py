@@ -28,14 +28,14 @@ import tokens
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
     sample.add_model_args(parser)
     parser.add_argument('--ref', required=True, help='reference: statistics .npz from fid.py --save-stats, or images')
     parser.add_argument('--inception', metavar='PATH', help='Inception weights (default: found as fid.py finds them)')
     parser.add_argument('--resize', choices=['tf1', 'pytorch'], default='tf1', help="as fid.py's --resize")
     sample.add_sampling_args(parser, several=True)
     parser.add_argument('--truncate', type=int, nargs='+', default=[0], help='drop the last k tokens (Table 3)')
-    parser.add_argument('--classes', default='all', help="'all' or class ids like 1,2,3 (FID wants all)")
+    parser.add_argument('--classes', default='all', help="'all', or class names or ids like cat,dog or 3,5 (FID wants all)")
     parser.add_argument('--per_class', type=int, default=1000, help='samples per class and setting')
     parser.add_argument('--batch_size', type=int, default=1000)
     parser.add_argument('--seed', type=int, default=1, help="held out from sample.py's default seed 0")
@@ -76,7 +76,7 @@ def sweep(args):
     gpt, tok, ckpt = sample.load_models(args.ckpt, args.tok_ckpt, device, args.no_ema)
     N = gpt.config.n_tokens
     sample.check_settings(args, N, gpt.config.vocab_size)
-    classes = sample.parse_classes(args.classes, gpt.config.num_classes)
+    classes = sample.parse_classes(args.classes, sample.class_names(ckpt, gpt.config.num_classes))
     labels = np.repeat(np.array(classes, dtype=np.int64), args.per_class)
     evaluation = fid.Evaluation(args.inception, device, args.resize)
     ref = evaluation.image_set(args.ref, need_pool=False)

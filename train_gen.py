@@ -36,12 +36,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import common
 import plot
 import tokens
-from data import ResumableSampler, save_grid
+from data import ResumableSampler, class_names, save_grid
 from generator import GPT, PRESETS, GPTConfig, drop_labels
 from tokenizer import Tokenizer
 
 common.exit_on_user_error()
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
 parser.add_argument('--tok_ckpt', required=True, help='tokenizer checkpoint written by train_tok.py')
 parser.add_argument('--data', help='ImageFolder root (<class>/<image> files); needed only to encode the token file')
 parser.add_argument('--tokens', help='token file (default: OUT_DIR/tokens.npz); encoded first when missing')
@@ -54,7 +54,8 @@ parser.add_argument('--eval_every', type=int, default=1000, help='steps between 
 parser.add_argument('--eval_rows', type=int, default=10_000, help='validation rows, and training images, scored per evaluation')
 parser.add_argument('--eval_batch', type=int, default=1000, help='rows per forward pass in evaluations, per process')
 parser.add_argument('--out_dir', default='out/gen')
-parser.add_argument('--preset', default='d16', help=' | '.join(PRESETS))
+parser.add_argument('--preset', choices=PRESETS, help="default: from the tokenizer's image size, cifar_d8 for 32 px, d16 for "
+                    "256 px; tiny is the CPU smoke test")
 parser.add_argument('--dropout', type=float, help="dropout on attention and residual branches (default: the preset's, 0)")
 parser.add_argument('--drop_path', type=float, help="drop-path rate of the last block (default: the preset's)")
 parser.add_argument('--tokens_per_step', type=int, help='P tokens predicted together per sampling step, a divisor of N '
@@ -87,7 +88,8 @@ parser.add_argument('--encode_batch', type=int, default=256, help='images per en
 parser.add_argument('--encode_chunk', type=int, default=10_000, help='images per chunk (an interrupted encoding resumes by chunk)')
 parser.add_argument('--encode_bf16', action='store_true',
                     help='encode under bf16 autocast: faster, but it changed 23%% of the codes of a small CIFAR tokenizer (default: fp32)')
-parser.add_argument('--workers', type=int, default=8, help='image loading processes for encoding')
+parser.add_argument('--workers', type=int, help='image loading processes for encoding (default: from the CPU cores, see '
+                    'common.use_cpu_cores)')
 args = parser.parse_args()
 common.check_flags(args, positive=('batch_size', 'grad_accum', 'max_steps', 'log_every', 'ckpt_every', 'eval_rows',
                              'eval_batch', 'encode_batch', 'encode_chunk'),
@@ -98,8 +100,25 @@ MACHINE_FLAGS = ('tok_ckpt', 'data', 'tokens', 'val_data', 'val_tokens', 'out_di
 # what shapes the model or the data stream: a resumed run must not contradict the checkpoint. Not --grad_accum:
 # a run may continue on another number of processes with the same global --batch_size.
 RUN_FLAGS = ('preset', 'dropout', 'drop_path', 'tokens_per_step', 'batch_size', 'seed', 'augment', 'augment_scale')
+PRESET_FOR_IMAGE_SIZE = {32: 'cifar_d8', 256: 'd16'}  # --preset left out: the generator made for the tokenizer's size
+
+
+def check_val_classes(val_classes, train_classes, val_root):
+    """Stop unless the validation images' class folders are the training data's. ImageNet's validation set ships
+    as one flat folder: checked before encoding, it fails before hours of it."""
+    if val_classes == train_classes:
+        return
+    if not val_classes:
+        raise common.UserError(f"--val_data {val_root!r} has no class folders, the training data has {len(train_classes)}: sort "
+                         f"its images into the training data's class folders first. ImageNet's validation set ships as one "
+                         f"flat folder; imagenet/extract_ILSVRC.sh of github.com/pytorch/examples moves each image into its "
+                         f"synset folder")
+    raise common.UserError(f"--val_data {val_root!r} has the classes {val_classes[:5]}..., the training data "
+                     f"{train_classes[:5]}...: --val_data needs the same class folders as --data")
+
 
 # ----------------------------------------------------------------------------- setup
+run_start = time.time()
 dist_state = common.setup_distributed(args.device)
 device = dist_state.device
 ckpt_path = os.path.join(args.out_dir, 'ckpt.pt')
@@ -114,14 +133,13 @@ if args.resume:  # first: the run's settings decide the batch split, the token f
               + (f", changed: {', '.join('--' + name for name in changed)}" if changed else "")
               + (f"; it has reached --max_steps {args.max_steps}: raise --max_steps to train further"
                  if resume['step'] >= args.max_steps else ""))
-if args.preset not in PRESETS:  # before the token files are encoded
-    raise common.UserError(f"--preset {args.preset}: unknown generator preset; choose from {', '.join(PRESETS)}")
 if not 0 <= args.label_drop < 1:
     raise common.UserError(f"--label_drop {args.label_drop}: a probability of the null class, use 0 (no guidance "
                            f"training) .. below 1 (at 1 no label is ever seen)")
 if dist_state.master:
     common.check_writable(args.out_dir, '--out_dir')  # before hours of encoding into it
 micro_batch = common.micro_batch_size(args.batch_size, dist_state.world_size, args.grad_accum)
+args.workers, cores_used = common.use_cpu_cores(device, args.workers)
 use_bf16 = common.bf16_autocast_on(args.bf16, device)
 autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 best_path = os.path.join(args.out_dir, 'best.pt')
@@ -140,6 +158,11 @@ N, K = tok.config.n_tokens, tok.config.codebook_size
 encoding = dict(dist_state=dist_state, seed=args.seed, chunk_size=args.encode_chunk, batch_size=args.encode_batch,
                 workers=args.workers, bf16=args.encode_bf16)
 
+if args.val_data and not os.path.exists(val_tokens_path) and os.path.isdir(args.val_data):  # before any encoding
+    train_classes = (tokens.read_meta(tokens_path)['classes'] if os.path.exists(tokens_path) else
+                     class_names(args.data) if args.data and os.path.isdir(args.data) else None)
+    if train_classes is not None:
+        check_val_classes(class_names(args.val_data), train_classes, args.val_data)
 if not os.path.exists(tokens_path):
     if args.data is None:
         raise common.UserError(f"token file {tokens_path!r} does not exist: pass --data IMAGE_FOLDER to encode it")
@@ -150,9 +173,8 @@ has_val = bool(args.val_data) or os.path.exists(val_tokens_path)
 if args.val_data and not os.path.exists(val_tokens_path):
     tokens.encode_folder(tok, args.tok_ckpt, args.val_data, val_tokens_path, views=1, **encoding)
 val_meta = tokens.check_token_file(val_tokens_path, tokenizer_record, args.val_data, flag='--val_data') if has_val else None
-if val_meta and val_meta['classes'] != token_meta['classes']:
-    raise common.UserError(f"the validation classes {val_meta['classes'][:5]}... differ from the training classes "
-                           f"{token_meta['classes'][:5]}...: --val_data needs the same class folders as --data")
+if val_meta:
+    check_val_classes(val_meta['classes'], token_meta['classes'], args.val_data or val_tokens_path)
 if args.encode_only:
     common.cleanup_distributed()
     raise SystemExit(0)
@@ -189,8 +211,13 @@ if resume:
                                f"--tok_ckpt {args.tok_ckpt!r}: pass that tokenizer or start a new --out_dir")
     config = GPTConfig(**resume['config'])
 else:
-    if 'preset' not in common.flags_given(parser) and dist_state.master:
-        print(f"no --preset given: using {args.preset}; --preset tiny is the CPU smoke test")
+    if args.preset is None:
+        args.preset = PRESET_FOR_IMAGE_SIZE.get(tok.config.image_size)
+        if args.preset is None:
+            raise common.UserError(f"--preset: no generator preset is made for the tokenizer's {tok.config.image_size} px images: "
+                             f"pass --preset with one of {', '.join(PRESETS)}")
+        if dist_state.master:
+            print(f"no --preset given: {args.preset}, the preset for {tok.config.image_size} px tokenizers")
     overrides = {name: getattr(args, name) for name in ('dropout', 'drop_path', 'tokens_per_step')
                  if getattr(args, name) is not None}
     config = GPTConfig.preset(args.preset, n_tokens=N, vocab_size=K, num_classes=num_classes, **overrides)
@@ -216,10 +243,13 @@ if resume:
 
 peak_lr = args.lr * args.batch_size / 256
 warmup = max(1, args.max_steps // 50 if args.warmup is None else args.warmup)
+common.check_warmup(warmup, args.max_steps)
 if dist_state.master:
     print(f"generator {config}\n{model.num_params() / 1e6:.1f}M params, {n_images} images x {views} view(s) of "
-          f"{num_classes} classes, peak lr {peak_lr:.3g}, {dist_state.world_size} process(es) on {device}, bf16 {use_bf16}, "
-          f"global batch {args.batch_size} = {dist_state.world_size} x {args.grad_accum} x {micro_batch} (processes x --grad_accum x micro-batch)"
+          f"{num_classes} classes, {dist_state.world_size} process(es) on {device}, bf16 {use_bf16}, "
+          f"global batch {args.batch_size} = {dist_state.world_size} x {args.grad_accum} x {micro_batch} (processes x --grad_accum x micro-batch); "
+          f"{cores_used}\npeak lr {peak_lr:.3g} = --lr {args.lr:g} x --batch_size {args.batch_size} / 256, reached after "
+          f"{warmup} warmup steps" + ("" if args.batch_size == 256 else " (--lr is the lr of a batch of 256)")
           + ("" if has_val else "\nno --val_data: the NLL of training rows alone is logged, and no best.pt is kept"))
 # compile first, then DDP (as nanoGPT): compiling the DDP wrapper splits the graph at every gradient bucket
 train_model = torch.compile(model) if args.compile else model
@@ -341,7 +371,7 @@ images_stream = iter(sampler)
 finite = torch.ones((), dtype=torch.bool, device=device)
 sums = new_sums()
 flops_per_sample = model.train_flops_per_sample()
-last_val_nll = None
+last_val_nll, last_loss = None, None
 checkpoints = common.CheckpointSchedule(args.ckpt_every, args.max_steps, args.ckpt_minutes, device)
 t_last, step_last = time.time(), step
 pbar = common.progress_bar(total=args.max_steps, initial=step, disable=not dist_state.master)
@@ -387,7 +417,7 @@ while step < args.max_steps:
         if dist_state.master:
             common.log_jsonl(log_path, record)
             pbar.set_postfix({k: f"{record[k]:.4g}" for k in ('loss', 'acc', 'grad_norm')})
-        sums = new_sums()
+        sums, last_loss = new_sums(), record['loss']
         t_last, step_last = time.time(), step
     if (args.eval_every and step % args.eval_every == 0) or step == args.max_steps:
         record = evaluate()
@@ -410,4 +440,9 @@ while step < args.max_steps:
         if dist_state.master:
             save_checkpoint(ckpt_path, last_val_nll, args.keep)
 pbar.close()
+if dist_state.master:
+    print(f"wrote {ckpt_path} (step {step})"
+          + (f" and {best_path} (validation NLL {best_val_nll:.2f} nats)" if os.path.exists(best_path) else "")
+          + f" in {common.format_duration(time.time() - run_start)}"
+          + (f"; last logged loss {last_loss:.4f} nats per token" if last_loss is not None else ""))
 common.cleanup_distributed()

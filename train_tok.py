@@ -15,8 +15,10 @@ Sharper full reconstructions, departures from Algorithm 1: --full_prefix_prob, -
 --lpips_resize.
 """
 import argparse
+import contextlib
 import copy
 import dataclasses
+import inspect
 import math
 import os
 import time
@@ -24,26 +26,29 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
-from data import ImageFolder, image_loader, readable_samples, to_float, to_uint8
+from data import UNREADABLE_IMAGE_ERRORS, ImageFolder, image_loader, list_images, readable_samples, to_float, to_uint8
 from dct import SCHEDULES, lowpass
 from losses import LPIPS, LeCamRegularizer, NLayerDiscriminator, hinge_d_loss, hinge_g_loss
-from tokenizer import PRESETS as TOKENIZER_PRESETS
-from tokenizer import (ABLATIONS, TokConfig, Tokenizer, config_of_checkpoint, flops_per_image, proxy_code_loss,
+from tokenizer import (ABLATIONS, PRESETS, TokConfig, Tokenizer, config_of_checkpoint, flops_per_image, proxy_code_loss,
                        sample_prefix_lengths, save_coarse_to_fine)
 from tokens import IndexedImages, collate_indexed
 from vqgan import WEIGHTS_SOURCE, load_vqgan
 
 common.exit_on_user_error()
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+DEFAULT_WARMUP = 10_000  # TiTok's; a run shorter than ten times this warms up over a tenth of its steps
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
 parser.add_argument('--data', required=True, help='ImageFolder root: <class>/<image> files')
 parser.add_argument('--out_dir', default='out/tok')
-parser.add_argument('--preset', default='titok_b64', help='titok_b64 | cifar | tiny')
+parser.add_argument('--preset', choices=PRESETS, help="default: from the images' size, cifar for 32 px, titok_b64 for 256 px "
+                    "and larger; tiny is the CPU smoke test")
 parser.add_argument('--n_tokens', type=int, help='override the preset N')
-parser.add_argument('--codebook_size', type=int)
+parser.add_argument('--codebook_size', type=int, help='override the preset codebook size K')
 parser.add_argument('--code_dim', type=int, help='override the preset code dimension')
 parser.add_argument('--commitment', type=float, help='override the preset VQ commitment weight')
 parser.add_argument('--ablation', choices=list(ABLATIONS), default='full',
@@ -69,7 +74,7 @@ parser.add_argument('--full_prefix_prob', type=float, default=0.0,
                     help='extra probability of the full prefix i = N (the full image) over the uniform 1..N')
 parser.add_argument('--lr', type=float, default=1e-4)
 parser.add_argument('--min_lr', type=float, default=1e-5)
-parser.add_argument('--warmup', type=int, default=10_000)
+parser.add_argument('--warmup', type=int, help=f'linear warmup steps (default: {DEFAULT_WARMUP:,}, or a tenth of --max_steps if less)')
 parser.add_argument('--weight_decay', type=float, default=1e-4)
 parser.add_argument('--grad_clip', type=float, default=1.0)
 parser.add_argument('--l2_weight', type=float, default=1.0)
@@ -85,7 +90,7 @@ parser.add_argument('--restart_every', type=int, default=500, help='steps betwee
 parser.add_argument('--ema', type=float, default=0.999)
 parser.add_argument('--bf16', action=argparse.BooleanOptionalAction, default=None, help='bf16 autocast (default: on with CUDA)')
 parser.add_argument('--compile', action='store_true')
-parser.add_argument('--workers', type=int, default=8)
+parser.add_argument('--workers', type=int, help='image loading processes (default: from the CPU cores, see common.use_cpu_cores)')
 parser.add_argument('--seed', type=int, default=0)
 parser.add_argument('--device', default='auto')
 parser.add_argument('--log_every', type=int, default=50)
@@ -104,8 +109,6 @@ args = parser.parse_args()
 common.check_flags(args, positive=('batch_size', 'grad_accum', 'max_steps', 'log_every', 'ckpt_every', 'eval_prefix_images',
                                    'n_tokens', 'codebook_size', 'code_dim'),
                    non_negative=('warmup', 'disc_start', 'restart_every', 'sample_every', 'workers', 'ckpt_minutes', 'keep'))
-if args.preset not in TOKENIZER_PRESETS:
-    raise common.UserError(f"--preset {args.preset}: unknown tokenizer preset; choose from {', '.join(TOKENIZER_PRESETS)}")
 # where and how to run, not what to train: never taken from a resumed checkpoint
 MACHINE_FLAGS = ('data', 'out_dir', 'device', 'workers', 'compile', 'bf16', 'lpips_path', 'eval_data', 'eval_only', 'eval_npz')
 # what shapes the model, its losses or the data stream: a resumed run must not contradict the checkpoint. Not
@@ -188,6 +191,29 @@ def stage_start_weights(model, proxy_vqgan, stage_one):
     return model
 
 
+
+def preset_for_images(root):
+    """The tokenizer preset made for the size of root's images (--preset left out): cifar when they are 32 px,
+    titok_b64 when their short side is 256 px or more (center-cropped down as ADM does); otherwise a stop that
+    lists the presets."""
+    try:
+        paths = list_images(root)[0]
+    except FileNotFoundError as e:
+        raise common.UserError(f"--data: {e}")
+    sizes = set()
+    for path in paths[::max(1, len(paths) // 16)]:  # 16 images spread over the folder
+        with contextlib.suppress(*UNREADABLE_IMAGE_ERRORS), Image.open(path) as img:
+            sizes.add(min(img.size))
+    if sizes == {32}:
+        return 'cifar'
+    if sizes and min(sizes) >= 256:
+        return 'titok_b64'
+    found = f"short sides of {min(sizes)} to {max(sizes)} px" if sizes else "no readable image"
+    raise common.UserError(f"--preset: the images of {root!r} ({found}) fit no preset by size: pass --preset cifar (32 px), "
+                     f"titok_b64 (256 px) or tiny (32 px, the CPU smoke test); images are center-cropped and resized "
+                     f"to the preset's size")
+
+
 # ----------------------------------------------------------------------------- setup
 run_start = time.time()
 dist_state = common.setup_distributed(args.device)
@@ -210,8 +236,17 @@ if args.resume:
               + (f"; it has reached --max_steps {args.max_steps}: raise --max_steps to train further"
                  if resume['step'] >= args.max_steps and not args.eval_only else ""))
 else:
-    if 'preset' not in common.flags_given(parser) and args.stage != 2 and dist_state.master:
-        print(f"no --preset given: using {args.preset} (the paper's 256 px tokenizer); --preset tiny is the CPU smoke test")
+    if args.preset is None and args.stage != 2:
+        args.preset = preset_for_images(args.data)
+        if dist_state.master:
+            print(f"no --preset given: {args.preset}, the preset for {TokConfig.preset(args.preset).image_size} px images")
+    if args.warmup is None:
+        args.warmup = min(DEFAULT_WARMUP, args.max_steps // 10)
+        if args.warmup < DEFAULT_WARMUP and dist_state.master:
+            print(f"warmup over {args.warmup} steps, a tenth of --max_steps {args.max_steps} (--warmup sets it)")
+    common.check_warmup(args.warmup, args.max_steps)
+    if args.gan_weight > 0 and args.disc_start >= args.max_steps and dist_state.master:
+        print(f"--disc_start {args.disc_start} is not before --max_steps {args.max_steps}: this run trains without the GAN loss")
 check_stage_flags()
 proxy_vqgan = load_proxy_vqgan() if args.stage == 1 else None
 stage_one = None
@@ -222,6 +257,7 @@ elif not resume:
                               code_dim=args.code_dim, commitment=args.commitment, schedule=args.schedule, stage=args.stage,
                               proxy_vqgan=dataclasses.asdict(proxy_vqgan.config) if proxy_vqgan else None)
 micro_batch = common.micro_batch_size(args.batch_size, dist_state.world_size, args.grad_accum)  # with the run's settings
+args.workers, cores_used = common.use_cpu_cores(device, args.workers)
 use_bf16 = common.bf16_autocast_on(args.bf16, device)
 autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 torch.manual_seed(args.seed)
@@ -253,8 +289,6 @@ if resume:
         discriminator_optimizer.load_state_dict(resume['disc_optimizer'])
         lecam.load_state_dict(resume['lecam'])
     common.set_rng_state(resume['rng'])
-    if not dist_state.master:
-        model.quantizer.usage.zero_()  # the checkpoint holds the sum over ranks: count it once
     step = resume['step']
     del resume
 
@@ -264,7 +298,7 @@ if dist_state.master:
         common.check_writable_file(args.eval_npz, '--eval_npz')
     print(f"tokenizer {config}\n{model.num_params() / 1e6:.1f}M params, {dist_state.world_size} process(es) on {device}, "
           f"global batch {args.batch_size} = {dist_state.world_size} x {args.grad_accum} x {micro_batch} (processes x --grad_accum x micro-batch), "
-          f"bf16 {use_bf16}" + (f", LPIPS weights: {lpips.weights_source}" if lpips else ", no LPIPS"))
+          f"bf16 {use_bf16}" + (f", LPIPS weights: {lpips.weights_source}" if lpips else ", no LPIPS") + f"; {cores_used}")
 # compile first, then DDP (as nanoGPT). The losses too: at 256 px, LPIPS's float32 distance maps and the
 # discriminator's GroupNorms are most of a step's non-matmul time, and compiling fuses them.
 compiled = torch.compile if args.compile else (lambda module: module)
@@ -276,10 +310,15 @@ discriminator_ddp = discriminator_compiled
 lpips_loss = compiled(lpips) if lpips is not None else None
 if dist_state.world_size > 1:
     device_ids = [dist_state.local_rank] if device.type == 'cuda' else None
-    # broadcast_buffers=False: the code-usage counts are per rank (summed at restarts and checkpoints), and
-    # DDP's default would overwrite them with rank 0's before every forward; the other buffers are constants
-    train_model = DDP(train_model, device_ids=device_ids, broadcast_buffers=False)
+    # The code-usage counts are per rank (summed at restarts and checkpoints): DDP must not copy rank 0's over them
+    # before every forward (the other buffers are constants). torch 2.13 names that flag forward_sync_buffers and
+    # deprecates broadcast_buffers; forward_sync_buffers=False still copies rank 0's buffers once, here.
+    no_buffer_sync = {'forward_sync_buffers' if 'forward_sync_buffers' in inspect.signature(DDP).parameters
+                      else 'broadcast_buffers': False}
+    train_model = DDP(train_model, device_ids=device_ids, **no_buffer_sync)
     discriminator_ddp = DDP(discriminator_compiled, device_ids=device_ids) if use_gan else None
+    if not dist_state.master:
+        model.quantizer.usage.zero_()  # a resumed checkpoint holds the sum over ranks, now on every rank: count it once
 
 
 def lr_at(step):
@@ -481,7 +520,7 @@ preview_prefix_lens = [2 ** k for k in range(int(math.log2(config.n_tokens)) + 1
 preview_prefix_lens += [config.n_tokens] if preview_prefix_lens[-1] != config.n_tokens else []
 flops_per_sample = 3 * flops_per_image(config)  # forward + backward, tokenizer matmuls only (not LPIPS, GAN)
 finite = torch.ones((), dtype=torch.bool, device=device)
-sums = {}
+sums, record = {}, None
 n_bad, n_empty_batches = 0, 0
 t_last, step_last = time.time(), step
 pbar = common.progress_bar(total=args.max_steps, initial=step, disable=not dist_state.master)
@@ -583,4 +622,9 @@ if n_bad and dist_state.master:
     print(f"skipped {n_bad} unreadable image(s)" + (f", {n_empty_batches} batch(es) without any readable one" if n_empty_batches else ""))
 if args.eval_data:
     evaluate(ema_model, args.eval_data)
+if dist_state.master:
+    prefixes = os.path.join(args.out_dir, f'prefixes_{step:07d}.png')
+    print(f"wrote {ckpt_path} (step {step})" + (f" and {prefixes}" if os.path.exists(prefixes) else "")
+          + f" in {common.format_duration(time.time() - run_start)}"
+          + (f"; last logged L2 {record['l2']:.4f}, codebook used {record['codebook_used']:.0%}" if record else ""))
 common.cleanup_distributed()

@@ -21,7 +21,10 @@ TOK_STEPS=${TOK_STEPS:-10000}
 GEN_STEPS=${GEN_STEPS:-6000}
 TOK_PRESET=${TOK_PRESET:-cifar}
 GEN_PRESET=${GEN_PRESET:-cifar_d8}
-WORKERS=${WORKERS:-12}
+TOK_BATCH=${TOK_BATCH:-256}
+TOK_WARMUP=${TOK_WARMUP:-500}
+GEN_BATCH=${GEN_BATCH:-512}
+WORKERS=${WORKERS-12}                       # image loading processes; empty: the trainers' choice from the CPU cores
 CFG=${CFG:-1.5}
 SEED=${SEED:-0}                              # the tokenizer's and the generator's training seed
 STATS=${STATS:-$OUT/cifar10_train_stats.npz}  # shared by several runs (scripts/table4.sh)
@@ -58,9 +61,9 @@ for stage in "${stages[@]}"; do
     # precision and recall
     [ -f "$STATS" ] || python fid.py --save-stats "$STATS" "$DATA/train" "${WEIGHTS_FID[@]}" ;;
   tok)
-    python train_tok.py --preset "$TOK_PRESET" --data "$DATA/train" --out_dir "$OUT/tok" --batch_size 256 \
-      --max_steps "$TOK_STEPS" --lr 3e-4 --min_lr 3e-5 --warmup 500 --disc_start $((TOK_STEPS * 6 / 10)) \
-      --restart_every 200 --log_every 100 --sample_every 1000 --ckpt_every 1000 --workers "$WORKERS" \
+    python train_tok.py --preset "$TOK_PRESET" --data "$DATA/train" --out_dir "$OUT/tok" --batch_size "$TOK_BATCH" \
+      --max_steps "$TOK_STEPS" --lr 3e-4 --min_lr 3e-5 --warmup "$TOK_WARMUP" --disc_start $((TOK_STEPS * 6 / 10)) \
+      --restart_every 200 --log_every 100 --sample_every 1000 --ckpt_every 1000 ${WORKERS:+--workers "$WORKERS"} \
       --eval_data "$DATA/test" --eval_npz "$OUT/tok/recon_test.npz" --seed "$SEED" "${WEIGHTS[@]}" $TOK_RECIPE $TOK_FLAGS
     python fid.py "$OUT/tok/recon_test.npz" "$DATA/test" --no-pr --json "$OUT/tok/rfid.json" "${WEIGHTS_FID[@]}" ;;
   rfid_train)
@@ -70,9 +73,9 @@ for stage in "${stages[@]}"; do
     python fid.py "$OUT/tok_train/recon_train.npz" "$STATS" --no-pr --json "$OUT/tok_train/rfid.json" "${WEIGHTS_FID[@]}" ;;
   gen)
     python train_gen.py --preset "$GEN_PRESET" --tok_ckpt "$OUT/tok/ckpt.pt" --data "$DATA/train" \
-      --val_data "$DATA/test" --augment 8 --ema 0.9995 --out_dir "$OUT/gen" --batch_size 512 \
+      --val_data "$DATA/test" --augment 8 --ema 0.9995 --out_dir "$OUT/gen" --batch_size "$GEN_BATCH" \
       --max_steps "$GEN_STEPS" --lr 2e-4 --log_every 200 --eval_every 500 --ckpt_every 2000 \
-      --sample_every 2000 --seed "$SEED" --workers "$WORKERS" ;;
+      --sample_every 2000 --seed "$SEED" ${WORKERS:+--workers "$WORKERS"} ;;
   sample)
     python sample.py --ckpt "$OUT/gen/best.pt" --classes all --per_class "$PER_CLASS" --batch_size 1000 \
       $(sampling_flags sample) --seed 0 --progressive 8 --out "$OUT/samples" ;;

@@ -7,8 +7,8 @@ set -euo pipefail
 DATA=${DATA:-assets/cifar10_sample}
 OUT=${OUT:-out/quickstart}
 python train_tok.py --preset tiny --data "$DATA" --out_dir "$OUT/tok" --batch_size 32 --max_steps 500 --lr 2e-3 --min_lr 1e-4 --warmup 50 \
-    --gan_weight 0 --lpips_weight 0.1 --restart_every 50 --log_every 50 --sample_every 250 --workers 2
+    --gan_weight 0 --lpips_weight 0.1 --restart_every 50 --log_every 50 --sample_every 250
 python train_gen.py --preset tiny --tok_ckpt "$OUT/tok/ckpt.pt" --data "$DATA" --out_dir "$OUT/gen" \
-    --batch_size 64 --max_steps 300 --lr 1e-3 --log_every 50 --sample_every 0 --workers 2
+    --batch_size 64 --max_steps 300 --lr 1e-3 --log_every 50 --sample_every 0
 python sample.py --ckpt "$OUT/gen/ckpt.pt" --classes all --per_class 8 --progressive 4 --out "$OUT/samples"
 echo "look at $OUT/tok/prefixes_0000500.png, $OUT/samples/grid.png and $OUT/samples/progressive.png"

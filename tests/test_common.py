@@ -1,4 +1,5 @@
 """common.py's checkpoint loading and atomic writes against hostile or damaged files."""
+import argparse
 import os
 import subprocess
 import sys
@@ -128,7 +129,7 @@ def test_states_finite_looks_into_optimizer_state():
     (('--sample_every', '-1'), '--sample_every -1: must be 0 (never) or more'),
     (('--device', 'cuda'), '--device cuda: CUDA is not available'),
     (('--n_tokens', '0'), '--n_tokens 0: must be at least 1'),
-    (('--preset', 'huge'), '--preset huge: unknown tokenizer preset; choose from'),
+    (('--preset', 'huge'), "argument --preset: invalid choice: 'huge'"),
 ])
 def test_unusable_flags_stop_with_a_message(tmp_path, flags, message):
     if 'cuda' in flags and torch.cuda.is_available():
@@ -146,3 +147,35 @@ def test_check_writable_names_the_flag(tmp_path):
         common.check_writable_file(str(tmp_path / 'file' / 'sub' / 'out.json'), '--json')
     with pytest.raises(common.UserError, match=r"--json: .* is a folder: pass a file path"):
         common.check_writable_file(str(tmp_path), '--json')
+
+
+def test_help_shows_every_default_but_unset_ones_and_keeps_the_description_as_written():
+    parser = argparse.ArgumentParser(description='first line\n    an indented example', formatter_class=common.HelpFormatter)
+    parser.add_argument('--lr', type=float, default=1e-4)  # no help: argparse alone would show nothing
+    parser.add_argument('--batch_size', type=int, default=256, help='global batch')
+    parser.add_argument('--warmup', type=int, help='steps (default: a tenth of the run)')
+    parser.add_argument('--compile', action='store_true')
+    text = parser.format_help()
+    assert 'default: 0.0001' in text and 'global batch (default: 256)' in text
+    assert 'None' not in text and 'False' not in text and '\n    an indented example' in text
+
+
+def test_threads_and_loader_processes_fit_the_idle_cores(monkeypatch):
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    monkeypatch.delenv('LOCAL_WORLD_SIZE', raising=False)
+    threads = torch.get_num_threads()
+    try:
+        for cores, load, device, workers in ((2, 0.1, 'cpu', (0, 2)), (2, 1.2, 'cpu', (0, 1)), (16, 0.0, 'cpu', (4, 12)),
+                                             (16, 0.0, 'cuda', (8, None))):
+            monkeypatch.setattr(os, 'sched_getaffinity', lambda pid, cores=cores: set(range(cores)))
+            monkeypatch.setattr(os, 'getloadavg', lambda load=load: (load, load, load))
+            chosen, line = common.use_cpu_cores(torch.device(device), None)
+            assert chosen == workers[0], (cores, load, device)
+            if device == 'cpu':  # a GPU run leaves the threads alone
+                assert torch.get_num_threads() == workers[1] and f'{workers[1]} thread(s)' in line
+        monkeypatch.setenv('OMP_NUM_THREADS', '3')
+        torch.set_num_threads(3)
+        assert common.use_cpu_cores(torch.device('cpu'), 5) == (5, '3 thread(s) and 5 image loading process(es) '
+                                                                   '(OMP_NUM_THREADS=3)')
+    finally:
+        torch.set_num_threads(threads)

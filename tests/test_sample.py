@@ -35,7 +35,7 @@ def read_samples(out_dir, n):
 
 
 def test_outputs(generator_ckpt, tmp_path):
-    sample(generator_ckpt, tmp_path, '--classes', '0,2', '--per_class', 3, '--batch_size', 4, '--png',
+    sample(generator_ckpt, tmp_path, '--classes', 'class0,2', '--per_class', 3, '--batch_size', 4, '--png',
            '--truncate', 1, '--progressive', 2, '--cfg', 2.0, '--cfg_ramp', '--top_k', 5, '--top_p', 0.9)
     images, labels = read_samples(tmp_path, 6)
     assert images.dtype == np.uint8 and images.shape == (6, IMAGE_SIZE, IMAGE_SIZE, 3)
@@ -44,7 +44,10 @@ def test_outputs(generator_ckpt, tmp_path):
     assert pngs == ['000000_0.png', '000001_0.png', '000002_0.png', '000003_2.png', '000004_2.png', '000005_2.png']
     assert np.array_equal(np.asarray(Image.open(tmp_path / 'png' / '000004_2.png')), images[4])
     cell = IMAGE_SIZE + 2  # save_grid pads by 2 pixels
-    assert Image.open(tmp_path / 'grid.png').size == (3 * cell + 2, 2 * cell + 2)  # 2 classes x 3 samples
+    grid = np.asarray(Image.open(tmp_path / 'grid.png').convert('L'))
+    margin = grid.shape[1] - (3 * cell + 2)  # 2 classes x 3 samples, right of the rows' labels
+    assert grid.shape[0] == 2 * cell + 2 and margin > 0
+    assert all((grid[2 + row * cell:(row + 1) * cell, :margin] < 128).any() for row in range(2))  # each row's label
     # 2 samples x their prefixes of 1 .. N - 1 tokens
     assert Image.open(tmp_path / 'progressive.png').size == ((N_TOKENS - 1) * cell + 2, 2 * cell + 2)
     record = json.loads((tmp_path / 'sample_args.json').read_text())
@@ -110,9 +113,8 @@ def test_bad_inputs_name_the_fix(tiny_tokenizer, generator_ckpt, bad_tokenizers,
     message = error(generator_ckpt, tmp_path, '--tok_ckpt', other_weights)
     assert 'is not the checkpoint the generator was trained on' in message and 'pass that one as --tok_ckpt' in message
 
-    message = error(generator_ckpt, tmp_path, '--classes', '0,3,7')
-    assert 'class id(s) [3, 7] out of range: this generator has 3 classes, ids 0..2' in message
-    assert "expected 'all' or class ids" in error(generator_ckpt, tmp_path, '--classes', 'dog')
+    message = error(generator_ckpt, tmp_path, '--classes', '0,3,dog')
+    assert '--classes: 3, dog is no class of this generator, whose 3 classes are, by id and name: 0 class0, 1 class1, 2 class2' in message
     assert 'must keep at least one of the N=8 tokens' in error(generator_ckpt, tmp_path, '--truncate', 8)
     assert not list(tmp_path.glob('*.npz'))
 

@@ -136,7 +136,7 @@ def test_sampling_autocast_stays_inside_the_batches(setup):
     (('--per_class', 0), '--per_class 0 --batch_size 4: both must be at least 1'),
     (('--top_k', 1000), '--top_k 1000: out of range, use 0 (off) .. K=64'),
     (('--temperature', 1, 0), '--temperature 0.0: out of range, use a value above 0'),
-    (('--classes', '0,5'), 'class id(s) [5] out of range'),
+    (('--classes', '0,5'), '--classes: 5 is no class of this generator'),
 ])
 def test_bad_inputs_stop_before_sampling(setup, tmp_path, extra, message):
     with pytest.raises(UserError, match=re.escape(message)):

@@ -358,7 +358,6 @@ def truncated_copy(path, tmp_path):
 
 @pytest.mark.parametrize('flags, message', [
     (('--label_drop', 1.5), '--label_drop 1.5: a probability of the null class'),
-    (('--preset', 'huge'), '--preset huge: unknown generator preset; choose from'),
     (('--batch_size', 16), "--batch_size 16 is larger than the data set's 12 images: pass --batch_size 12 or less"),
     (('--tokens', truncated_copy), "truncated.npz' is truncated or not a token file (BadZipFile"),
 ])
@@ -369,3 +368,21 @@ def test_bad_flags_and_files_stop_with_one_line_and_exit_status_2(tiny_tokenizer
     result = train_gen(tiny_tokenizer[1], tmp_path / 'out', *extra, flag, value, '--max_steps', 1, expect_ok=False)
     assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
     assert result.stderr.startswith('train_gen.py: error: ') and message in result.stderr, result.stderr
+
+
+def test_preset_follows_the_tokenizer_and_a_warmup_longer_than_the_run_is_refused(tiny_tokenizer, token_file, tmp_path):
+    result = run('train_gen.py', '--tok_ckpt', tiny_tokenizer[1], '--tokens', token_file, '--out_dir', tmp_path,
+                 '--batch_size', 8, '--max_steps', 2, '--warmup', 5, expect_ok=False)
+    assert 'no --preset given: cifar_d8, the preset for 32 px tokenizers' in result.stdout
+    assert '--warmup 5 is longer than --max_steps 2: the lr would never reach its peak; pass --warmup 1' in result.stderr
+
+
+def test_flat_validation_folder_is_refused_before_any_encoding(tiny_tokenizer, tmp_path):
+    data, tok_ckpt = tiny_tokenizer
+    os.makedirs(tmp_path / 'val')
+    for image in (data / 'class0').iterdir():  # one folder of images, as ImageNet's validation set ships
+        os.link(image, tmp_path / 'val' / image.name)
+    message = train_gen(tok_ckpt, tmp_path / 'out', '--data', data, '--val_data', tmp_path / 'val', expect_ok=False).stderr
+    assert f"--val_data {str(tmp_path / 'val')!r} has no class folders, the training data has {N_CLASSES}: sort" in message
+    assert 'imagenet/extract_ILSVRC.sh of github.com/pytorch/examples' in message
+    assert not list((tmp_path / 'out').glob('*tokens*'))  # nothing encoded

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from PIL import Image
+
 from conftest import ENV, REPO, ended_in_gloo_teardown_abort
 from test_vqgan import save_random_vqgan
 
@@ -59,7 +61,8 @@ def test_ddp_on_two_processes_matches_one_process_on_the_same_global_batch(image
     # rank 0's buffers before each forward (DDP's default) would corrupt
     # (restarts at step 3: the counts of steps 4-5 are in the checkpoint)
     train(image_dir, tmp_path / 'one', '--max_steps', '5', '--restart_every', '3')
-    train(image_dir, tmp_path / 'two', '--max_steps', '5', '--restart_every', '3', nproc=2)
+    two = train(image_dir, tmp_path / 'two', '--max_steps', '5', '--restart_every', '3', nproc=2)
+    assert 'FutureWarning' not in two.stderr  # DDP's deprecated broadcast_buffers, once per process
     (_, w1), (_, w2) = weights(tmp_path / 'one'), weights(tmp_path / 'two')
     assert w1['model.quantizer.usage'].sum() > 0
     for k in w1:
@@ -68,6 +71,46 @@ def test_ddp_on_two_processes_matches_one_process_on_the_same_global_batch(image
         # after 5 steps); ranks that saw the wrong images would be off by ~lr per step everywhere
         atol = 1e-4 if k.startswith('disc.') else 5e-5
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=atol, msg=k)
+
+
+def start(data, out, *flags):
+    """train_tok.py with only the given flags and those that keep it small (no --preset, no --warmup)."""
+    flags = ('--data', data, '--out_dir', out, '--batch_size', 8, '--lpips_weight', 0, '--gan_weight', 0, '--log_every', 1,
+             '--sample_every', 0, *flags)
+    return subprocess.run([sys.executable, 'train_tok.py', *map(str, flags)], cwd=REPO, env=ENV, capture_output=True, text=True)
+
+
+def test_preset_follows_the_image_size_and_other_sizes_are_told_the_presets(image_dir, tmp_path):
+    large, small = tmp_path / 'large', tmp_path / 'small'
+    for folder, size in ((large, (300, 260)), (small, (64, 64))):
+        os.makedirs(folder)
+        for i in range(2):
+            Image.new('RGB', size, (40 * i, 90, 200)).save(folder / f'{i}.png')
+    # each run stops at the check of --warmup, after its preset is chosen and before any training
+    for folder, preset in ((image_dir, 'cifar'), (large, 'titok_b64')):
+        result = start(folder, tmp_path / preset, '--max_steps', 1, '--warmup', 2)
+        assert f"no --preset given: {preset}, the preset for" in result.stdout, result.stdout + result.stderr
+    message = start(small, tmp_path / 'small_out', '--max_steps', 1).stderr
+    assert 'short sides of 64 to 64 px) fit no preset by size: pass --preset cifar (32 px), titok_b64 (256 px) or tiny' in message
+
+
+def test_default_warmup_is_a_tenth_of_a_short_run_and_a_longer_warmup_is_refused(image_dir, tmp_path):
+    result = start(image_dir, tmp_path / 'short', '--preset', 'tiny', '--max_steps', 20, '--lr', 1e-3)
+    assert result.returncode == 0 and 'warmup over 2 steps, a tenth of --max_steps 20' in result.stdout
+    assert 'Warning' not in result.stderr  # at the default --workers, none from DataLoader about the cores
+    assert read_log(tmp_path / 'short')[1]['lr'] == pytest.approx(1e-3)  # the peak at step 2, not 2e-7 of 10,000 steps
+    message = start(image_dir, tmp_path / 'long', '--preset', 'tiny', '--max_steps', 20, '--warmup', 30).stderr
+    assert '--warmup 30 is longer than --max_steps 20: the lr would never reach its peak; pass --warmup 2' in message
+
+
+def test_a_run_resumed_on_two_processes_counts_each_code_use_once(image_dir, tmp_path):
+    # DDP copies rank 0's buffers to every rank once, at its start: rank 0 holds the checkpoint's sum over the ranks,
+    # which the other ranks must not count again
+    flags = ('--restart_every', '0', '--ckpt_every', '2')
+    train(image_dir, tmp_path / 'out', *flags, '--max_steps', '2', nproc=2)
+    train(image_dir, tmp_path / 'out', *flags, '--max_steps', '4', '--resume', nproc=2)
+    ckpt, w = weights(tmp_path / 'out')
+    assert ckpt['step'] == 4 and w['model.quantizer.usage'].sum() == 4 * 8 * 8  # steps x batch x N tokens
 
 
 def test_bad_images_are_skipped_and_counted(image_dir, tmp_path):
