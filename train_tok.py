@@ -626,5 +626,6 @@ if dist_state.master:
     prefixes = os.path.join(args.out_dir, f'prefixes_{step:07d}.png')
     print(f"wrote {ckpt_path} (step {step})" + (f" and {prefixes}" if os.path.exists(prefixes) else "")
           + f" in {common.format_duration(time.time() - run_start)}"
-          + (f"; last logged L2 {record['l2']:.4f}, codebook used {record['codebook_used']:.0%}" if record else ""))
+          + (f"; last logged {'L2' if 'l2' in record else 'proxy-code cross-entropy'} "
+             f"{record.get('l2', record.get('proxy_ce')):.4f}, codebook used {record['codebook_used']:.0%}" if record else ""))
 common.cleanup_distributed()
