@@ -308,10 +308,7 @@ train_model = compiled(model)
 discriminator_compiled = compiled(discriminator) if use_gan else None
 discriminator_ddp = discriminator_compiled
 lpips_loss = compiled(lpips) if lpips is not None else None
-# --eval_only trains nothing, so it builds no DDP wrapper: once one exists, gloo's threads outlive
-# destroy_process_group, and a rank then aborted at exit ('terminate called without an active exception', -6)
-# in 1 of 60 two-process evaluations (docs/robustness.md)
-if dist_state.world_size > 1 and not args.eval_only:
+if dist_state.world_size > 1:
     device_ids = [dist_state.local_rank] if device.type == 'cuda' else None
     # The code-usage counts are per rank (summed at restarts and checkpoints): DDP must not copy rank 0's over them
     # before every forward (the other buffers are constants). torch 2.13 names that flag forward_sync_buffers and
