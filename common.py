@@ -471,6 +471,15 @@ def flags_given(parser, argv=None):
     return set(vars(probe.parse_args(argv)))
 
 
+def resume_message(step, changed, max_steps, training=True):
+    """The line a trainer prints on --resume: the step, the flags given anew, and a note when the run is already at
+    --max_steps (training=False: an evaluation-only resume, for which that does not matter)."""
+    return (f"resuming at step {step} with the checkpoint's settings"
+            + (f", changed: {', '.join('--' + name for name in changed)}" if changed else "")
+            + (f"; it has reached --max_steps {max_steps}: raise --max_steps to train further"
+               if training and step >= max_steps else ""))
+
+
 def apply_resume_args(parser, args, saved_args, fixed, keep=()):
     """Resume reads its settings from the checkpoint: every flag not given on the command line takes the value
     the run was started with (saved_args), except those in keep (where and how to run: device, workers...).

@@ -129,10 +129,7 @@ if args.resume:  # first: the run's settings decide the batch split, the token f
                                          if name in resume['config']}}
     changed = common.apply_resume_args(parser, args, run_settings, fixed=RUN_FLAGS, keep=MACHINE_FLAGS)
     if dist_state.master:
-        print(f"resuming at step {resume['step']} with the checkpoint's settings"
-              + (f", changed: {', '.join('--' + name for name in changed)}" if changed else "")
-              + (f"; it has reached --max_steps {args.max_steps}: raise --max_steps to train further"
-                 if resume['step'] >= args.max_steps else ""))
+        print(common.resume_message(resume['step'], changed, args.max_steps))
 if not 0 <= args.label_drop < 1:
     raise common.UserError(f"--label_drop {args.label_drop}: a probability of the null class, use 0 (no guidance "
                            f"training) .. below 1 (at 1 no label is ever seen)")

@@ -231,10 +231,7 @@ if args.resume:
     check_resumed_stage(config.stage, ckpt_path if args.resume == 'auto' else args.resume)
     changed = common.apply_resume_args(parser, args, run_settings_of(resume, config), fixed=RUN_FLAGS, keep=MACHINE_FLAGS)
     if dist_state.master:
-        print(f"resuming at step {resume['step']} with the checkpoint's settings"
-              + (f", changed: {', '.join('--' + name for name in changed)}" if changed else "")
-              + (f"; it has reached --max_steps {args.max_steps}: raise --max_steps to train further"
-                 if resume['step'] >= args.max_steps and not args.eval_only else ""))
+        print(common.resume_message(resume['step'], changed, args.max_steps, training=not args.eval_only))
 else:
     if args.preset is None and args.stage != 2:
         args.preset = preset_for_images(args.data)
