@@ -191,7 +191,7 @@ def parse_classes(spec, names):
 
 
 def label_rows(path, labels, row_height, pad=2):
-    """Write each row's label left of the grid PNG at path (save_grid's layout), in PIL's default font."""
+    """Rewrite the grid PNG at path (save_grid's layout) with each row's label on its left, in PIL's default font."""
     grid = Image.open(path)
     font = ImageFont.load_default()
     boxes = [ImageDraw.Draw(grid).textbbox((0, 0), label, font=font) for label in labels]
@@ -202,7 +202,7 @@ def label_rows(path, labels, row_height, pad=2):
     for row, (label, box) in enumerate(zip(labels, boxes)):
         top = pad + row * (row_height + pad) + (row_height - box[3] - box[1]) // 2
         draw.text((pad, top), label, fill='black', font=font)
-    labelled.save(path)
+    save_png(np.asarray(labelled), path)  # whole or absent, as every PNG written here
 
 
 @torch.no_grad()
