@@ -9,6 +9,7 @@ import copy
 import errno
 import glob
 import hashlib
+import importlib
 import json
 import os
 import pickle
@@ -124,6 +125,9 @@ def setup_distributed(device_arg='auto'):
     else:
         device = torch.device(device_arg)
     if world > 1:
+        # torch._dynamo imported after the group exists (the first optimizer imports it) keeps references to the
+        # group that destroy_process_group cannot drop (cleanup_distributed says why that matters)
+        importlib.import_module('torch._dynamo')
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     return DistState(rank, local_rank, world, device)
 
@@ -156,6 +160,11 @@ def check_flags(args, positive=(), non_negative=()):
 
 
 def cleanup_distributed():
+    """Tear the process group down: every rank arrives, then destroy_process_group. The group must die here, not
+    at interpreter exit, where gloo's threads race the static destructors and about one two-process run in 60
+    aborts after finishing ('terminate called without an active exception', exit code -6). So nothing may still
+    hold it: the trainers delete their DDP wrappers first, and setup_distributed imports torch._dynamo before
+    creating it."""
     if dist.is_initialized():
         # every rank arrives first: a rank that tears the group down while rank 0 still writes its checkpoint
         # makes gloo abort the run ('terminate called without an active exception', exit code -6)

@@ -442,4 +442,5 @@ if dist_state.master:
           + (f" and {best_path} (validation NLL {best_val_nll:.2f} nats)" if os.path.exists(best_path) else "")
           + f" in {common.format_duration(time.time() - run_start)}"
           + (f"; last logged loss {last_loss:.4f} nats per token" if last_loss is not None else ""))
+del train_model  # its DDP wrapper holds the process group (common.cleanup_distributed)
 common.cleanup_distributed()

@@ -507,6 +507,7 @@ if args.eval_only:
     if not (args.resume and args.eval_data):
         raise common.UserError('--eval_only needs --resume CKPT and --eval_data FOLDER')
     evaluate(ema_model, args.eval_data)
+    del train_model, discriminator_ddp  # their DDP wrappers hold the process group (common.cleanup_distributed)
     common.cleanup_distributed()
     raise SystemExit(0)
 
@@ -625,4 +626,5 @@ if dist_state.master:
           + f" in {common.format_duration(time.time() - run_start)}"
           + (f"; last logged {'L2' if 'l2' in record else 'proxy-code cross-entropy'} "
              f"{record.get('l2', record.get('proxy_ce')):.4f}, codebook used {record['codebook_used']:.0%}" if record else ""))
+del train_model, discriminator_ddp  # their DDP wrappers hold the process group (common.cleanup_distributed)
 common.cleanup_distributed()

@@ -179,3 +179,39 @@ def test_threads_and_loader_processes_fit_the_idle_cores(monkeypatch):
                                                                    '(OMP_NUM_THREADS=3)')
     finally:
         torch.set_num_threads(threads)
+
+
+# Runs a trainer as __main__ and, at interpreter exit (after its last line, before its globals are torn down),
+# prints the names of the threads still alive: gloo's ('gloo_tcp_loop', 'pt_gloo_runloop') mean the process group
+# outlived cleanup_distributed and dies in interpreter teardown, where it aborts about one run in 60.
+EXIT_PROBE = """
+import atexit, os, runpy, sys
+atexit.register(lambda: print('threads at exit:', *sorted(
+    open(f'/proc/self/task/{t}/comm').read().strip() for t in os.listdir('/proc/self/task')), flush=True))
+sys.argv = sys.argv[1:]
+sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self/task'), reason='reads thread names from /proc')
+def test_two_process_runs_tear_the_process_group_down_before_exit(tiny_tokenizer, tmp_path):
+    image_dir, tok_ckpt = tiny_tokenizer
+    (tmp_path / 'exit_probe.py').write_text(EXIT_PROBE)
+    common_flags = ('--data', image_dir, '--workers', '0', '--device', 'cpu')
+    runs = {
+        'tokenizer training and evaluation': ('train_tok.py', '--preset', 'tiny', '--out_dir', tmp_path / 'tok',
+                                              '--batch_size', '8', '--max_steps', '1', '--eval_data', image_dir),
+        'tokenizer --eval_only': ('train_tok.py', '--resume', tok_ckpt, '--eval_only', '--eval_data', image_dir,
+                                  '--out_dir', tmp_path / 'eval'),
+        'generator training': ('train_gen.py', '--preset', 'tiny', '--tok_ckpt', tok_ckpt, '--out_dir', tmp_path / 'gen',
+                               '--batch_size', '8', '--max_steps', '1', '--sample_every', '0'),
+    }
+    for name, argv in runs.items():
+        result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--standalone',
+                                 tmp_path / 'exit_probe.py', *argv, *common_flags], cwd=REPO, capture_output=True,
+                                text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+        assert result.returncode == 0, f"{name}: {result.stdout[-1000:]}{result.stderr[-3000:]}"
+        exits = [line for line in result.stdout.splitlines() if line.startswith('threads at exit:')]
+        assert len(exits) == 2, f"{name}: {result.stdout[-2000:]}"
+        assert not any('gloo' in line for line in exits), f"{name}: the process group outlived the run: {exits}"
