@@ -84,11 +84,11 @@ def upsample(images, shifts=None):
 
 
 def part_shifts(mode):
-    """(4, 2): where the output pixels that sub-image (a, b) fills lie against its usual 2x grid, in its own pixels.
-    A quadrant's usual grid is its part of the output's. Polyphase (input pixel i spanning i..i+1): sub-image a holds
-    the pixels 2y + a; on its usual 2x grid, pixel u sits at u + a, so the four sub-images would all sample the same
-    points and interleaving them would show each twice. It fills output pixel 2u + a, centred at u + a/2 + 1/4: a
-    shift of 1/4 - a/2 input pixels, 1/8 - a/4 of its own."""
+    """(4, 2): how far the output pixels that sub-image (a, b) fills lie from its usual 2x grid, in its own pixels.
+    A quadrant's usual grid is its part of the output's. Polyphase sub-image a holds the pixels 2y + a (pixel i
+    spanning i..i+1); on its usual grid its pixel u would sit at u + a, so the four would sample the same points and
+    interleaving them would show each twice. It fills output pixel 2u + a, centred at u + a/2 + 1/4: 1/4 - a/2 input
+    pixels away, 1/8 - a/4 of its own."""
     if mode == 'patch':
         return torch.zeros(len(PARTS), 2)
     return torch.tensor([[1 / 8 - a / 4, 1 / 8 - b / 4] for a, b in PARTS])
@@ -134,7 +134,7 @@ def complete(gpt, tok, images, labels, keep, mode, generator=None, shared_noise=
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
         if keep < codes.shape[2]:
             start = generator.get_state() if shared_noise else None
-            for part in range(len(PARTS)):  # one call per part: row i of every call is image i, drawing the same noise
+            for part in range(len(PARTS)):  # one call per part: with shared noise, row i (image i) of each draws alike
                 if shared_noise:
                     generator.set_state(start)
                 codes[:, part] = gpt.generate(labels, prefix=codes[:, part, :keep], generator=generator, **sampling)
