@@ -40,6 +40,7 @@ from vqgan import WEIGHTS_SOURCE, load_vqgan
 
 common.exit_on_user_error()
 
+DISCRIMINATOR_MIN_SIZE = 24  # NLayerDiscriminator's three stride-2 and two 4x4 convolutions leave no logit below it
 DEFAULT_WARMUP = 10_000  # TiTok's; a run shorter than ten times this warms up over a tenth of its steps
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
@@ -47,6 +48,9 @@ parser.add_argument('--data', required=True, help='ImageFolder root: <class>/<im
 parser.add_argument('--out_dir', default='out/tok')
 parser.add_argument('--preset', choices=PRESETS, help="default: from the images' size, cifar for 32 px, titok_b64 for 256 px "
                     "and larger; tiny is the CPU smoke test")
+parser.add_argument('--image_size', type=int, help="override the preset's image size: the images are center-cropped and "
+                    "box-downsampled to it, e.g. 16 for CIFAR-10 at half resolution (docs/superres.md)")
+parser.add_argument('--patch_size', type=int, help="override the preset's patch size, a divisor of the image size")
 parser.add_argument('--n_tokens', type=int, help='override the preset N')
 parser.add_argument('--codebook_size', type=int, help='override the preset codebook size K')
 parser.add_argument('--code_dim', type=int, help='override the preset code dimension')
@@ -107,16 +111,17 @@ parser.add_argument('--eval_only', action='store_true', help='only score --resum
 parser.add_argument('--eval_npz', help='also write the full-N reconstructions of --eval_data here (uint8 NHWC arr_0: rFID with fid.py)')
 args = parser.parse_args()
 common.check_flags(args, positive=('batch_size', 'grad_accum', 'max_steps', 'log_every', 'ckpt_every', 'eval_prefix_images',
-                                   'n_tokens', 'codebook_size', 'code_dim'),
+                                   'image_size', 'patch_size', 'n_tokens', 'codebook_size', 'code_dim'),
                    non_negative=('warmup', 'disc_start', 'restart_every', 'sample_every', 'workers', 'ckpt_minutes', 'keep'))
 # where and how to run, not what to train: never taken from a resumed checkpoint
 MACHINE_FLAGS = ('data', 'out_dir', 'device', 'workers', 'compile', 'bf16', 'lpips_path', 'eval_data', 'eval_only', 'eval_npz')
 # what shapes the model, its losses or the data stream: a resumed run must not contradict the checkpoint. Not
 # --grad_accum: a run may continue on another number of processes with the same global --batch_size.
-RUN_FLAGS = ('preset', 'n_tokens', 'codebook_size', 'code_dim', 'commitment', 'ablation', 'schedule',
-             'batch_size', 'seed', 'full_prefix_prob', 'lpips_resize', 'disc_cond', 'gan_full_only')
+RUN_FLAGS = ('preset', 'image_size', 'patch_size', 'n_tokens', 'codebook_size', 'code_dim', 'commitment', 'ablation',
+             'schedule', 'batch_size', 'seed', 'full_prefix_prob', 'lpips_resize', 'disc_cond', 'gan_full_only')
 # the tokenizer's shape, which stage 2 takes from its stage-1 checkpoint
-ARCHITECTURE_FLAGS = ('preset', 'n_tokens', 'codebook_size', 'code_dim', 'commitment', 'ablation', 'schedule')
+ARCHITECTURE_FLAGS = ('preset', 'image_size', 'patch_size', 'n_tokens', 'codebook_size', 'code_dim', 'commitment',
+                      'ablation', 'schedule')
 # the flags each stage of TiTok's recipe fixes: stage 1 learns the proxy codes by cross-entropy alone (no pixel losses);
 # stage 2 restarts no codes, its encoder and codebook being frozen
 STAGE_SETTINGS = {1: {'l2_weight': 0.0, 'lpips_weight': 0.0, 'gan_weight': 0.0}, 2: {'restart_every': 0}}
@@ -124,8 +129,8 @@ STAGE_SETTINGS = {1: {'l2_weight': 0.0, 'lpips_weight': 0.0, 'gan_weight': 0.0},
 
 def run_settings_of(ckpt, config):
     """The flags a checkpoint was trained with; those that shape the tokenizer read from its config."""
-    return {**ckpt['args'], 'n_tokens': config.n_tokens, 'codebook_size': config.codebook_size, 'code_dim': config.code_dim,
-            'commitment': config.commitment, 'schedule': config.schedule, 'ablation': config.ablation, 'stage': config.stage}
+    return {**ckpt['args'], 'image_size': config.image_size, 'patch_size': config.patch_size, 'n_tokens': config.n_tokens,
+            'codebook_size': config.codebook_size, 'code_dim': config.code_dim, 'commitment': config.commitment, 'schedule': config.schedule, 'ablation': config.ablation, 'stage': config.stage}
 
 
 def check_resumed_stage(saved_stage, path):
@@ -250,9 +255,16 @@ stage_one = None
 if not resume and args.stage == 2:
     stage_one, config = stage_two_start()
 elif not resume:
-    config = TokConfig.preset(args.preset, args.ablation, n_tokens=args.n_tokens, codebook_size=args.codebook_size,
-                              code_dim=args.code_dim, commitment=args.commitment, schedule=args.schedule, stage=args.stage,
+    config = TokConfig.preset(args.preset, args.ablation, image_size=args.image_size, patch_size=args.patch_size,
+                              n_tokens=args.n_tokens, codebook_size=args.codebook_size, code_dim=args.code_dim,
+                              commitment=args.commitment, schedule=args.schedule, stage=args.stage,
                               proxy_vqgan=dataclasses.asdict(proxy_vqgan.config) if proxy_vqgan else None)
+    if config.image_size % config.patch_size:
+        raise common.UserError(f"--image_size {config.image_size} is not a multiple of the patch size {config.patch_size}: "
+                               f"pass --patch_size with a divisor of it")
+if args.gan_weight > 0 and config.image_size < DISCRIMINATOR_MIN_SIZE:
+    raise common.UserError(f"--gan_weight {args.gan_weight}: the PatchGAN discriminator needs images of "
+                           f"{DISCRIMINATOR_MIN_SIZE} px or more, these are {config.image_size} px: pass --gan_weight 0")
 micro_batch = common.micro_batch_size(args.batch_size, dist_state.world_size, args.grad_accum)  # with the run's settings
 args.workers, cores_used = common.use_cpu_cores(device, args.workers)
 use_bf16 = common.bf16_autocast_on(args.bf16, device)

@@ -1,23 +1,57 @@
 #!/usr/bin/env bash
-# Super-resolution by spectral completion at CIFAR-10 scale (docs/superres.md): 10,000 generated 32 px images to
-# 64 px by plain bicubic upsampling, by stride and by patch completion at each k of $KEEP, FID of each against the
-# 50,000 CIFAR-10 training images bicubic-upsampled to 64 px (the reference, built once).
-#   GEN=out/cifar10/gen/best.pt DATA=../shared/data/cifar10 OUT=out/superres bash scripts/superres_cifar.sh
-# Writes $OUT/superres.json (PSNR to the input and FID per output), $OUT/side_by_side.png and the .npz files.
+# Super-resolution by spectral completion against real high-resolution images (docs/superres.md): a tokenizer and a
+# generator trained on CIFAR-10 box-downsampled to 16 px, then 16 -> 32 px by plain bicubic upsampling and by stride
+# and patch completion at each k of $KEEP (k = N = 32: the tokenizer alone), scored against the real 32 px images.
+#   DATA=../shared/data/cifar10 OUT=out/superres16 bash scripts/superres_cifar.sh [stage ...]
+# Stages (default: all, in order; each reads what the earlier ones wrote under $OUT, so any can be re-run alone):
+#   stats    FID statistics of the 50,000 training images at 32 px (skipped when $STATS exists)
+#   models   scripts/cifar10.sh's tok and gen stages at --image_size 16 --patch_size 2 (the 8 x 8 patch grid of its
+#            32 px tokenizer) without the GAN, whose discriminator needs 24 px: $OUT/tok, $OUT/gen/best.pt. Its
+#            tok/rfid.json compares the 16 px reconstructions with the 32 px test images.
+#   test     the 10,000 test images downsampled to 16 px and super-resolved: PSNR and LPIPS against their originals,
+#            FID against the training statistics ($OUT/test)
+#   samples  10,000 images sampled at 16 px (seed 1) and super-resolved: FID against the training statistics, the
+#            paper's Table 3 setting of generated images and a real high-resolution reference ($OUT/samples)
+# Each of test and samples writes superres.json (per output: PSNR, LPIPS, FID), side_by_side.png and the .npz files.
+# Cost on one H100, estimated from the 32 px runs of docs/results.md (not measured): about 25 minutes, of which models
+# 15 (tokenizer 10,000 steps, generator 6,000), test and samples 3-5 each.
 set -euo pipefail
-GEN=${GEN:?set GEN to a generator checkpoint trained on CIFAR-10 by train_gen.py}
-DATA=${DATA:-../shared/data/cifar10}
-OUT=${OUT:-out/superres}
-PER_CLASS=${PER_CLASS:-1000}                    # 10,000 generated images
-KEEP=${KEEP:-8 16 24 28 32}                     # k tokens kept of N = 32, one output per k and split (32: the tokenizer alone)
-SAMPLING=${SAMPLING:---cfg 2.0}                 # the best sweep setting of scripts/cifar10.sh's recipe (docs/results.md)
+DATA=${DATA:-../shared/data/cifar10}        # train/ and test/ in class folders, 32 px
+OUT=${OUT:-out/superres16}
+KEEP=${KEEP:-16 20 25 28 32}                # k kept of N = 32; w_k <= 8 = S/2 for k <= 25, superres.py's default
+PER_CLASS=${PER_CLASS:-1000}                # samples stage: 10,000 generated images
+SAMPLING=${SAMPLING:---cfg 2.0}             # sample.py's and the completion's flags: the 32 px recipe's best (docs/results.md)
+SR_FLAGS=${SR_FLAGS:-}                      # more superres.py flags, e.g. --shared_noise
+STATS=${STATS:-$OUT/cifar10_train_stats.npz}  # the same file as scripts/cifar10.sh's: one can serve both
 [ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()
-STATS=$OUT/ref64_stats.npz  # of $OUT/ref64/superres_plain_<n>x64x64x3.npz, n = the training images
+[ -n "${LPIPS:-}" ] && WEIGHTS_LPIPS=(--lpips_path "$LPIPS") || WEIGHTS_LPIPS=()
+GEN=$OUT/gen/best.pt
+STAGES=(stats models test samples)
+stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=("${STAGES[@]}")
+for stage in "${stages[@]}"; do  # a misspelt stage stops before any work
+  [[ " ${STAGES[*]} " == *" $stage "* ]] || { echo "unknown stage $stage: use ${STAGES[*]}" >&2; exit 2; }
+done
 mkdir -p "$OUT"
-[ -f "$STATS" ] || { python superres.py --ckpt "$GEN" --input "$DATA/train" --modes plain --out "$OUT/ref64" &&
-  python fid.py --no-pr --save-stats "$STATS" "$OUT"/ref64/superres_plain_*x3.npz "${WEIGHTS_FID[@]}"; }
-[ -f "$OUT/samples/samples_$((PER_CLASS * 10))x32x32x3.npz" ] || python sample.py --ckpt "$GEN" --classes all \
-  --per_class "$PER_CLASS" --batch_size 1000 --seed 1 $SAMPLING --out "$OUT/samples"
-# shellcheck disable=SC2086
-python superres.py --ckpt "$GEN" --input "$OUT/samples/samples_$((PER_CLASS * 10))x32x32x3.npz" --keep $KEEP \
-  $SAMPLING --batch_size 1000 --fid_ref "$STATS" "${WEIGHTS_FID[@]}" --out "$OUT"
+
+superres() {  # superres DIR FLAGS...: plain and every split at every k of $KEEP, FID against $STATS, into $OUT/DIR
+  local dir=$1; shift
+  # shellcheck disable=SC2086
+  python superres.py --ckpt "$GEN" --keep $KEEP $SAMPLING $SR_FLAGS --batch_size 1000 --fid_ref "$STATS" \
+    "${WEIGHTS_FID[@]}" --out "$OUT/$dir" "$@"
+}
+for stage in "${stages[@]}"; do
+  case $stage in
+  stats)
+    [ -f "$STATS" ] || python fid.py --no-pr --save-stats "$STATS" "$DATA/train" "${WEIGHTS_FID[@]}" ;;
+  models)
+    DATA=$DATA OUT=$OUT TOK_FLAGS="${TOK_FLAGS---compile} --image_size 16 --patch_size 2 --gan_weight 0" \
+      bash "$(dirname "$0")/cifar10.sh" tok gen ;;
+  test)
+    superres test --input "$DATA/test" --downsample "${WEIGHTS_LPIPS[@]}" ;;
+  samples)
+    # shellcheck disable=SC2086
+    python sample.py --ckpt "$GEN" --classes all --per_class "$PER_CLASS" --batch_size 1000 --seed 1 $SAMPLING \
+      --out "$OUT/samples_16px"
+    superres samples --input "$OUT/samples_16px/samples_$((PER_CLASS * 10))x16x16x3.npz" ;;
+  esac
+done

@@ -14,15 +14,15 @@ SEARCHES = [('gen_search.sh', 'old', 'unknown variant bogus: use old dropout'),
             ('table4.sh', 'titok', 'unknown row bogus: use titok spectral')]
 
 
-def run_search(tmp_path, script, names):
-    """Runs scripts/<script> NAMES with a `python` on PATH that only records its arguments in tmp_path/calls:
-    -> (the finished process, the recorded calls)."""
+def run_search(tmp_path, script, names, **env):
+    """Runs scripts/<script> NAMES with a `python` on PATH that only records its arguments in tmp_path/calls, and env
+    on top of the test's environment: -> (the finished process, the recorded calls)."""
     bin_dir = tmp_path / 'bin'
     bin_dir.mkdir()
     (bin_dir / 'python').write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "calls"}\n')
     (bin_dir / 'python').chmod(0o755)
     env = {**os.environ, 'PATH': f"{bin_dir}{os.pathsep}{os.environ['PATH']}", 'GPUS': '1', 'TOK': 'tok.pt',
-           'ROOT': str(tmp_path / 'root')}
+           'ROOT': str(tmp_path / 'root'), **env}
     result = subprocess.run(['bash', os.path.join('scripts', script), *names], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=60)
     calls = (tmp_path / 'calls').read_text().splitlines() if (tmp_path / 'calls').exists() else []
@@ -91,3 +91,30 @@ def test_table4_rows_train_their_ablation_seed_and_recipe_and_score_the_training
     train_recon = next(call for call in titok_tok if '--eval_only' in call)  # the rfid_train stage
     assert value(train_recon, '--eval_data').endswith('train')
     assert any('recon_train.npz' in call and 'cifar10_train_stats.npz' in call for call in calls if 'fid.py' in call)
+
+
+def test_superres_trains_16_px_models_by_the_cifar10_recipe_and_scores_test_images_and_samples_at_32_px(tmp_path):
+    out = tmp_path / 'root'
+    result, calls = run_search(tmp_path, 'superres_cifar.sh', [], OUT=str(out), DATA='cifar10')
+    assert result.returncode == 0, result.stderr
+    calls = [call.split() for call in calls]
+
+    def value(call, flag):
+        return call[call.index(flag) + 1]
+    tok, = [call for call in calls if call[0] == 'train_tok.py']
+    gen, = [call for call in calls if call[0] == 'train_gen.py']
+    assert (value(tok, '--image_size'), value(tok, '--patch_size'), value(tok, '--gan_weight')) == ('16', '2', '0')
+    assert '--full_prefix_prob' in tok and value(gen, '--tok_ckpt') == str(out / 'tok' / 'ckpt.pt')
+    test, samples = [call for call in calls if call[0] == 'superres.py']
+    assert value(test, '--input') == os.path.join('cifar10', 'test') and '--downsample' in test
+    assert value(samples, '--input') == str(out / 'samples_16px' / 'samples_10000x16x16x3.npz') and '--downsample' not in samples
+    for call in (test, samples):
+        assert value(call, '--ckpt') == str(out / 'gen' / 'best.pt')
+        assert value(call, '--fid_ref') == str(out / 'cifar10_train_stats.npz')
+        assert call[call.index('--keep') + 1:call.index('--keep') + 6] == ['16', '20', '25', '28', '32']
+
+
+def test_superres_stops_on_an_unknown_stage_before_any_run(tmp_path):
+    result, calls = run_search(tmp_path, 'superres_cifar.sh', ['stats', 'bogus'], OUT=str(tmp_path / 'root'))
+    assert result.returncode == 2 and 'unknown stage bogus: use stats models test samples' in result.stderr
+    assert calls == [] and not (tmp_path / 'root').exists()

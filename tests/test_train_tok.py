@@ -334,6 +334,9 @@ def test_flags_that_do_not_fit_the_stage_stop_with_the_fix(stage_one, image_dir,
     ('missing', (), "missing' does not exist: pass a folder of <class>/<image> files"),
     ('empty_class', (), "class folder(s) cat of"),
     ('images', ('--lpips_weight', '1', '--lpips_path', 'missing.pth'), '--lpips_path missing.pth: no such file'),
+    ('images', ('--image_size', '20'), '--image_size 20 is not a multiple of the patch size 8: pass --patch_size with a divisor'),
+    ('images', ('--image_size', '16', '--gan_weight', '0.1'),
+     '--gan_weight 0.1: the PatchGAN discriminator needs images of 24 px or more, these are 16 px: pass --gan_weight 0'),
 ])
 def test_bad_data_and_flags_stop_with_one_line_and_exit_status_2(image_dir, tmp_path, data, flags, message):
     os.makedirs(tmp_path / 'empty_class' / 'cat')
