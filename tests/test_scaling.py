@@ -1,13 +1,11 @@
 """common.py's helpers for long multi-process runs: the step-tagged checkpoints kept by --keep, the checkpoints
-by wall time of --ckpt_minutes, and the batch split of --grad_accum; and the tests' reading of a torchrun's exit."""
+by wall time of --ckpt_minutes, and the batch split of --grad_accum."""
 import os
-import subprocess
 
 import pytest
 import torch
 
 import common
-from conftest import ended_in_gloo_teardown_abort
 
 
 def test_keep_holds_the_newest_step_tagged_copies_and_leaves_later_ones_alone(tmp_path):
@@ -40,15 +38,3 @@ def test_grad_accum_must_split_the_global_batch_evenly():
         common.micro_batch_size(256, world_size=3, grad_accum=1)
     with pytest.raises(common.UserError, match='--grad_accum 0'):
         common.micro_batch_size(256, world_size=1, grad_accum=0)
-
-
-def test_only_a_gloo_teardown_abort_passes_for_a_finished_torchrun():
-    def launched(returncode, output):
-        return subprocess.CompletedProcess([], returncode, stdout='', stderr=output)
-    teardown = ('terminate called without an active exception\n  exitcode  : -15 (pid: 2)  (SIGTERM)\n'
-                '  exitcode  : -6 (pid: 3)  (SIGABRT)\n')
-    with pytest.warns(UserWarning, match='gloo teardown'):  # said, not silent
-        assert ended_in_gloo_teardown_abort(launched(1, teardown))
-    assert not ended_in_gloo_teardown_abort(launched(0, teardown))
-    assert not ended_in_gloo_teardown_abort(launched(1, '  exitcode  : 1 (pid: 3)\n  exitcode  : -6 (pid: 2)\n'))
-    assert not ended_in_gloo_teardown_abort(launched(1, teardown + '  exitcode  : 1 (pid: 4)\n'))
