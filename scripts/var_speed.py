@@ -66,6 +66,10 @@ def import_var(var_repo):
 
 
 def var_commit(var_repo):
+    """The checkout's commit when it is a clone with its own .git (git would report the commit of a repository
+    around a plain copy)."""
+    if not os.path.exists(os.path.join(var_repo, '.git')):
+        return None
     try:
         return subprocess.run(['git', '-C', var_repo, 'rev-parse', 'HEAD'], capture_output=True, text=True,
                               timeout=10).stdout.strip() or None
@@ -222,8 +226,8 @@ def print_comparison(rows, args):
         ratios, relative = r.get('ours_over_var', {}), r.get('relative_to_reference', {})
         cells.append([str(r['batch']), r['variant'], bench.fmt(r['var_ms'], '.1f')]
                      + [bench.fmt(r['ours_ms'].get(m), '.1f') for m in models]
-                     + [bench.fmt(ratios.get(m), '.2f') for m in models]
-                     + [bench.fmt(relative.get(m), '.2f') for m in [var_name] + models[1:]])
+                     + [bench.fmt(ratios.get(m), '.3g') for m in models]
+                     + [bench.fmt(relative.get(m), '.3g') for m in [var_name] + models[1:]])
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     print(f"\n== {var_name} (VAR's own sampler) vs ours, {rows[0]['device_name']}, torch {rows[0]['torch']}; random weights; "
           f"ms per batch = sampling + decode to pixels; 'rel': time relative to {reference} = 1.0 (Table 2's convention) ==")
