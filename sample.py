@@ -47,13 +47,18 @@ def add_model_args(parser):
 
 
 def add_sampling_args(parser, several=False):
-    """The sampling flags, checked by check_sampling_settings; several=True: each but --cfg_ramp takes a list of
-    values (sweep.py's grid)."""
+    """The sampling flags, checked by check_sampling_settings; several=True: each takes a list of values (sweep.py's
+    grid), --cfg_ramp as off / on (bare: on)."""
     def add(flag, type, default, help=None):
         parser.add_argument(flag, type=type, nargs='+' if several else None, default=[default] if several else default,
                             help=help)
     add('--cfg', float, 1.5, "guidance scale s: (1 + s) cond - s uncond; 0 is plain conditional")
-    parser.add_argument('--cfg_ramp', action='store_true', help='guidance ramps linearly from 0 (first token) to --cfg (last)')
+    ramp_help = 'guidance ramps linearly from 0 (first token) to --cfg (last)'
+    if several:
+        parser.add_argument('--cfg_ramp', nargs='*', choices=('off', 'on'), default=['off'],
+                            help=f'{ramp_help}: off, on, or both to sweep it (bare flag: on)')
+    else:
+        parser.add_argument('--cfg_ramp', action='store_true', help=ramp_help)
     add('--temperature', float, 1.0)
     add('--top_k', int, 0, '0: off')
     add('--top_p', float, 0.0, '0: off')

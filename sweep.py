@@ -2,7 +2,7 @@
 Sweep a generator's sampling settings by FID in one process: the generator, tokenizer, Inception network and
 reference statistics load once, then every point of the grid (the product of the values given) is sampled and scored.
 
-    python sweep.py --ckpt out/gen/ckpt.pt --ref out/cifar10_train_stats.npz --cfg 0 0.5 1 1.5 2 3 \\
+    python sweep.py --ckpt out/gen/ckpt.pt --ref out/cifar10_train_stats.npz --cfg 0 0.5 1 1.5 2 3 --cfg_ramp off on \\
         --temperature 1.0 0.9 --top_k 0 100 --json out/sweep/sweep.json --best_flags out/sweep/best_flags
     python sample.py --ckpt out/gen/ckpt.pt $(cat out/sweep/best_flags) --per_class 5000 --out samples   # final
     python sweep.py --ckpt out/gen/ckpt.pt --ref out/cifar10_train_stats.npz --truncate 0 4 8 12      # Table 3
@@ -10,7 +10,8 @@ reference statistics load once, then every point of the grid (the product of the
 --ref: statistics written by `fid.py --save-stats` (or a folder of images, whose features are computed first).
 Every setting samples --per_class images of each class with the same --seed (default 1, held out from sample.py's
 default 0: the final samples then score a setting on images it was not picked on) and prints a table line.
---best_flags: the sample.py flags of the lowest-FID setting (and --cfg_ramp, --no_ema when the sweep had them).
+--cfg_ramp off on: constant and ramped guidance are both points of the grid (bare --cfg_ramp: ramped only).
+--best_flags: the sample.py flags of the lowest-FID setting (with --cfg_ramp when it ramps, --no_ema when the sweep had it).
 --truncate k (decode from the first N - k tokens) is an ablation, not a way to sample: rows with k > 0 compete for
 the best only when every row truncates.
 """
@@ -41,7 +42,9 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int, default=1, help="held out from sample.py's default seed 0")
     parser.add_argument('--json', metavar='OUT', help='write every row and the best as JSON')
     parser.add_argument('--best_flags', metavar='OUT', help="write the best row's sample.py flags as one line")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.cfg_ramp = [value == 'on' for value in args.cfg_ramp] or [True]  # a bare --cfg_ramp: on
+    return args
 
 
 def score(images, inception, device, resize, ref):
@@ -58,10 +61,10 @@ def best_row(rows):
     return min([row for row in rows if row['truncate'] == 0] or rows, key=lambda row: row['fid'])
 
 
-def sample_flags(row, cfg_ramp, no_ema):
-    """sample.py's flags for the setting of `row`, with the guidance ramp and weights every row was sampled with."""
+def sample_flags(row, no_ema):
+    """sample.py's flags for the setting of `row`, with the weights every row was sampled with."""
     return (f"--cfg {row['cfg']} --temperature {row['temperature']} --top_k {row['top_k']} --top_p {row['top_p']}"
-            + (' --cfg_ramp' if cfg_ramp else '') + (' --no_ema' if no_ema else ''))
+            + (' --cfg_ramp' if row['cfg_ramp'] else '') + (' --no_ema' if no_ema else ''))
 
 
 def write(path, text):
@@ -82,32 +85,31 @@ def sweep(args):
     ref = evaluation.image_set(args.ref, need_pool=False)
     inception = evaluation.model  # a stats --ref has not loaded it: missing weights should stop us before sampling
 
-    grid = list(itertools.product(args.cfg, args.temperature, args.top_k, args.top_p, args.truncate))
+    grid = list(itertools.product(args.cfg, args.cfg_ramp, args.temperature, args.top_k, args.top_p, args.truncate))
     print(f"{len(grid)} setting(s) x {len(labels)} samples ({len(classes)} classes x {args.per_class}, seed {args.seed}) "
-          f"from {sample.describe_checkpoint(args.ckpt, ckpt)} with {tok.path}, "
-          f"{'ramped' if args.cfg_ramp else 'constant'} guidance, on {device}, bf16 {use_bf16}", flush=True)
+          f"from {sample.describe_checkpoint(args.ckpt, ckpt)} with {tok.path}, on {device}, bf16 {use_bf16}", flush=True)
     train_codes = tokens.training_codes(ckpt.get('tokens'))
-    print(f"{'cfg':>6} {'temp':>6} {'top_k':>6} {'top_p':>6} {'trunc':>6} {'FID':>9} {'sFID':>9} {'copy@4':>7} "
+    print(f"{'cfg':>6} {'ramp':>4} {'temp':>6} {'top_k':>6} {'top_p':>6} {'trunc':>6} {'FID':>9} {'sFID':>9} {'copy@4':>7} "
           f"{'copy@8':>7} {'copy@N':>7} {'s':>7}")
     rows = []
-    for cfg_scale, temperature, top_k, top_p, truncate in grid:
+    for cfg_scale, cfg_ramp, temperature, top_k, top_p, truncate in grid:
         start_time = time.perf_counter()
-        batches = sample.sample_batches(gpt, tok, labels, args.batch_size, args.seed, N - truncate, cfg_scale, args.cfg_ramp,
+        batches = sample.sample_batches(gpt, tok, labels, args.batch_size, args.seed, N - truncate, cfg_scale, cfg_ramp,
                                         temperature, top_k, top_p, use_bf16)
         codes, images = zip(*[(batch_codes.cpu().numpy(), batch_images) for _, batch_codes, batch_images in batches])
         images = np.concatenate(images)
         copied = (tokens.copied_shares(np.concatenate(codes), train_codes, (4, 8, N)) if train_codes is not None else {})
-        row = dict(cfg=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p, truncate=truncate,
+        row = dict(cfg=cfg_scale, cfg_ramp=cfg_ramp, temperature=temperature, top_k=top_k, top_p=top_p, truncate=truncate,
                    **score(images, inception, device, args.resize, ref),
                    copied_share={str(k): v for k, v in copied.items()}, seconds=time.perf_counter() - start_time)
         rows.append(row)
         sfid = '-' if row['sfid'] is None else f"{row['sfid']:.3f}"
         shares = ' '.join(f"{100 * copied[k]:>6.2f}%" if k in copied else f"{'-':>7}" for k in (4, 8, N))
-        print(f"{cfg_scale:>6g} {temperature:>6g} {top_k:>6d} {top_p:>6g} {truncate:>6d} {row['fid']:>9.3f} {sfid:>9} "
-              f"{shares} {row['seconds']:>7.1f}", flush=True)
+        print(f"{cfg_scale:>6g} {'on' if cfg_ramp else 'off':>4} {temperature:>6g} {top_k:>6d} {top_p:>6g} {truncate:>6d} "
+              f"{row['fid']:>9.3f} {sfid:>9} {shares} {row['seconds']:>7.1f}", flush=True)
 
     best = best_row(rows)
-    flags = sample_flags(best, args.cfg_ramp, args.no_ema)
+    flags = sample_flags(best, args.no_ema)
     print(f"best: FID {best['fid']:.3f}" + (f" (decoding {N - best['truncate']}/{N} tokens)" if best['truncate'] else '')
           + f" with {flags}")
     if args.json:

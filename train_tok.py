@@ -73,7 +73,11 @@ parser.add_argument('--schedule', choices=SCHEDULES,
 parser.add_argument('--batch_size', type=int, default=256, help='global batch over all processes and micro-steps')
 parser.add_argument('--grad_accum', type=int, default=1,
                     help='micro-steps per optimizer step: each process runs batch_size / (processes x grad_accum) images at a time')
-parser.add_argument('--max_steps', type=int, default=500_000)
+parser.add_argument('--max_steps', type=int, default=500_000, help="the run's length: the learning rate's cosine ends here")
+parser.add_argument('--steps_this_run', type=int,
+                    help='train at most this many steps now, then checkpoint and stop: a long run in pieces, each '
+                         'continued with --resume and the same --max_steps (the schedule spans all of it); --eval_data '
+                         'is scored once --max_steps is reached')
 parser.add_argument('--full_prefix_prob', type=float, default=0.0,
                     help='extra probability of the full prefix i = N (the full image) over the uniform 1..N')
 parser.add_argument('--lr', type=float, default=1e-4)
@@ -110,11 +114,12 @@ parser.add_argument('--eval_prefix_images', type=int, default=10_000,
 parser.add_argument('--eval_only', action='store_true', help='only score --resume on --eval_data')
 parser.add_argument('--eval_npz', help='also write the full-N reconstructions of --eval_data here (uint8 NHWC arr_0: rFID with fid.py)')
 args = parser.parse_args()
-common.check_flags(args, positive=('batch_size', 'grad_accum', 'max_steps', 'log_every', 'ckpt_every', 'eval_prefix_images',
-                                   'image_size', 'patch_size', 'n_tokens', 'codebook_size', 'code_dim'),
+common.check_flags(args, positive=('batch_size', 'grad_accum', 'max_steps', 'steps_this_run', 'log_every', 'ckpt_every',
+                                   'eval_prefix_images', 'image_size', 'patch_size', 'n_tokens', 'codebook_size', 'code_dim'),
                    non_negative=('warmup', 'disc_start', 'restart_every', 'sample_every', 'workers', 'ckpt_minutes', 'keep'))
 # where and how to run, not what to train: never taken from a resumed checkpoint
-MACHINE_FLAGS = ('data', 'out_dir', 'device', 'workers', 'compile', 'bf16', 'lpips_path', 'eval_data', 'eval_only', 'eval_npz')
+MACHINE_FLAGS = ('data', 'out_dir', 'device', 'workers', 'compile', 'bf16', 'lpips_path', 'eval_data', 'eval_only', 'eval_npz',
+                 'steps_this_run')
 # what shapes the model, its losses or the data stream: a resumed run must not contradict the checkpoint. Not
 # --grad_accum: a run may continue on another number of processes with the same global --batch_size.
 RUN_FLAGS = ('preset', 'image_size', 'patch_size', 'n_tokens', 'codebook_size', 'code_dim', 'commitment', 'ablation',
@@ -237,6 +242,12 @@ if args.resume:
     changed = common.apply_resume_args(parser, args, run_settings_of(resume, config), fixed=RUN_FLAGS, keep=MACHINE_FLAGS)
     if dist_state.master:
         print(common.resume_message(resume['step'], changed, args.max_steps, training=not args.eval_only))
+        if 'max_steps' in changed and not args.eval_only:
+            # the cosine is a function of --max_steps: a new end moves the learning rate at every step still to come
+            print(f"--max_steps {resume['args']['max_steps']} -> {args.max_steps}: the learning rate's cosine now ends at "
+                  f"step {args.max_steps}; from step {resume['step']} on the run follows that curve (after a decay, a jump "
+                  f"back up), not that of a run started with --max_steps {args.max_steps}. To train one run in pieces, "
+                  f"start it with its final --max_steps and pass --steps_this_run")
 else:
     if args.preset is None and args.stage != 2:
         args.preset = preset_for_images(args.data)
@@ -535,8 +546,9 @@ n_bad, n_empty_batches = 0, 0
 t_last, step_last = time.time(), step
 pbar = common.progress_bar(total=args.max_steps, initial=step, disable=not dist_state.master)
 data_iter = iter(loader)
-checkpoints = common.CheckpointSchedule(args.ckpt_every, args.max_steps, args.ckpt_minutes, device)
-while step < args.max_steps:
+stop_step = args.max_steps if args.steps_this_run is None else min(args.max_steps, step + args.steps_this_run)
+checkpoints = common.CheckpointSchedule(args.ckpt_every, stop_step, args.ckpt_minutes, device)
+while step < stop_step:
     images, _, bad = next(data_iter)  # this process's share of the global batch, split into grad_accum micro-batches
     n_bad += bad
     if not len(images):  # no readable image in this process's batch: draw the next one (counted, logged)
@@ -602,7 +614,7 @@ while step < args.max_steps:
     codebook = None
     if args.restart_every and step % args.restart_every == 0:
         codebook = restart_dead_codes(step, torch.cat(encoder_outputs).flatten(0, 1))
-    log_step = step % args.log_every == 0 or step == args.max_steps
+    log_step = step % args.log_every == 0 or step == stop_step
     if log_step:
         if not common.all_finite(finite):
             common.stop_on_nonfinite(step, ckpt_path)
@@ -630,7 +642,8 @@ while step < args.max_steps:
 pbar.close()
 if n_bad and dist_state.master:
     print(f"skipped {n_bad} unreadable image(s)" + (f", {n_empty_batches} batch(es) without any readable one" if n_empty_batches else ""))
-if args.eval_data:
+finished = step >= args.max_steps
+if args.eval_data and finished:
     evaluate(ema_model, args.eval_data)
 if dist_state.master:
     prefixes = os.path.join(args.out_dir, f'prefixes_{step:07d}.png')
@@ -638,5 +651,8 @@ if dist_state.master:
           + f" in {common.format_duration(time.time() - run_start)}"
           + (f"; last logged {'L2' if 'l2' in record else 'proxy-code cross-entropy'} "
              f"{record.get('l2', record.get('proxy_ce')):.4f}, codebook used {record['codebook_used']:.0%}" if record else ""))
+    if not finished:
+        print(f"stopped at step {step} of --max_steps {args.max_steps} (--steps_this_run {args.steps_this_run}): continue "
+              f"with --resume" + (", which scores --eval_data once the run reaches --max_steps" if args.eval_data else ""))
 del train_model, discriminator_ddp  # their DDP wrappers hold the process group (common.cleanup_distributed)
 common.cleanup_distributed()

@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# The CIFAR-10 generator recipe search: regularisation variants trained at one budget on the tokens of one
-# tokenizer, ranked by validation NLL (CIFAR-10 test/) against the NLL of training rows.
-#   TOK=out/cifar10/tok/ckpt.pt DATA=../shared/data/cifar10 ROOT=out/gen_search bash scripts/gen_search.sh [variant ...]
+# The CIFAR-10 generator recipe search: regularisation and depth variants trained at one budget on the tokens of one
+# tokenizer, on the selection split's train/ images, ranked by validation NLL on its val/ images against the NLL of
+# training rows; each keeps best.pt by that validation NLL. CIFAR-10 test is never read (docs/results.md, "Selection split").
+#   TOK=out/tok_search_select/lpips_k4096/tok/ckpt.pt DATA=../shared/data/cifar10 SELECT=out/cifar10_select \
+#     ROOT=out/gen_search_select bash scripts/gen_search.sh [variant ...]
+# SELECT: the split (scripts/selection_split.py), built from $DATA/train when missing; TOK should be a tokenizer
+# trained on its train/ (tok_search.sh's), so that val/ is held out from the tokenizer too.
 # Variants (train_gen.py flags on top of the shared ones below):
 #   old         the baseline: image + flip, no dropout, drop path 0.0333 (VAR's 0.1 x 8 / 24)
 #   dropout     + dropout 0.1, drop path 0.1
 #   augment     + 8 views per image (flip and zoom crops), dropout 0.1, drop path 0.1
-#   augment_ema + EMA 0.9995 of the weights (the EMA model is evaluated and sampled)
+#   augment_ema + EMA 0.9995 of the weights (the EMA model is evaluated and sampled): scripts/cifar10.sh's recipe
 #   strong      8 views, dropout 0.2, drop path 0.2
+#   strong_ema  strong + EMA 0.9995
 #   d12         the cifar_d12 preset, 8 views, dropout 0.1, drop path 0.1
+#   d12_ema     d12 + EMA 0.9995
+#   d12_strong_ema  the cifar_d12 preset, 8 views, dropout 0.2, drop path 0.2, EMA 0.9995
 # The variants run at the same time, variant j on GPU j mod GPUS; each writes $ROOT/<variant>/ (log.jsonl,
 # nll.png, ckpt.pt, best.pt) and run.log. The token files are encoded once into $ROOT first.
 # Last: $ROOT/summary.json and a table (best validation NLL, the training rows' NLL at that step, their
@@ -16,12 +23,14 @@
 set -euo pipefail
 TOK=${TOK:?set TOK to a tokenizer checkpoint}
 DATA=${DATA:-../shared/data/cifar10}
-ROOT=${ROOT:-out/gen_search}
+SELECT=${SELECT:-out/cifar10_select}
+ROOT=${ROOT:-out/gen_search_select}
 STEPS=${STEPS:-6000}
 WORKERS=${WORKERS:-4}
+TRAIN=$SELECT/train HELD_OUT=$SELECT/val  # encode_tokens reads them
 source "$(dirname "$0")/run_variants.sh"
 SHARED=${SHARED:---batch_size 512 --lr 2e-4 --max_steps $STEPS --log_every 200 --eval_every 500 --ckpt_every 2000 --sample_every 0 --compile}
-variants=("$@"); [ ${#variants[@]} -eq 0 ] && variants=(old dropout augment augment_ema strong d12)
+variants=("$@"); [ ${#variants[@]} -eq 0 ] && variants=(old dropout augment augment_ema strong strong_ema d12 d12_ema d12_strong_ema)
 
 variant_flags() {  # the train_gen.py flags of variant $1, on top of $SHARED
   case $1 in
@@ -30,8 +39,11 @@ variant_flags() {  # the train_gen.py flags of variant $1, on top of $SHARED
     augment)     echo "--preset cifar_d8 --augment 8 --dropout 0.1 --drop_path 0.1" ;;
     augment_ema) echo "--preset cifar_d8 --augment 8 --dropout 0.1 --drop_path 0.1 --ema 0.9995" ;;
     strong)      echo "--preset cifar_d8 --augment 8 --dropout 0.2 --drop_path 0.2" ;;
+    strong_ema)  echo "--preset cifar_d8 --augment 8 --dropout 0.2 --drop_path 0.2 --ema 0.9995" ;;
     d12)         echo "--preset cifar_d12 --augment 8 --dropout 0.1 --drop_path 0.1" ;;
-    *) echo "unknown variant $1: use old dropout augment augment_ema strong d12" >&2; exit 2 ;;
+    d12_ema)     echo "--preset cifar_d12 --augment 8 --dropout 0.1 --drop_path 0.1 --ema 0.9995" ;;
+    d12_strong_ema) echo "--preset cifar_d12 --augment 8 --dropout 0.2 --drop_path 0.2 --ema 0.9995" ;;
+    *) echo "unknown variant $1: use old dropout augment augment_ema strong strong_ema d12 d12_ema d12_strong_ema" >&2; exit 2 ;;
   esac
 }
 check_variants variant_flags "${variants[@]}"
@@ -40,11 +52,13 @@ train_variant() {  # train_variant NAME DIR: run_variants' command
   local flags views
   flags=$(variant_flags "$1")
   views=$(sed 's/.*--augment \([0-9]*\).*/\1/' <<<"$flags")
+  # --data and --val_data only check that the token files hold the split's images (no encoding: they exist)
   # shellcheck disable=SC2086
   python train_gen.py --tok_ckpt "$TOK" --tokens "$ROOT/tokens_k$views.npz" --val_tokens "$ROOT/val_tokens.npz" \
-    --out_dir "$2" $SHARED $flags
+    --data "$TRAIN" --val_data "$HELD_OUT" --out_dir "$2" $SHARED $flags
 }
 mkdir -p "$ROOT"
+DATA=$DATA SELECT=$SELECT OUT=$ROOT bash "$(dirname "$0")/cifar10.sh" split  # once, before anything reads it
 encode_tokens 2
 encode_tokens 8
 

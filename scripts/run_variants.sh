@@ -34,10 +34,11 @@ run_variants() {
   done
 }
 
-# encode_tokens VIEWS: $ROOT/tokens_k<VIEWS>.npz, the codes by $TOK of $DATA/train in VIEWS views per image, and
-# $ROOT/val_tokens.npz, those of $DATA/test, encoded once (skipped while the training file exists) for the
-# generators trained on them (train_gen.py --tokens ... --augment VIEWS --val_tokens ...).
+# encode_tokens VIEWS: $ROOT/tokens_k<VIEWS>.npz, the codes by $TOK of the images in $TRAIN in VIEWS views per image,
+# and $ROOT/val_tokens.npz, those of $HELD_OUT, encoded once (skipped while the training file exists) for the
+# generators trained on them (train_gen.py --tokens ... --augment VIEWS --val_tokens ...). The token files record
+# the folders they hold: train_gen.py refuses them for other --data / --val_data.
 encode_tokens() {
-  [ -f "$ROOT/tokens_k$1.npz" ] || python train_gen.py --tok_ckpt "$TOK" --data "$DATA/train" --tokens "$ROOT/tokens_k$1.npz" \
-    --augment "$1" --val_data "$DATA/test" --val_tokens "$ROOT/val_tokens.npz" --encode_only --workers "$WORKERS" --out_dir "$ROOT"
+  [ -f "$ROOT/tokens_k$1.npz" ] || python train_gen.py --tok_ckpt "$TOK" --data "$TRAIN" --tokens "$ROOT/tokens_k$1.npz" \
+    --augment "$1" --val_data "$HELD_OUT" --val_tokens "$ROOT/val_tokens.npz" --encode_only --workers "$WORKERS" --out_dir "$ROOT"
 }

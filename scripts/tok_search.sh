@@ -1,63 +1,92 @@
 #!/usr/bin/env bash
-# The CIFAR-10 tokenizer recipe search: variants of scripts/cifar10.sh's tok stage at one budget, ranked by rFID
-# (reconstructions of CIFAR-10 test against test), with every prefix's fidelity to its low-pass target beside it.
-#   DATA=../shared/data/cifar10 ROOT=out/tok_search bash scripts/tok_search.sh [variant ...]
-# Variants (train_tok.py flags on top of the tok stage's; TOK_STEPS steps, GAN from 60% of them):
-#   control     the recorded recipe (with the EMA codebook kept consistent across dead-code restarts)
+# The CIFAR-10 tokenizer recipe search: variants of scripts/cifar10.sh's tok stage, each trained on the selection
+# split's train/ and ranked by rFID (its val/ images reconstructed, against val/), with every prefix's fidelity to its
+# low-pass target beside it. CIFAR-10 test is never read (docs/results.md, "Selection split").
+#   DATA=../shared/data/cifar10 SELECT=out/cifar10_select ROOT=out/tok_search_select bash scripts/tok_search.sh [variant ...]
+# SELECT: the split (scripts/selection_split.py), built from $DATA/train when missing. Variants (train_tok.py flags on
+# top of the tok stage's; TOK_STEPS steps, default 10,000, unless the name gives the length; GAN from 60% of them):
+#   control     the base recipe (with the EMA codebook kept consistent across dead-code restarts)
 #   full_gan    half of the batch rebuilds the full image (--full_prefix_prob 0.5), GAN on full prefixes only
 #   cond_gan    --full_prefix_prob 0.5, a discriminator told each target's cut-off w_i (--disc_cond)
 #   lpips       full_gan + LPIPS on inputs upsampled to 128 px (--lpips_resize 128)
 #   lpips_cond  cond_gan + LPIPS on inputs upsampled to 128 px
-#   lpips_k4096 lpips + a 4,096-code codebook (384 bits per image instead of 320)
+#   lpips_k4096 lpips + a 4,096-code codebook (384 bits per image instead of 320): scripts/cifar10.sh's recipe
 #   lpips_cond_k4096  lpips_cond + a 4,096-code codebook
-# The variants run at the same time, variant j on GPU j mod GPUS, each under $ROOT/<variant>/ (cifar10.sh's
-# layout: tok/ckpt.pt, tok/eval.jsonl, tok/rfid.json, run.log). Last: $ROOT/summary.json and a table.
+#   lpips_k4096_20k, lpips_k4096_40k  lpips_k4096 trained 20,000 / 40,000 steps (its schedule and GAN start scaled)
+#   lpips_k8192, lpips_k16384  lpips with 8,192 / 16,384 codes
+#   lpips_k4096_dim8, lpips_k4096_dim16, lpips_k4096_dim32  lpips_k4096 with 8 / 16 / 32-dimensional codes (preset: 12)
+# The variants run at the same time, variant j on GPU j mod GPUS, each under $ROOT/<variant>/ (cifar10.sh's layout:
+# tok/ckpt.pt, tok/eval.jsonl, tok/rfid_val.json, run.log). A variant whose rfid_val.json is written is not trained
+# again (delete $ROOT/<variant> to retrain it); one with a checkpoint continues it. TOK_CHUNK=10000: each variant
+# trains at most 10,000 steps per run of this script, so the same command, run four times, trains lpips_k4096_40k.
+# Last: $ROOT/summary.json and a table, which names the variants not finished yet.
 # INCEPTION= and LPIPS= name weight files when the packages are not installed (as for cifar10.sh).
 set -euo pipefail
 DATA=${DATA:-../shared/data/cifar10}
-ROOT=${ROOT:-out/tok_search}
+SELECT=${SELECT:-out/cifar10_select}
+ROOT=${ROOT:-out/tok_search_select}
 source "$(dirname "$0")/run_variants.sh"
-export DATA TOK_STEPS=${TOK_STEPS:-6000} WORKERS=${WORKERS:-3} TOK_RECIPE=  # variants on top of the base recipe
+export DATA SELECT TOK_STEPS=${TOK_STEPS:-10000} TOK_CHUNK=${TOK_CHUNK:-} WORKERS=${WORKERS:-3} TOK_RECIPE=  # variants carry their recipe
 COMPILE=${COMPILE---compile}  # COMPILE= for a CPU dry run
-variants=("$@"); [ ${#variants[@]} -eq 0 ] && variants=(control cond_gan full_gan lpips_cond lpips lpips_k4096)
+LPIPS_RECIPE="--full_prefix_prob 0.5 --gan_full_only --lpips_resize 128"  # the lpips variant's flags
+variants=("$@"); [ ${#variants[@]} -eq 0 ] && variants=(lpips_k4096 lpips_k4096_20k lpips_k4096_40k lpips_k8192 lpips_k16384
+  lpips_k4096_dim8 lpips_k4096_dim16 lpips_k4096_dim32)
 
-variant_flags() {  # the train_tok.py flags of variant $1, on top of the tok stage's
+variant_settings() {  # "STEPS FLAGS" of variant $1: its length and its train_tok.py flags on top of the tok stage's
   case $1 in
-    control)     echo "" ;;
-    full_gan)    echo "--full_prefix_prob 0.5 --gan_full_only" ;;
-    cond_gan)    echo "--full_prefix_prob 0.5 --disc_cond" ;;
-    lpips_cond)  echo "--full_prefix_prob 0.5 --disc_cond --lpips_resize 128" ;;
-    lpips)       echo "--full_prefix_prob 0.5 --gan_full_only --lpips_resize 128" ;;
-    lpips_k4096) echo "--full_prefix_prob 0.5 --gan_full_only --lpips_resize 128 --codebook_size 4096" ;;
-    lpips_cond_k4096) echo "--full_prefix_prob 0.5 --disc_cond --lpips_resize 128 --codebook_size 4096" ;;
-    *) echo "unknown variant $1: use control cond_gan full_gan lpips_cond lpips lpips_k4096 lpips_cond_k4096" >&2; exit 2 ;;
+    control)     echo "$TOK_STEPS" ;;
+    full_gan)    echo "$TOK_STEPS --full_prefix_prob 0.5 --gan_full_only" ;;
+    cond_gan)    echo "$TOK_STEPS --full_prefix_prob 0.5 --disc_cond" ;;
+    lpips_cond)  echo "$TOK_STEPS --full_prefix_prob 0.5 --disc_cond --lpips_resize 128" ;;
+    lpips)       echo "$TOK_STEPS $LPIPS_RECIPE" ;;
+    lpips_k4096) echo "$TOK_STEPS $LPIPS_RECIPE --codebook_size 4096" ;;
+    lpips_cond_k4096) echo "$TOK_STEPS --full_prefix_prob 0.5 --disc_cond --lpips_resize 128 --codebook_size 4096" ;;
+    lpips_k4096_20k) echo "20000 $LPIPS_RECIPE --codebook_size 4096" ;;
+    lpips_k4096_40k) echo "40000 $LPIPS_RECIPE --codebook_size 4096" ;;
+    lpips_k8192)  echo "$TOK_STEPS $LPIPS_RECIPE --codebook_size 8192" ;;
+    lpips_k16384) echo "$TOK_STEPS $LPIPS_RECIPE --codebook_size 16384" ;;
+    lpips_k4096_dim8)  echo "$TOK_STEPS $LPIPS_RECIPE --codebook_size 4096 --code_dim 8" ;;
+    lpips_k4096_dim16) echo "$TOK_STEPS $LPIPS_RECIPE --codebook_size 4096 --code_dim 16" ;;
+    lpips_k4096_dim32) echo "$TOK_STEPS $LPIPS_RECIPE --codebook_size 4096 --code_dim 32" ;;
+    *) echo "unknown variant $1: use control cond_gan full_gan lpips_cond lpips lpips_k4096 lpips_cond_k4096" \
+         "lpips_k4096_20k lpips_k4096_40k lpips_k8192 lpips_k16384 lpips_k4096_dim8 lpips_k4096_dim16 lpips_k4096_dim32" >&2
+       exit 2 ;;
   esac
 }
-check_variants variant_flags "${variants[@]}"
+check_variants variant_settings "${variants[@]}"
 
-train_variant() {  # train_variant NAME DIR: run_variants' command
-  OUT=$2 TOK_FLAGS="$COMPILE $(variant_flags "$1")" bash "$(dirname "$0")/cifar10.sh" tok
+train_variant() {  # train_variant NAME DIR: run_variants' command; a scored variant is not trained again
+  local steps flags
+  [ -f "$2/tok/rfid_val.json" ] && { echo "variant $1: finished earlier ($2/tok/rfid_val.json)"; return 0; }
+  read -r steps flags <<<"$(variant_settings "$1")"
+  OUT=$2 TOK_STEPS=$steps TOK_FLAGS="$COMPILE $flags" bash "$(dirname "$0")/cifar10.sh" tok
 }
+OUT=$ROOT bash "$(dirname "$0")/cifar10.sh" split  # once, before the variants read it at the same time
 run_variants 'variant ' "$ROOT/" train_variant "${variants[@]}"
 
 python - "$ROOT" "${variants[@]}" <<'EOF'
 import json, os, sys
 root, variants = sys.argv[1], sys.argv[2:]
-rows = []
+rows, unfinished = [], []
 for v in variants:
     tok = os.path.join(root, v, 'tok')
-    if not os.path.exists(os.path.join(tok, 'rfid.json')):
+    if not os.path.exists(os.path.join(tok, 'rfid_val.json')):
+        unfinished.append(v)
         continue
     evaluation = [json.loads(line) for line in open(os.path.join(tok, 'eval.jsonl'))][-1]
-    rows.append(dict(variant=v, rfid=json.load(open(os.path.join(tok, 'rfid.json')))['fid'],
+    rows.append(dict(variant=v, steps=evaluation['step'], scored_on=evaluation['data'],
+                     rfid_val=json.load(open(os.path.join(tok, 'rfid_val.json')))['fid'],
                      psnr_at_N=evaluation['psnr_vs_image_at_N'], psnr_vs_lowpass_at=evaluation['psnr_vs_lowpass_at'],
                      codebook_used=evaluation['codebook_used'], codebook_perplexity=evaluation['codebook_perplexity'],
-                     minutes=evaluation['run_wall_s'] / 60))
-print(f"{'variant':<16} {'rFID':>7} {'PSNR@N':>7} {'vs low-pass @1/2/4/8':>24} {'used':>6} {'perplexity':>10} {'min':>5}")
+                     minutes_last_run=evaluation['run_wall_s'] / 60))
+print(f"{'variant':<18} {'steps':>6} {'rFID val':>8} {'PSNR@N':>7} {'vs low-pass @1/2/4/8':>24} {'used':>6} "
+      f"{'perplexity':>10} {'min':>5}")
 for r in rows:
     prefixes = '/'.join(f"{v:.2f}" for v in r['psnr_vs_lowpass_at'].values())
-    print(f"{r['variant']:<16} {r['rfid']:>7.2f} {r['psnr_at_N']:>7.2f} {prefixes:>24} {r['codebook_used']:>6.1%} "
-          f"{r['codebook_perplexity']:>10.0f} {r['minutes']:>5.1f}")
+    print(f"{r['variant']:<18} {r['steps']:>6} {r['rfid_val']:>8.2f} {r['psnr_at_N']:>7.2f} {prefixes:>24} "
+          f"{r['codebook_used']:>6.1%} {r['codebook_perplexity']:>10.0f} {r['minutes_last_run']:>5.1f}")
+if unfinished:
+    print(f"not finished (run the same command again to continue): {' '.join(unfinished)}")
 json.dump(rows, open(os.path.join(root, 'summary.json'), 'w'), indent=1)
 EOF
 exit $failed

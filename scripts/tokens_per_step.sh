@@ -17,6 +17,7 @@ VIEWS=${VIEWS:-8}  # views per training image in the token file (flips and zoom 
 # the rest of scripts/cifar10.sh's generator recipe (dropout and drop path of cifar_d8, EMA)
 FLAGS=${FLAGS:---preset cifar_d8 --ema 0.9995 --batch_size 512 --lr 2e-4 --log_every 200 --eval_every 500 --ckpt_every 2000 --sample_every 0 --compile}
 SAMPLING=${SAMPLING:---cfg 2.0}  # the best setting of that recipe's sweep for P = 1 (docs/results.md, generalisation)
+TRAIN=$DATA/train HELD_OUT=$DATA/test  # final figures, as scripts/cifar10.sh's without SELECT (encode_tokens reads them)
 source "$(dirname "$0")/run_variants.sh"
 [ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()
 STATS=${STATS:-$ROOT/cifar10_train_stats.npz}

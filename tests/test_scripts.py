@@ -14,12 +14,30 @@ SEARCHES = [('gen_search.sh', 'old', 'unknown variant bogus: use old dropout'),
             ('table4.sh', 'titok', 'unknown row bogus: use titok spectral')]
 
 
+# a `python` that records its arguments and, as train_tok.py does when its run reaches --max_steps, writes its
+# --eval_npz (STOP_SHORT=1: as a piece of a run that stops short of it)
+STUB_PYTHON = """#!/bin/sh
+echo "$*" >> {calls}
+[ -n "$STOP_SHORT" ] && exit 0
+previous=
+for arg in "$@"; do
+  if [ "$previous" = --eval_npz ]; then mkdir -p "$(dirname "$arg")"; : > "$arg"; fi
+  previous=$arg
+done
+exit 0
+"""
+
+
+def value(call, flag):
+    return call[call.index(flag) + 1]
+
+
 def run_search(tmp_path, script, names, **env):
-    """Runs scripts/<script> NAMES with a `python` on PATH that only records its arguments in tmp_path/calls, and env
-    on top of the test's environment: -> (the finished process, the recorded calls)."""
+    """Runs scripts/<script> NAMES with the stub `python` on PATH and env added to the environment:
+    -> (the finished process, the recorded calls)."""
     bin_dir = tmp_path / 'bin'
     bin_dir.mkdir()
-    (bin_dir / 'python').write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "calls"}\n')
+    (bin_dir / 'python').write_text(STUB_PYTHON.format(calls=tmp_path / 'calls'))
     (bin_dir / 'python').chmod(0o755)
     env = {**os.environ, 'PATH': f"{bin_dir}{os.pathsep}{os.environ['PATH']}", 'GPUS': '1', 'TOK': 'tok.pt',
            'ROOT': str(tmp_path / 'root'), **env}
@@ -79,9 +97,6 @@ def test_table4_rows_train_their_ablation_seed_and_recipe_and_score_the_training
     def calls_of(row, script):
         return [call.split() for call in calls if script in call and os.path.join('root', row) + os.sep in call]
 
-    def value(call, flag):
-        return call[call.index(flag) + 1]
-
     titok_tok, alg1_tok = calls_of('titok_s1', 'train_tok.py'), calls_of('full_alg1', 'train_tok.py')
     assert (value(titok_tok[0], '--ablation'), value(titok_tok[0], '--seed')) == ('titok', '1')
     assert '--full_prefix_prob' in titok_tok[0] and '--gan_full_only' in titok_tok[0]
@@ -93,14 +108,87 @@ def test_table4_rows_train_their_ablation_seed_and_recipe_and_score_the_training
     assert any('recon_train.npz' in call and 'cifar10_train_stats.npz' in call for call in calls if 'fid.py' in call)
 
 
+@pytest.mark.parametrize('script, names, env', [
+    ('tok_search.sh', ['lpips_k4096', 'lpips_k4096_40k'], {}),
+    ('gen_search.sh', ['augment_ema', 'd12_strong_ema'], {}),
+    ('sweep_search.sh', [], {'GEN_CKPT': 'gen/best.pt'}),
+])
+def test_searches_select_on_the_split_and_never_read_cifar10_test(tmp_path, script, names, env):
+    data, select = tmp_path / 'cifar10', tmp_path / 'select'
+    result, calls = run_search(tmp_path, script, names, DATA=str(data), SELECT=str(select), **env)
+    assert result.returncode == 0, result.stderr
+    assert not any(str(data / 'test') in call for call in calls), calls
+    calls = [call.split() for call in calls]
+    # the split is built (or checked) from the training images before anything reads it
+    assert calls[0][:3] == [os.path.join('scripts', 'selection_split.py'), str(data / 'train'), str(select)]
+    train, val = str(select / 'train'), str(select / 'val')
+    if script == 'tok_search.sh':
+        # the variants run at the same time: their calls come in any order
+        trains = {os.path.basename(os.path.dirname(value(call, '--out_dir'))): call for call in calls if call[0] == 'train_tok.py'}
+        assert {name: value(call, '--max_steps') for name, call in trains.items()} == {'lpips_k4096': '10000',
+                                                                                      'lpips_k4096_40k': '40000'}
+        assert all((value(call, '--data'), value(call, '--eval_data')) == (train, val) for call in trains.values())
+        assert all(value(call, '--codebook_size') == '4096' and '--lpips_resize' in call for call in trains.values())
+        rfids = [call for call in calls if call[0] == 'fid.py']
+        assert [(call[1].endswith('recon_val.npz'), call[2], call[call.index('--json') + 1].endswith('rfid_val.json'))
+                for call in rfids] == [(True, val, True)] * 2
+    elif script == 'gen_search.sh':
+        encodes = [call for call in calls if '--encode_only' in call]
+        assert {(value(call, '--data'), value(call, '--val_data')) for call in encodes} == {(train, val)}
+        trains = {os.path.basename(value(call, '--out_dir')): call for call in calls
+                  if call[0] == 'train_gen.py' and '--encode_only' not in call}
+        assert sorted(trains) == names
+        assert all((value(call, '--data'), value(call, '--val_data')) == (train, val) for call in trains.values())
+        assert value(trains['d12_strong_ema'], '--preset') == 'cifar_d12' and value(trains['d12_strong_ema'], '--ema') == '0.9995'
+    else:
+        stats = str(select / 'train_stats.npz')
+        assert [call for call in calls if call[0] == 'fid.py'] == [['fid.py', '--save-stats', stats, train]]
+        sweeps = [call for call in calls if call[0] == 'sweep.py']
+        assert all((value(call, '--ckpt'), value(call, '--ref')) == ('gen/best.pt', stats) for call in sweeps)
+        round_one = sweeps[0]
+        cfgs = round_one[round_one.index('--cfg') + 1:round_one.index('--cfg_ramp')]
+        assert cfgs == ['1.5', '2', '2.5', '3', '4'] and value(round_one, '--cfg_ramp') == 'off'
+        assert round_one[round_one.index('--cfg_ramp') + 2] == 'on'
+
+
+def test_cifar10_final_figures_train_on_all_of_train_and_score_on_test(tmp_path):
+    data = tmp_path / 'cifar10'
+    result, calls = run_search(tmp_path, 'cifar10.sh', [], DATA=str(data), OUT=str(tmp_path / 'out'))
+    assert result.returncode == 0, result.stderr
+    calls = [call.split() for call in calls]
+    assert not any('selection_split.py' in ' '.join(call) for call in calls)
+    train, test = str(data / 'train'), str(data / 'test')
+    tok = next(call for call in calls if call[0] == 'train_tok.py')
+    assert (value(tok, '--data'), value(tok, '--eval_data')) == (train, test) and '--steps_this_run' not in tok
+    rfid = next(call for call in calls if call[0] == 'fid.py' and call[1].endswith('recon_test.npz'))
+    assert rfid[2] == test and value(rfid, '--json').endswith(os.path.join('tok', 'rfid.json'))
+    gen = next(call for call in calls if call[0] == 'train_gen.py')
+    assert (value(gen, '--data'), value(gen, '--val_data')) == (train, test)
+    stats = next(call for call in calls if '--save-stats' in call)
+    assert stats[-1] == train  # gFID's reference: the 50,000 training images
+    assert all(value(call, '--ref') == value(stats, '--save-stats') for call in calls if call[0] == 'sweep.py')
+
+
+def test_tok_stage_in_pieces_continues_its_checkpoint_and_scores_only_the_whole_tokenizer(tmp_path):
+    (tmp_path / 'out' / 'tok').mkdir(parents=True)
+    (tmp_path / 'out' / 'tok' / 'ckpt.pt').write_bytes(b'')
+    piece, calls = run_search(tmp_path, 'cifar10.sh', ['tok', 'gen'], OUT=str(tmp_path / 'out'), TOK_CHUNK='10000',
+                              STOP_SHORT='1')
+    assert piece.returncode == 0, piece.stderr
+    assert len(calls) == 1 and '--resume' in calls[0].split() and value(calls[0].split(), '--steps_this_run') == '10000'
+    assert 'run the same command again to continue' in piece.stderr  # neither rFID nor the generator yet
+    (tmp_path / 'calls').unlink()
+    shutil.rmtree(tmp_path / 'bin')
+    last, calls = run_search(tmp_path, 'cifar10.sh', ['tok'], OUT=str(tmp_path / 'out'), TOK_CHUNK='10000')
+    assert last.returncode == 0, last.stderr
+    assert [call.split()[0] for call in calls] == ['train_tok.py', 'fid.py']
+
+
 def test_superres_trains_16_px_models_by_the_cifar10_recipe_and_scores_test_images_and_samples_at_32_px(tmp_path):
     out = tmp_path / 'root'
     result, calls = run_search(tmp_path, 'superres_cifar.sh', [], OUT=str(out), DATA='cifar10')
     assert result.returncode == 0, result.stderr
     calls = [call.split() for call in calls]
-
-    def value(call, flag):
-        return call[call.index(flag) + 1]
     tok, = [call for call in calls if call[0] == 'train_tok.py']
     gen, = [call for call in calls if call[0] == 'train_gen.py']
     assert (value(tok, '--image_size'), value(tok, '--patch_size'), value(tok, '--gan_weight')) == ('16', '2', '0')

@@ -81,17 +81,22 @@ def test_grid_best_flags_and_table(setup, tmp_path, capsys):
 
     table = capsys.readouterr().out.splitlines()
     assert table[-1] == f"best: FID {best['fid']:.3f} with {best_flags.strip()}"
-    assert [line.split()[:5] for line in table[-9:-1]] == [
-        [f'{r["cfg"]:g}', f'{r["temperature"]:g}', str(r['top_k']), f'{r["top_p"]:g}', str(r['truncate'])] for r in rows]
+    assert [line.split()[:6] for line in table[-9:-1]] == [
+        [f'{r["cfg"]:g}', 'off', f'{r["temperature"]:g}', str(r['top_k']), f'{r["top_p"]:g}', str(r['truncate'])] for r in rows]
 
     # when every row truncates, the best is a truncated one
     report, best_flags = run_sweep(setup, tmp_path, '--seed', SEED, '--cfg', 0, 2, '--top_k', 5, '--truncate', 4)
     assert setting(report['best']) == (2.0, 1.0, 5, 0.0, 4)
     assert best_flags == '--cfg 2.0 --temperature 1.0 --top_k 5 --top_p 0.0\n'
-    # ramped guidance is a flag of every row, so of the best one's too
+    # a bare --cfg_ramp ramps every row, so the best one too
     best_flags = run_sweep(setup, tmp_path, '--cfg', 1.5, '--temperature', 0.9, '--cfg_ramp')[1]
     assert best_flags == '--cfg 1.5 --temperature 0.9 --top_k 0 --top_p 0.0 --cfg_ramp\n'
     assert sample.parse_args(['--ckpt', 'gen.pt', *best_flags.split()]).cfg_ramp
+    # off and on: the ramp is an axis of the grid, and the best row's flags say which it took
+    report, best_flags = run_sweep(setup, tmp_path, '--seed', SEED, '--cfg', 2.0, '--top_k', 5, '--cfg_ramp', 'off', 'on')
+    assert [(r['cfg'], r['cfg_ramp']) for r in report['rows']] == [(2.0, False), (2.0, True)]
+    assert report['rows'][0]['fid'] != report['rows'][1]['fid']
+    assert ('--cfg_ramp' in best_flags.split()) == report['best']['cfg_ramp']
 
 
 def test_no_ema_samples_the_raw_weights_and_is_a_flag_of_the_best_setting(setup, tmp_path):
@@ -120,7 +125,7 @@ def test_statistics_without_spatial_ones_give_no_sfid(setup, tmp_path, capsys):
         np.savez(tmp_path / 'pytorch_fid.npz', mu=stats['mu'], sigma=stats['sigma'])
     rows = run_sweep((setup[0], tmp_path / 'pytorch_fid.npz'), tmp_path, '--seed', SEED, *REF_FLAGS)[0]['rows']
     assert rows[0]['sfid'] is None and abs(rows[0]['fid']) < 1e-9
-    assert capsys.readouterr().out.splitlines()[-2].split()[6] == '-'
+    assert capsys.readouterr().out.splitlines()[-2].split()[7] == '-'
 
 
 def test_sampling_autocast_stays_inside_the_batches(setup):

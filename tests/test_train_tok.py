@@ -56,6 +56,27 @@ def test_kill_and_resume_equals_an_uninterrupted_run(image_dir, tmp_path):
     assert a['optimizer']['state'].keys() == b['optimizer']['state'].keys()
 
 
+def test_a_run_in_pieces_equals_the_whole_run_and_raising_max_steps_does_not(image_dir, tmp_path):
+    # a decaying learning rate (min_lr 1e-6, not train()'s constant 1e-4): the schedule is what pieces could break
+    decay = ('--min_lr', '1e-6', '--eval_data', str(image_dir), '--eval_prefix_images', '8')
+    train(image_dir, tmp_path / 'whole', '--max_steps', '6', *decay)
+    piece = train(image_dir, tmp_path / 'pieces', '--max_steps', '6', '--steps_this_run', '4', *decay)
+    assert torch.load(tmp_path / 'pieces' / 'ckpt.pt', weights_only=True)['step'] == 4
+    assert 'stopped at step 4 of --max_steps 6 (--steps_this_run 4): continue with --resume, which scores --eval_data' in piece.stdout
+    assert not (tmp_path / 'pieces' / 'eval.jsonl').exists()  # scored once, at the end
+    last = train(image_dir, tmp_path / 'pieces', '--max_steps', '6', '--steps_this_run', '4', '--resume', *decay)
+    assert 'stopped at' not in last.stdout and (tmp_path / 'pieces' / 'eval.jsonl').exists()
+    (a, wa), (b, wb) = weights(tmp_path / 'whole'), weights(tmp_path / 'pieces')
+    assert a['step'] == b['step'] == 6
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+    train(image_dir, tmp_path / 'raised', '--max_steps', '4', *decay)  # a 4-step run, then raised to 6
+    raised = train(image_dir, tmp_path / 'raised', '--max_steps', '6', '--resume', *decay)
+    assert '--max_steps 4 -> 6: the learning rate\'s cosine now ends at step 6' in raised.stdout
+    assert any(not torch.equal(wa[k], w) for k, w in weights(tmp_path / 'raised')[1].items())
+
+
 def test_ddp_on_two_processes_matches_one_process_on_the_same_global_batch(image_dir, tmp_path):
     # the code-usage counts accumulate per rank and the checkpoint holds their sum, which a broadcast of
     # rank 0's buffers before each forward (DDP's default) would corrupt

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The CIFAR-10 sampling search: scripts/cifar10.sh's sweep stage on the selection split, for a generator that
+# scripts/gen_search.sh trained on it. FID-10k (seed 1) of every setting against the statistics of the split's
+# train/ images: the images the generator was trained on, as the final gFID-50k is against the 50,000 training
+# images the final generator is trained on (docs/results.md, "Selection split"). CIFAR-10 test is never read.
+#   GEN_CKPT=out/gen_search_select/augment_ema/best.pt DATA=../shared/data/cifar10 SELECT=out/cifar10_select \
+#     ROOT=out/sweep_search_select bash scripts/sweep_search.sh
+# Round 1: CFG SWEEP_CFGS (above 2 included) x guidance constant and ramped (SWEEP_RAMPS) x temperature SWEEP_TEMPS;
+# round 2: top-k SWEEP_TOPKS x top-p SWEEP_TOPPS at the best of round 1. Writes $ROOT/sweep/sweep.json,
+# sweep_filter.json and best_flags (the winner's sample.py flags), and $SELECT/train_stats.npz once.
+set -euo pipefail
+export GEN_CKPT=${GEN_CKPT:?set GEN_CKPT to a generator trained on the selection split (gen_search.sh: ROOT/VARIANT/best.pt)}
+export SELECT=${SELECT:-out/cifar10_select} OUT=${ROOT:-out/sweep_search_select}
+export SWEEP_CFGS=${SWEEP_CFGS:-1.5 2 2.5 3 4} SWEEP_RAMPS=${SWEEP_RAMPS:-off on} SWEEP_TEMPS=${SWEEP_TEMPS:-0.9 1.0 1.1}
+bash "$(dirname "$0")/cifar10.sh" stats sweep
