@@ -1,6 +1,7 @@
 """common.py's checkpoint loading and atomic writes against hostile or damaged files."""
 import argparse
 import os
+import re
 import subprocess
 import sys
 
@@ -186,8 +187,9 @@ def test_threads_and_loader_processes_fit_the_idle_cores(monkeypatch):
 # outlived cleanup_distributed and dies in interpreter teardown, where it aborts about one run in 60.
 EXIT_PROBE = """
 import atexit, os, runpy, sys
-atexit.register(lambda: print('threads at exit:', *sorted(
-    open(f'/proc/self/task/{t}/comm').read().strip() for t in os.listdir('/proc/self/task')), flush=True))
+# one write of one line: the two ranks share torchrun's stdout
+atexit.register(lambda: os.write(1, ('threads at exit: ' + ' '.join(sorted(
+    open(f'/proc/self/task/{t}/comm').read().strip() for t in os.listdir('/proc/self/task'))) + '\\n').encode()))
 sys.argv = sys.argv[1:]
 sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))
 runpy.run_path(sys.argv[0], run_name='__main__')
@@ -212,6 +214,6 @@ def test_two_process_runs_tear_the_process_group_down_before_exit(tiny_tokenizer
                                  tmp_path / 'exit_probe.py', *argv, *common_flags], cwd=REPO, capture_output=True,
                                 text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
         assert result.returncode == 0, f"{name}: {result.stdout[-1000:]}{result.stderr[-3000:]}"
-        exits = [line for line in result.stdout.splitlines() if line.startswith('threads at exit:')]
+        exits = re.findall(r'threads at exit: [^\n]*', result.stdout)
         assert len(exits) == 2, f"{name}: {result.stdout[-2000:]}"
         assert not any('gloo' in line for line in exits), f"{name}: the process group outlived the run: {exits}"
