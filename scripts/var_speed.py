@@ -52,8 +52,8 @@ VAR_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # VAR's ImageNet 256 px sche
 def import_var(var_repo):
     """VAR's models.build_vae_var, imported from the checkout at var_repo."""
     if not os.path.isfile(os.path.join(var_repo, 'models', 'var.py')):
-        raise SystemExit(f"--var_repo {var_repo}: no models/var.py there; give a checkout of "
-                         f"https://github.com/FoundationVision/VAR")
+        raise common.UserError(f"--var_repo {var_repo}: no models/var.py there; give a checkout of "
+                               f"https://github.com/FoundationVision/VAR")
     try:
         import huggingface_hub  # noqa: F401
     except ImportError:  # var.py needs the name for VARHF's base class only
@@ -281,4 +281,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    common.exit_on_user_error()
     main()
