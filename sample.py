@@ -168,11 +168,16 @@ def report_memorisation(ckpt, codes):
     return shares
 
 
-def class_names(ckpt, num_classes):
+def generator_classes(ckpt, num_classes):
     """The generator's class names (its training data's sorted class folders), or the ids as text for a checkpoint
     that does not store them or a folder without class folders (one class)."""
     names = ckpt.get('classes') or []
     return names if len(names) == num_classes else [str(i) for i in range(num_classes)]
+
+
+def class_label(class_id, name):
+    """'3 cat', or '3' where the name is the id itself."""
+    return name if name == str(class_id) else f"{class_id} {name}"
 
 
 def parse_classes(spec, names):
@@ -189,7 +194,7 @@ def parse_classes(spec, names):
         else:
             unknown.append(item)
     if unknown:
-        listed = ', '.join(f"{i} {name}" if name != str(i) else name for i, name in enumerate(names[:20]))
+        listed = ', '.join(class_label(i, name) for i, name in enumerate(names[:20]))
         raise common.UserError(f"--classes: {', '.join(unknown)} is no class of this generator, whose {len(names)} classes are, "
                          f"by id and name: {listed}{', ...' if len(names) > 20 else ''}")
     return classes
@@ -268,7 +273,7 @@ def main(argv=None):
     common.use_cpu_cores(device)
     gpt, tok, ckpt = load_models(args.ckpt, args.tok_ckpt, device, args.no_ema)
     N = gpt.config.n_tokens
-    names = class_names(ckpt, gpt.config.num_classes)
+    names = generator_classes(ckpt, gpt.config.num_classes)
     classes = parse_classes(args.classes, names)
     check_settings(args, N, gpt.config.vocab_size)
     n_keep = N - args.truncate
@@ -309,7 +314,7 @@ def main(argv=None):
     shown = [c * args.per_class + j for c in range(shown_classes) for j in range(shown_per_class)]
     grid_path = os.path.join(args.out, 'grid.png')
     save_grid(to_float(torch.from_numpy(images[shown]).permute(0, 3, 1, 2), 'cpu'), grid_path, ncol=shown_per_class)
-    label_rows(grid_path, [f"{c} {names[c]}" if names[c] != str(c) else names[c] for c in classes[:shown_classes]], H)
+    label_rows(grid_path, [class_label(c, names[c]) for c in classes[:shown_classes]], H)
     settings = {**vars(args), 'n': len(images), 'generator_step': ckpt['step'], 'generator_val_nll': ckpt.get('val_nll'),
                 'copied_share': copied, 'tokenizer': tok.path, 'device': str(device), 'bf16': use_bf16,
                 'sampling_s': sampling_s, 'images_per_s': len(labels) / sampling_s}

@@ -79,7 +79,7 @@ def sweep(args):
     gpt, tok, ckpt = sample.load_models(args.ckpt, args.tok_ckpt, device, args.no_ema)
     N = gpt.config.n_tokens
     sample.check_settings(args, N, gpt.config.vocab_size)
-    classes = sample.parse_classes(args.classes, sample.class_names(ckpt, gpt.config.num_classes))
+    classes = sample.parse_classes(args.classes, sample.generator_classes(ckpt, gpt.config.num_classes))
     labels = np.repeat(np.array(classes, dtype=np.int64), args.per_class)
     evaluation = fid.Evaluation(args.inception, device, args.resize)
     ref = evaluation.image_set(args.ref, need_pool=False)

@@ -201,7 +201,6 @@ def stage_start_weights(model, proxy_vqgan, stage_one):
     return model
 
 
-
 def preset_for_images(root):
     """The tokenizer preset made for the size of root's images (--preset left out): cifar when they are 32 px,
     titok_b64 when their short side is 256 px or more (center-cropped down as ADM does); otherwise a stop that
@@ -234,11 +233,12 @@ log_path = os.path.join(args.out_dir, 'log.jsonl')
 resume = None
 if args.resume:
     resume = common.load_resume_checkpoint(args, ckpt_path, 'tokenizer')
+    resume_path = ckpt_path if args.resume == 'auto' else args.resume
     try:
-        config = config_of_checkpoint(resume, ckpt_path if args.resume == 'auto' else args.resume)
+        config = config_of_checkpoint(resume, resume_path)
     except ValueError as e:
         raise common.UserError(f"--resume: {e}")
-    check_resumed_stage(config.stage, ckpt_path if args.resume == 'auto' else args.resume)
+    check_resumed_stage(config.stage, resume_path)
     changed = common.apply_resume_args(parser, args, run_settings_of(resume, config), fixed=RUN_FLAGS, keep=MACHINE_FLAGS)
     if dist_state.master:
         print(common.resume_message(resume['step'], changed, args.max_steps, training=not args.eval_only))

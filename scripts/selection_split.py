@@ -87,8 +87,7 @@ def main(argv=None):
     parser.add_argument('--val_per_class', type=int, default=500,
                         help='images per class in SPLIT/val, the last ones by sorted path (CIFAR-10: 5,000 of 50,000)')
     args = parser.parse_args(argv)
-    if args.val_per_class < 1:
-        raise common.UserError(f"--val_per_class {args.val_per_class}: must be at least 1")
+    common.check_flags(args, positive=('val_per_class',))
     plan = planned_split(args.source, args.val_per_class)
     n_classes = len({link.split(os.sep)[0] for link in plan['val']})
     what = (f"{len(plan['train']):,} train and {len(plan['val']):,} val images (the last {args.val_per_class} of each of "
