@@ -359,12 +359,15 @@ def proxy_code_loss(logits, vqgan, targets):
 def config_of_checkpoint(ckpt, path):
     """The TokConfig of a tokenizer checkpoint. Checkpoints from before the `spectral` field whose latents were not
     causal had an encoder whose patches could not see the latents, a mask no row of Table 4 has and this code no
-    longer builds: they stop here rather than run under another mask."""
+    longer builds: they stop here rather than run under another mask. Their spectral supervision is in their
+    arguments (--no_spectral)."""
     config = ckpt['config']
-    if 'spectral' not in config and not config.get('causal', True):
-        raise ValueError(f"{path!r} was trained with the earlier --no_causal (latents in full attention, encoder patches "
-                         f"blind to them), which this version no longer builds: retrain it with "
-                         f"train_tok.py --ablation spectral (or titok)")
+    if 'spectral' not in config:
+        if not config.get('causal', True):
+            raise ValueError(f"{path!r} was trained with the earlier --no_causal (latents in full attention, encoder "
+                             f"patches blind to them), which this version no longer builds: retrain it with "
+                             f"train_tok.py --ablation spectral (or titok)")
+        config = {**config, 'spectral': not ckpt.get('args', {}).get('no_spectral', False)}
     return TokConfig(**config)
 
 

@@ -80,7 +80,7 @@ def test_titok_row_encoder_patches_carry_later_latents_back_to_earlier_ones():
         assert bool(changed) == leaks, row
 
 
-def test_checkpoints_of_the_earlier_non_causal_encoder_are_refused_with_the_fix(tmp_path):
+def test_earlier_checkpoints_read_as_their_row_and_the_non_causal_encoder_is_refused_with_the_fix(tmp_path):
     from tokenizer import config_of_checkpoint
     old = {'config': {**TokConfig.preset('tiny').__dict__, 'causal': False}}
     old['config'].pop('spectral')
@@ -88,6 +88,8 @@ def test_checkpoints_of_the_earlier_non_causal_encoder_are_refused_with_the_fix(
         config_of_checkpoint(old, 'old.pt')
     old['config']['causal'] = True  # earlier causal checkpoints are what they were
     assert config_of_checkpoint(old, 'old.pt').spectral
+    old['args'] = {'no_spectral': True}  # ... supervised on the full image alone when trained with --no_spectral
+    assert not config_of_checkpoint(old, 'old.pt').spectral
 
 
 def test_decoding_prefix_i_ignores_codes_after_i_and_prefixes_differ_per_sample():
