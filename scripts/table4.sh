@@ -22,7 +22,9 @@ export STATS=${STATS:-$ROOT/cifar10_train_stats.npz} TOK_STEPS=${TOK_STEPS:-4000
 export WORKERS=${WORKERS:-3} SWEEP_CFGS=${SWEEP_CFGS:-1.5 2 3} SWEEP_TEMPS=${SWEEP_TEMPS:-1.0} SWEEP_TOPKS=0 SWEEP_TOPPS=0
 export SWEEP_PER_CLASS=${SWEEP_PER_CLASS:-500}
 COMPILE=${COMPILE---compile}  # COMPILE= for a CPU dry run
-RECIPE=${TOK_RECIPE---full_prefix_prob 0.5 --gan_full_only --lpips_resize 128 --codebook_size 4096}  # cifar10.sh's
+# cifar10.sh's tokenizer recipe when the campaign began, pinned here: rows run in different sessions share it even
+# after a search changes cifar10.sh's default
+RECIPE=${TOK_RECIPE---full_prefix_prob 0.5 --gan_full_only --lpips_resize 128 --codebook_size 4096}
 ALG1_RECIPE=${ALG1_RECIPE---lpips_resize 128 --codebook_size 4096}  # the same without the two departures
 rows=("$@"); [ ${#rows[@]} -eq 0 ] && rows=(titok spectral causal full full_alg1 titok_s1 full_s1)
 
