@@ -13,8 +13,10 @@
 # Every row's generator samples with the same settings and seed: CFG swept per row over SWEEP_CFGS on the held-out
 # seed 1 (SWEEP_PER_CLASS x 10 samples each), then 50k samples at the best CFG with seed 0 against the training
 # statistics (gFID), and the 50k training images reconstructed against the same statistics (rFID-train, the
-# rfid_train stage). The full row also runs Table 3 (cifar10.sh's truncate stage, at its best CFG). The rows run at the same time, row j on GPU j mod GPUS, each writing $ROOT/<row>/run.log; a row
-# whose gFID is written is skipped, so a rerun after a lost machine trains only the unfinished rows.
+# rfid_train stage). The full row also runs Table 3 (cifar10.sh's truncate stage, at its best CFG). The rows run at
+# the same time, row j on GPU j mod GPUS, each writing $ROOT/<row>/run.log; a row whose gFID is written is not run
+# again and keeps its log, so a rerun after a lost machine trains only the unfinished rows, and a rerun over
+# finished rows only writes the summary.
 # Last: $ROOT/summary.json, $ROOT/nll_per_position.png (validation NLL per position at each row's best.pt) and a table.
 set -euo pipefail
 ROOT=${ROOT:-out/table4}
@@ -39,17 +41,24 @@ row_settings() {  # "ABLATION SEED RECIPE" of row $1
 }
 check_variants row_settings "${rows[@]}"
 
-run_row() {  # run_row NAME DIR: run_variants' command; a finished row (its gFID written) is not run again
+run_row() {  # run_row NAME DIR: run_variants' command
   local ablation seed recipe
-  [ -f "$2/samples/fid.json" ] && { echo "row $1: finished earlier ($2/samples/fid.json)"; return 0; }
   read -r ablation seed recipe <<<"$(row_settings "$1")"
   local stages=(tok rfid_train gen sweep sample fid)
   [ "$1" = full ] && stages+=(truncate)  # Table 3 on the full row: drop the last 0, N/8, N/4, 3N/8 tokens
   OUT=$2 SEED=$seed TOK_RECIPE="$recipe" TOK_FLAGS="$COMPILE --ablation $ablation" \
     bash "$(dirname "$0")/cifar10.sh" "${stages[@]}"
 }
-OUT=$ROOT bash "$(dirname "$0")/cifar10.sh" stats
-run_variants 'row ' "$ROOT/" run_row "${rows[@]}"
+pending=()  # the rows without a gFID; a finished row's directory, log included, is left as it is
+for row in "${rows[@]}"; do
+  if [ -f "$ROOT/$row/samples/fid.json" ]; then echo "row $row: finished earlier ($ROOT/$row/samples/fid.json)"
+  else pending+=("$row"); fi
+done
+failed=0
+if [ ${#pending[@]} -gt 0 ]; then
+  OUT=$ROOT bash "$(dirname "$0")/cifar10.sh" stats
+  run_variants 'row ' "$ROOT/" run_row "${pending[@]}"
+fi
 
 logs=(); for row in "${rows[@]}"; do [ -f "$ROOT/$row/gen/log.jsonl" ] && logs+=("$ROOT/$row/gen/log.jsonl"); done
 [ ${#logs[@]} -eq 0 ] || python plot.py "${logs[@]}" --per_position --out "$ROOT/nll_per_position.png" \

@@ -206,3 +206,24 @@ def test_superres_stops_on_an_unknown_stage_before_any_run(tmp_path):
     result, calls = run_search(tmp_path, 'superres_cifar.sh', ['stats', 'bogus'], OUT=str(tmp_path / 'root'))
     assert result.returncode == 2 and 'unknown stage bogus: use stats models test samples' in result.stderr
     assert calls == [] and not (tmp_path / 'root').exists()
+
+
+def test_table4_rerun_trains_only_unfinished_rows_and_keeps_finished_rows_logs(tmp_path):
+    finished = tmp_path / 'root' / 'titok'
+    (finished / 'samples').mkdir(parents=True)
+    (finished / 'samples' / 'fid.json').write_text('{"fid": 98.4}')
+    (finished / 'run.log').write_text('the training log\n')
+    result, calls = run_search(tmp_path, 'table4.sh', ['titok', 'full'])
+    assert result.returncode == 0, result.stderr
+    assert 'row titok: finished earlier' in result.stdout
+    assert (finished / 'run.log').read_text() == 'the training log\n'
+    assert not any(os.path.join('root', 'titok') + os.sep in call for call in calls if 'train_' in call)
+    assert any(os.path.join('root', 'full') + os.sep in call for call in calls if 'train_tok.py' in call)
+
+    calls_before = len(calls)
+    (tmp_path / 'root' / 'full' / 'samples').mkdir(parents=True, exist_ok=True)
+    (tmp_path / 'root' / 'full' / 'samples' / 'fid.json').write_text('{"fid": 126.7}')
+    (tmp_path / 'bin').rename(tmp_path / 'bin_first')
+    result, calls = run_search(tmp_path, 'table4.sh', ['titok', 'full'])  # every row finished: only the summary
+    assert result.returncode == 0, result.stderr
+    assert not any('train_' in call or 'fid.py' in call for call in calls[calls_before:])
