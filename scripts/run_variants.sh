@@ -1,6 +1,6 @@
 # Sourced by the scripts that train several variants at once (gen_search.sh, tok_search.sh, tokens_per_step.sh,
 # table4.sh): GPUS; check_variants, which stops on an unknown variant name; run_variants, which runs one
-# command per variant, the j-th on GPU j mod GPUS; and encode_tokens, the token files generator variants share.
+# command per variant, the j-th on GPU j mod GPUS, RUNS_PER_GPU at a time; and encode_tokens, the token files generator variants share.
 # shellcheck shell=bash
 GPUS=${GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}  # fewer GPUs than variants: some share one
 [ "$GPUS" -ge 1 ] || GPUS=1
@@ -13,25 +13,33 @@ check_variants() {
   for name in "$@"; do "$flags" "$name" >/dev/null; done
 }
 
-# run_variants LABEL DIR_PREFIX RUN NAME ...: for each NAME, in the background and at the same time, creates
-# DIR=DIR_PREFIX<NAME> and runs `RUN NAME DIR` with CUDA_VISIBLE_DEVICES set to its GPU and its output in
-# DIR/run.log; then waits for them all, names each one that failed with its log ("LABEL<NAME> failed: see ..."),
-# and sets failed to 1 if any did, else 0. RUN is a command or a function of the calling script; check the
-# names first (check_variants), as an error in RUN only fails its own variant.
+# run_variants LABEL DIR_PREFIX RUN NAME ...: for each NAME creates DIR=DIR_PREFIX<NAME> and runs `RUN NAME DIR`
+# with CUDA_VISIBLE_DEVICES set to its GPU (the j-th NAME on GPU j mod GPUS) and its output in DIR/run.log, at most
+# RUNS_PER_GPU at a time on each GPU (unset: all at once); the others wait for a run on their GPU to end, in order.
+# Then waits for them all, names each one that failed with its log ("LABEL<NAME> failed: see ..."), and sets failed
+# to 1 if any did, else 0. RUN is a command or a function of the calling script; check the names first
+# (check_variants), as an error in RUN only fails its own variant.
 run_variants() {
-  local label=$1 prefix=$2 run=$3 j
+  local label=$1 prefix=$2 run=$3 lane j
   shift 3
   local names=("$@") pids=()
-  for j in "${!names[@]}"; do
-    mkdir -p "$prefix${names[$j]}"
-    ( export CUDA_VISIBLE_DEVICES=$((j % GPUS)); "$run" "${names[$j]}" "$prefix${names[$j]}" ) \
-      >"$prefix${names[$j]}/run.log" 2>&1 &
+  local lanes=$((GPUS * ${RUNS_PER_GPU:-${#names[@]}}))  # lane l runs the names l, l + lanes, ... on GPU l mod GPUS
+  [ "$lanes" -ge 1 ] || { echo "RUNS_PER_GPU=${RUNS_PER_GPU:-}: give at least 1 (or leave it unset: all at once)" >&2; exit 2; }
+  for ((lane = 0; lane < lanes && lane < ${#names[@]}; lane++)); do
+    (
+      lane_failed=0
+      for ((j = lane; j < ${#names[@]}; j += lanes)); do
+        mkdir -p "$prefix${names[$j]}"
+        ( export CUDA_VISIBLE_DEVICES=$((lane % GPUS)); "$run" "${names[$j]}" "$prefix${names[$j]}" ) \
+          >"$prefix${names[$j]}/run.log" 2>&1 \
+          || { echo "$label${names[$j]} failed: see $prefix${names[$j]}/run.log" >&2; lane_failed=1; }
+      done
+      exit $lane_failed
+    ) &
     pids+=($!)
   done
   failed=0
-  for j in "${!names[@]}"; do
-    wait "${pids[$j]}" || { echo "$label${names[$j]} failed: see $prefix${names[$j]}/run.log" >&2; failed=1; }
-  done
+  for j in "${!pids[@]}"; do wait "${pids[$j]}" || failed=1; done
 }
 
 # encode_tokens VIEWS: $ROOT/tokens_k<VIEWS>.npz, the codes by $TOK of the images in $TRAIN in VIEWS views per image,

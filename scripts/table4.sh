@@ -13,9 +13,9 @@
 # Every row's generator samples with the same settings and seed: CFG swept per row over SWEEP_CFGS on the held-out
 # seed 1 (SWEEP_PER_CLASS x 10 samples each), then 50k samples at the best CFG with seed 0 against the training
 # statistics (gFID), and the 50k training images reconstructed against the same statistics (rFID-train, the
-# rfid_train stage). The full row also runs Table 3 (cifar10.sh's truncate stage, at its best CFG). The rows run at
-# the same time, row j on GPU j mod GPUS, each writing $ROOT/<row>/run.log; a row whose gFID is written is not run
-# again and keeps its log, so a rerun after a lost machine trains only the unfinished rows, and a rerun over
+# rfid_train stage). The full row also runs Table 3 (cifar10.sh's truncate stage, at its best CFG). Row j runs on GPU
+# j mod GPUS, one row at a time on each GPU (RUNS_PER_GPU=1; see below), each writing $ROOT/<row>/run.log, so a
+# lost machine costs the rows in progress only. A row whose gFID is written is not run again and keeps its log, so a rerun after a lost machine trains only the unfinished rows, and a rerun over
 # finished rows only writes the summary.
 # Last: $ROOT/summary.json, $ROOT/nll_per_position.png (validation NLL per position at each row's best.pt) and a table.
 set -euo pipefail
@@ -25,6 +25,11 @@ export STATS=${STATS:-$ROOT/cifar10_train_stats.npz} TOK_STEPS=${TOK_STEPS:-1500
 export WORKERS=${WORKERS:-4} SWEEP_CFGS=${SWEEP_CFGS:-1.5 2 3} SWEEP_TEMPS=${SWEEP_TEMPS:-1.0} SWEEP_TOPKS=0 SWEEP_TOPPS=0
 export SWEEP_PER_CLASS=${SWEEP_PER_CLASS:-300}
 COMPILE=${COMPILE---compile}  # COMPILE= for a CPU dry run
+# Two tokenizers sharing one GPU train about a fifth faster than one after the other (docs/results.md, the tokenizer
+# search), but two rows sharing an H100 sampled 3,000 images in 60-95 s per sweep setting against about 6 s alone
+# (the sampler is a chain of small kernels, each waiting for its turn on a shared GPU), so the sweep, gFID and
+# Table 3 cost more than the sharing saves
+export RUNS_PER_GPU=${RUNS_PER_GPU:-1}
 # cifar10.sh's tokenizer recipe when the campaign began, pinned here: rows run in different sessions share it even
 # after a search changes cifar10.sh's default
 RECIPE=${TOK_RECIPE---full_prefix_prob 0.5 --gan_full_only --lpips_resize 128 --codebook_size 4096}

@@ -227,3 +227,25 @@ def test_table4_rerun_trains_only_unfinished_rows_and_keeps_finished_rows_logs(t
     result, calls = run_search(tmp_path, 'table4.sh', ['titok', 'full'])  # every row finished: only the summary
     assert result.returncode == 0, result.stderr
     assert not any('train_' in call or 'fid.py' in call for call in calls[calls_before:])
+
+
+@pytest.mark.parametrize('runs_per_gpu, most_at_once', [('1', 2), ('2', 4), ('', 5)])
+def test_run_variants_runs_at_most_runs_per_gpu_on_each_gpu(tmp_path, runs_per_gpu, most_at_once):
+    # each run holds a lock file while it sleeps; the most lock files seen at once is the concurrency
+    script = f"""
+set -euo pipefail
+GPUS=2 RUNS_PER_GPU={runs_per_gpu}
+source scripts/run_variants.sh
+run() {{
+  touch "{tmp_path}/running.$1"; ls "{tmp_path}" | grep -c '^running' >> "{tmp_path}/seen.$CUDA_VISIBLE_DEVICES"
+  sleep 0.5; rm "{tmp_path}/running.$1"; [ "$1" != c ]
+}}
+run_variants 'variant ' "{tmp_path}/out/" run a b c d e
+echo "failed=$failed"
+"""
+    result = subprocess.run(['bash', '-c', script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert 'failed=1' in result.stdout and 'variant c failed' in result.stderr
+    seen = [int(n) for gpu in (0, 1) for n in (tmp_path / f'seen.{gpu}').read_text().split()]
+    assert len(seen) == 5 and max(seen) == most_at_once
+    assert all((tmp_path / 'out' / name / 'run.log').exists() for name in 'abcde')
