@@ -1,9 +1,9 @@
-# launch.sh: reassemble the payload, check it, unpack, copy the code, start run.sh detached
+# launch.sh [row ...]: reassemble the payload, check it, unpack, copy the code, start run.sh [row ...] detached
 set -eu
 cd /root/stage && cp "$OLDPWD/.stage/part.02" . && cat part.00 part.01 part.02 > payload.tar && mkdir -p w && tar -xf payload.tar -C w
 (cd w && sha256sum -c SHA256SUMS)
 mkdir -p data && tar -xzf w/cifar10.tgz -C data && ls data && find data/train -name '*.jpg' | wc -l
 mkdir -p repo && (cd "$OLDPWD" && tar --exclude=./.stage -cf - .) | tar -xf - -C repo
 cp "$OLDPWD/.stage/run.sh" "$OLDPWD/.stage/wait.sh" . && mkdir -p t4
-setsid nohup bash /root/stage/run.sh > /root/stage/run.log 2>&1 < /dev/null &
+setsid nohup bash /root/stage/run.sh "$@" > /root/stage/run.log 2>&1 < /dev/null &
 sleep 45; tail -3 run.log; for r in t4/*/run.log; do echo "== $r"; tail -c 300 "$r" | tr '\r' '\n' | tail -2; done
