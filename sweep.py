@@ -48,9 +48,11 @@ def parse_args(argv=None):
 
 
 def score(images, inception, device, resize, ref):
-    """FID (and sFID where the reference has spatial statistics) of uint8 NHWC images against the reference."""
+    """FID (and sFID where the reference has spatial statistics) of uint8 NHWC images against the reference, and the
+    seconds the Inception features took."""
     features = fid.compute_features(images, inception, device, resize)
-    scores = dict(fid=fid.frechet_distance(*fid.statistics(features['pool']), ref['mu'], ref['sigma']), sfid=None)
+    scores = dict(fid=fid.frechet_distance(*fid.statistics(features['pool']), ref['mu'], ref['sigma']), sfid=None,
+                  inception_seconds=features['seconds'])
     if ref['mu_s'] is not None:
         scores['sfid'] = fid.frechet_distance(*fid.statistics(features['spatial']), ref['mu_s'], ref['sigma_s'])
     return scores
@@ -98,10 +100,12 @@ def sweep(args):
                                         temperature, top_k, top_p, use_bf16)
         codes, images = zip(*[(batch_codes.cpu().numpy(), batch_images) for _, batch_codes, batch_images in batches])
         images = np.concatenate(images)
+        sampling_seconds = time.perf_counter() - start_time  # the batches are sampled and decoded as they are read
         copied = (tokens.copied_shares(np.concatenate(codes), train_codes, (4, 8, N)) if train_codes is not None else {})
         row = dict(cfg=cfg_scale, cfg_ramp=cfg_ramp, temperature=temperature, top_k=top_k, top_p=top_p, truncate=truncate,
                    **score(images, inception, device, args.resize, ref),
-                   copied_share={str(k): v for k, v in copied.items()}, seconds=time.perf_counter() - start_time)
+                   copied_share={str(k): v for k, v in copied.items()}, sampling_seconds=sampling_seconds,
+                   seconds=time.perf_counter() - start_time)
         rows.append(row)
         sfid = '-' if row['sfid'] is None else f"{row['sfid']:.3f}"
         shares = ' '.join(f"{100 * copied[k]:>6.2f}%" if k in copied else f"{'-':>7}" for k in (4, 8, N))

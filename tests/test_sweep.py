@@ -70,6 +70,9 @@ def test_grid_best_flags_and_table(setup, tmp_path, capsys):
         (0.0, 1.0, 0, 0.0, 0), (0.0, 1.0, 0, 0.0, 4), (0.0, 1.0, 5, 0.0, 0), (0.0, 1.0, 5, 0.0, 4),
         (2.0, 1.0, 0, 0.0, 0), (2.0, 1.0, 0, 0.0, 4), (2.0, 1.0, 5, 0.0, 0), (2.0, 1.0, 5, 0.0, 4)]
     assert report['n'] == 9 and all(np.isfinite([r['fid'], r['sfid']]).all() for r in rows)
+    # each row's time is split into sampling (with decode) and Inception features; the rest is FID and the probe
+    assert all(0 < r['sampling_seconds'] and 0 < r['inception_seconds'] and
+               r['sampling_seconds'] + r['inception_seconds'] <= r['seconds'] for r in rows)
     # the reference's own setting: sweep.py drew sample.py's very images, the lowest FID of all, but truncated
     by_fid = sorted(rows, key=lambda r: r['fid'])
     assert setting(by_fid[0]) == (2.0, 1.0, 5, 0.0, 4) and abs(by_fid[0]['fid']) < 1e-3 * by_fid[1]['fid']
