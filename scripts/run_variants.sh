@@ -1,6 +1,7 @@
 # Sourced by the scripts that train several variants at once (gen_search.sh, tok_search.sh, tokens_per_step.sh,
 # table4.sh): GPUS; check_variants, which stops on an unknown variant name; run_variants, which runs one
-# command per variant, the j-th on GPU j mod GPUS, RUNS_PER_GPU at a time; and encode_tokens, the token files generator variants share.
+# command per variant, the j-th on GPU j mod GPUS, RUNS_PER_GPU at a time; and encode_tokens, the token files
+# generator variants share.
 # shellcheck shell=bash
 GPUS=${GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}  # fewer GPUs than variants: some share one
 [ "$GPUS" -ge 1 ] || GPUS=1
@@ -24,7 +25,8 @@ run_variants() {
   shift 3
   local names=("$@") pids=()
   local lanes=$((GPUS * ${RUNS_PER_GPU:-${#names[@]}}))  # lane l runs the names l, l + lanes, ... on GPU l mod GPUS
-  [ "$lanes" -ge 1 ] || { echo "RUNS_PER_GPU=${RUNS_PER_GPU:-}: give at least 1 (or leave it unset: all at once)" >&2; exit 2; }
+  [ "$lanes" -ge 1 ] || { echo "RUNS_PER_GPU=${RUNS_PER_GPU:-}: give at least 1, or leave it unset (all at once)" >&2
+                          exit 2; }
   for ((lane = 0; lane < lanes && lane < ${#names[@]}; lane++)); do
     (
       lane_failed=0

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Table 4 on CIFAR-10: one budget for every row (the campaign's: 1,500 tokenizer and 1,000 generator steps, about
-# 5 H100-minutes per row when two rows share the GPU, so that the seven rows fit a few 30-minute holds), each on scripts/cifar10.sh's tokenizer recipe (TOK_RECIPE) and
-# generator recipe, N = 32 tokens per image.
+# Table 4 on CIFAR-10: one budget for every row (the campaign's: 1,500 tokenizer and 1,000 generator steps, so that
+# rows fit the 30-minute holds of a lent GPU; titok and full sharing one H100 took 22.8 minutes together), each on
+# scripts/cifar10.sh's tokenizer recipe (TOK_RECIPE) and generator recipe, N = 32 tokens per image.
 #   DATA=../shared/data/cifar10 ROOT=out/table4 bash scripts/table4.sh [row ...]
 # Rows (train_tok.py --ablation; each adds one ingredient to the row before):
 #   titok       full attention among patches and latents, all N tokens rebuild the full image
@@ -15,8 +15,9 @@
 # statistics (gFID), and the 50k training images reconstructed against the same statistics (rFID-train, the
 # rfid_train stage). The full row also runs Table 3 (cifar10.sh's truncate stage, at its best CFG). Row j runs on GPU
 # j mod GPUS, one row at a time on each GPU (RUNS_PER_GPU=1; see below), each writing $ROOT/<row>/run.log, so a
-# lost machine costs the rows in progress only. A row whose gFID is written is not run again and keeps its log, so a rerun after a lost machine trains only the unfinished rows, and a rerun over
-# finished rows only writes the summary.
+# lost machine costs the rows in progress only. A row whose gFID is written is not run again and keeps its log, so
+# a rerun after a lost machine trains only the unfinished rows, and a rerun over finished rows only writes the
+# summary.
 # Last: $ROOT/summary.json, $ROOT/nll_per_position.png (validation NLL per position at each row's best.pt) and a table.
 set -euo pipefail
 ROOT=${ROOT:-out/table4}
