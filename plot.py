@@ -4,6 +4,7 @@ Line plots of training logs (log.jsonl) as PNG, drawn with PIL (the repo has no 
     python plot.py out/gen/log.jsonl --out nll.png                       # training vs validation NLL
     python plot.py out/a/log.jsonl out/b/log.jsonl --keys val_nll --out val.png   # runs side by side
     python plot.py out/*/gen/log.jsonl --per_position --out pos.png   # validation NLL per position at each best step
+    python plot.py out/*/tok/eval.jsonl --per_prefix --out psnr.png   # tokenizers' PSNR vs the image at every prefix
 
 Each key is read from the records that have it; 'batch_nll' is the training loss per sequence (the sum
 of a training record's loss_per_position: dropout and augmentation on, unlike the evaluations).
@@ -44,6 +45,14 @@ def best_per_position(path):
         return []
     best = min(evaluations, key=lambda record: record['val_nll'])
     return [(i + 1, nll) for i, nll in enumerate(best['val_nll_per_position'])]
+
+
+def last_per_prefix(path):
+    """[(prefix, dB)] of PSNR against the image at every prefix, from the last evaluation in a tokenizer's eval.jsonl
+    (train_tok.py): how close each prefix comes to the image, coarse to fine or not."""
+    with open(path) as f:
+        evaluations = [record for record in map(json.loads, f) if 'prefixes' in record]
+    return [(p['prefix'], p['psnr_vs_image']) for p in evaluations[-1]['prefixes']] if evaluations else []
 
 
 def run_labels(paths):
@@ -115,14 +124,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
     parser.add_argument('logs', nargs='+', help='jsonl logs written by train_gen.py or train_tok.py')
     parser.add_argument('--keys', nargs='+', default=list(DEFAULT_KEYS), help='record keys to plot against step')
-    parser.add_argument('--per_position', action='store_true',
-                        help="instead: each log's validation NLL per token position at its best evaluation")
+    per = parser.add_mutually_exclusive_group()
+    per.add_argument('--per_position', action='store_true',
+                     help="instead: each log's validation NLL per token position at its best evaluation")
+    per.add_argument('--per_prefix', action='store_true',
+                     help="instead: each tokenizer eval.jsonl's PSNR against the image at every prefix (last evaluation)")
     parser.add_argument('--out', required=True, help='PNG to write')
     parser.add_argument('--title', default='')
     args = parser.parse_args(argv)
     labels = run_labels(args.logs)
     if args.per_position:
         series, xlabel = {label: best_per_position(log) for label, log in zip(labels, args.logs)}, 'position'
+    elif args.per_prefix:
+        series, xlabel = {label: last_per_prefix(log) for label, log in zip(labels, args.logs)}, 'prefix (tokens)'
     else:
         series = {(f"{label} {key}" if len(args.logs) > 1 else key): read_series(log, key)
                   for label, log in zip(labels, args.logs) for key in args.keys}

@@ -18,7 +18,8 @@
 # lost machine costs the rows in progress only. A row whose gFID is written is not run again and keeps its log, so
 # a rerun after a lost machine trains only the unfinished rows, and a rerun over finished rows only writes the
 # summary.
-# Last: $ROOT/summary.json, $ROOT/nll_per_position.png (validation NLL per position at each row's best.pt) and a table.
+# Last: $ROOT/summary.json, $ROOT/nll_per_position.png (validation NLL per position at each row's best.pt),
+# $ROOT/psnr_per_prefix.png (each tokenizer's PSNR against the image at every prefix) and a table.
 set -euo pipefail
 ROOT=${ROOT:-out/table4}
 source "$(dirname "$0")/run_variants.sh"
@@ -69,6 +70,9 @@ fi
 logs=(); for row in "${rows[@]}"; do [ -f "$ROOT/$row/gen/log.jsonl" ] && logs+=("$ROOT/$row/gen/log.jsonl"); done
 [ ${#logs[@]} -eq 0 ] || python plot.py "${logs[@]}" --per_position --out "$ROOT/nll_per_position.png" \
   --title 'validation NLL per position at best.pt (nats)'
+evals=(); for row in "${rows[@]}"; do [ -f "$ROOT/$row/tok/eval.jsonl" ] && evals+=("$ROOT/$row/tok/eval.jsonl"); done
+[ ${#evals[@]} -eq 0 ] || python plot.py "${evals[@]}" --per_prefix --out "$ROOT/psnr_per_prefix.png" \
+  --title 'PSNR against the image at every prefix, held-out images (dB)'
 python - "$ROOT" "${rows[@]}" <<'EOF'
 import json, os, sys
 root, rows = sys.argv[1], sys.argv[2:]

@@ -35,3 +35,18 @@ def test_per_position_plot_takes_each_run_at_its_lowest_validation_nll_and_names
     pixels = np.asarray(Image.open(tmp_path / 'pos.png').convert('RGB')).reshape(-1, 3)
     for colour in plot.COLOURS[:2]:
         assert (pixels == colour).all(1).sum() > 50
+
+
+def test_per_prefix_plot_takes_each_tokenizer_at_its_last_evaluation(tmp_path):
+    logs = []
+    for run, psnr in (('titok', [10.0, 12.0, 19.0]), ('full', [14.0, 16.0, 17.0])):
+        (tmp_path / run / 'tok').mkdir(parents=True)
+        records = [{'step': 1000, 'prefixes': [{'prefix': i + 1, 'psnr_vs_image': 5.0} for i in range(3)]},
+                   {'step': 1500, 'prefixes': [{'prefix': i + 1, 'psnr_vs_image': v} for i, v in enumerate(psnr)]}]
+        logs.append(tmp_path / run / 'tok' / 'eval.jsonl')
+        logs[-1].write_text(''.join(json.dumps(r) + '\n' for r in records))
+    assert plot.last_per_prefix(logs[1]) == [(1, 14.0), (2, 16.0), (3, 17.0)]
+    plot.main([str(p) for p in logs] + ['--per_prefix', '--out', str(tmp_path / 'psnr.png')])
+    pixels = np.asarray(Image.open(tmp_path / 'psnr.png').convert('RGB')).reshape(-1, 3)
+    for colour in plot.COLOURS[:2]:
+        assert (pixels == colour).all(1).sum() > 50
