@@ -6,6 +6,7 @@ set -u
 export PYTHONUNBUFFERED=1  # the device image has `python` on PATH (its venv)
 cd /root/stage/repo
 export DATA=/root/stage/data INCEPTION=/root/stage/w/default_1.pt LPIPS=/root/stage/w/vgg16.ckpt ROOT=/root/stage/t4
+mkdir -p "$ROOT"
 date; echo "rows: ${*:-all}"
 bash scripts/table4.sh "$@" > "$ROOT/summary.txt" 2>&1; echo "table4 exit $?"
 date; touch /root/stage/DONE
