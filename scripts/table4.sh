@@ -28,9 +28,9 @@ export WORKERS=${WORKERS:-4} SWEEP_CFGS=${SWEEP_CFGS:-1.5 2 3} SWEEP_TEMPS=${SWE
 export SWEEP_PER_CLASS=${SWEEP_PER_CLASS:-300}
 COMPILE=${COMPILE---compile}  # COMPILE= for a CPU dry run
 # Two tokenizers sharing one GPU train about a fifth faster than one after the other (docs/results.md, the tokenizer
-# search), but two rows sharing an H100 sampled 3,000 images in 60-95 s per sweep setting against about 6 s alone
-# (the sampler is a chain of small kernels, each waiting for its turn on a shared GPU), so the sweep, gFID and
-# Table 3 cost more than the sharing saves
+# search), but two rows sharing an H100 took 60-95 s per sweep setting of 3,000 samples, where a run alone took
+# 20 s per setting of 10,000 (results/cifar10_base_tok/): the sampler is a chain of small kernels, each waiting
+# for its turn on a shared GPU, so the sweep, gFID and Table 3 cost more than the sharing saves
 export RUNS_PER_GPU=${RUNS_PER_GPU:-1}
 # cifar10.sh's tokenizer recipe when the campaign began, pinned here: rows run in different sessions share it even
 # after a search changes cifar10.sh's default
