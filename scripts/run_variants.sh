@@ -1,7 +1,7 @@
 # Sourced by the scripts that train several variants at once (gen_search.sh, tok_search.sh, tokens_per_step.sh,
-# table4.sh): GPUS; check_variants, which stops on an unknown variant name; run_variants, which runs one
-# command per variant, the j-th on GPU j mod GPUS, RUNS_PER_GPU at a time; and encode_tokens, the token files
-# generator variants share.
+# table4.sh): GPUS; check_variants, which stops on an unknown variant name; pending_variants, which leaves out the
+# variants finished earlier; run_variants, which runs one command per variant, the j-th on GPU j mod GPUS,
+# RUNS_PER_GPU at a time; and encode_tokens, the token files generator variants share.
 # shellcheck shell=bash
 GPUS=${GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}  # fewer GPUs than variants: some share one
 [ "$GPUS" -ge 1 ] || GPUS=1
@@ -14,16 +14,31 @@ check_variants() {
   for name in "$@"; do "$flags" "$name" >/dev/null; done
 }
 
+# pending_variants LABEL DIR_PREFIX DONE NAME ...: sets pending to the NAMEs without a file DIR_PREFIX<NAME>/DONE (the
+# last output of a finished variant) and names each finished one ("LABEL<NAME>: finished earlier (...)"). Passing
+# pending to run_variants leaves a finished variant's folder as it is, its run.log included.
+pending_variants() {
+  local label=$1 prefix=$2 done_file=$3 name
+  shift 3
+  pending=()
+  for name in "$@"; do
+    if [ -f "$prefix$name/$done_file" ]; then echo "$label$name: finished earlier ($prefix$name/$done_file)"
+    else pending+=("$name"); fi
+  done
+}
+
 # run_variants LABEL DIR_PREFIX RUN NAME ...: for each NAME creates DIR=DIR_PREFIX<NAME> and runs `RUN NAME DIR`
 # with CUDA_VISIBLE_DEVICES set to its GPU (the j-th NAME on GPU j mod GPUS) and its output in DIR/run.log, at most
 # RUNS_PER_GPU at a time on each GPU (unset: all at once); the others wait for a run on their GPU to end, in order.
-# Then waits for them all, names each one that failed with its log ("LABEL<NAME> failed: see ..."), and sets failed
+# No NAME: nothing to run. Then waits for them all, names each one that failed with its log ("LABEL<NAME> failed: see ..."), and sets failed
 # to 1 if any did, else 0. RUN is a command or a function of the calling script; check the names first
 # (check_variants), as an error in RUN only fails its own variant.
 run_variants() {
   local label=$1 prefix=$2 run=$3 lane j
   shift 3
   local names=("$@") pids=()
+  failed=0
+  [ ${#names[@]} -gt 0 ] || return 0
   local lanes=$((GPUS * ${RUNS_PER_GPU:-${#names[@]}}))  # lane l runs the names l, l + lanes, ... on GPU l mod GPUS
   [ "$lanes" -ge 1 ] || { echo "RUNS_PER_GPU=${RUNS_PER_GPU:-}: give at least 1, or leave it unset (all at once)" >&2
                           exit 2; }
@@ -40,7 +55,6 @@ run_variants() {
     ) &
     pids+=($!)
   done
-  failed=0
   for j in "${!pids[@]}"; do wait "${pids[$j]}" || failed=1; done
 }
 

@@ -56,16 +56,9 @@ run_row() {  # run_row NAME DIR: run_variants' command
   OUT=$2 SEED=$seed TOK_RECIPE="$recipe" TOK_FLAGS="$COMPILE --ablation $ablation" \
     bash "$(dirname "$0")/cifar10.sh" "${stages[@]}"
 }
-pending=()  # the rows without a gFID; a finished row's directory, log included, is left as it is
-for row in "${rows[@]}"; do
-  if [ -f "$ROOT/$row/samples/fid.json" ]; then echo "row $row: finished earlier ($ROOT/$row/samples/fid.json)"
-  else pending+=("$row"); fi
-done
-failed=0
-if [ ${#pending[@]} -gt 0 ]; then
-  OUT=$ROOT bash "$(dirname "$0")/cifar10.sh" stats
-  run_variants 'row ' "$ROOT/" run_row "${pending[@]}"
-fi
+pending_variants 'row ' "$ROOT/" samples/fid.json "${rows[@]}"  # a row is finished once its gFID is written
+[ ${#pending[@]} -eq 0 ] || OUT=$ROOT bash "$(dirname "$0")/cifar10.sh" stats
+run_variants 'row ' "$ROOT/" run_row "${pending[@]}"
 
 logs=(); for row in "${rows[@]}"; do [ -f "$ROOT/$row/gen/log.jsonl" ] && logs+=("$ROOT/$row/gen/log.jsonl"); done
 [ ${#logs[@]} -eq 0 ] || python plot.py "${logs[@]}" --per_position --out "$ROOT/nll_per_position.png" \

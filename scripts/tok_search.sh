@@ -55,14 +55,14 @@ variant_settings() {  # "STEPS FLAGS" of variant $1: its length and its train_to
 }
 check_variants variant_settings "${variants[@]}"
 
-train_variant() {  # train_variant NAME DIR: run_variants' command; a scored variant is not trained again
+train_variant() {  # train_variant NAME DIR: run_variants' command
   local steps flags
-  [ -f "$2/tok/rfid_val.json" ] && { echo "variant $1: finished earlier ($2/tok/rfid_val.json)"; return 0; }
   read -r steps flags <<<"$(variant_settings "$1")"
   OUT=$2 TOK_STEPS=$steps TOK_FLAGS="$COMPILE $flags" bash "$(dirname "$0")/cifar10.sh" tok
 }
 OUT=$ROOT bash "$(dirname "$0")/cifar10.sh" split  # once, before the variants read it at the same time
-run_variants 'variant ' "$ROOT/" train_variant "${variants[@]}"
+pending_variants 'variant ' "$ROOT/" tok/rfid_val.json "${variants[@]}"  # a scored variant is not trained again
+run_variants 'variant ' "$ROOT/" train_variant "${pending[@]}"
 
 python - "$ROOT" "${variants[@]}" <<'EOF'
 import json, os, sys

@@ -208,23 +208,28 @@ def test_superres_stops_on_an_unknown_stage_before_any_run(tmp_path):
     assert calls == [] and not (tmp_path / 'root').exists()
 
 
-def test_table4_rerun_trains_only_unfinished_rows_and_keeps_finished_rows_logs(tmp_path):
-    finished = tmp_path / 'root' / 'titok'
-    (finished / 'samples').mkdir(parents=True)
-    (finished / 'samples' / 'fid.json').write_text('{"fid": 98.4}')
+@pytest.mark.parametrize('script, label, names, done', [
+    ('table4.sh', 'row', ['titok', 'full'], os.path.join('samples', 'fid.json')),
+    ('tok_search.sh', 'variant', ['lpips_k4096', 'lpips_k8192'], os.path.join('tok', 'rfid_val.json')),
+])
+def test_rerun_trains_only_unfinished_variants_and_keeps_finished_ones_logs(tmp_path, script, label, names, done):
+    env = dict(DATA=str(tmp_path / 'cifar10'), SELECT=str(tmp_path / 'select'))
+    finished, unfinished = (tmp_path / 'root' / name for name in names)
+    for folder in (finished, unfinished):
+        (folder / os.path.dirname(done)).mkdir(parents=True)
+    (finished / done).write_text('{"fid": 98.4}')
     (finished / 'run.log').write_text('the training log\n')
-    result, calls = run_search(tmp_path, 'table4.sh', ['titok', 'full'])
+    result, calls = run_search(tmp_path, script, names, **env)
     assert result.returncode == 0, result.stderr
-    assert 'row titok: finished earlier' in result.stdout
+    assert f'{label} {names[0]}: finished earlier' in result.stdout
     assert (finished / 'run.log').read_text() == 'the training log\n'
-    assert not any(os.path.join('root', 'titok') + os.sep in call for call in calls if 'train_' in call)
-    assert any(os.path.join('root', 'full') + os.sep in call for call in calls if 'train_tok.py' in call)
+    assert not any(os.path.join('root', names[0]) + os.sep in call for call in calls if 'train_' in call)
+    assert any(os.path.join('root', names[1]) + os.sep in call for call in calls if 'train_tok.py' in call)
 
     calls_before = len(calls)
-    (tmp_path / 'root' / 'full' / 'samples').mkdir(parents=True, exist_ok=True)
-    (tmp_path / 'root' / 'full' / 'samples' / 'fid.json').write_text('{"fid": 126.7}')
+    (unfinished / done).write_text('{"fid": 126.7}')
     (tmp_path / 'bin').rename(tmp_path / 'bin_first')
-    result, calls = run_search(tmp_path, 'table4.sh', ['titok', 'full'])  # every row finished: only the summary
+    result, calls = run_search(tmp_path, script, names, **env)  # every variant finished: only the summary
     assert result.returncode == 0, result.stderr
     assert not any('train_' in call or 'fid.py' in call for call in calls[calls_before:])
 
