@@ -133,9 +133,10 @@ STAGE_SETTINGS = {1: {'l2_weight': 0.0, 'lpips_weight': 0.0, 'gan_weight': 0.0},
 
 
 def run_settings_of(ckpt, config):
-    """The flags a checkpoint was trained with; those that shape the tokenizer read from its config."""
-    return {**ckpt['args'], 'image_size': config.image_size, 'patch_size': config.patch_size, 'n_tokens': config.n_tokens,
-            'codebook_size': config.codebook_size, 'code_dim': config.code_dim, 'commitment': config.commitment, 'schedule': config.schedule, 'ablation': config.ablation, 'stage': config.stage}
+    """The flags a checkpoint was trained with; those that shape the tokenizer (ARCHITECTURE_FLAGS but the preset's
+    name, and the stage) read from its config."""
+    return {**ckpt['args'], **{name: getattr(config, name) for name in ARCHITECTURE_FLAGS if name != 'preset'},
+            'stage': config.stage}
 
 
 def check_resumed_stage(saved_stage, path):
