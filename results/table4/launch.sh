@@ -1,6 +1,6 @@
 # launch.sh [row ...]: reassemble the payload, check it, unpack, copy the code, start run.sh [row ...] detached
 set -eu
-cd /root/stage && cp "$OLDPWD/.stage/part.02" . && cat part.00 part.01 part.02 > payload.tar && mkdir -p w && tar -xf payload.tar -C w
+cd /root/stage && cp "$OLDPWD"/.stage/part.* . && cat part.0? > payload.tar && mkdir -p w && tar -xf payload.tar -C w
 (cd w && sha256sum -c SHA256SUMS)
 mkdir -p data && tar -xzf w/cifar10.tgz -C data && ls data && find data/train -name '*.jpg' | wc -l
 mkdir -p repo && (cd "$OLDPWD" && tar --exclude=./.stage -cf - .) | tar -xf - -C repo
