@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Table 4 on CIFAR-10: one budget for every row (the campaign's: 5,000 tokenizer and 2,000 generator steps, about
-# 11 GPU-minutes a row alone, so that two rows fit the 30-minute hold of a lent GPU; at the pilot budget of 1,500
-# steps every tokenizer stopped above rFID 100, results/table4_1500/), each on scripts/cifar10.sh's tokenizer
-# recipe (TOK_RECIPE) and generator recipe, N = 32 tokens per image.
+# 13 minutes a row alone on an H100, so that two rows nearly fill the 30-minute hold of a lent GPU; at the pilot
+# budget of 1,500 steps every tokenizer stopped above rFID 100, results/table4_1500/), each on scripts/cifar10.sh's
+# tokenizer recipe (TOK_RECIPE) and generator recipe, N = 32 tokens per image.
 #   DATA=../shared/data/cifar10 ROOT=out/table4 bash scripts/table4.sh [row ...]
 # Rows (train_tok.py --ablation; each adds one ingredient to the row before):
 #   titok       full attention among patches and latents, all N tokens rebuild the full image
@@ -19,6 +19,8 @@
 # lost machine costs the rows in progress only. A row whose gFID is written is not run again and keeps its log, so
 # a rerun after a lost machine trains only the unfinished rows, and a rerun over finished rows only writes the
 # summary.
+# SUMMARY_ONLY=1: no training or sampling, only the summary of what the rows have written so far (a row whose machine
+# was lost shows its finished stages and '-' for the others).
 # Last: $ROOT/summary.json, $ROOT/nll_per_position.png (validation NLL per position at each row's best.pt),
 # $ROOT/psnr_per_prefix.png (each tokenizer's PSNR against the image at every prefix) and a table.
 set -euo pipefail
@@ -57,9 +59,12 @@ run_row() {  # run_row NAME DIR: run_variants' command
   OUT=$2 SEED=$seed TOK_RECIPE="$recipe" TOK_FLAGS="$COMPILE --ablation $ablation" \
     bash "$(dirname "$0")/cifar10.sh" "${stages[@]}"
 }
-pending_variants 'row ' "$ROOT/" samples/fid.json "${rows[@]}"  # a row is finished once its gFID is written
-[ ${#pending[@]} -eq 0 ] || OUT=$ROOT bash "$(dirname "$0")/cifar10.sh" stats
-run_variants 'row ' "$ROOT/" run_row "${pending[@]}"
+failed=0
+if [ -z "${SUMMARY_ONLY:-}" ]; then
+  pending_variants 'row ' "$ROOT/" samples/fid.json "${rows[@]}"  # a row is finished once its gFID is written
+  [ ${#pending[@]} -eq 0 ] || OUT=$ROOT bash "$(dirname "$0")/cifar10.sh" stats
+  run_variants 'row ' "$ROOT/" run_row "${pending[@]}"
+fi
 
 logs=(); for row in "${rows[@]}"; do [ -f "$ROOT/$row/gen/log.jsonl" ] && logs+=("$ROOT/$row/gen/log.jsonl"); done
 [ ${#logs[@]} -eq 0 ] || python plot.py "${logs[@]}" --per_position --out "$ROOT/nll_per_position.png" \
@@ -99,16 +104,18 @@ for row in rows:
         codebook_used=evaluation and evaluation['codebook_used'],
         best_val_nll=best and best['val_nll'], train_nll_at_best=best and best['train_nll'], best_step=best and best['step'],
         sweep_fid_by_cfg=sweep and {str(r['cfg']): r['fid'] for r in sweep['rows']},
+        sweep_samples=sweep and sweep['n'],
         cfg=args and args['cfg'], copied_share=args and args.get('copied_share'),
         truncation_fid=truncation and {str(r['truncate']): r['fid'] for r in truncation['rows']},
         truncation_samples=truncation and truncation['n']))
 json.dump(table, open(os.path.join(root, 'summary.json'), 'w'), indent=1)
 f = lambda v, spec: format('-', '>' + spec.split('.')[0].rstrip('%f')) if v is None else format(v, spec)
-print(f"{'row':<10} {'rFID-test':>9} {'rFID-train':>10} {'gFID-50k':>8} {'g-r':>6} {'CFG':>4} {'val NLL':>8} "
+print(f"{'row':<10} {'rFID-test':>9} {'rFID-train':>10} {'sweep FID':>9} {'gFID-50k':>8} {'g-r':>6} {'CFG':>4} {'val NLL':>8} "
       f"{'PSNR@N':>6} {'vs low-pass @1/2/4/8':>23} {'codes':>6}")
 for r in table:
     lowpass = '/'.join(f'{v:.2f}' for v in r['psnr_vs_lowpass_at'].values()) if r['psnr_vs_lowpass_at'] else '-'
-    print(f"{r['row']:<10} {f(r['rfid_test'], '9.2f')} {f(r['rfid_train'], '10.2f')} {f(r['gfid'], '8.2f')} "
+    best_sweep = min(r['sweep_fid_by_cfg'].values()) if r['sweep_fid_by_cfg'] else None
+    print(f"{r['row']:<10} {f(r['rfid_test'], '9.2f')} {f(r['rfid_train'], '10.2f')} {f(best_sweep, '9.2f')} {f(r['gfid'], '8.2f')} "
           f"{f(r['gfid_minus_rfid_train'], '6.2f')} {f(r['cfg'], '4')} {f(r['best_val_nll'], '8.2f')} "
           f"{f(r['psnr_at_N'], '6.2f')} {lowpass:>23} {f(r['codebook_used'], '6.1%')}")
 for r in table:

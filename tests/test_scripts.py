@@ -1,6 +1,8 @@
+import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -254,3 +256,23 @@ echo "failed=$failed"
     seen = [int(n) for gpu in (0, 1) for n in (tmp_path / f'seen.{gpu}').read_text().split()]
     assert len(seen) == 5 and max(seen) == most_at_once
     assert all((tmp_path / 'out' / name / 'run.log').exists() for name in 'abcde')
+
+
+def test_table4_summary_only_tabulates_a_partial_row_without_training(tmp_path):
+    # a row whose machine was lost after its sweep: tokenizer figures and sweep, no gFID
+    row = tmp_path / 'root' / 'titok'
+    for folder in ('tok', 'tok_train', 'sweep'):
+        (row / folder).mkdir(parents=True)
+    (row / 'tok' / 'rfid.json').write_text('{"fid": 19.26}')
+    (row / 'tok_train' / 'rfid.json').write_text('{"fid": 15.36}')
+    (row / 'sweep' / 'sweep.json').write_text('{"rows": [{"cfg": 1.5, "fid": 32.3}, {"cfg": 2.0, "fid": 35.04}], "n": 3000}')
+    env = {**os.environ, 'PATH': f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+           'ROOT': str(tmp_path / 'root'), 'SUMMARY_ONLY': '1', 'DATA': str(tmp_path / 'missing')}
+    result = subprocess.run(['bash', os.path.join('scripts', 'table4.sh'), 'titok'], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / 'root' / 'summary.json').read_text())[0]
+    assert summary['rfid_test'] == 19.26 and summary['rfid_train'] == 15.36 and summary['gfid'] is None
+    assert summary['sweep_fid_by_cfg'] == {'1.5': 32.3, '2.0': 35.04} and summary['sweep_samples'] == 3000
+    assert '32.30' in result.stdout
+    assert not (row / 'run.log').exists() and not (tmp_path / 'root' / 'cifar10_train_stats.npz').exists()
