@@ -295,6 +295,22 @@ def test_sharded_evaluation_equals_one_process_and_scores_short_prefixes_on_a_su
     assert every['prefixes'][0]['l2_vs_image'] != pytest.approx(one['prefixes'][0]['l2_vs_image'], rel=1e-3)
 
 
+def test_prefix_scores_do_not_depend_on_how_the_prefix_images_are_gathered(image_dir, cifar_sample_dir, tmp_path):
+    # 500 images, every 2nd scored at the prefixes < N: one process gathers them in groups of 100, 100 and 50, two
+    # processes in groups of 100 and 25 each; the per-prefix errors must not depend on the grouping
+    out = tmp_path / 'out'
+    train(image_dir, out, '--max_steps', '1')
+    flags = ('--resume', '--eval_only', '--eval_data', str(cifar_sample_dir), '--eval_prefix_images', '250')
+    train(image_dir, out, *flags)
+    one = read_eval(out)
+    train(image_dir, out, *flags, nproc=2)
+    two = read_eval(out)
+    assert one['images'] == two['images'] == 500 and one['prefix_images'] == two['prefix_images'] == 250
+    for a, b in zip(one['prefixes'], two['prefixes'], strict=True):
+        assert a['l2_vs_lowpass'] == pytest.approx(b['l2_vs_lowpass'], rel=1e-5)
+        assert a['l2_vs_image'] == pytest.approx(b['l2_vs_image'], rel=1e-5)
+
+
 @pytest.fixture(scope='module')
 def stage_one(image_dir, tmp_path_factory):
     """(VQGAN weights file, folder of a stage-1 run): 20 steps of proxy-code training of the tiny preset against a
