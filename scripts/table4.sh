@@ -27,7 +27,7 @@ set -euo pipefail
 ROOT=${ROOT:-out/table4}
 source "$(dirname "$0")/run_variants.sh"
 export STATS=${STATS:-$ROOT/cifar10_train_stats.npz} TOK_STEPS=${TOK_STEPS:-5000} GEN_STEPS=${GEN_STEPS:-2000}
-export WORKERS=${WORKERS:-12} SWEEP_CFGS=${SWEEP_CFGS:-1.5 2 3 4} SWEEP_TEMPS=${SWEEP_TEMPS:-1.0} SWEEP_TOPKS=0 SWEEP_TOPPS=0
+export WORKERS=${WORKERS:-12} SWEEP_CFGS=${SWEEP_CFGS:-1 1.25 1.5 2 3 4} SWEEP_TEMPS=${SWEEP_TEMPS:-1.0} SWEEP_TOPKS=0 SWEEP_TOPPS=0
 export SWEEP_PER_CLASS=${SWEEP_PER_CLASS:-300}
 COMPILE=${COMPILE---compile}  # COMPILE= for a CPU dry run
 # Two tokenizers sharing one GPU train about a fifth faster than one after the other (docs/results.md, the tokenizer
