@@ -9,6 +9,11 @@ dtype and device), so they run on any device, need no scipy and are exact to rou
 prints, for each schedule at the folder's image size, the PSNR against the image of the low-pass target of the
 prefixes N/8, N/4, N/2, 3N/4 (mean over --images images): how much of the image each share of the tokens must
 describe. docs/results.md ("The schedule at 32 px") compares it with eq. (9) on ImageNet at 256 px.
+
+    python dct.py --data ../shared/data/imagenet256-sample --size 256 --n_tokens 64 --images 1000 --fid nonuniform
+
+adds, for one schedule, the FID of the low-pass targets of the prefixes N - k (k = N/8, N/4, 3N/8: Table 3's
+truncations) against the images themselves: what a lossless tokenizer would lose in FID by its last k tokens.
 """
 import argparse
 import functools
@@ -156,6 +161,9 @@ def main(argv=None):
     parser.add_argument('--size', type=int, default=32, help='images are centre-cropped and resized to this')
     parser.add_argument('--n_tokens', type=int, default=32)
     parser.add_argument('--images', type=int, default=3000, help='images spread evenly over the folder')
+    parser.add_argument('--fid', choices=SCHEDULES, help="also the FID, against the images, of this schedule's low-pass "
+                        'targets at the prefixes N - k, k = N/8, N/4, 3N/8 (Inception features on the GPU if there is one)')
+    parser.add_argument('--inception', help="with --fid: fid.py's --inception (default: the installed weights)")
     args = parser.parse_args(argv)
     images = to_float(torch.stack([x for x, _ in readable_samples(ImageFolder(args.data, args.size), args.images)]), 'cpu')
     prefixes = [max(1, args.n_tokens * k // 8) for k in (1, 2, 4, 6)]
@@ -165,6 +173,25 @@ def main(argv=None):
         omegas = [omega_schedule(args.n_tokens, args.size, kind)[i - 1] for i in prefixes]
         cells = [f"{p:6.2f} ({w:>3})" for p, w in zip(lowpass_psnr(images, omegas), omegas)]
         print(f"{kind:<18} " + ' '.join(f"{c:>12}" for c in cells))
+    if args.fid:
+        print_truncation_fid(images, args.n_tokens, args.size, args.fid, args.inception)
+
+
+def print_truncation_fid(images, n_tokens, size, kind, inception):
+    import fid
+    from data import to_uint8
+    evaluation = fid.Evaluation(inception, 'cuda' if torch.cuda.is_available() else 'cpu')
+
+    def statistics(batch):
+        return fid.statistics(fid.compute_features(to_uint8(batch), evaluation.model)['pool'])
+    reference = statistics(images)
+    omegas = omega_schedule(n_tokens, size, kind)
+    print(f"FID against the same {len(images)} images of lowpass(image, w_(N-k)), {kind}; FID's bias at this image count "
+          f"makes it a comparison between truncations and data sets of equal counts, not an absolute figure")
+    for k in (n_tokens // 8, n_tokens // 4, 3 * n_tokens // 8):
+        w = omegas[n_tokens - k - 1]
+        print(f"k = {k:>2} (prefix {n_tokens - k}, w = {w:>3} of {size}): FID "
+              f"{fid.frechet_distance(*statistics(lowpass(images, w)), *reference):.2f}", flush=True)
 
 
 if __name__ == '__main__':

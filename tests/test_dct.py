@@ -1,8 +1,12 @@
+import re
+
 import numpy as np
 import pytest
 import scipy.fft
 import torch
 
+import dct
+import fid
 from dct import dct2, idct2, lowpass, omega_schedule
 
 
@@ -101,3 +105,18 @@ def test_psnr_schedule_at_32px_pairs_tokens_on_a_cutoff_up_to_13_then_climbs():
     assert (w[15], w[23]) == (9, 13)  # the anchors: CIFAR-10's PSNR at eq. (9)'s prefixes N/2 and 3N/4 on ImageNet
     uniform, shared = omega_schedule(32, 32, 'uniform'), omega_schedule(32, 32, 'nonuniform_shared')
     assert all(s <= p <= u for s, p, u in zip(shared, w, uniform))  # between the two other choices at 32 px
+
+
+def test_truncation_fid_grows_as_more_of_the_last_tokens_are_dropped(cifar_sample_dir, capsys, monkeypatch):
+    try:
+        fid.find_inception_weights()
+    except fid.FIDError:
+        pytest.skip(f'Inception weights not installed: {fid.FID_HELPER_INSTALL}')
+    # the mean term of FID alone: the matrix square root of 2048 x 2048 covariances takes seconds on 2 cores
+    monkeypatch.setattr(fid, 'frechet_distance', lambda mu1, sigma1, mu2, sigma2: float(np.sum((mu1 - mu2) ** 2)))
+    with pytest.warns(UserWarning, match='covariance is singular'):
+        dct.main(['--data', str(cifar_sample_dir), '--n_tokens', '32', '--images', '8', '--fid', 'uniform'])
+    lines = re.findall(r'k = +(\d+) \(prefix (\d+), w = +(\d+) of 32\): FID ([\d.]+)', capsys.readouterr().out)
+    assert [(int(k), int(prefix), int(w)) for k, prefix, w, _ in lines] == [(4, 28, 28), (8, 24, 24), (12, 20, 20)]
+    fids = [float(value) for *_, value in lines]
+    assert 0 < fids[0] < fids[1] < fids[2]
