@@ -60,18 +60,21 @@ run_row() {  # run_row NAME DIR: run_variants' command
     bash "$(dirname "$0")/cifar10.sh" "${stages[@]}"
 }
 failed=0
-if [ -z "${SUMMARY_ONLY:-}" ]; then
+if [ -n "${SUMMARY_ONLY:-}" ]; then
+  [ -d "$ROOT" ] || { echo "SUMMARY_ONLY: no folder $ROOT; set ROOT to the rows' folder" >&2; exit 2; }
+else
   pending_variants 'row ' "$ROOT/" samples/fid.json "${rows[@]}"  # a row is finished once its gFID is written
   [ ${#pending[@]} -eq 0 ] || OUT=$ROOT bash "$(dirname "$0")/cifar10.sh" stats
   run_variants 'row ' "$ROOT/" run_row "${pending[@]}"
 fi
 
-logs=(); for row in "${rows[@]}"; do [ -f "$ROOT/$row/gen/log.jsonl" ] && logs+=("$ROOT/$row/gen/log.jsonl"); done
-[ ${#logs[@]} -eq 0 ] || python plot.py "${logs[@]}" --per_position --out "$ROOT/nll_per_position.png" \
-  --title 'validation NLL per position at best.pt (nats)'
-evals=(); for row in "${rows[@]}"; do [ -f "$ROOT/$row/tok/eval.jsonl" ] && evals+=("$ROOT/$row/tok/eval.jsonl"); done
-[ ${#evals[@]} -eq 0 ] || python plot.py "${evals[@]}" --per_prefix --out "$ROOT/psnr_per_prefix.png" \
-  --title 'PSNR against the image at every prefix, held-out images (dB)'
+plot_rows() {  # plot_rows LOG FLAG PNG TITLE: plot.py FLAG over the rows' $ROOT/<row>/LOG that exist, into $ROOT/PNG
+  local logs=() row
+  for row in "${rows[@]}"; do [ -f "$ROOT/$row/$1" ] && logs+=("$ROOT/$row/$1"); done
+  [ ${#logs[@]} -eq 0 ] || python plot.py "${logs[@]}" "$2" --out "$ROOT/$3" --title "$4"
+}
+plot_rows gen/log.jsonl --per_position nll_per_position.png 'validation NLL per position at best.pt (nats)'
+plot_rows tok/eval.jsonl --per_prefix psnr_per_prefix.png 'PSNR against the image at every prefix, held-out images (dB)'
 python - "$ROOT" "${rows[@]}" <<'EOF'
 import json, os, sys
 root, rows = sys.argv[1], sys.argv[2:]

@@ -276,3 +276,7 @@ def test_table4_summary_only_tabulates_a_partial_row_without_training(tmp_path):
     assert summary['sweep_fid_by_cfg'] == {'1.5': 32.3, '2.0': 35.04} and summary['sweep_samples'] == 3000
     assert '32.30' in result.stdout
     assert not (row / 'run.log').exists() and not (tmp_path / 'root' / 'cifar10_train_stats.npz').exists()
+
+    missing = subprocess.run(['bash', os.path.join('scripts', 'table4.sh'), 'titok'], cwd=REPO, capture_output=True,
+                             text=True, timeout=60, env={**env, 'ROOT': str(tmp_path / 'elsewhere')})
+    assert missing.returncode == 2 and 'SUMMARY_ONLY: no folder' in missing.stderr
