@@ -1,8 +1,8 @@
-"""Why does the first Inception pass of a process take 14 s for 3,000 images when later passes take 1.2 s?
-(`inception_seconds` of the sweeps in results/table4/.) fid.py turns cuDNN autotuning on, which times every
-convolution's algorithms on the first batch of each shape. This runs, in a fresh process per setting, three passes
-over random uint8 images (3,000, 3,000 again, then 50,000) with autotuning on (fid.py's setting) and off, and
-prints the seconds of each pass: the first pass's extra cost against the later passes' speed.
+"""What cuDNN autotuning costs the Inception passes of fid.py: autotuning times every convolution's algorithms on
+the first batch of each shape. This runs, in a fresh process per setting, three passes over random uint8 images
+(3,000, 3,000 again, then 50,000) with autotuning on and off (fid.py's setting), and prints the seconds of each
+pass: the first pass's extra cost against the later passes' speed. On one H100 (results/fid/first_pass.log) it cost
+12.6 s on the first pass and saved 1.5 s per 50,000 images, so fid.py leaves it off.
 
     python results/fid/first_pass.py --inception default_1.pt
 """
@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import fid  # noqa: E402
 
 
@@ -23,15 +23,15 @@ SIZES = (3000, 3000, 50000)  # a sweep setting, another, a gFID-50k
 
 
 def passes(inception, autotune):
-    if not autotune:  # fid.float32_mode turns autotuning on; this keeps its TF32 setting and leaves it off
+    if autotune:  # fid.float32_mode leaves autotuning off; this keeps its TF32 setting and turns autotuning on
         original = fid.float32_mode
 
-        def without_autotune(tf32):
+        def with_autotune(tf32):
             with original(tf32):
-                torch.backends.cudnn.benchmark = False
+                torch.backends.cudnn.benchmark = True
                 yield
-        fid.float32_mode = fid.contextlib.contextmanager(without_autotune)
-    model = fid.Evaluation(inception, 'cuda').model
+        fid.float32_mode = fid.contextlib.contextmanager(with_autotune)
+    model = fid.load_inception(inception, 'cuda')
     rng = np.random.default_rng(0)
     seconds = []
     for n in SIZES:
