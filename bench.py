@@ -607,18 +607,19 @@ def conv_flops(module, *inputs):
     return total[0]
 
 
-def make_lpips(device):
-    """LPIPS with its real weights when installed, otherwise random ones written to a temporary file (timing only)."""
+def make_lpips(device, resize=None):
+    """LPIPS with its real weights when installed, otherwise random ones written to a temporary file (timing only);
+    resize: train_tok.py's --lpips_resize."""
     from losses import LPIPS, LPIPS_TAP_CHANNELS, build_vgg16_features
     try:
-        return LPIPS().to(device), 'real'
+        return LPIPS(resize=resize).to(device), 'real'
     except FileNotFoundError:
         state = {f'features.{k}': v for k, v in build_vgg16_features().state_dict().items()}
         state.update({f'lin{i}.model.1.weight': torch.rand(1, c, 1, 1) for i, c in enumerate(LPIPS_TAP_CHANNELS)})
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, 'random_lpips.pth')
             torch.save(state, path)
-            return LPIPS(path).to(device), 'random (weights not installed)'
+            return LPIPS(path, resize=resize).to(device), 'random (weights not installed)'
 
 
 def bench_train_tok(args, device, peaks):
@@ -627,13 +628,13 @@ def bench_train_tok(args, device, peaks):
     from tokenizer import TokConfig, Tokenizer, flops_per_image
     use_bf16 = args.bf16  # resolved in main
     tok_config = TokConfig.preset(args.preset)
-    lpips, lpips_source = make_lpips(device) if args.lpips else (None, 'off')
+    lpips, lpips_source = make_lpips(device, args.lpips_resize) if args.lpips else (None, 'off')
     size = tok_config.image_size
     one = torch.rand(1, 3, size, size, device=device) * 2 - 1
     f_lpips = conv_flops(lpips, one, one) if lpips is not None else 0
     f_disc = conv_flops(NLayerDiscriminator().to(device), one) if args.gan else 0
     print(f"train_tok: tokenizer {args.preset} ({size} px, N={tok_config.n_tokens}, K={tok_config.codebook_size}), random weights and "
-          f"images, LPIPS weights {lpips_source}, GAN {'on' if args.gan else 'off'}, "
+          f"images, LPIPS weights {lpips_source}{f' at {args.lpips_resize} px' if args.lpips_resize else ''}, GAN {'on' if args.gan else 'off'}, "
           f"{'bf16' if use_bf16 else 'float32'}, on {device}")
 
     def build(B, compile):
@@ -687,7 +688,8 @@ def bench_train_tok(args, device, peaks):
 
         tok_flops = 3 * flops_per_image(tok_config) * B
         flops = tok_flops + 1.5 * f_lpips * B + 8 * f_disc * B
-        return step, flops, {'tokenizer_flops_per_step': tok_flops, 'lpips_weights': lpips_source, 'gan': args.gan,
+        return step, flops, {'tokenizer_flops_per_step': tok_flops, 'lpips_weights': lpips_source,
+                             'lpips_resize': args.lpips_resize, 'gan': args.gan,
                              'lpips_fwd_flops_per_pair': f_lpips, 'disc_fwd_flops_per_image': f_disc, 'bf16': use_bf16}
 
     return run_train_variants(args, device, peaks, build, args.preset, 'train_tok')
@@ -737,6 +739,8 @@ def main(argv=None):
         p.add_argument('--steps', type=int, default=10, help='timed steps')
         if name == 'train_tok':
             p.add_argument('--lpips', action=argparse.BooleanOptionalAction, default=True)
+            p.add_argument('--lpips_resize', type=int, help="train_tok.py's: upsample smaller images to this size "
+                           'before LPIPS (scripts/cifar10.sh: 128)')
             p.add_argument('--gan', action=argparse.BooleanOptionalAction, default=True)
         p.add_argument('--profile', action='store_true', help='kernel time by class of one timed step (CUDA)')
         device_args(p)

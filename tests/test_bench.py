@@ -31,7 +31,11 @@ def test_sample_and_train_benches_on_cpu(tmp_path):
 
     bench('train_gen', '--preset', 'tiny', '--batch', 4, '--warmup', 1, '--steps', 2, '--profile', '--device', 'cpu', '--json', out)
     bench('train_tok', '--preset', 'tiny', '--batch', 2, '--warmup', 1, '--steps', 1, '--device', 'cpu', '--json', out)
+    bench('train_tok', '--preset', 'tiny', '--batch', 2, '--warmup', 1, '--steps', 1, '--device', 'cpu',
+          '--lpips_resize', 64, '--json', out)
     records = read_records(out)
+    at_32, at_64 = records[9:]  # LPIPS at the images' 32 px, then upsampled to 64 px as train_tok.py --lpips_resize
+    assert at_64['lpips_resize'] == 64 and 3.5 < at_64['lpips_fwd_flops_per_pair'] / at_32['lpips_fwd_flops_per_pair'] < 4.5
     train = {r['bench']: r for r in records[8:]}
     assert set(train) == {'train_gen', 'train_tok'}
     for r in train.values():
