@@ -23,7 +23,8 @@
 #     sample    with $OUT/sweep/best_flags when it exists (delete it to go back to --cfg $CFG)
 #     truncate  Table 3: drop the last k tokens, at the sweep's best setting (else --cfg $CFG), 10k samples, seed 1
 # Every stage reads what the earlier ones wrote under $OUT, so any stage can be re-run alone; sweep, sample and
-# truncate sample GEN_CKPT ($OUT/gen/best.pt unless set).
+# truncate sample GEN_CKPT ($OUT/gen/best.pt unless set). Each finished stage appends its wall time to
+# $OUT/stage_seconds.jsonl.
 # Cost at the defaults on one GPU, from earlier runs of the same stages (docs/results.md): stats 0.6 min (H100); tok
 # 9.9 (H200: 10,000 steps with its test-set evaluation, about 1 min per 1,000 steps); gen about 4 (H100, 6,000
 # steps with the token files); sweep 0.33 per 10,000-sample setting (H100), 17 settings in its two rounds, about 6;
@@ -88,6 +89,7 @@ sweep=(python sweep.py --ckpt "$GEN_CKPT" --ref "$STATS" --classes all --per_cla
        --batch_size 1000 --seed 1 "${WEIGHTS_FID[@]}")
 
 for stage in "${stages[@]}"; do
+  stage_start=$SECONDS
   case $stage in
   split)
     [ -n "$SELECT" ] || { echo "the split stage builds the selection split: set SELECT=path/to/split" >&2; exit 2; } ;;
@@ -133,4 +135,7 @@ for stage in "${stages[@]}"; do
     "${sweep[@]}" $(sampling_flags truncate) --truncate $TRUNCATE --json "$OUT/truncate/truncate.json" ;;
   *) echo "unknown stage $stage: use split stats tok rfid_train gen sweep sample fid truncate" >&2; exit 2 ;;
   esac
+  # each stage's wall time, the source of the GPU-minutes quoted in the header and in docs/results.md
+  echo "{\"stage\": \"$stage\", \"seconds\": $((SECONDS - stage_start)), \"ended\": \"$(date -u +%FT%TZ)\"}" \
+    >> "$OUT/stage_seconds.jsonl"
 done

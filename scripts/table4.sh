@@ -110,7 +110,8 @@ for row in rows:
         sweep_samples=sweep and sweep['n'],
         cfg=args and args['cfg'], copied_share=args and args.get('copied_share'),
         truncation_fid=truncation and {str(r['truncate']): r['fid'] for r in truncation['rows']},
-        truncation_samples=truncation and truncation['n']))
+        truncation_samples=truncation and truncation['n'],
+        stage_seconds={r['stage']: r['seconds'] for r in read(f'{d}/stage_seconds.jsonl') or []}))
 json.dump(table, open(os.path.join(root, 'summary.json'), 'w'), indent=1)
 f = lambda v, spec: format('-', '>' + spec.split('.')[0].rstrip('%f')) if v is None else format(v, spec)
 print(f"{'row':<10} {'rFID-test':>9} {'rFID-train':>10} {'sweep FID':>9} {'gFID-50k':>8} {'g-r':>6} {'CFG':>4} {'val NLL':>8} "
@@ -121,6 +122,10 @@ for r in table:
     print(f"{r['row']:<10} {f(r['rfid_test'], '9.2f')} {f(r['rfid_train'], '10.2f')} {f(best_sweep, '9.2f')} {f(r['gfid'], '8.2f')} "
           f"{f(r['gfid_minus_rfid_train'], '6.2f')} {f(r['cfg'], '4')} {f(r['best_val_nll'], '8.2f')} "
           f"{f(r['psnr_at_N'], '6.2f')} {lowpass:>23} {f(r['codebook_used'], '6.1%')}")
+for r in table:
+    if r['stage_seconds']:
+        stages = r['stage_seconds']
+        print(f"{r['row']}: {sum(stages.values()) / 60:.1f} minutes (" + ', '.join(f'{k} {v / 60:.1f}' for k, v in stages.items()) + ')')
 for r in table:
     if r['truncation_fid']:
         print(f"{r['row']}, Table 3 (FID of {r['truncation_samples']} samples decoded from the first N - k tokens): "

@@ -169,6 +169,9 @@ def test_cifar10_final_figures_train_on_all_of_train_and_score_on_test(tmp_path)
     stats = next(call for call in calls if '--save-stats' in call)
     assert stats[-1] == train  # gFID's reference: the 50,000 training images
     assert all(value(call, '--ref') == value(stats, '--save-stats') for call in calls if call[0] == 'sweep.py')
+    timings = [json.loads(line) for line in open(tmp_path / 'out' / 'stage_seconds.jsonl')]
+    assert [t['stage'] for t in timings] == ['stats', 'tok', 'gen', 'sweep', 'sample', 'fid', 'truncate']
+    assert all(isinstance(t['seconds'], int) and t['seconds'] >= 0 for t in timings)
 
 
 def test_tok_stage_in_pieces_continues_its_checkpoint_and_scores_only_the_whole_tokenizer(tmp_path):
@@ -266,6 +269,7 @@ def test_table4_summary_only_tabulates_a_partial_row_without_training(tmp_path):
     (row / 'tok' / 'rfid.json').write_text('{"fid": 19.26}')
     (row / 'tok_train' / 'rfid.json').write_text('{"fid": 15.36}')
     (row / 'sweep' / 'sweep.json').write_text('{"rows": [{"cfg": 1.5, "fid": 32.3}, {"cfg": 2.0, "fid": 35.04}], "n": 3000}')
+    (row / 'stage_seconds.jsonl').write_text('{"stage": "tok", "seconds": 300}\n{"stage": "rfid_train", "seconds": 60}\n')
     env = {**os.environ, 'PATH': f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
            'ROOT': str(tmp_path / 'root'), 'SUMMARY_ONLY': '1', 'DATA': str(tmp_path / 'missing')}
     result = subprocess.run(['bash', os.path.join('scripts', 'table4.sh'), 'titok'], cwd=REPO, env=env,
@@ -275,6 +279,7 @@ def test_table4_summary_only_tabulates_a_partial_row_without_training(tmp_path):
     assert summary['rfid_test'] == 19.26 and summary['rfid_train'] == 15.36 and summary['gfid'] is None
     assert summary['sweep_fid_by_cfg'] == {'1.5': 32.3, '2.0': 35.04} and summary['sweep_samples'] == 3000
     assert '32.30' in result.stdout
+    assert summary['stage_seconds'] == {'tok': 300, 'rfid_train': 60} and 'titok: 6.0 minutes (tok 5.0, rfid_train 1.0)' in result.stdout
     assert not (row / 'run.log').exists() and not (tmp_path / 'root' / 'cifar10_train_stats.npz').exists()
 
     missing = subprocess.run(['bash', os.path.join('scripts', 'table4.sh'), 'titok'], cwd=REPO, capture_output=True,
