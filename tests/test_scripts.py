@@ -149,7 +149,7 @@ def test_searches_select_on_the_split_and_never_read_cifar10_test(tmp_path, scri
         assert all((value(call, '--ckpt'), value(call, '--ref')) == ('gen/best.pt', stats) for call in sweeps)
         round_one = sweeps[0]
         cfgs = round_one[round_one.index('--cfg') + 1:round_one.index('--cfg_ramp')]
-        assert cfgs == ['1.5', '2', '2.5', '3', '4'] and value(round_one, '--cfg_ramp') == 'off'
+        assert cfgs == ['1', '1.5', '2', '3', '4'] and value(round_one, '--cfg_ramp') == 'off'
         assert round_one[round_one.index('--cfg_ramp') + 2] == 'on'
 
 
