@@ -21,8 +21,10 @@
 # summary.
 # SUMMARY_ONLY=1: no training or sampling, only the summary of what the rows have written so far (a row whose machine
 # was lost shows its finished stages and '-' for the others).
-# Last: $ROOT/summary.json, $ROOT/nll_per_position.png (validation NLL per position at each row's best.pt),
-# $ROOT/psnr_per_prefix.png (each tokenizer's PSNR against the image at every prefix) and a table.
+# Last: $ROOT/summary.json, $ROOT/noise.json (titok - full, each the mean of its seeds, and each configuration's
+# |seed 0 - seed 1|: a difference counts once it exceeds that spread), $ROOT/nll_per_position.png (validation NLL
+# per position at each row's best.pt), $ROOT/psnr_per_prefix.png (each tokenizer's PSNR against the image at every
+# prefix) and a table.
 set -euo pipefail
 ROOT=${ROOT:-out/table4}
 source "$(dirname "$0")/run_variants.sh"
@@ -126,6 +128,24 @@ for r in table:
     if r['stage_seconds']:
         stages = r['stage_seconds']
         print(f"{r['row']}: {sum(stages.values()) / 60:.1f} minutes (" + ', '.join(f'{k} {v / 60:.1f}' for k, v in stages.items()) + ')')
+# Run-to-run noise: |seed 0 - seed 1| of a configuration trained twice, against which titok - full is judged
+noise_metrics = {'rfid_train': 'rFID-train', 'gfid': 'gFID', 'gfid_minus_rfid_train': 'g-r', 'best_val_nll': 'val NLL'}
+by_row = {r['row']: r for r in table}
+
+
+def seeds(base, metric):
+    return [by_row[row][metric] for row in (base, f'{base}_s1') if row in by_row and by_row[row][metric] is not None]
+
+
+spread = {base: {m: abs(v[0] - v[1]) for m in noise_metrics if len(v := seeds(base, m)) == 2} for base in ('titok', 'full')}
+gap = {m: sum(seeds('titok', m)) / len(seeds('titok', m)) - sum(seeds('full', m)) / len(seeds('full', m))
+       for m in noise_metrics if seeds('titok', m) and seeds('full', m)}
+json.dump(dict(seed_spread=spread, titok_minus_full=gap), open(os.path.join(root, 'noise.json'), 'w'), indent=1)
+if gap:
+    print('titok - full (each the mean of its seeds): ' + ', '.join(f'{noise_metrics[m]} {v:+.2f}' for m, v in gap.items()))
+for base, values in spread.items():
+    if values:
+        print(f'{base}, |seed 0 - seed 1|: ' + ', '.join(f'{noise_metrics[m]} {v:.2f}' for m, v in values.items()))
 for r in table:
     if r['truncation_fid']:
         print(f"{r['row']}, Table 3 (FID of {r['truncation_samples']} samples decoded from the first N - k tokens): "

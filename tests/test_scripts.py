@@ -261,6 +261,24 @@ echo "failed=$failed"
     assert all((tmp_path / 'out' / name / 'run.log').exists() for name in 'abcde')
 
 
+def test_table4_summary_judges_titok_minus_full_against_the_seed_spread(tmp_path):
+    figures = {'titok': (15.0, 23.0), 'full': (29.0, 36.0), 'full_s1': (21.0, 27.0)}  # rFID-train, gFID
+    for row, (rfid_train, gfid) in figures.items():
+        for folder in ('tok_train', 'samples'):
+            (tmp_path / 'root' / row / folder).mkdir(parents=True)
+        (tmp_path / 'root' / row / 'tok_train' / 'rfid.json').write_text(json.dumps({'fid': rfid_train}))
+        (tmp_path / 'root' / row / 'samples' / 'fid.json').write_text(json.dumps({'fid': gfid}))
+    env = {**os.environ, 'PATH': f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+           'ROOT': str(tmp_path / 'root'), 'SUMMARY_ONLY': '1'}
+    result = subprocess.run(['bash', os.path.join('scripts', 'table4.sh'), 'titok', 'full', 'titok_s1', 'full_s1'],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    noise = json.loads((tmp_path / 'root' / 'noise.json').read_text())
+    assert noise['seed_spread'] == {'titok': {}, 'full': {'rfid_train': 8.0, 'gfid': 9.0, 'gfid_minus_rfid_train': 1.0}}
+    assert noise['titok_minus_full'] == {'rfid_train': -10.0, 'gfid': -8.5, 'gfid_minus_rfid_train': 1.5}
+    assert 'full, |seed 0 - seed 1|: rFID-train 8.00, gFID 9.00, g-r 1.00' in result.stdout
+
+
 def test_table4_summary_only_tabulates_a_partial_row_without_training(tmp_path):
     # a row whose machine was lost after its sweep: tokenizer figures and sweep, no gFID
     row = tmp_path / 'root' / 'titok'
