@@ -15,7 +15,8 @@
 #               steps per run of the stage (train_tok.py --steps_this_run), the schedule and GAN start still spanning
 #               TOK_STEPS; the same command, run again, continues until it scores the tokenizer (40k steps in 10k pieces)
 #     rfid_train  the training images reconstructed and scored against the gFID reference (train statistics),
-#               so that gFID - rFID compares the generator with its tokenizer on one footing
+#               so that gFID - rFID compares the generator with its tokenizer on one footing; with precision and
+#               recall, so that a generator's recall can be read against its tokenizer's
 #     sweep     sweep.py by FID, 10k samples each, seed 1 (held out from the final seed 0), in two rounds:
 #               CFG x guidance ramp x temperature, then top-k x top-p at the best of round 1 (coordinate search: a
 #               full product is too long; SWEEP_TOPKS=0 SWEEP_TOPPS=0 skip it); writes $OUT/sweep/best_flags, the
@@ -115,7 +116,7 @@ for stage in "${stages[@]}"; do
     python train_tok.py --resume "$OUT/tok/ckpt.pt" --eval_only --data "$TRAIN" --eval_data "$TRAIN" \
       --eval_prefix_images 1000 --eval_npz "$OUT/tok_train/recon_train.npz" --out_dir "$OUT/tok_train" \
       --workers "$WORKERS" "${WEIGHTS[@]}"
-    python fid.py "$OUT/tok_train/recon_train.npz" "$STATS" --no-pr --json "$OUT/tok_train/rfid.json" "${WEIGHTS_FID[@]}" ;;
+    python fid.py "$OUT/tok_train/recon_train.npz" "$STATS" --json "$OUT/tok_train/rfid.json" "${WEIGHTS_FID[@]}" ;;
   gen)
     python train_gen.py --preset "$GEN_PRESET" --tok_ckpt "$OUT/tok/ckpt.pt" --data "$TRAIN" \
       --val_data "$HELD_OUT" --augment 8 --ema 0.9995 --out_dir "$OUT/gen" --batch_size "$GEN_BATCH" \

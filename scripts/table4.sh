@@ -104,6 +104,7 @@ for row in rows:
         row=row, rfid_test=tok and tok['fid'], rfid_train=tok_train and tok_train['fid'], gfid=gfid and gfid['fid'],
         gfid_minus_rfid_train=gfid and tok_train and gfid['fid'] - tok_train['fid'],
         precision=gfid and gfid.get('precision'), recall=gfid and gfid.get('recall'),
+        rfid_train_precision=tok_train and tok_train.get('precision'), rfid_train_recall=tok_train and tok_train.get('recall'),
         psnr_at_N=evaluation and evaluation['psnr_vs_image_at_N'],
         psnr_vs_lowpass_at=evaluation and evaluation['psnr_vs_lowpass_at'],
         codebook_used=evaluation and evaluation['codebook_used'],

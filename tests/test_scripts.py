@@ -107,7 +107,8 @@ def test_table4_rows_train_their_ablation_seed_and_recipe_and_score_the_training
     assert [value(call, '--seed') for call in calls_of('titok_s1', 'train_gen.py')] == ['1']
     train_recon = next(call for call in titok_tok if '--eval_only' in call)  # the rfid_train stage
     assert value(train_recon, '--eval_data').endswith('train')
-    assert any('recon_train.npz' in call and 'cifar10_train_stats.npz' in call for call in calls if 'fid.py' in call)
+    recon_fids = [call for call in calls if 'fid.py' in call and 'recon_train.npz' in call]
+    assert recon_fids and all('cifar10_train_stats.npz' in call and '--no-pr' not in call for call in recon_fids)
 
 
 @pytest.mark.parametrize('script, names, env', [
@@ -285,7 +286,7 @@ def test_table4_summary_only_tabulates_a_partial_row_without_training(tmp_path):
     for folder in ('tok', 'tok_train', 'sweep'):
         (row / folder).mkdir(parents=True)
     (row / 'tok' / 'rfid.json').write_text('{"fid": 19.26}')
-    (row / 'tok_train' / 'rfid.json').write_text('{"fid": 15.36}')
+    (row / 'tok_train' / 'rfid.json').write_text('{"fid": 15.36, "precision": 0.7, "recall": 0.5}')
     (row / 'sweep' / 'sweep.json').write_text('{"rows": [{"cfg": 1.5, "fid": 32.3}, {"cfg": 2.0, "fid": 35.04}], "n": 3000}')
     (row / 'stage_seconds.jsonl').write_text('{"stage": "tok", "seconds": 300}\n{"stage": "rfid_train", "seconds": 60}\n')
     env = {**os.environ, 'PATH': f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
@@ -295,6 +296,7 @@ def test_table4_summary_only_tabulates_a_partial_row_without_training(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / 'root' / 'summary.json').read_text())[0]
     assert summary['rfid_test'] == 19.26 and summary['rfid_train'] == 15.36 and summary['gfid'] is None
+    assert (summary['rfid_train_precision'], summary['rfid_train_recall']) == (0.7, 0.5)
     assert summary['sweep_fid_by_cfg'] == {'1.5': 32.3, '2.0': 35.04} and summary['sweep_samples'] == 3000
     assert '32.30' in result.stdout
     assert summary['stage_seconds'] == {'tok': 300, 'rfid_train': 60} and 'titok: 6.0 minutes (tok 5.0, rfid_train 1.0)' in result.stdout
