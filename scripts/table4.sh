@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Table 4 on CIFAR-10: one budget for every row (the campaign's: 5,000 tokenizer and 2,000 generator steps, about
-# 13 minutes a row alone on an H100, so that two rows nearly fill the 30-minute hold of a lent GPU; at the pilot
+# Table 4 on CIFAR-10: one budget for every row (the campaign's: 5,000 tokenizer and 2,000 generator steps, 11-13
+# minutes a row alone on an H100, so that two rows nearly fill the 30-minute hold of a lent GPU; at the pilot
 # budget of 1,500 steps every tokenizer stopped above rFID 100, results/table4_1500/), each on scripts/cifar10.sh's
 # tokenizer recipe (TOK_RECIPE) and generator recipe, N = 32 tokens per image.
 #   DATA=../shared/data/cifar10 ROOT=out/table4 bash scripts/table4.sh [row ...]
