@@ -111,8 +111,20 @@ def draw(series, out, title='', size=(900, 560), xlabel='step'):
             pen.line(pixels, fill=colour, width=2)
         for px, py in pixels:
             pen.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
-        pen.line([width - right - 200, top + 12 + 16 * i, width - right - 180, top + 12 + 16 * i], fill=colour, width=3)
-        pen.text((width - right - 175, top + 6 + 16 * i), label, fill='black', font=font)
+    # the legend on a white box in the plot corner where it hides the fewest drawn curve pixels
+    box_w, box_h = 205, 6 + 16 * len(series)
+    corners = [(width - right - box_w - 2, top + 2), (left + 2, top + 2),
+               (width - right - box_w - 2, height - bottom - box_h - 2), (left + 2, height - bottom - box_h - 2)]
+
+    def curve_pixels(corner):
+        colours = image.crop((*corner, corner[0] + box_w, corner[1] + box_h)).getcolors(box_w * box_h)
+        return sum(count for count, colour in colours if colour in COLOURS)
+    bx, by = min(corners, key=curve_pixels)
+    pen.rectangle([bx, by, bx + box_w, by + box_h], fill='white', outline=(200, 200, 200))
+    for i, label in enumerate(series):
+        colour = COLOURS[i % len(COLOURS)]
+        pen.line([bx + 5, by + 10 + 16 * i, bx + 25, by + 10 + 16 * i], fill=colour, width=3)
+        pen.text((bx + 30, by + 4 + 16 * i), label, fill='black', font=font)
     image.save(out)
 
 

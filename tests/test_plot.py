@@ -50,3 +50,16 @@ def test_per_prefix_plot_takes_each_tokenizer_at_its_last_evaluation(tmp_path):
     pixels = np.asarray(Image.open(tmp_path / 'psnr.png').convert('RGB')).reshape(-1, 3)
     for colour in plot.COLOURS[:2]:
         assert (pixels == colour).all(1).sum() > 50
+
+
+def test_legend_sits_in_the_corner_that_hides_no_data(tmp_path):
+    # a curve rising to the top right (where the legend used to sit) leaves the other top corner empty
+    out = tmp_path / 'rise.png'
+    plot.draw({'rising': [(x, x * x) for x in range(40)]}, out)
+    image = np.asarray(Image.open(out).convert('RGB'))
+    width = image.shape[1]
+    top_band = image[36:46]  # the legend's first sample line, 10 px below the frame's top edge; the curve ends lower
+    legend_colour = (top_band == plot.COLOURS[0]).all(-1)
+    columns = np.nonzero(legend_colour.any(0))[0]
+    assert columns.max() < width // 2, 'the legend covers the curve at the top right'
+    assert (image[30:80, width - 60:width - 20] == plot.COLOURS[0]).all(-1).sum() > 50, 'the curve is hidden at the top right'
