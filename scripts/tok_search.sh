@@ -15,6 +15,8 @@
 #   lpips_k4096_20k, lpips_k4096_40k  lpips_k4096 trained 20,000 / 40,000 steps (its schedule and GAN start scaled)
 #   lpips_k8192, lpips_k16384  lpips with 8,192 / 16,384 codes
 #   lpips_k4096_dim8, lpips_k4096_dim16, lpips_k4096_dim32  lpips_k4096 with 8 / 16 / 32-dimensional codes (preset: 12)
+#   VARIANT_sK  any variant above trained with seed K (default 0), e.g. lpips_k4096_s1: the run-to-run noise that a
+#               variant's lead must exceed (two seeds of the full configuration differed by 8.5 rFID in Table 4)
 # The variants run at the same time, variant j on GPU j mod GPUS, each under $ROOT/<variant>/ (cifar10.sh's layout:
 # tok/ckpt.pt, tok/eval.jsonl, tok/rfid_val.json, run.log). A variant whose rfid_val.json is written is not trained
 # again (delete $ROOT/<variant> to retrain it); one with a checkpoint continues it. TOK_CHUNK=10000: each variant
@@ -32,8 +34,12 @@ LPIPS_RECIPE="--full_prefix_prob 0.5 --gan_full_only --lpips_resize 128"  # the 
 variants=("$@"); [ ${#variants[@]} -eq 0 ] && variants=(lpips_k4096 lpips_k4096_20k lpips_k4096_40k lpips_k8192 lpips_k16384
   lpips_k4096_dim8 lpips_k4096_dim16 lpips_k4096_dim32)
 
-variant_settings() {  # "STEPS FLAGS" of variant $1: its length and its train_tok.py flags on top of the tok stage's
-  case $1 in
+variant_seed() {  # the training seed of variant $1: K of a name ending in _sK, else 0
+  if [[ $1 =~ _s([0-9]+)$ ]]; then echo "${BASH_REMATCH[1]}"; else echo 0; fi
+}
+
+variant_settings() {  # "STEPS FLAGS" of variant $1 (its _sK suffix aside): its length and its train_tok.py flags on top of the tok stage's
+  case ${1%_s"$(variant_seed "$1")"} in
     control)     echo "$TOK_STEPS" ;;
     full_gan)    echo "$TOK_STEPS --full_prefix_prob 0.5 --gan_full_only" ;;
     cond_gan)    echo "$TOK_STEPS --full_prefix_prob 0.5 --disc_cond" ;;
@@ -49,7 +55,8 @@ variant_settings() {  # "STEPS FLAGS" of variant $1: its length and its train_to
     lpips_k4096_dim16) echo "$TOK_STEPS $LPIPS_RECIPE --codebook_size 4096 --code_dim 16" ;;
     lpips_k4096_dim32) echo "$TOK_STEPS $LPIPS_RECIPE --codebook_size 4096 --code_dim 32" ;;
     *) echo "unknown variant $1: use control cond_gan full_gan lpips_cond lpips lpips_k4096 lpips_cond_k4096" \
-         "lpips_k4096_20k lpips_k4096_40k lpips_k8192 lpips_k16384 lpips_k4096_dim8 lpips_k4096_dim16 lpips_k4096_dim32" >&2
+         "lpips_k4096_20k lpips_k4096_40k lpips_k8192 lpips_k16384 lpips_k4096_dim8 lpips_k4096_dim16 lpips_k4096_dim32," \
+         "each with an optional seed suffix _sK" >&2
        exit 2 ;;
   esac
 }
@@ -58,14 +65,14 @@ check_variants variant_settings "${variants[@]}"
 train_variant() {  # train_variant NAME DIR: run_variants' command
   local steps flags
   read -r steps flags <<<"$(variant_settings "$1")"
-  OUT=$2 TOK_STEPS=$steps TOK_FLAGS="$COMPILE $flags" bash "$(dirname "$0")/cifar10.sh" tok
+  OUT=$2 SEED=$(variant_seed "$1") TOK_STEPS=$steps TOK_FLAGS="$COMPILE $flags" bash "$(dirname "$0")/cifar10.sh" tok
 }
 OUT=$ROOT bash "$(dirname "$0")/cifar10.sh" split  # once, before the variants read it at the same time
 pending_variants 'variant ' "$ROOT/" tok/rfid_val.json "${variants[@]}"  # a scored variant is not trained again
 run_variants 'variant ' "$ROOT/" train_variant "${pending[@]}"
 
 python - "$ROOT" "${variants[@]}" <<'EOF'
-import json, os, sys
+import json, os, re, sys
 root, variants = sys.argv[1], sys.argv[2:]
 rows, unfinished = [], []
 for v in variants:
@@ -74,7 +81,9 @@ for v in variants:
         unfinished.append(v)
         continue
     evaluation = [json.loads(line) for line in open(os.path.join(tok, 'eval.jsonl'))][-1]
-    rows.append(dict(variant=v, steps=evaluation['step'], scored_on=evaluation['data'],
+    seed = re.search(r'_s(\d+)$', v)
+    rows.append(dict(variant=v, base=v[:seed.start()] if seed else v, seed=int(seed.group(1)) if seed else 0,
+                     steps=evaluation['step'], scored_on=evaluation['data'],
                      rfid_val=json.load(open(os.path.join(tok, 'rfid_val.json')))['fid'],
                      psnr_at_N=evaluation['psnr_vs_image_at_N'], psnr_vs_lowpass_at=evaluation['psnr_vs_lowpass_at'],
                      codebook_used=evaluation['codebook_used'], codebook_perplexity=evaluation['codebook_perplexity'],
@@ -85,6 +94,11 @@ for r in rows:
     prefixes = '/'.join(f"{v:.2f}" for v in r['psnr_vs_lowpass_at'].values())
     print(f"{r['variant']:<18} {r['steps']:>6} {r['rfid_val']:>8.2f} {r['psnr_at_N']:>7.2f} {prefixes:>24} "
           f"{r['codebook_used']:>6.1%} {r['codebook_perplexity']:>10.0f} {r['minutes_last_run']:>5.1f}")
+for base in dict.fromkeys(r['base'] for r in rows):  # a lead between variants counts once it exceeds this
+    seeds = {r['seed']: r['rfid_val'] for r in rows if r['base'] == base}
+    if len(seeds) > 1:
+        print(f"{base}: rFID val {' / '.join(f'{v:.2f}' for v in seeds.values())} over seeds "
+              f"{' / '.join(map(str, seeds))}, spread {max(seeds.values()) - min(seeds.values()):.2f}")
 if unfinished:
     print(f"not finished (run the same command again to continue): {' '.join(unfinished)}")
 json.dump(rows, open(os.path.join(root, 'summary.json'), 'w'), indent=1)

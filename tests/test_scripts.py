@@ -19,6 +19,7 @@ SEARCHES = [('gen_search.sh', 'old', 'unknown variant bogus: use old dropout'),
 # a `python` that records its arguments and, as train_tok.py does when its run reaches --max_steps, writes its
 # --eval_npz (STOP_SHORT=1: as a piece of a run that stops short of it)
 STUB_PYTHON = """#!/bin/sh
+[ "$1" = - ] && [ -n "$REAL_SUMMARY" ] && exec {python} "$@"  # a script's own summary, run for real when asked
 echo "$*" >> {calls}
 [ -n "$STOP_SHORT" ] && exit 0
 previous=
@@ -39,7 +40,7 @@ def run_search(tmp_path, script, names, **env):
     -> (the finished process, the recorded calls)."""
     bin_dir = tmp_path / 'bin'
     bin_dir.mkdir()
-    (bin_dir / 'python').write_text(STUB_PYTHON.format(calls=tmp_path / 'calls'))
+    (bin_dir / 'python').write_text(STUB_PYTHON.format(calls=tmp_path / 'calls', python=sys.executable))
     (bin_dir / 'python').chmod(0o755)
     env = {**os.environ, 'PATH': f"{bin_dir}{os.pathsep}{os.environ['PATH']}", 'GPUS': '1', 'TOK': 'tok.pt',
            'ROOT': str(tmp_path / 'root'), **env}
@@ -109,6 +110,38 @@ def test_table4_rows_train_their_ablation_seed_and_recipe_and_score_the_training
     assert value(train_recon, '--eval_data').endswith('train')
     recon_fids = [call for call in calls if 'fid.py' in call and 'recon_train.npz' in call]
     assert recon_fids and all('cifar10_train_stats.npz' in call and '--no-pr' not in call for call in recon_fids)
+
+
+def test_tok_search_seed_suffix_trains_the_same_variant_with_that_seed(tmp_path):
+    result, calls = run_search(tmp_path, 'tok_search.sh', ['lpips_k4096', 'lpips_k4096_s1'])
+    assert result.returncode == 0, result.stderr
+    trains = {os.path.basename(os.path.dirname(value(call, '--out_dir'))): call
+              for call in map(str.split, calls) if call[0] == 'train_tok.py'}
+    assert sorted(trains) == ['lpips_k4096', 'lpips_k4096_s1']
+    assert (value(trains['lpips_k4096'], '--seed'), value(trains['lpips_k4096_s1'], '--seed')) == ('0', '1')
+
+    def without_seed_and_paths(call):
+        i = call.index('--seed')
+        return [arg for arg in call[:i] + call[i + 2:] if 'lpips_k4096' not in arg]
+    assert without_seed_and_paths(trains['lpips_k4096']) == without_seed_and_paths(trains['lpips_k4096_s1'])
+
+
+def test_tok_search_summary_gives_each_variants_spread_over_its_seeds(tmp_path):
+    for name, fid in (('lpips_k4096', 20.0), ('lpips_k4096_s1', 28.5), ('lpips_k8192', 18.0)):
+        tok = tmp_path / 'root' / name / 'tok'
+        tok.mkdir(parents=True)
+        (tok / 'rfid_val.json').write_text(json.dumps({'fid': fid}))
+        (tok / 'eval.jsonl').write_text(json.dumps(dict(
+            step=10000, data='val', psnr_vs_image_at_N=21.0, psnr_vs_lowpass_at={'1': 23.0}, codebook_used=0.99,
+            codebook_perplexity=3000.0, run_wall_s=600.0)) + '\n')
+    result, calls = run_search(tmp_path, 'tok_search.sh', ['lpips_k4096', 'lpips_k4096_s1', 'lpips_k8192'],
+                               REAL_SUMMARY='1')
+    assert result.returncode == 0, result.stderr
+    assert not any('train_tok.py' in call for call in calls)
+    assert 'lpips_k4096: rFID val 20.00 / 28.50 over seeds 0 / 1, spread 8.50' in result.stdout
+    assert 'lpips_k8192: rFID val' not in result.stdout  # one seed: no spread
+    rows = json.load(open(tmp_path / 'root' / 'summary.json'))
+    assert [(r['base'], r['seed']) for r in rows] == [('lpips_k4096', 0), ('lpips_k4096', 1), ('lpips_k8192', 0)]
 
 
 @pytest.mark.parametrize('script, names, env', [
