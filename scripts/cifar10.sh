@@ -29,8 +29,8 @@
 # Cost at the defaults on one GPU, from earlier runs of the same stages (docs/results.md): stats 0.6 min (H100); tok
 # 9.9 (H200: 10,000 steps with its test-set evaluation, about 1 min per 1,000 steps); gen about 4 (H100, 6,000
 # steps with the token files); sweep 0.33 per 10,000-sample setting (H100), 17 settings in its two rounds, about 6;
-# sample + fid 1.6 (H100); truncate 1.4 (H100): about 24 GPU-minutes in all (rfid_train, not a default stage: 3.5
-# on an H100 shared with another run). Each alone on its GPU: sampling beside another run is far slower
+# sample + fid 1.6 (H100); truncate 1.4 (H100): about 24 GPU-minutes in all (rfid_train, not a default stage: 0.9-1.1
+# on an H100 in Table 4's rows). Each alone on its GPU: sampling beside another run is far slower
 # (scripts/table4.sh).
 # Settings come from the environment. The tok stage is the recipe that scripts/tok_search.sh chose by rFID among those
 # keeping every prefix faithful to its low-pass target (docs/results.md, "Tokenizer recipe search"); the gen stage is
