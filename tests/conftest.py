@@ -1,7 +1,13 @@
+import contextlib
+import io
 import os
+import runpy
+import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -10,6 +16,8 @@ from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+import common  # noqa: E402  (from REPO)
 
 
 @pytest.fixture(scope='session')
@@ -29,11 +37,18 @@ def cifar_images(cifar_sample_dir):
 
 # one thread per process: the tiny models are far slower when threads fight over shared cores
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
+TIMEOUT = 300  # seconds a run may take
 N_CLASSES, PER_CLASS = 3, 4
 
 
-def run(*argv, expect_ok=True):
-    result = subprocess.run([sys.executable, *map(str, argv)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+def run(*argv, expect_ok=True, in_process=False):
+    """`python ARGV` in REPO with ENV, in a subprocess; in_process: a script's run that stops before training
+    (a refusal, a message) run in this process instead (run_in_process), without a torch start-up of its own."""
+    if in_process:
+        result = run_in_process(*argv)
+    else:
+        result = subprocess.run([sys.executable, *map(str, argv)], cwd=REPO, env=ENV, capture_output=True, text=True,
+                                timeout=TIMEOUT)
     if expect_ok:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     else:
@@ -41,9 +56,60 @@ def run(*argv, expect_ok=True):
     return result
 
 
-def train_gen(tok_ckpt, out_dir, *extra, expect_ok=True):
-    return run('train_gen.py', '--preset', 'tiny', '--tok_ckpt', tok_ckpt, '--out_dir', out_dir, '--batch_size', 8,
-               '--workers', 0, '--log_every', 1, '--sample_every', 0, *extra, expect_ok=expect_ok)
+def run_together(*commands, expect_ok=True):
+    """Independent runs (each the argv of one run()) in subprocesses at the same time: a run spends seconds
+    starting torch on one core while the other idles. -> their results, in order."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda argv: run(*argv, expect_ok=expect_ok), commands))
+
+
+def run_in_process(script, *argv):
+    """`python SCRIPT ARGV` as a subprocess would run it (__main__ in REPO, ENV's one thread) but in this process:
+    -> CompletedProcess with its output and exit status, an uncaught exception going to the sys.excepthook the
+    script installed (common.exit_on_user_error), as the interpreter hands it over. What the script changes in this
+    process (sys.argv, sys.path, the hook, the random streams it seeds) is put back. For runs that stop before
+    training: a run that trains belongs in its own process, and one that does not stop within TIMEOUT is ended by an
+    exception (as a subprocess by its timeout)."""
+    def overran(signum, frame):
+        raise TimeoutError(f"{script} ran past {TIMEOUT} s in the test's process")
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved_argv, saved_path, saved_hook, saved_rng = sys.argv, sys.path[:], sys.excepthook, common.rng_state()
+    saved_alarm = signal.signal(signal.SIGALRM, overran)
+    sys.argv = [script, *map(str, argv)]
+    signal.alarm(TIMEOUT)
+    try:
+        with contextlib.chdir(REPO), mock.patch.dict(os.environ, OMP_NUM_THREADS=ENV['OMP_NUM_THREADS']), \
+                contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            returncode = exit_status_of_main(script)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, saved_alarm)
+        sys.argv, sys.path[:], sys.excepthook = saved_argv, saved_path, saved_hook
+        common.set_rng_state(saved_rng)
+    return subprocess.CompletedProcess([script, *argv], returncode, stdout.getvalue(), stderr.getvalue())
+
+
+def exit_status_of_main(script):
+    try:
+        try:
+            runpy.run_path(script, run_name='__main__')
+        except Exception as error:  # uncaught: the interpreter passes it to sys.excepthook, then exits with 1
+            sys.excepthook(type(error), error, error.__traceback__)
+            return 1
+    except SystemExit as stop:  # from the script or from its excepthook (the scripts run here exit with a number)
+        return stop.code or 0
+    return 0
+
+
+def train_gen_command(tok_ckpt, out_dir, *extra):
+    """The argv of a small train_gen.py run."""
+    return ('train_gen.py', '--preset', 'tiny', '--tok_ckpt', tok_ckpt, '--out_dir', out_dir, '--batch_size', 8,
+            '--workers', 0, '--log_every', 1, '--sample_every', 0, *extra)
+
+
+def train_gen(tok_ckpt, out_dir, *extra, expect_ok=True, in_process=False):
+    return run(*train_gen_command(tok_ckpt, out_dir, *extra), expect_ok=expect_ok, in_process=in_process)
 
 
 def make_image_folder(root):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import common
-from conftest import REPO
+from conftest import REPO, run
 
 
 class RunsCode:
@@ -135,8 +135,8 @@ def test_states_finite_looks_into_optimizer_state():
 def test_unusable_flags_stop_with_a_message(tmp_path, flags, message):
     if 'cuda' in flags and torch.cuda.is_available():
         pytest.skip('CUDA is available here')
-    result = subprocess.run([sys.executable, 'train_tok.py', '--preset', 'tiny', '--data', str(tmp_path),
-                             '--out_dir', str(tmp_path / 'out'), *flags], cwd=REPO, capture_output=True, text=True)
+    result = run('train_tok.py', '--preset', 'tiny', '--data', tmp_path, '--out_dir', tmp_path / 'out', *flags,
+                 expect_ok=False, in_process=True)
     assert result.returncode == 2 and message in result.stderr and 'Traceback' not in result.stderr
 
 

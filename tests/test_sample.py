@@ -2,8 +2,6 @@
 import dataclasses
 import json
 import os
-import runpy
-import sys
 
 import numpy as np
 import pytest
@@ -11,7 +9,7 @@ import torch
 from PIL import Image
 
 from common import UserError
-from conftest import REPO, perturb_weights, run, save_modified_tokenizer, train_gen
+from conftest import perturb_weights, run, run_together, save_modified_tokenizer, train_gen
 from tokenizer import TokConfig, Tokenizer
 
 N_TOKENS, IMAGE_SIZE = 8, 32  # the tiny tokenizer preset
@@ -25,8 +23,12 @@ def generator_ckpt(tiny_tokenizer, tmp_path_factory):
     return out_dir / 'ckpt.pt'
 
 
-def sample(ckpt, out, *extra, expect_ok=True):
-    return run('sample.py', '--ckpt', ckpt, '--out', out, *extra, expect_ok=expect_ok)
+def sample_command(ckpt, out, *extra):
+    return 'sample.py', '--ckpt', ckpt, '--out', out, *extra
+
+
+def sample(ckpt, out, *extra, expect_ok=True, in_process=False):
+    return run(*sample_command(ckpt, out, *extra), expect_ok=expect_ok, in_process=in_process)
 
 
 def read_samples(out_dir, n):
@@ -57,8 +59,8 @@ def test_outputs(generator_ckpt, tmp_path):
 
 def test_same_seed_same_images(generator_ckpt, tmp_path):
     flags = ('--classes', 'all', '--per_class', 4, '--batch_size', 5, '--top_k', 20, '--progressive')
-    for name, seed in (('a', 0), ('b', 0), ('c', 1)):
-        sample(generator_ckpt, tmp_path / name, '--seed', seed, *flags)
+    run_together(*(sample_command(generator_ckpt, tmp_path / name, '--seed', seed, *flags)
+                   for name, seed in (('a', 0), ('b', 0), ('c', 1))))
     a, b, c = (read_samples(tmp_path / name, 12)[0] for name in 'abc')
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
@@ -86,14 +88,9 @@ def test_bad_inputs_name_the_fix(tiny_tokenizer, generator_ckpt, bad_tokenizers,
 
     def error(ckpt, out, *extra):
         """sample.py's exit message, run in this process: no second torch start-up per bad input."""
-        argv = sys.argv
-        sys.argv = ['sample.py', '--ckpt', str(ckpt), '--out', str(out), *map(str, extra)]
-        try:
-            with pytest.raises(UserError) as stop:
-                runpy.run_path(os.path.join(REPO, "sample.py"), run_name="__main__")
-        finally:
-            sys.argv = argv
-        return str(stop.value)
+        result = sample(ckpt, out, *extra, expect_ok=False, in_process=True)
+        assert result.returncode == 2 and result.stderr.startswith('sample.py: error: '), result.stderr
+        return result.stderr
 
     message = error(tok_ckpt, tmp_path)
     assert 'is a tokenizer checkpoint, expected a generator checkpoint' in message and 'pass --tok_ckpt' in message

@@ -2,10 +2,8 @@
 training image once, reads as image folders, survives a move, and is never silently replaced."""
 import os
 import shutil
-import subprocess
-import sys
 
-from conftest import REPO
+from conftest import run_in_process
 from data import list_images
 
 # class -> image count; file names sort differently from their numbers, so "last" must mean sorted
@@ -21,8 +19,7 @@ def make_source(root):
 
 
 def split(source, out, *extra):
-    return subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'selection_split.py'), str(source), str(out),
-                           *map(str, extra)], capture_output=True, text=True, timeout=60)
+    return run_in_process(os.path.join('scripts', 'selection_split.py'), source, out, *extra)
 
 
 def resolved_listing(folder):

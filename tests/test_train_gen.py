@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 import tokens
-from conftest import N_CLASSES, PER_CLASS, perturb_weights, run, save_modified_tokenizer, train_gen
+from conftest import (N_CLASSES, PER_CLASS, perturb_weights, run, run_together, save_modified_tokenizer, train_gen,
+                      train_gen_command)
 from data import ImageFolder
 from generator import GPT, GPTConfig
 from tokenizer import Tokenizer
@@ -61,7 +62,7 @@ def test_token_file_round_trip(tiny_tokenizer, token_file):
 
 def test_token_file_of_another_tokenizer_is_refused(token_file, other_tokenizer, tmp_path):
     before = token_file.read_bytes()
-    result = train_gen(other_tokenizer, tmp_path, '--tokens', token_file, '--encode_only', expect_ok=False)
+    result = train_gen(other_tokenizer, tmp_path, '--tokens', token_file, '--encode_only', expect_ok=False, in_process=True)
     assert "was made with tokenizer" in result.stderr
     assert f"delete {token_file} to encode again, or pass --tok_ckpt" in result.stderr
     assert token_file.read_bytes() == before
@@ -91,7 +92,7 @@ def test_encoding_resumes_after_interruption(tiny_tokenizer, token_file, other_t
     assert sorted(f.name for f in partial.glob('chunk_*')) == ['chunk_000000.npz', 'chunk_000001.npz']
     assert not path.exists()
 
-    result = train_gen(other_tokenizer, tmp_path, *flags, expect_ok=False)
+    result = train_gen(other_tokenizer, tmp_path, *flags, expect_ok=False, in_process=True)
     assert f"delete {partial} to encode again, or pass --tok_ckpt {tok_ckpt}" in result.stderr
 
     result = train_gen(tok_ckpt, tmp_path, *flags)
@@ -142,6 +143,7 @@ def assert_same_tensors(a, b, exact=True):
 
 # constant lr after one warmup step, so a run stopped at max_steps 2 has the lr schedule of one to 4
 TRAIN_FLAGS = ('--warmup', 1, '--lr_end', 1.0, '--lr', 0.3, '--label_drop', 0.5, '--ema', 0.9)
+TORCHRUN = ('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', 2)  # before a run's argv: 2 processes
 
 
 @pytest.fixture(scope='module')
@@ -178,9 +180,8 @@ def test_resume_equals_uninterrupted_run(tiny_tokenizer, token_file, straight_ru
 def test_torchrun_matches_one_process(tiny_tokenizer, token_file, straight_run, tmp_path):
     """Two processes on halves of the global batch (and each encoding its share of the chunks) = one process."""
     data, tok_ckpt = tiny_tokenizer
-    run('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', 2, 'train_gen.py', '--preset', 'tiny',
-        '--tok_ckpt', tok_ckpt, '--out_dir', tmp_path / 'two', '--data', data, '--encode_chunk', 2, '--encode_batch', 2,
-        '--batch_size', 8, '--workers', 0, '--log_every', 1, '--sample_every', 0, '--max_steps', 4, *TRAIN_FLAGS)
+    run(*TORCHRUN, *train_gen_command(tok_ckpt, tmp_path / 'two', '--data', data, '--encode_chunk', 2, '--encode_batch', 2,
+                                      '--max_steps', 4, *TRAIN_FLAGS))
     np.testing.assert_array_equal(read_tokens(tmp_path / 'two' / 'tokens.npz')[0], read_tokens(token_file)[0])
     # equal up to float summation order (Adam's normalised steps amplify it a little)
     for key in ('model', 'ema'):
@@ -195,15 +196,15 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tiny_tokenizer, token_fi
     """Two good steps are checkpointed; resumed with an absurd lr, the weights after step 3 give a non-finite loss,
     so the step-2 checkpoint is kept and named; a run that never had good weights names none."""
     train_gen(tiny_tokenizer[1], tmp_path, '--tokens', token_file, '--max_steps', 2)
-    result = train_gen(tiny_tokenizer[1], tmp_path, '--tokens', token_file, '--max_steps', 4, '--ckpt_every', 1,
-                       '--resume', '--lr', 1e35, expect_ok=False)
-    assert 'non-finite loss or weights at or before step 3' in result.stderr and 'is intact' in result.stderr
+    flags = ('--tokens', token_file, '--max_steps', 4, '--ckpt_every', 1, '--lr', 1e35)
+    resumed, fresh = run_together(train_gen_command(tiny_tokenizer[1], tmp_path, *flags, '--resume'),
+                                  train_gen_command(tiny_tokenizer[1], tmp_path / 'fresh', *flags, '--warmup', 1),
+                                  expect_ok=False)
+    assert 'non-finite loss or weights at or before step 3' in resumed.stderr and 'is intact' in resumed.stderr
     kept = load_generator(tmp_path)
     assert kept['step'] == 2 and all(torch.isfinite(p).all() for p in kept['model'].values())
     assert [r['step'] for r in read_log(tmp_path)] == [1, 2, 3]
-    result = train_gen(tiny_tokenizer[1], tmp_path / 'fresh', '--tokens', token_file, '--max_steps', 4, '--ckpt_every', 1,
-                       '--warmup', 1, '--lr', 1e35, expect_ok=False)
-    assert 'no checkpoint was written yet' in result.stderr and not (tmp_path / 'fresh' / 'ckpt.pt').exists()
+    assert 'no checkpoint was written yet' in fresh.stderr and not (tmp_path / 'fresh' / 'ckpt.pt').exists()
 
 
 def test_token_file_with_out_of_range_codes_is_refused(tiny_tokenizer, token_file, tmp_path):
@@ -211,10 +212,11 @@ def test_token_file_with_out_of_range_codes_is_refused(tiny_tokenizer, token_fil
         arrays = dict(f)
     arrays['codes'][3, 0] = 64  # K = 64
     np.savez(tmp_path / 'tokens.npz', **arrays)
-    result = train_gen(tiny_tokenizer[1], tmp_path, '--tokens', tmp_path / 'tokens.npz', '--max_steps', 1, expect_ok=False)
+    result = train_gen(tiny_tokenizer[1], tmp_path, '--tokens', tmp_path / 'tokens.npz', '--max_steps', 1, expect_ok=False,
+                       in_process=True)
     assert 'holds codes outside 0..63 or labels outside 0..2' in result.stderr and 'delete it to encode again' in result.stderr
     result = train_gen(tiny_tokenizer[1], tmp_path / 'val', '--tokens', token_file, '--val_tokens', tmp_path / 'tokens.npz',
-                       '--max_steps', 1, expect_ok=False)
+                       '--max_steps', 1, expect_ok=False, in_process=True)
     assert f"{str(tmp_path / 'tokens.npz')!r} holds codes outside 0..63" in result.stderr
 
 
@@ -298,9 +300,9 @@ def test_augmented_token_file_holds_k_views_and_a_rerun_reuses_it(tiny_tokenizer
     np.testing.assert_array_equal(codes, tok.encode(views.flatten(0, 1)).numpy())
 
     before = path.stat().st_mtime_ns
-    result = train_gen(tok_ckpt, tmp_path, *flags)
+    result = train_gen(tok_ckpt, tmp_path, *flags, in_process=True)
     assert 'encode' not in result.stderr and 'wrote' not in result.stdout and path.stat().st_mtime_ns == before
-    result = train_gen(tok_ckpt, tmp_path, *flags[:-4], '--augment', 2, expect_ok=False)
+    result = train_gen(tok_ckpt, tmp_path, *flags[:-4], '--augment', 2, expect_ok=False, in_process=True)
     assert 'holds 4 view(s) per image, not 2' in result.stderr and '--augment 4' in result.stderr
 
 
@@ -313,14 +315,14 @@ def test_tokens_per_step_is_trained_resumed_and_sampled(tiny_tokenizer, token_fi
     train_gen(tok_ckpt, tmp_path, '--tokens', token_file, '--max_steps', 3, '--resume', *TRAIN_FLAGS)
     assert load_generator(tmp_path)['config']['tokens_per_step'] == 4
     refused = train_gen(tok_ckpt, tmp_path, '--tokens', token_file, '--max_steps', 4, '--resume', '--tokens_per_step', 2,
-                        *TRAIN_FLAGS, expect_ok=False)
+                        *TRAIN_FLAGS, expect_ok=False, in_process=True)
     assert '--tokens_per_step 2 contradicts the checkpoint, which was trained with --tokens_per_step 4' in refused.stderr
     run('sample.py', '--ckpt', tmp_path / 'ckpt.pt', '--out', tmp_path / 'samples', '--classes', '0,1', '--per_class', 2,
         '--truncate', 1)
     with np.load(tmp_path / 'samples' / 'samples_4x32x32x3.npz') as f:
         assert f['arr_0'].shape == (4, 32, 32, 3)
     bad = train_gen(tok_ckpt, tmp_path / 'bad', '--tokens', token_file, '--max_steps', 1, '--tokens_per_step', 3,
-                    expect_ok=False)
+                    expect_ok=False, in_process=True)
     assert '--tokens_per_step: tokens_per_step=3 must divide n_tokens=8: use one of [1, 2, 4, 8]' in bad.stderr
 
 
@@ -330,11 +332,9 @@ def test_two_processes_equal_one_with_grad_accum_2_and_resume_across_them(tiny_t
     processes continues on 1 with --grad_accum 2 as the 1-process run did (the same data, labels and masks)."""
     tok_ckpt = tiny_tokenizer[1]
     flags = ('--tokens', token_file, '--dropout', 0.2, '--drop_path', 0.3, '--ckpt_every', 2, *TRAIN_FLAGS)
-    train_gen(tok_ckpt, tmp_path / 'accum', *flags, '--max_steps', 4, '--grad_accum', 2, '--keep', 1)
+    run_together(train_gen_command(tok_ckpt, tmp_path / 'accum', *flags, '--max_steps', 4, '--grad_accum', 2, '--keep', 1),
+                 (*TORCHRUN, *train_gen_command(tok_ckpt, tmp_path / 'moved', *flags, '--max_steps', 2)))
     assert sorted(f.name for f in (tmp_path / 'accum').glob('ckpt*')) == ['ckpt.pt', 'ckpt_0000004.pt']
-    run('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', 2, 'train_gen.py', '--preset', 'tiny',
-        '--tok_ckpt', tok_ckpt, '--out_dir', tmp_path / 'moved', '--batch_size', 8, '--workers', 0, '--log_every', 1,
-        '--sample_every', 0, '--max_steps', 2, *flags)
     train_gen(tok_ckpt, tmp_path / 'moved', *flags, '--max_steps', 4, '--grad_accum', 2, '--resume')
     for key in ('model', 'ema'):
         assert_same_tensors(load_generator(tmp_path / 'accum')[key], load_generator(tmp_path / 'moved')[key], exact=False)
@@ -346,7 +346,7 @@ def test_two_processes_equal_one_with_grad_accum_2_and_resume_across_them(tiny_t
 
 def test_resume_at_max_steps_says_so(tiny_tokenizer, token_file, straight_run, tmp_path):
     result = train_gen(tiny_tokenizer[1], tmp_path, '--tokens', token_file, '--max_steps', 4,
-                       '--resume', straight_run / 'ckpt.pt')
+                       '--resume', straight_run / 'ckpt.pt', in_process=True)
     assert 'it has reached --max_steps 4: raise --max_steps to train further' in result.stdout
 
 
@@ -365,14 +365,15 @@ def test_bad_flags_and_files_stop_with_one_line_and_exit_status_2(tiny_tokenizer
     flag, value = flags
     value = value(token_file, tmp_path) if callable(value) else value
     extra = () if flag == '--tokens' else ('--tokens', token_file)
-    result = train_gen(tiny_tokenizer[1], tmp_path / 'out', *extra, flag, value, '--max_steps', 1, expect_ok=False)
+    result = train_gen(tiny_tokenizer[1], tmp_path / 'out', *extra, flag, value, '--max_steps', 1, expect_ok=False,
+                       in_process=True)
     assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
     assert result.stderr.startswith('train_gen.py: error: ') and message in result.stderr, result.stderr
 
 
 def test_preset_follows_the_tokenizer_and_a_warmup_longer_than_the_run_is_refused(tiny_tokenizer, token_file, tmp_path):
     result = run('train_gen.py', '--tok_ckpt', tiny_tokenizer[1], '--tokens', token_file, '--out_dir', tmp_path,
-                 '--batch_size', 8, '--max_steps', 2, '--warmup', 5, expect_ok=False)
+                 '--batch_size', 8, '--max_steps', 2, '--warmup', 5, expect_ok=False, in_process=True)
     assert 'no --preset given: cifar_d8, the preset for 32 px tokenizers' in result.stdout
     assert '--warmup 5 is longer than --max_steps 2: the lr would never reach its peak; pass --warmup 1' in result.stderr
 
@@ -382,7 +383,8 @@ def test_flat_validation_folder_is_refused_before_any_encoding(tiny_tokenizer, t
     os.makedirs(tmp_path / 'val')
     for image in (data / 'class0').iterdir():  # one folder of images, as ImageNet's validation set ships
         os.link(image, tmp_path / 'val' / image.name)
-    message = train_gen(tok_ckpt, tmp_path / 'out', '--data', data, '--val_data', tmp_path / 'val', expect_ok=False).stderr
+    message = train_gen(tok_ckpt, tmp_path / 'out', '--data', data, '--val_data', tmp_path / 'val', expect_ok=False,
+                        in_process=True).stderr
     assert f"--val_data {str(tmp_path / 'val')!r} has no class folders, the training data has {N_CLASSES}: sort" in message
     assert 'imagenet/extract_ILSVRC.sh of github.com/pytorch/examples' in message
     assert not list((tmp_path / 'out').glob('*tokens*'))  # nothing encoded

@@ -11,7 +11,7 @@ import torch
 
 from PIL import Image
 
-from conftest import ENV, REPO
+from conftest import REPO, run, run_together
 from test_vqgan import save_random_vqgan
 
 
@@ -26,16 +26,21 @@ def image_dir(tmp_path_factory, cifar_sample_dir):
     return root
 
 
-def train(data, out, *extra, nproc=1, check=True):
-    flags = ['--preset', 'tiny', '--data', str(data), '--out_dir', str(out), '--batch_size', '8', '--workers', '0',
-             '--lpips_weight', '0', '--disc_start', '2', '--warmup', '0', '--min_lr', '1e-4', '--restart_every', '2',
-             '--log_every', '1', '--sample_every', '100', '--device', 'cpu', *extra]
-    launcher = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(nproc), '--standalone'] if nproc > 1 else [sys.executable]
-    result = subprocess.run(launcher + [os.path.join(REPO, 'train_tok.py')] + flags, capture_output=True, text=True, cwd=REPO,
-                            env=ENV)
-    if check:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
+def command(data, out, *extra, nproc=1):
+    """The argv of a small train_tok.py run, under torchrun with nproc > 1."""
+    launcher = ('-m', 'torch.distributed.run', '--nproc_per_node', nproc, '--standalone') if nproc > 1 else ()
+    return (*launcher, 'train_tok.py', '--preset', 'tiny', '--data', data, '--out_dir', out, '--batch_size', 8,
+            '--workers', 0, '--lpips_weight', 0, '--disc_start', 2, '--warmup', 0, '--min_lr', 1e-4, '--restart_every', 2,
+            '--log_every', 1, '--sample_every', 100, '--device', 'cpu', *extra)
+
+
+def train(data, out, *extra, nproc=1, expect_ok=True):
+    return run(*command(data, out, *extra, nproc=nproc), expect_ok=expect_ok)
+
+
+def refused(data, out, *extra):
+    """The result of a run that stops before its first step, run in this process (conftest.run_in_process)."""
+    return run(*command(data, out, *extra), expect_ok=False, in_process=True)
 
 
 def weights(out):
@@ -45,9 +50,23 @@ def weights(out):
                   **{f'disc.{k}': v for k, v in ckpt['disc'].items()}}
 
 
+@pytest.fixture(scope='module')
+def two_steps(image_dir, tmp_path_factory):
+    """A run of 2 steps (dead codes restarted at step 2) scored at its end on image_dir, 8 images at the prefixes < N
+    (eval.jsonl, recon.npz): tests read it, and resume or rescore a copy_of it."""
+    out = tmp_path_factory.mktemp('two_steps')
+    train(image_dir, out, '--max_steps', '2', '--eval_data', image_dir, '--eval_prefix_images', '8',
+          '--eval_npz', out / 'recon.npz')
+    return out
+
+
+def copy_of(run_dir, tmp_path, name='out'):
+    return shutil.copytree(run_dir, tmp_path / name)
+
+
 def test_kill_and_resume_equals_an_uninterrupted_run(image_dir, tmp_path):
-    train(image_dir, tmp_path / 'straight', '--max_steps', '6')
-    train(image_dir, tmp_path / 'resumed', '--max_steps', '3')
+    run_together(command(image_dir, tmp_path / 'straight', '--max_steps', '6'),
+                 command(image_dir, tmp_path / 'resumed', '--max_steps', '3'))
     train(image_dir, tmp_path / 'resumed', '--max_steps', '6', '--resume')
     (a, wa), (b, wb) = weights(tmp_path / 'straight'), weights(tmp_path / 'resumed')
     assert a['step'] == b['step'] == 6
@@ -59,20 +78,21 @@ def test_kill_and_resume_equals_an_uninterrupted_run(image_dir, tmp_path):
 def test_a_run_in_pieces_equals_the_whole_run_and_raising_max_steps_does_not(image_dir, tmp_path):
     # a decaying learning rate (min_lr 1e-6, not train()'s constant 1e-4): the schedule is what pieces could break
     decay = ('--min_lr', '1e-6', '--eval_data', str(image_dir), '--eval_prefix_images', '8')
-    train(image_dir, tmp_path / 'whole', '--max_steps', '6', *decay)
-    piece = train(image_dir, tmp_path / 'pieces', '--max_steps', '6', '--steps_this_run', '4', *decay)
+    _, piece, _ = run_together(command(image_dir, tmp_path / 'whole', '--max_steps', '6', *decay),
+                               command(image_dir, tmp_path / 'pieces', '--max_steps', '6', '--steps_this_run', '4', *decay),
+                               command(image_dir, tmp_path / 'raised', '--max_steps', '4', *decay))  # then raised to 6
     assert torch.load(tmp_path / 'pieces' / 'ckpt.pt', weights_only=True)['step'] == 4
     assert 'stopped at step 4 of --max_steps 6 (--steps_this_run 4): continue with --resume, which scores --eval_data' in piece.stdout
     assert not (tmp_path / 'pieces' / 'eval.jsonl').exists()  # scored once, at the end
-    last = train(image_dir, tmp_path / 'pieces', '--max_steps', '6', '--steps_this_run', '4', '--resume', *decay)
+    last, raised = run_together(
+        command(image_dir, tmp_path / 'pieces', '--max_steps', '6', '--steps_this_run', '4', '--resume', *decay),
+        command(image_dir, tmp_path / 'raised', '--max_steps', '6', '--resume', *decay))
     assert 'stopped at' not in last.stdout and (tmp_path / 'pieces' / 'eval.jsonl').exists()
     (a, wa), (b, wb) = weights(tmp_path / 'whole'), weights(tmp_path / 'pieces')
     assert a['step'] == b['step'] == 6
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
 
-    train(image_dir, tmp_path / 'raised', '--max_steps', '4', *decay)  # a 4-step run, then raised to 6
-    raised = train(image_dir, tmp_path / 'raised', '--max_steps', '6', '--resume', *decay)
     assert '--max_steps 4 -> 6: the learning rate\'s cosine now ends at step 6' in raised.stdout
     assert any(not torch.equal(wa[k], w) for k, w in weights(tmp_path / 'raised')[1].items())
 
@@ -81,8 +101,8 @@ def test_ddp_on_two_processes_matches_one_process_on_the_same_global_batch(image
     # the code-usage counts accumulate per rank and the checkpoint holds their sum, which a broadcast of
     # rank 0's buffers before each forward (DDP's default) would corrupt
     # (restarts at step 3: the counts of steps 4-5 are in the checkpoint)
-    train(image_dir, tmp_path / 'one', '--max_steps', '5', '--restart_every', '3')
-    two = train(image_dir, tmp_path / 'two', '--max_steps', '5', '--restart_every', '3', nproc=2)
+    _, two = run_together(command(image_dir, tmp_path / 'one', '--max_steps', '5', '--restart_every', '3'),
+                          command(image_dir, tmp_path / 'two', '--max_steps', '5', '--restart_every', '3', nproc=2))
     assert 'FutureWarning' not in two.stderr  # DDP's deprecated broadcast_buffers, once per process
     (_, w1), (_, w2) = weights(tmp_path / 'one'), weights(tmp_path / 'two')
     assert w1['model.quantizer.usage'].sum() > 0
@@ -94,11 +114,10 @@ def test_ddp_on_two_processes_matches_one_process_on_the_same_global_batch(image
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=atol, msg=k)
 
 
-def start(data, out, *flags):
+def start(data, out, *flags, expect_ok=True, in_process=False):
     """train_tok.py with only the given flags and those that keep it small (no --preset, no --warmup)."""
-    flags = ('--data', data, '--out_dir', out, '--batch_size', 8, '--lpips_weight', 0, '--gan_weight', 0, '--log_every', 1,
-             '--sample_every', 0, *flags)
-    return subprocess.run([sys.executable, 'train_tok.py', *map(str, flags)], cwd=REPO, env=ENV, capture_output=True, text=True)
+    return run('train_tok.py', '--data', data, '--out_dir', out, '--batch_size', 8, '--lpips_weight', 0, '--gan_weight', 0,
+               '--log_every', 1, '--sample_every', 0, *flags, expect_ok=expect_ok, in_process=in_process)
 
 
 def test_preset_follows_the_image_size_and_other_sizes_are_told_the_presets(image_dir, tmp_path):
@@ -109,18 +128,19 @@ def test_preset_follows_the_image_size_and_other_sizes_are_told_the_presets(imag
             Image.new('RGB', size, (40 * i, 90, 200)).save(folder / f'{i}.png')
     # each run stops at the check of --warmup, after its preset is chosen and before any training
     for folder, preset in ((image_dir, 'cifar'), (large, 'titok_b64')):
-        result = start(folder, tmp_path / preset, '--max_steps', 1, '--warmup', 2)
+        result = start(folder, tmp_path / preset, '--max_steps', 1, '--warmup', 2, expect_ok=False, in_process=True)
         assert f"no --preset given: {preset}, the preset for" in result.stdout, result.stdout + result.stderr
-    message = start(small, tmp_path / 'small_out', '--max_steps', 1).stderr
+    message = start(small, tmp_path / 'small_out', '--max_steps', 1, expect_ok=False, in_process=True).stderr
     assert 'short sides of 64 to 64 px) fit no preset by size: pass --preset cifar (32 px), titok_b64 (256 px) or tiny' in message
 
 
 def test_default_warmup_is_a_tenth_of_a_short_run_and_a_longer_warmup_is_refused(image_dir, tmp_path):
     result = start(image_dir, tmp_path / 'short', '--preset', 'tiny', '--max_steps', 20, '--lr', 1e-3)
-    assert result.returncode == 0 and 'warmup over 2 steps, a tenth of --max_steps 20' in result.stdout
+    assert 'warmup over 2 steps, a tenth of --max_steps 20' in result.stdout
     assert 'Warning' not in result.stderr  # at the default --workers, none from DataLoader about the cores
     assert read_log(tmp_path / 'short')[1]['lr'] == pytest.approx(1e-3)  # the peak at step 2, not 2e-7 of 10,000 steps
-    message = start(image_dir, tmp_path / 'long', '--preset', 'tiny', '--max_steps', 20, '--warmup', 30).stderr
+    message = start(image_dir, tmp_path / 'long', '--preset', 'tiny', '--max_steps', 20, '--warmup', 30, expect_ok=False,
+                    in_process=True).stderr
     assert '--warmup 30 is longer than --max_steps 20: the lr would never reach its peak; pass --warmup 2' in message
 
 
@@ -144,22 +164,21 @@ def test_bad_images_are_skipped_and_counted(image_dir, tmp_path):
     assert logs[-1]['bad_images_skipped'] == 2
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(image_dir, tmp_path):
-    train(image_dir, tmp_path / 'out', '--max_steps', '2', '--ckpt_every', '2')
-    good = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)
-    result = train(image_dir, tmp_path / 'out', '--max_steps', '40', '--ckpt_every', '2', '--resume', '--lr', '1e30', check=False)
-    assert result.returncode != 0 and 'non-finite loss' in result.stderr + result.stdout
-    kept = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(image_dir, two_steps, tmp_path):
+    out = copy_of(two_steps, tmp_path)
+    good = torch.load(out / 'ckpt.pt', weights_only=True)
+    result = train(image_dir, out, '--max_steps', '40', '--ckpt_every', '2', '--resume', '--lr', '1e30', expect_ok=False)
+    assert 'non-finite loss' in result.stderr + result.stdout
+    kept = torch.load(out / 'ckpt.pt', weights_only=True)
     assert kept['step'] == good['step'] == 2
     assert all(torch.isfinite(v).all() for v in kept['model'].values() if v.is_floating_point())
 
 
-def test_mismatched_resume_settings_and_wrong_checkpoints_stop_with_a_fix(image_dir, tmp_path):
-    train(image_dir, tmp_path / 'out', '--max_steps', '1')
-    result = train(image_dir, tmp_path / 'out', '--max_steps', '2', '--resume', '--n_tokens', '4', check=False)
-    assert result.returncode != 0 and '--n_tokens 4 contradicts the checkpoint, which was trained with --n_tokens 8' in result.stderr
+def test_mismatched_resume_settings_and_wrong_checkpoints_stop_with_a_fix(image_dir, two_steps, tmp_path):
+    result = refused(image_dir, copy_of(two_steps, tmp_path), '--max_steps', '3', '--resume', '--n_tokens', '4')
+    assert '--n_tokens 4 contradicts the checkpoint, which was trained with --n_tokens 8' in result.stderr
     torch.save({'kind': 'generator'}, tmp_path / 'gen.pt')
-    result = train(image_dir, tmp_path / 'out2', '--resume', str(tmp_path / 'gen.pt'), check=False)
+    result = refused(image_dir, tmp_path / 'out2', '--resume', str(tmp_path / 'gen.pt'))
     assert 'is a generator checkpoint, expected a tokenizer checkpoint' in result.stderr
 
 
@@ -176,27 +195,26 @@ def test_batch_without_readable_image_is_skipped_and_counted(image_dir, tmp_path
     assert logs[-1]['empty_batches_skipped'] > 0 and logs[-1]['bad_images_skipped'] > 0
 
 
-def test_diverged_weights_are_never_checkpointed_nor_called_good(image_dir, tmp_path):
+def test_diverged_weights_are_never_checkpointed_nor_called_good(image_dir, two_steps, tmp_path):
     # lr 1e9: the loss of step 1 is finite, the weights after it are finite (~1e9) but no later loss is
     flags = ('--gan_weight', '0', '--ckpt_every', '1', '--lr', '1e9', '--min_lr', '1e9')
-    result = train(image_dir, tmp_path / 'fresh', '--max_steps', '4', *flags, check=False)
-    assert result.returncode != 0 and 'non-finite loss or weights at or before step 1' in result.stderr
-    assert 'no checkpoint was written yet' in result.stderr and 'the last checkpoint' not in result.stderr
+    out = copy_of(two_steps, tmp_path)  # then resumed
+    fresh, resumed = run_together(command(image_dir, tmp_path / 'fresh', '--max_steps', '4', *flags),
+                                  command(image_dir, out, '--max_steps', '4', '--resume', *flags), expect_ok=False)
+    assert 'non-finite loss or weights at or before step 1' in fresh.stderr
+    assert 'no checkpoint was written yet' in fresh.stderr and 'the last checkpoint' not in fresh.stderr
     assert not os.path.exists(tmp_path / 'fresh' / 'ckpt.pt')
 
-    train(image_dir, tmp_path / 'out', '--max_steps', '2', '--gan_weight', '0')
-    result = train(image_dir, tmp_path / 'out', '--max_steps', '4', '--resume', *flags, check=False)
-    assert result.returncode != 0 and f"the last checkpoint written, {str(tmp_path / 'out' / 'ckpt.pt')!r}" in result.stderr
-    kept = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)
+    assert f"the last checkpoint written, {str(out / 'ckpt.pt')!r}" in resumed.stderr
+    kept = torch.load(out / 'ckpt.pt', weights_only=True)
     assert kept['step'] == 2 and all(v.abs().max() < 1e3 for v in kept['model'].values() if v.is_floating_point())
-    assert train(image_dir, tmp_path / 'out', '--max_steps', '3', '--resume', '--lr', '1e-4', '--ckpt_every', '1').returncode == 0
+    train(image_dir, out, '--max_steps', '3', '--resume', '--lr', '1e-4', '--ckpt_every', '1')
 
 
 def test_resume_reads_its_settings_from_the_checkpoint(image_dir, tmp_path):
     train(image_dir, tmp_path / 'out', '--max_steps', '1', '--gan_weight', '0', '--lr', '3e-4', '--grad_accum', '2')
-    bare = [sys.executable, os.path.join(REPO, 'train_tok.py'), '--data', str(image_dir), '--out_dir', str(tmp_path / 'out'),
-            '--workers', '0', '--resume']
-    result = subprocess.run(bare + ['--max_steps', '2'], capture_output=True, text=True, cwd=REPO)
+    bare = ['train_tok.py', '--data', str(image_dir), '--out_dir', str(tmp_path / 'out'), '--workers', '0', '--resume']
+    result = subprocess.run([sys.executable, *bare, '--max_steps', '2'], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert 'resuming at step 1 with the checkpoint\'s settings, changed: --max_steps' in result.stdout
     resumed = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)
@@ -204,19 +222,19 @@ def test_resume_reads_its_settings_from_the_checkpoint(image_dir, tmp_path):
     assert (resumed['args']['preset'], resumed['args']['batch_size'], resumed['args']['lr']) == ('tiny', 8, 3e-4)
     assert resumed['args']['grad_accum'] == 2
 
-    result = subprocess.run(bare + ['--seed', '1'], capture_output=True, text=True, cwd=REPO)
+    result = run(*bare, '--seed', '1', expect_ok=False, in_process=True)
     assert '--seed 1 contradicts the checkpoint, which was trained with --seed 0: leave --seed out' in result.stderr
-    result = subprocess.run(bare + ['--disc_cond'], capture_output=True, text=True, cwd=REPO)
+    result = run(*bare, '--disc_cond', expect_ok=False, in_process=True)
     assert '--disc_cond contradicts the checkpoint, which was trained without --disc_cond' in result.stderr
-    result = subprocess.run(bare + ['--max_steps', '3', '--gan_weight', '0.1'], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run([sys.executable, *bare, '--max_steps', '3', '--gan_weight', '0.1'], capture_output=True, text=True,
+                            cwd=REPO)
     assert result.returncode == 0 and 'the GAN starts with a new one' in result.stdout, result.stderr
 
 
-def test_restarted_codes_are_the_same_in_the_ema_codebook(image_dir, tmp_path):
+def test_restarted_codes_are_the_same_in_the_ema_codebook(two_steps):
     # restart at step 2, then the checkpoint: a restarted row equals the live one, every other row is an average
-    train(image_dir, tmp_path / 'out', '--max_steps', '2', '--restart_every', '2')
-    ckpt = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)
-    restarted = [json.loads(line) for line in open(tmp_path / 'out' / 'log.jsonl')][-1]['codes_restarted']
+    ckpt = torch.load(two_steps / 'ckpt.pt', weights_only=True)
+    restarted = read_log(two_steps)[-1]['codes_restarted']
     same = (ckpt['ema']['quantizer.codebook.weight'] == ckpt['model']['quantizer.codebook.weight']).all(1)
     assert restarted > 0 and same.sum() == restarted
 
@@ -252,10 +270,10 @@ def test_two_processes_equal_one_with_grad_accum_2_and_resume_across_them(image_
     training, GAN and dead-code restarts (at steps 2 and 4) included; and a run checkpointed on 2 processes
     continues on 1 with --grad_accum 2 as if it had never moved."""
     flags = ('--disc_start', '1', '--ckpt_every', '2')
-    train(image_dir, tmp_path / 'accum', *flags, '--max_steps', '4', '--grad_accum', '2', '--keep', '2')
+    run_together(command(image_dir, tmp_path / 'accum', *flags, '--max_steps', '4', '--grad_accum', '2', '--keep', '2'),
+                 command(image_dir, tmp_path / 'moved', *flags, '--max_steps', '2', nproc=2))
     assert sorted(os.listdir(tmp_path / 'accum')) == ['ckpt.pt', 'ckpt_0000002.pt', 'ckpt_0000004.pt', 'log.jsonl',
                                                       'prefixes_0000004.png']
-    train(image_dir, tmp_path / 'moved', *flags, '--max_steps', '2', nproc=2)
     assert_close_weights(weights(tmp_path / 'accum' / 'ckpt_0000002.pt')[1], weights(tmp_path / 'moved')[1])
     train(image_dir, tmp_path / 'moved', *flags, '--max_steps', '4', '--grad_accum', '2', '--resume')
     (accum, w_accum), (moved, w_moved) = weights(tmp_path / 'accum'), weights(tmp_path / 'moved')
@@ -272,39 +290,36 @@ def read_eval(out):
     return json.loads(open(out / 'eval.jsonl').readlines()[-1])
 
 
-def test_sharded_evaluation_equals_one_process_and_scores_short_prefixes_on_a_subset(image_dir, tmp_path):
-    out = tmp_path / 'out'
-    flags = ('--eval_data', str(image_dir), '--eval_prefix_images', '8')
-    train(image_dir, out, '--max_steps', '1', *flags, '--eval_npz', str(tmp_path / 'one.npz'))
-    one = read_eval(out)
-    train(image_dir, out, '--resume', '--eval_only', *flags, '--eval_npz', str(tmp_path / 'two.npz'), nproc=2)
-    two = read_eval(out)
+def test_sharded_evaluation_equals_one_process_and_scores_short_prefixes_on_a_subset(image_dir, two_steps, tmp_path):
+    one = read_eval(two_steps)  # one process, 8 images at the prefixes < N
+    sharded, all_prefixes = copy_of(two_steps, tmp_path, 'sharded'), copy_of(two_steps, tmp_path, 'all_prefixes')
+    flags = ('--resume', '--eval_only', '--eval_data', str(image_dir))
+    run_together(command(image_dir, sharded, *flags, '--eval_prefix_images', '8', '--eval_npz', tmp_path / 'two.npz', nproc=2),
+                 command(image_dir, all_prefixes, *flags, '--eval_prefix_images', '24'))
+    two = read_eval(sharded)
     assert one['images'] == two['images'] == 24 and one['prefix_images'] == two['prefix_images'] == 8
     for a, b in zip(one['prefixes'], two['prefixes'], strict=True):
         assert a['l2_vs_lowpass'] == pytest.approx(b['l2_vs_lowpass'], rel=1e-5)
         assert a['l2_vs_image'] == pytest.approx(b['l2_vs_image'], rel=1e-5)
     assert one['codebook_perplexity'] == pytest.approx(two['codebook_perplexity'], rel=1e-5)
-    recon_one, recon_two = (np.load(tmp_path / f)['arr_0'] for f in ('one.npz', 'two.npz'))
+    recon_one, recon_two = (np.load(path)['arr_0'] for path in (two_steps / 'recon.npz', tmp_path / 'two.npz'))
     assert recon_one.shape == (24, 32, 32, 3) and recon_one.dtype == np.uint8
     assert np.abs(recon_one.astype(int) - recon_two).max() <= 1  # folder order; rounding of near-ties may differ
 
-    train(image_dir, out, '--resume', '--eval_only', '--eval_data', str(image_dir), '--eval_prefix_images', '24')
-    every = read_eval(out)
+    every = read_eval(all_prefixes)
     assert every['prefix_images'] == 24
     assert every['prefixes'][-1]['l2_vs_image'] == pytest.approx(one['prefixes'][-1]['l2_vs_image'], rel=1e-6)
     assert every['prefixes'][0]['l2_vs_image'] != pytest.approx(one['prefixes'][0]['l2_vs_image'], rel=1e-3)
 
 
-def test_prefix_scores_do_not_depend_on_how_the_prefix_images_are_gathered(image_dir, cifar_sample_dir, tmp_path):
+def test_prefix_scores_do_not_depend_on_how_the_prefix_images_are_gathered(image_dir, cifar_sample_dir, two_steps,
+                                                                          tmp_path):
     # 500 images, every 2nd scored at the prefixes < N: one process gathers them in groups of 100, 100 and 50, two
     # processes in groups of 100 and 25 each; the per-prefix errors must not depend on the grouping
-    out = tmp_path / 'out'
-    train(image_dir, out, '--max_steps', '1')
+    runs = copy_of(two_steps, tmp_path, 'one'), copy_of(two_steps, tmp_path, 'two')
     flags = ('--resume', '--eval_only', '--eval_data', str(cifar_sample_dir), '--eval_prefix_images', '250')
-    train(image_dir, out, *flags)
-    one = read_eval(out)
-    train(image_dir, out, *flags, nproc=2)
-    two = read_eval(out)
+    run_together(command(image_dir, runs[0], *flags), command(image_dir, runs[1], *flags, nproc=2))
+    one, two = map(read_eval, runs)
     assert one['images'] == two['images'] == 500 and one['prefix_images'] == two['prefix_images'] == 250
     for a, b in zip(one['prefixes'], two['prefixes'], strict=True):
         assert a['l2_vs_lowpass'] == pytest.approx(b['l2_vs_lowpass'], rel=1e-5)
@@ -354,14 +369,14 @@ def test_stage_two_starts_from_stage_one_and_fine_tunes_only_the_decoder_side(st
 
 def test_flags_that_do_not_fit_the_stage_stop_with_the_fix(stage_one, image_dir, tmp_path):
     vqgan_path, one = stage_one
-    result = train(image_dir, one, '--resume', '--stage', '2', check=False)
+    result = refused(image_dir, one, '--resume', '--stage', '2')
     assert (f"--stage 2 contradicts the checkpoint, which was trained at --stage 1: to start stage 2 from it, run "
             f"--stage 2 --init_from {one / 'ckpt.pt'} with another --out_dir") in result.stderr
-    result = train(image_dir, tmp_path / 'out', '--stage', '1', check=False)
+    result = refused(image_dir, tmp_path / 'out', '--stage', '1')
     assert '--stage 1 needs --proxy_vqgan PATH' in result.stderr and 'fun-research/TiTok' in result.stderr
-    result = train(image_dir, tmp_path / 'out', '--stage', '1', '--proxy_vqgan', str(tmp_path / 'absent.bin'), check=False)
+    result = refused(image_dir, tmp_path / 'out', '--stage', '1', '--proxy_vqgan', str(tmp_path / 'absent.bin'))
     assert 'do not exist' in result.stderr and 'fun-research/TiTok' in result.stderr
-    result = train(image_dir, tmp_path / 'out', '--stage', '1', '--proxy_vqgan', str(vqgan_path), '--gan_weight', '0.1', check=False)
+    result = refused(image_dir, tmp_path / 'out', '--stage', '1', '--proxy_vqgan', str(vqgan_path), '--gan_weight', '0.1')
     assert '--stage 1 runs with --gan_weight 0.0: leave --gan_weight out' in result.stderr
     assert not os.path.exists(tmp_path / 'out' / 'ckpt.pt')
 
@@ -377,6 +392,6 @@ def test_flags_that_do_not_fit_the_stage_stop_with_the_fix(stage_one, image_dir,
 ])
 def test_bad_data_and_flags_stop_with_one_line_and_exit_status_2(image_dir, tmp_path, data, flags, message):
     os.makedirs(tmp_path / 'empty_class' / 'cat')
-    result = train(image_dir if data == 'images' else tmp_path / data, tmp_path / 'out', *flags, check=False)
+    result = refused(image_dir if data == 'images' else tmp_path / data, tmp_path / 'out', *flags)
     assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
     assert result.stderr.startswith('train_tok.py: error: ') and message in result.stderr, result.stderr

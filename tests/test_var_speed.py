@@ -61,6 +61,6 @@ def test_var_and_ours_timed_side_by_side_on_cpu(tmp_path, var_repo):
 
 
 def test_a_folder_without_var_stops_before_measuring(tmp_path):
-    result = run('scripts/var_speed.py', '--var_repo', tmp_path, '--device', 'cpu', expect_ok=False)
+    result = run('scripts/var_speed.py', '--var_repo', tmp_path, '--device', 'cpu', expect_ok=False, in_process=True)
     assert result.returncode == 2 and 'no models/var.py there' in result.stderr and 'Traceback' not in result.stderr
     assert 'measured' not in result.stdout
