@@ -404,10 +404,14 @@ def restart_dead_codes(step, candidates):
     return stats
 
 
+def perplexity(usage):
+    """exp(entropy) of the code counts along the last dimension: the number of equally used codes they amount to."""
+    p = usage / usage.sum(-1, keepdim=True).clamp(min=1)
+    return (-(p * p.clamp(min=1e-12).log()).sum(-1)).exp()
+
+
 def codebook_stats(usage):
-    p = usage / usage.sum().clamp(min=1)
-    entropy = -(p * p.clamp(min=1e-12).log()).sum()
-    return {'codebook_used': (usage > 0).float().mean().item(), 'codebook_perplexity': entropy.exp().item()}
+    return {'codebook_used': (usage > 0).float().mean().item(), 'codebook_perplexity': perplexity(usage).item()}
 
 
 @torch.no_grad()
@@ -425,7 +429,9 @@ def ema_codebook_stats(images, flip):
 @torch.no_grad()
 def evaluate(tok, root):
     """L2 and PSNR (images in [0, 1]) of the prefixes against their low-pass targets and against the full image, and
-    the code usage of tok; the record leads with the figures that compare runs (with rFID from fid.py on --eval_npz).
+    the code usage of tok, over all tokens and at each position (a position of perplexity near 1 carries almost
+    nothing, and is cheap for the generator for that reason alone); the record leads with the figures that compare
+    runs (with rFID from fid.py on --eval_npz).
     The full prefix N is scored on every image, the shorter ones on every k-th image (about --eval_prefix_images).
     Each process scores a contiguous share of the folder and the sums are reduced; the reconstructions are gathered
     on rank 0 in folder order. The codes come from a float32 encoder, as in the token files (bf16 changes some codes);
@@ -440,7 +446,7 @@ def evaluate(tok, root):
     # at the prefixes < N and at N
     errors = torch.zeros(2, config.n_tokens, dtype=torch.float64, device=device)
     counts = torch.zeros(2, dtype=torch.float64, device=device)
-    usage = torch.zeros(config.codebook_size, device=device)
+    usage = torch.zeros(config.n_tokens, config.codebook_size, device=device)  # code counts at each position
     recons = []
 
     def add_errors(recon, x, i):
@@ -462,7 +468,7 @@ def evaluate(tok, root):
     for images, _, indices, _ in common.progress_bar(loader, desc='eval', unit='batch', disable=not dist_state.master):
         x = to_float(images, device)
         idx = tok.encode(x)
-        usage += torch.bincount(idx.flatten(), minlength=config.codebook_size)
+        usage.scatter_add_(1, idx.T, torch.ones(idx.T.shape, device=device))
         with autocast:
             recon = tok.decode(idx)
         add_errors(recon, x, config.n_tokens)
@@ -493,16 +499,19 @@ def evaluate(tok, root):
     seen, prefix_images = int(counts[1]), int(counts[0])
     scored = torch.cat([counts[0].expand(config.n_tokens - 1), counts[1:]])
     mse_target, mse_full = (errors[0] / scored).tolist(), (errors[1] / scored).tolist()
+    position_perplexity = perplexity(usage).tolist()
     table = [{'prefix': i + 1, 'omega': int(tok.omegas[i]), 'l2_vs_lowpass': mse_target[i],
               'psnr_vs_lowpass': -10 * math.log10(mse_target[i]), 'l2_vs_image': mse_full[i],
-              'psnr_vs_image': -10 * math.log10(mse_full[i])} for i in range(config.n_tokens)]
-    print(f"{'prefix':>6} {'w_i':>4} {'PSNR(lowpass)':>13} {'PSNR(image)':>11}   ({seen} images of {root}, "
-          f"{prefix_images} of them at the prefixes < {config.n_tokens})")
+              'psnr_vs_image': -10 * math.log10(mse_full[i]), 'code_perplexity': position_perplexity[i]}
+             for i in range(config.n_tokens)]
+    print(f"{'prefix':>6} {'w_i':>4} {'PSNR(lowpass)':>13} {'PSNR(image)':>11} {'perplexity of token i':>21}   "
+          f"({seen} images of {root}, {prefix_images} of them at the prefixes < {config.n_tokens})")
     for r in table:
-        print(f"{r['prefix']:>6} {r['omega']:>4} {r['psnr_vs_lowpass']:>13.2f} {r['psnr_vs_image']:>11.2f}")
+        print(f"{r['prefix']:>6} {r['omega']:>4} {r['psnr_vs_lowpass']:>13.2f} {r['psnr_vs_image']:>11.2f} "
+              f"{r['code_perplexity']:>21.1f}")
     summary = {'psnr_vs_image_at_N': table[-1]['psnr_vs_image'],
                'psnr_vs_lowpass_at': {i: table[i - 1]['psnr_vs_lowpass'] for i in (1, 2, 4, 8) if i <= config.n_tokens},
-               **codebook_stats(usage), 'run_wall_s': time.time() - run_start, 'eval_wall_s': time.time() - eval_start}
+               **codebook_stats(usage.sum(0)), 'run_wall_s': time.time() - run_start, 'eval_wall_s': time.time() - eval_start}
     print(f"PSNR at N vs image {summary['psnr_vs_image_at_N']:.2f} dB, prefixes "
           + ', '.join(f"{i}: {v:.2f}" for i, v in summary['psnr_vs_lowpass_at'].items())
           + f" dB vs low-pass; codebook used {summary['codebook_used']:.1%}, perplexity "

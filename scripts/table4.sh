@@ -108,6 +108,7 @@ for row in rows:
         psnr_at_N=evaluation and evaluation['psnr_vs_image_at_N'],
         psnr_vs_lowpass_at=evaluation and evaluation['psnr_vs_lowpass_at'],
         codebook_used=evaluation and evaluation['codebook_used'],
+        code_perplexity_per_position=evaluation and [p.get('code_perplexity') for p in evaluation['prefixes']],
         best_val_nll=best and best['val_nll'], train_nll_at_best=best and best['train_nll'], best_step=best and best['step'],
         sweep_fid_by_cfg=sweep and {str(r['cfg']): r['fid'] for r in sweep['rows']},
         sweep_samples=sweep and sweep['n'],

@@ -319,6 +319,9 @@ def test_table4_summary_only_tabulates_a_partial_row_without_training(tmp_path):
     for folder in ('tok', 'tok_train', 'sweep'):
         (row / folder).mkdir(parents=True)
     (row / 'tok' / 'rfid.json').write_text('{"fid": 19.26}')
+    prefixes = [dict(prefix=i, psnr_vs_image=p, code_perplexity=c) for i, p, c in ((1, 14.0, 900.5), (2, 15.0, 1.2))]
+    (row / 'tok' / 'eval.jsonl').write_text(json.dumps(dict(
+        psnr_vs_image_at_N=15.0, psnr_vs_lowpass_at={'1': 23.0}, codebook_used=0.99, prefixes=prefixes)) + '\n')
     (row / 'tok_train' / 'rfid.json').write_text('{"fid": 15.36, "precision": 0.7, "recall": 0.5}')
     (row / 'sweep' / 'sweep.json').write_text('{"rows": [{"cfg": 1.5, "fid": 32.3}, {"cfg": 2.0, "fid": 35.04}], "n": 3000}')
     (row / 'stage_seconds.jsonl').write_text('{"stage": "tok", "seconds": 300}\n{"stage": "rfid_train", "seconds": 60}\n')
@@ -331,6 +334,7 @@ def test_table4_summary_only_tabulates_a_partial_row_without_training(tmp_path):
     assert summary['rfid_test'] == 19.26 and summary['rfid_train'] == 15.36 and summary['gfid'] is None
     assert (summary['rfid_train_precision'], summary['rfid_train_recall']) == (0.7, 0.5)
     assert summary['sweep_fid_by_cfg'] == {'1.5': 32.3, '2.0': 35.04} and summary['sweep_samples'] == 3000
+    assert summary['psnr_at_N'] == 15.0 and summary['code_perplexity_per_position'] == [900.5, 1.2]
     assert '32.30' in result.stdout
     assert summary['stage_seconds'] == {'tok': 300, 'rfid_train': 60} and 'titok: 6.0 minutes (tok 5.0, rfid_train 1.0)' in result.stdout
     assert not (row / 'run.log').exists() and not (tmp_path / 'root' / 'cifar10_train_stats.npz').exists()

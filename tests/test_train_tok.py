@@ -1,5 +1,6 @@
 """train_tok.py end to end on a few real images: resume, DDP, bad files, NaN stop, wrong checkpoints."""
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -12,6 +13,8 @@ import torch
 from PIL import Image
 
 from conftest import REPO, run, run_together
+from data import ImageFolder
+from tokenizer import Tokenizer
 from test_vqgan import save_random_vqgan
 
 
@@ -302,6 +305,7 @@ def test_sharded_evaluation_equals_one_process_and_scores_short_prefixes_on_a_su
         assert a['l2_vs_lowpass'] == pytest.approx(b['l2_vs_lowpass'], rel=1e-5)
         assert a['l2_vs_image'] == pytest.approx(b['l2_vs_image'], rel=1e-5)
     assert one['codebook_perplexity'] == pytest.approx(two['codebook_perplexity'], rel=1e-5)
+    assert [r['code_perplexity'] for r in one['prefixes']] == pytest.approx([r['code_perplexity'] for r in two['prefixes']])
     recon_one, recon_two = (np.load(path)['arr_0'] for path in (two_steps / 'recon.npz', tmp_path / 'two.npz'))
     assert recon_one.shape == (24, 32, 32, 3) and recon_one.dtype == np.uint8
     assert np.abs(recon_one.astype(int) - recon_two).max() <= 1  # folder order; rounding of near-ties may differ
@@ -310,6 +314,23 @@ def test_sharded_evaluation_equals_one_process_and_scores_short_prefixes_on_a_su
     assert every['prefix_images'] == 24
     assert every['prefixes'][-1]['l2_vs_image'] == pytest.approx(one['prefixes'][-1]['l2_vs_image'], rel=1e-6)
     assert every['prefixes'][0]['l2_vs_image'] != pytest.approx(one['prefixes'][0]['l2_vs_image'], rel=1e-3)
+
+
+def perplexity_of(codes):
+    p = torch.bincount(codes).double() / len(codes)
+    p = p[p > 0]
+    return math.exp(-(p * p.log()).sum())
+
+
+def test_the_eval_records_the_code_perplexity_at_each_position_and_over_all(image_dir, two_steps):
+    evaluation = read_eval(two_steps)
+    tok = Tokenizer.from_checkpoint(two_steps / 'ckpt.pt')  # the EMA weights, which the eval scores
+    dataset = ImageFolder(image_dir, tok.config.image_size)
+    codes = tok.encode(torch.stack([dataset[i][0] for i in range(len(dataset))]).float() / 127.5 - 1)
+    per_position = [perplexity_of(column) for column in codes.T]
+    assert [r['code_perplexity'] for r in evaluation['prefixes']] == pytest.approx(per_position, rel=1e-5)
+    assert evaluation['codebook_perplexity'] == pytest.approx(perplexity_of(codes.flatten()), rel=1e-5)
+    assert len(set(per_position)) > 1  # the positions differ, so a mix-up of positions would show
 
 
 def test_prefix_scores_do_not_depend_on_how_the_prefix_images_are_gathered(image_dir, cifar_sample_dir, two_steps,
