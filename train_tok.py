@@ -468,7 +468,7 @@ def evaluate(tok, root):
     for images, _, indices, _ in common.progress_bar(loader, desc='eval', unit='batch', disable=not dist_state.master):
         x = to_float(images, device)
         idx = tok.encode(x)
-        usage.scatter_add_(1, idx.T, torch.ones(idx.T.shape, device=device))
+        usage.scatter_add_(1, idx.T, torch.ones_like(idx.T, dtype=usage.dtype))
         with autocast:
             recon = tok.decode(idx)
         add_errors(recon, x, config.n_tokens)
