@@ -38,8 +38,12 @@ variant_seed() {  # the training seed of variant $1: K of a name ending in _sK, 
   if [[ $1 =~ _s([0-9]+)$ ]]; then echo "${BASH_REMATCH[1]}"; else echo 0; fi
 }
 
+variant_base() {  # variant $1 without its _sK suffix: the configuration that its seeds share
+  echo "${1%_s"$(variant_seed "$1")"}"
+}
+
 variant_settings() {  # "STEPS FLAGS" of variant $1 (its _sK suffix aside): its length and its train_tok.py flags on top of the tok stage's
-  case ${1%_s"$(variant_seed "$1")"} in
+  case $(variant_base "$1") in
     control)     echo "$TOK_STEPS" ;;
     full_gan)    echo "$TOK_STEPS --full_prefix_prob 0.5 --gan_full_only" ;;
     cond_gan)    echo "$TOK_STEPS --full_prefix_prob 0.5 --disc_cond" ;;
@@ -71,18 +75,18 @@ OUT=$ROOT bash "$(dirname "$0")/cifar10.sh" split  # once, before the variants r
 pending_variants 'variant ' "$ROOT/" tok/rfid_val.json "${variants[@]}"  # a scored variant is not trained again
 run_variants 'variant ' "$ROOT/" train_variant "${pending[@]}"
 
-python - "$ROOT" "${variants[@]}" <<'EOF'
-import json, os, re, sys
-root, variants = sys.argv[1], sys.argv[2:]
+# each variant as NAME/BASE/SEED, so that the summary groups seeds by the suffix parsed above
+python - "$ROOT" $(for v in "${variants[@]}"; do echo "$v/$(variant_base "$v")/$(variant_seed "$v")"; done) <<'EOF'
+import json, os, sys
+root, variants = sys.argv[1], [spec.split('/') for spec in sys.argv[2:]]
 rows, unfinished = [], []
-for v in variants:
+for v, base, seed in variants:
     tok = os.path.join(root, v, 'tok')
     if not os.path.exists(os.path.join(tok, 'rfid_val.json')):
         unfinished.append(v)
         continue
     evaluation = [json.loads(line) for line in open(os.path.join(tok, 'eval.jsonl'))][-1]
-    seed = re.search(r'_s(\d+)$', v)
-    rows.append(dict(variant=v, base=v[:seed.start()] if seed else v, seed=int(seed.group(1)) if seed else 0,
+    rows.append(dict(variant=v, base=base, seed=int(seed),
                      steps=evaluation['step'], scored_on=evaluation['data'],
                      rfid_val=json.load(open(os.path.join(tok, 'rfid_val.json')))['fid'],
                      psnr_at_N=evaluation['psnr_vs_image_at_N'], psnr_vs_lowpass_at=evaluation['psnr_vs_lowpass_at'],
