@@ -10,6 +10,8 @@
 #   causal      + the spectral causal mask (encoder and decoder)
 #   full        + the non-uniform mapping (the cifar preset's nonuniform_psnr): SpectralAR
 #   full_alg1   full trained by Algorithm 1 as written: TOK_RECIPE without --full_prefix_prob / --gan_full_only
+#   alg1_full_prefix, alg1_gan_full_only   full_alg1 with one of the two departures back: which of them is worth
+#               full's lead over full_alg1 (not in the default rows)
 #   titok_s1, full_s1   titok and full again with seed 1 (tokenizer and generator): the run-to-run noise
 # Every row's generator samples with the same settings and seed: CFG swept per row over SWEEP_CFGS on the held-out
 # seed 1 (SWEEP_PER_CLASS x 10 samples each), then 50k samples at the best CFG with seed 0 against the training
@@ -48,7 +50,10 @@ row_settings() {  # "ABLATION SEED RECIPE" of row $1
     titok|spectral|causal|full) echo "$1 0 $RECIPE" ;;
     titok_s1|full_s1) echo "${1%_s1} 1 $RECIPE" ;;
     full_alg1) echo "full 0 $ALG1_RECIPE" ;;
-    *) echo "unknown row $1: use titok spectral causal full full_alg1 titok_s1 full_s1" >&2; exit 2 ;;
+    alg1_full_prefix) echo "full 0 $ALG1_RECIPE --full_prefix_prob 0.5" ;;
+    alg1_gan_full_only) echo "full 0 $ALG1_RECIPE --gan_full_only" ;;
+    *) echo "unknown row $1: use titok spectral causal full full_alg1 titok_s1 full_s1 alg1_full_prefix" \
+         "alg1_gan_full_only" >&2; exit 2 ;;
   esac
 }
 check_variants row_settings "${rows[@]}"

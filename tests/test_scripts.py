@@ -112,6 +112,17 @@ def test_table4_rows_train_their_ablation_seed_and_recipe_and_score_the_training
     assert recon_fids and all('cifar10_train_stats.npz' in call and '--no-pr' not in call for call in recon_fids)
 
 
+def test_table4_alg1_rows_each_add_back_one_departure_from_algorithm_1(tmp_path):
+    rows = ['alg1_full_prefix', 'alg1_gan_full_only']
+    result, calls = run_search(tmp_path, 'table4.sh', rows)
+    assert result.returncode == 0, result.stderr
+    toks = {row: next(call.split() for call in calls if 'train_tok.py' in call and os.path.join('root', row) + os.sep in call)
+            for row in rows}
+    assert all(value(tok, '--ablation') == 'full' and value(tok, '--seed') == '0' for tok in toks.values())
+    assert value(toks['alg1_full_prefix'], '--full_prefix_prob') == '0.5' and '--gan_full_only' not in toks['alg1_full_prefix']
+    assert '--gan_full_only' in toks['alg1_gan_full_only'] and '--full_prefix_prob' not in toks['alg1_gan_full_only']
+
+
 def test_tok_search_seed_suffix_trains_the_same_variant_with_that_seed(tmp_path):
     result, calls = run_search(tmp_path, 'tok_search.sh', ['lpips_k4096', 'lpips_k4096_s1'])
     assert result.returncode == 0, result.stderr
