@@ -123,12 +123,13 @@ for row in rows:
         stage_seconds={r['stage']: r['seconds'] for r in read(f'{d}/stage_seconds.jsonl') or []}))
 json.dump(table, open(os.path.join(root, 'summary.json'), 'w'), indent=1)
 f = lambda v, spec: format('-', '>' + spec.split('.')[0].rstrip('%f')) if v is None else format(v, spec)
-print(f"{'row':<10} {'rFID-test':>9} {'rFID-train':>10} {'sweep FID':>9} {'gFID-50k':>8} {'g-r':>6} {'CFG':>4} {'val NLL':>8} "
+width = max(len(r['row']) for r in table + [dict(row='row')])
+print(f"{'row':<{width}} {'rFID-test':>9} {'rFID-train':>10} {'sweep FID':>9} {'gFID-50k':>8} {'g-r':>6} {'CFG':>4} {'val NLL':>8} "
       f"{'PSNR@N':>6} {'vs low-pass @1/2/4/8':>23} {'codes':>6}")
 for r in table:
     lowpass = '/'.join(f'{v:.2f}' for v in r['psnr_vs_lowpass_at'].values()) if r['psnr_vs_lowpass_at'] else '-'
     best_sweep = min(r['sweep_fid_by_cfg'].values()) if r['sweep_fid_by_cfg'] else None
-    print(f"{r['row']:<10} {f(r['rfid_test'], '9.2f')} {f(r['rfid_train'], '10.2f')} {f(best_sweep, '9.2f')} {f(r['gfid'], '8.2f')} "
+    print(f"{r['row']:<{width}} {f(r['rfid_test'], '9.2f')} {f(r['rfid_train'], '10.2f')} {f(best_sweep, '9.2f')} {f(r['gfid'], '8.2f')} "
           f"{f(r['gfid_minus_rfid_train'], '6.2f')} {f(r['cfg'], '4')} {f(r['best_val_nll'], '8.2f')} "
           f"{f(r['psnr_at_N'], '6.2f')} {lowpass:>23} {f(r['codebook_used'], '6.1%')}")
 for r in table:
