@@ -426,12 +426,13 @@ CHECKPOINT_KEYS = {'tokenizer': ('config', 'model', 'step'), 'generator': ('conf
 
 
 def load_checkpoint(path, kind):
-    """Load a checkpoint written by train_tok.py ('tokenizer') or train_gen.py ('generator') and check its kind.
+    """Load a checkpoint written by train_tok.py ('tokenizer') or train_gen.py ('generator') and check its kind
+    (kind None: either).
     weights_only: a checkpoint is data (tensors, numbers, strings, lists, dicts); one whose pickle would import
     or call anything else is refused without running it. Raises ValueError with the reason for any other file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    trainer = {'tokenizer': 'train_tok.py', 'generator': 'train_gen.py'}[kind]
+    trainer = {'tokenizer': 'train_tok.py', 'generator': 'train_gen.py', None: 'train_tok.py or train_gen.py'}[kind]
     try:
         with torch.serialization.safe_globals(LEGACY_CHECKPOINT_GLOBALS):
             ckpt = torch.load(path, map_location='cpu', weights_only=True)
@@ -448,11 +449,12 @@ def load_checkpoint(path, kind):
         raise ValueError(f"{path!r} cannot be read as a checkpoint ({reason}): it is truncated or not a checkpoint; "
                          f"use an intact checkpoint written by {trainer}") from None
     found = ckpt.get('kind') if isinstance(ckpt, dict) else None
-    if found != kind:
-        raise ValueError(f"{path!r} is a {found or 'foreign'} checkpoint, expected a {kind} checkpoint written by {trainer}")
-    missing = [key for key in CHECKPOINT_KEYS[kind] if key not in ckpt]
+    if found not in ((kind,) if kind else tuple(CHECKPOINT_KEYS)):
+        raise ValueError(f"{path!r} is a {found or 'foreign'} checkpoint, expected a {kind or 'tokenizer or generator'} "
+                         f"checkpoint written by {trainer}")
+    missing = [key for key in CHECKPOINT_KEYS[found] if key not in ckpt]
     if missing:
-        raise ValueError(f"{path!r} is a {kind} checkpoint without {', '.join(missing)}: it was not written by "
+        raise ValueError(f"{path!r} is a {found} checkpoint without {', '.join(missing)}: it was not written by "
                          f"{trainer}; use one that was")
     weights = {name: ckpt[name] for name in ('model', 'ema') if ckpt.get(name) is not None}
     if not states_finite(weights):  # the trainers never write these; a model of NaNs would sample without a word
@@ -465,11 +467,16 @@ def load_resume_checkpoint(args, ckpt_path, kind):
     """The checkpoint --resume names (its bare form: ckpt_path), or a stop with the reason and the fix."""
     path = ckpt_path if args.resume == 'auto' else args.resume
     try:
-        return load_checkpoint(path, kind)
+        ckpt = load_checkpoint(path, kind)
     except FileNotFoundError as e:
         raise UserError(f"--resume: {e}: drop --resume to start a new run, or pass --resume PATH_TO_CKPT")
     except ValueError as e:
         raise UserError(f"--resume: {e}")
+    if ckpt.get('weights_only'):
+        raise UserError(f"--resume: {path!r} holds weights only (scripts/export_weights.py), without the optimizer and "
+                        f"training state a run continues from: resume from {ckpt['exported_from']['path']!r}, the "
+                        f"checkpoint it was exported from")
+    return ckpt
 
 
 def flags_given(parser, argv=None):

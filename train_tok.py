@@ -193,12 +193,13 @@ def load_proxy_vqgan():
 
 def stage_start_weights(model, proxy_vqgan, stage_one):
     """A new run's first weights where a stage sets them: stage 1 copies the VQGAN's codebook and decoder into the
-    tokenizer (frozen there, they decode its predicted codes); stage 2 starts from the stage-1 tokenizer's EMA weights."""
+    tokenizer (frozen there, they decode its predicted codes); stage 2 starts from the stage-1 tokenizer's EMA weights
+    (a weights-only export holds them as its model)."""
     if config.stage == 1:
         model.pixel_quantize.load_state_dict(proxy_vqgan.quantize.state_dict())
         model.pixel_decoder.load_state_dict(proxy_vqgan.decoder.state_dict())
     elif config.stage == 2:
-        model.load_state_dict(stage_one['ema'])
+        model.load_state_dict(stage_one['ema'] if stage_one.get('ema') is not None else stage_one['model'])
     return model
 
 
