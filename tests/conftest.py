@@ -135,6 +135,16 @@ def tiny_tokenizer(tmp_path_factory):
     return root / 'data', tok_ckpt
 
 
+@pytest.fixture(scope='session')
+def generator_ckpt(tiny_tokenizer, tmp_path_factory):
+    """A tiny generator checkpoint on the tiny tokenizer (3 steps of train_gen.py, EMA apart from the training
+    weights), built once per session, for the tests that only read it."""
+    data, tok_ckpt = tiny_tokenizer
+    out_dir = tmp_path_factory.mktemp('gen')
+    train_gen(tok_ckpt, out_dir, '--data', data, '--max_steps', 3, '--lr', 0.3, '--ema', 0.9)
+    return out_dir / 'ckpt.pt'
+
+
 def save_modified_tokenizer(tok_ckpt, path, edit):
     """A tokenizer checkpoint made from tok_ckpt by edit(ckpt) (other weights, other config)."""
     ckpt = torch.load(tok_ckpt, map_location='cpu', weights_only=True)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import sample
-from conftest import run, save_modified_tokenizer, train_gen
+from conftest import run, save_modified_tokenizer
 from tokenizer import Tokenizer
 
 EXPORT = os.path.join('scripts', 'export_weights.py')
@@ -25,14 +25,6 @@ def tokenizer_with_distinct_ema(tiny_tokenizer, tmp_path_factory):
     def move_training_weights(ckpt):
         ckpt['model'] = {name: value + 1 if value.is_floating_point() else value for name, value in ckpt['model'].items()}
     return save_modified_tokenizer(tiny_tokenizer[1], tmp_path_factory.mktemp('tok') / 'ckpt.pt', move_training_weights)
-
-
-@pytest.fixture(scope='module')
-def generator_ckpt(tiny_tokenizer, tmp_path_factory):
-    data, tok_ckpt = tiny_tokenizer
-    out_dir = tmp_path_factory.mktemp('gen')
-    train_gen(tok_ckpt, out_dir, '--data', data, '--max_steps', 3, '--lr', 0.3, '--ema', 0.9)
-    return out_dir / 'ckpt.pt'
 
 
 def test_exported_tokenizer_holds_the_ema_weights_and_no_training_state(tokenizer_with_distinct_ema, tmp_path):

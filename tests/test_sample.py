@@ -9,18 +9,10 @@ import torch
 from PIL import Image
 
 from common import UserError
-from conftest import perturb_weights, run, run_together, save_modified_tokenizer, train_gen
+from conftest import perturb_weights, run, run_together, save_modified_tokenizer
 from tokenizer import TokConfig, Tokenizer
 
 N_TOKENS, IMAGE_SIZE = 8, 32  # the tiny tokenizer preset
-
-
-@pytest.fixture(scope='module')
-def generator_ckpt(tiny_tokenizer, tmp_path_factory):
-    data, tok_ckpt = tiny_tokenizer
-    out_dir = tmp_path_factory.mktemp('gen')
-    train_gen(tok_ckpt, out_dir, '--data', data, '--max_steps', 3, '--lr', 0.3, '--ema', 0.9)
-    return out_dir / 'ckpt.pt'
 
 
 def sample_command(ckpt, out, *extra):
