@@ -463,8 +463,9 @@ def load_checkpoint(path, kind):
     return ckpt
 
 
-def load_resume_checkpoint(args, ckpt_path, kind):
-    """The checkpoint --resume names (its bare form: ckpt_path), or a stop with the reason and the fix."""
+def load_resume_checkpoint(args, ckpt_path, kind, weights_only_ok=False):
+    """The checkpoint --resume names (its bare form: ckpt_path), or a stop with the reason and the fix. A weights-only
+    export (scripts/export_weights.py) is refused unless weights_only_ok (a run that only evaluates)."""
     path = ckpt_path if args.resume == 'auto' else args.resume
     try:
         ckpt = load_checkpoint(path, kind)
@@ -472,7 +473,7 @@ def load_resume_checkpoint(args, ckpt_path, kind):
         raise UserError(f"--resume: {e}: drop --resume to start a new run, or pass --resume PATH_TO_CKPT")
     except ValueError as e:
         raise UserError(f"--resume: {e}")
-    if ckpt.get('weights_only'):
+    if ckpt.get('weights_only') and not weights_only_ok:
         raise UserError(f"--resume: {path!r} holds weights only (scripts/export_weights.py), without the optimizer and "
                         f"training state a run continues from: resume from {ckpt['exported_from']['path']!r}, the "
                         f"checkpoint it was exported from")

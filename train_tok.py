@@ -234,7 +234,7 @@ log_path = os.path.join(args.out_dir, 'log.jsonl')
 
 resume = None
 if args.resume:
-    resume = common.load_resume_checkpoint(args, ckpt_path, 'tokenizer')
+    resume = common.load_resume_checkpoint(args, ckpt_path, 'tokenizer', weights_only_ok=args.eval_only)
     resume_path = ckpt_path if args.resume == 'auto' else args.resume
     try:
         config = config_of_checkpoint(resume, resume_path)
@@ -301,16 +301,18 @@ lpips = LPIPS(args.lpips_path, resize=args.lpips_resize).to(device) if args.lpip
 step = 0
 if resume:
     model.load_state_dict(resume['model'])
-    ema_model.load_state_dict(resume['ema'])
-    optimizer.load_state_dict(resume['optimizer'])
-    if use_gan and resume['disc'] is None:
-        if dist_state.master:
-            print("the checkpoint has no discriminator (trained with --gan_weight 0): the GAN starts with a new one")
-    elif use_gan:
-        discriminator.load_state_dict(resume['disc'])
-        discriminator_optimizer.load_state_dict(resume['disc_optimizer'])
-        lecam.load_state_dict(resume['lecam'])
-    common.set_rng_state(resume['rng'])
+    # a weights-only export, which only --eval_only takes, holds the EMA weights as its model and nothing to train on
+    ema_model.load_state_dict(resume['ema'] if resume.get('ema') is not None else resume['model'])
+    if not resume.get('weights_only'):
+        optimizer.load_state_dict(resume['optimizer'])
+        if use_gan and resume['disc'] is None:
+            if dist_state.master:
+                print("the checkpoint has no discriminator (trained with --gan_weight 0): the GAN starts with a new one")
+        elif use_gan:
+            discriminator.load_state_dict(resume['disc'])
+            discriminator_optimizer.load_state_dict(resume['disc_optimizer'])
+            lecam.load_state_dict(resume['lecam'])
+        common.set_rng_state(resume['rng'])
     step = resume['step']
     del resume
 

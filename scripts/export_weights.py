@@ -8,7 +8,8 @@ the full checkpoint often is not.
     python scripts/export_weights.py out/tok/ckpt.pt out/tok/weights.pt
     python scripts/export_weights.py out/gen/best.pt out/gen/weights.pt
 
-The written file cannot be resumed (the trainers stop with the reason). A generator trained on a tokenizer's
+The written file cannot be resumed (the trainers stop with the reason); train_tok.py --resume FILE --eval_only
+scores it as it would the checkpoint. A generator trained on a tokenizer's
 ckpt.pt samples with that tokenizer's exported file as well (sample.py --tok_ckpt): the export records the sha256
 of the file it came from, which sample.py accepts in place of the file's own.
 """

@@ -316,6 +316,18 @@ def test_sharded_evaluation_equals_one_process_and_scores_short_prefixes_on_a_su
     assert every['prefixes'][0]['l2_vs_image'] != pytest.approx(one['prefixes'][0]['l2_vs_image'], rel=1e-3)
 
 
+def test_eval_only_scores_an_exported_tokenizer_as_the_checkpoint_it_came_from(image_dir, two_steps, tmp_path):
+    exported = tmp_path / 'weights.pt'
+    run(os.path.join('scripts', 'export_weights.py'), two_steps / 'ckpt.pt', exported, in_process=True)
+    train(image_dir, tmp_path / 'scored', '--resume', exported, '--eval_only', '--eval_data', image_dir,
+          '--eval_prefix_images', '8')
+    original, rescored = read_eval(two_steps), read_eval(tmp_path / 'scored')
+    assert rescored['step'] == original['step'] == 2
+    for a, b in zip(original['prefixes'], rescored['prefixes'], strict=True):
+        assert a['l2_vs_lowpass'] == pytest.approx(b['l2_vs_lowpass'], rel=1e-6)
+        assert a['l2_vs_image'] == pytest.approx(b['l2_vs_image'], rel=1e-6)
+
+
 def perplexity_of(codes):
     p = torch.bincount(codes).double() / len(codes)
     p = p[p > 0]
