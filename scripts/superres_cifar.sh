@@ -5,16 +5,18 @@
 #   DATA=../shared/data/cifar10 OUT=out/superres16 bash scripts/superres_cifar.sh [stage ...]
 # Stages (default: all, in order; each reads what the earlier ones wrote under $OUT, so any can be re-run alone):
 #   stats    FID statistics of the 50,000 training images at 32 px (skipped when $STATS exists)
-#   models   scripts/cifar10.sh's tok and gen stages at --image_size 16 --patch_size 2 (the 8 x 8 patch grid of its
+#   tok, gen scripts/cifar10.sh's tok and gen stages at --image_size 16 --patch_size 2 (the 8 x 8 patch grid of its
 #            32 px tokenizer) without the GAN, whose discriminator needs 24 px: $OUT/tok, $OUT/gen/best.pt. Its
-#            tok/rfid.json compares the 16 px reconstructions with the 32 px test images.
+#            tok/rfid.json compares the 16 px reconstructions with the 32 px test images. They may run on different
+#            machines: gen reads only the tokenizer's weights, so scripts/export_weights.py's file of $OUT/tok/ckpt.pt,
+#            put in its place, serves.
 #   test     the 10,000 test images downsampled to 16 px and super-resolved: PSNR and LPIPS against their originals,
 #            FID against the training statistics ($OUT/test)
 #   samples  10,000 images sampled at 16 px (seed 1) and super-resolved: FID against the training statistics, the
 #            paper's Table 3 setting of generated images and a real high-resolution reference ($OUT/samples)
 # Each of test and samples writes superres.json (per output: PSNR, LPIPS, FID), side_by_side.png and the .npz files.
-# Cost on one H100, estimated from the 32 px runs of docs/results.md (not measured): about 25 minutes, of which models
-# 15 (tokenizer 10,000 steps, generator 6,000), test and samples 3-5 each.
+# Cost on one H100, estimated from the 32 px runs of docs/results.md (not measured): about 25 minutes, of which tok
+# 10 (10,000 steps), gen 5 (6,000 steps), test and samples 3-5 each.
 set -euo pipefail
 DATA=${DATA:-../shared/data/cifar10}        # train/ and test/ in class folders, 32 px
 OUT=${OUT:-out/superres16}
@@ -26,7 +28,7 @@ STATS=${STATS:-$OUT/cifar10_train_stats.npz}  # the same file as scripts/cifar10
 [ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()
 [ -n "${LPIPS:-}" ] && WEIGHTS_LPIPS=(--lpips_path "$LPIPS") || WEIGHTS_LPIPS=()
 GEN=$OUT/gen/best.pt
-STAGES=(stats models test samples)
+STAGES=(stats tok gen test samples)
 stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=("${STAGES[@]}")
 for stage in "${stages[@]}"; do  # a misspelt stage stops before any work
   [[ " ${STAGES[*]} " == *" $stage "* ]] || { echo "unknown stage $stage: use ${STAGES[*]}" >&2; exit 2; }
@@ -43,9 +45,9 @@ for stage in "${stages[@]}"; do
   case $stage in
   stats)
     [ -f "$STATS" ] || python fid.py --no-pr --save-stats "$STATS" "$DATA/train" "${WEIGHTS_FID[@]}" ;;
-  models)
+  tok|gen)
     DATA=$DATA OUT=$OUT TOK_FLAGS="${TOK_FLAGS---compile} --image_size 16 --patch_size 2 --gan_weight 0" \
-      bash "$(dirname "$0")/cifar10.sh" tok gen ;;
+      bash "$(dirname "$0")/cifar10.sh" "$stage" ;;
   test)
     superres test --input "$DATA/test" --downsample "${WEIGHTS_LPIPS[@]}" ;;
   samples)

@@ -254,7 +254,7 @@ def test_superres_trains_16_px_models_by_the_cifar10_recipe_and_scores_test_imag
 
 def test_superres_stops_on_an_unknown_stage_before_any_run(tmp_path):
     result, calls = run_search(tmp_path, 'superres_cifar.sh', ['stats', 'bogus'], OUT=str(tmp_path / 'root'))
-    assert result.returncode == 2 and 'unknown stage bogus: use stats models test samples' in result.stderr
+    assert result.returncode == 2 and 'unknown stage bogus: use stats tok gen test samples' in result.stderr
     assert calls == [] and not (tmp_path / 'root').exists()
 
 
