@@ -1,8 +1,18 @@
-# export.sh CKPT: CKPT's weights (scripts/export_weights.py) sent back in 15 MiB pieces with their sha256 (a call
-# returns at most 8 files of 16 MiB), so that a later session can carry a tokenizer in instead of training it again:
-# there, `cat weights.part.* > weights.pt && sha256sum -c weights.sha256`
+# export.sh CKPT [PAGE]: CKPT sent back in 15 MiB pieces with their sha256, so that a later session can carry it in
+# (launch.sh's WEIGHTS_TO) instead of training it again: its weights alone (scripts/export_weights.py, enough for
+# the stages after a tokenizer's), or with FULL=1 the whole checkpoint, which a resumed run continues from. A call
+# returns at most 8 files, so pieces come 7 per page: PAGE 0 (the default) cuts them, pages 1, 2, ... send the
+# rest. Reassembled: `cat weights.part.* > weights.pt && sha256sum -c weights.sha256`
 set -eu
-[ -f "$1" ] || { echo "no checkpoint $1: the machine went cold or the stage did not finish"; exit 3; }
-python /root/stage/repo/scripts/export_weights.py "$1" /root/stage/weights.pt
-cd /root/stage && sha256sum weights.pt > "$OUT/weights.sha256" && split -b 15M -d weights.pt "$OUT/weights.part."
-ls -l "$OUT"
+pieces=/root/stage/pieces page=${2:-0}
+if [ "$page" = 0 ]; then
+  [ -f "$1" ] || { echo "no checkpoint $1: the machine went cold or the stage did not finish"; exit 3; }
+  rm -rf "$pieces" && mkdir -p "$pieces"
+  if [ -n "${FULL:-}" ]; then cp "$1" /root/stage/weights.pt
+  else python /root/stage/repo/scripts/export_weights.py "$1" /root/stage/weights.pt; fi
+  (cd /root/stage && sha256sum weights.pt > "$pieces/weights.sha256" && split -b 15M -d weights.pt "$pieces/weights.part.")
+fi
+cd "$pieces" && cp weights.sha256 "$OUT/"
+ls weights.part.* | sed -n "$((page * 7 + 1)),$((page * 7 + 7))p" | xargs -r cp -t "$OUT/"
+total=$(ls weights.part.* | wc -l)
+echo "page $page: $(ls "$OUT" | grep -c part) of $total pieces; pages: $(( (total + 6) / 7 ))"
