@@ -463,6 +463,12 @@ def load_checkpoint(path, kind):
     return ckpt
 
 
+def ema_or_model(ckpt):
+    """The weights a checkpoint is used with: its EMA weights, or its model's where it has none (a run without EMA,
+    or a weights-only export, whose model holds the EMA weights)."""
+    return ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model']
+
+
 def load_resume_checkpoint(args, ckpt_path, kind, weights_only_ok=False):
     """The checkpoint --resume names (its bare form: ckpt_path), or a stop with the reason and the fix. A weights-only
     export (scripts/export_weights.py) is refused unless weights_only_ok (a run that only evaluates)."""

@@ -128,7 +128,7 @@ def load_models(ckpt_path, tok_path=None, device='cpu', no_ema=False):
         raise common.UserError(f"--ckpt: {e}. --ckpt takes the generator; its tokenizer is found from it (or pass --tok_ckpt)")
     gen_config = GPTConfig(**ckpt['config'])
     gpt = GPT(gen_config)
-    gpt.load_state_dict(ckpt['model'] if no_ema or ckpt['ema'] is None else ckpt['ema'])
+    gpt.load_state_dict(ckpt['model'] if no_ema else common.ema_or_model(ckpt))
     gpt = gpt.to(device).eval()
     trained_with = ckpt['tokenizer']
     N, K = gen_config.n_tokens, gen_config.vocab_size

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import load_checkpoint
+from common import ema_or_model, load_checkpoint
 from data import save_grid
 from dct import SCHEDULES, lowpass, omega_schedule
 from vqgan import Codebook, Decoder, VQGANConfig
@@ -340,7 +340,7 @@ class Tokenizer(nn.Module):
         """Rebuild a tokenizer from a train_tok.py checkpoint alone (EMA weights when present)."""
         ckpt = load_checkpoint(path, 'tokenizer')
         tok = Tokenizer(config_of_checkpoint(ckpt, path))
-        tok.load_state_dict(ckpt['ema'] if use_ema and ckpt.get('ema') else ckpt['model'])
+        tok.load_state_dict(ema_or_model(ckpt) if use_ema else ckpt['model'])
         return tok.to(device).eval()
 
 

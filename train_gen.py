@@ -231,7 +231,7 @@ step, best_val_nll = 0, float('inf')
 if resume:
     model.load_state_dict(resume['model'])
     if ema_model is not None:
-        ema_model.load_state_dict(resume['ema'] or resume['model'])
+        ema_model.load_state_dict(common.ema_or_model(resume))
     optimizer.load_state_dict(resume['optimizer'])
     common.set_rng_state(resume['rng'])
     step = resume['step']

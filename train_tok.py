@@ -199,7 +199,7 @@ def stage_start_weights(model, proxy_vqgan, stage_one):
         model.pixel_quantize.load_state_dict(proxy_vqgan.quantize.state_dict())
         model.pixel_decoder.load_state_dict(proxy_vqgan.decoder.state_dict())
     elif config.stage == 2:
-        model.load_state_dict(stage_one['ema'] if stage_one.get('ema') is not None else stage_one['model'])
+        model.load_state_dict(common.ema_or_model(stage_one))
     return model
 
 
@@ -302,7 +302,7 @@ step = 0
 if resume:
     model.load_state_dict(resume['model'])
     # a weights-only export, which only --eval_only takes, holds the EMA weights as its model and nothing to train on
-    ema_model.load_state_dict(resume['ema'] if resume.get('ema') is not None else resume['model'])
+    ema_model.load_state_dict(common.ema_or_model(resume))
     if not resume.get('weights_only'):
         optimizer.load_state_dict(resume['optimizer'])
         if use_gan and resume['disc'] is None:

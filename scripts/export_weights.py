@@ -26,9 +26,8 @@ TRAINING_STATE = ('optimizer', 'disc', 'disc_optimizer', 'lecam', 'rng')
 
 def exported(ckpt, source_path):
     """The weights-only checkpoint of ckpt (read from source_path)."""
-    weights = ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model']
     kept = {key: value for key, value in ckpt.items() if key not in TRAINING_STATE + ('model', 'ema')}
-    return {**kept, 'model': weights, 'ema': None, 'weights_only': True,
+    return {**kept, 'model': common.ema_or_model(ckpt), 'ema': None, 'weights_only': True,
             'exported_from': {'path': os.path.abspath(source_path), 'sha256': common.file_sha256(source_path)}}
 
 
