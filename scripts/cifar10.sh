@@ -17,21 +17,20 @@
 #     rfid_train  the training images reconstructed and scored against the gFID reference (train statistics),
 #               so that gFID - rFID compares the generator with its tokenizer on one footing; with precision and
 #               recall, so that a generator's recall can be read against its tokenizer's
-#     sweep     sweep.py by FID, 10k samples each, seed 1 (held out from the final seed 0), in two rounds:
-#               CFG x guidance ramp x temperature, then top-k x top-p at the best of round 1 (coordinate search: a
-#               full product is too long; SWEEP_TOPKS=0 SWEEP_TOPPS=0 skip it); writes $OUT/sweep/best_flags, the
+#     sweep     sweep.py by FID, 10k samples each, seed 1 (held out from the final seed 0): CFG x guidance ramp x
+#               temperature, then, when SWEEP_TOPKS / SWEEP_TOPPS name values (off by default), top-k x top-p at the
+#               best of that round (coordinate search: a full product is too long); writes $OUT/sweep/best_flags, the
 #               sample.py flags of the lowest FID
 #     sample    with $OUT/sweep/best_flags when it exists (delete it to go back to --cfg $CFG)
 #     truncate  Table 3: drop the last k tokens, at the sweep's best setting (else --cfg $CFG), 10k samples, seed 1
 # Every stage reads what the earlier ones wrote under $OUT, so any stage can be re-run alone; sweep, sample and
 # truncate sample GEN_CKPT ($OUT/gen/best.pt unless set). Each finished stage appends its wall time to
 # $OUT/stage_seconds.jsonl.
-# Cost at the defaults on one GPU, from earlier runs of the same stages (docs/results.md): stats 0.6 min (H100); tok
-# 9.9 (H200: 10,000 steps with its test-set evaluation, about 1 min per 1,000 steps); gen about 4 (H100, 6,000
-# steps with the token files); sweep 0.33 per 10,000-sample setting (H100), 17 settings in its two rounds, about 6;
-# sample + fid 1.6 (H100); truncate 1.4 (H100): about 24 GPU-minutes in all (rfid_train, not a default stage: 0.9-1.1
-# on an H100 in Table 4's rows). Each alone on its GPU: sampling beside another run is far slower
-# (scripts/table4.sh).
+# Cost at the defaults, measured on one H100 (results/cifar10_full/stage_seconds.jsonl, docs/results.md): stats 0.6
+# min; tok 10.8 (10,000 steps at 18 it/s, compiling and the test-set evaluation included); rfid_train 0.8; gen 4.7
+# (6,000 steps with the token files); sweep 0.14 per 10,000-sample setting, 12 settings, about 2; sample + fid 0.8;
+# truncate 0.8: about 20 GPU-minutes in all (rfid_train, not a default stage, adds 0.8). No H200 timing of these
+# stages at these defaults yet. Each alone on its GPU: sampling beside another run is far slower (scripts/table4.sh).
 # Settings come from the environment. The tok stage is the recipe that scripts/tok_search.sh chose by rFID among those
 # keeping every prefix faithful to its low-pass target (docs/results.md, "Tokenizer recipe search"); the gen stage is
 # the regularised recipe that scripts/gen_search.sh chose by validation NLL (docs/results.md, "Generalisation"). Both
@@ -48,7 +47,7 @@ TOK_BATCH=${TOK_BATCH:-256}
 TOK_WARMUP=${TOK_WARMUP:-500}
 GEN_BATCH=${GEN_BATCH:-512}
 WORKERS=${WORKERS-12}                       # image loading processes; empty: the trainers' choice from the CPU cores
-CFG=${CFG:-1.5}
+CFG=${CFG:-1.0}                              # without the sweep stage: the full configuration's best at temperature 1
 SEED=${SEED:-0}                              # the tokenizer's and the generator's training seed
 SELECT=${SELECT:-}                           # a selection split: recipe selection instead of the final figures
 VAL_PER_CLASS=${VAL_PER_CLASS:-500}          # the split's val images per class: 5,000 of CIFAR-10's 50,000
@@ -62,11 +61,15 @@ fi
 GEN_CKPT=${GEN_CKPT:-$OUT/gen/best.pt}       # the generator the sampling stages sample
 PER_CLASS=${PER_CLASS:-5000}                 # final samples: 50,000
 SWEEP_PER_CLASS=${SWEEP_PER_CLASS:-1000}     # sweep and truncation samples: 10,000
-SWEEP_CFGS=${SWEEP_CFGS:-1 1.5 2 3}
-SWEEP_TEMPS=${SWEEP_TEMPS:-1.0 0.9}
+# the grid around the full configuration's best (CFG 1.0, temperature 1.1; 0.9 lost by 1.8-2.6 FID at CFG 1 and 1.5,
+# CFG 1.5 by 2.1 at temperature 1): docs/results.md, "Full SpectralAR end to end"
+SWEEP_CFGS=${SWEEP_CFGS:-1 1.25 1.5 2}
+SWEEP_TEMPS=${SWEEP_TEMPS:-1.0 1.1 1.2}
 SWEEP_RAMPS=${SWEEP_RAMPS:-off}              # round 1's guidance: off (constant), on (ramped), or "off on"
-SWEEP_TOPKS=${SWEEP_TOPKS:-0 100 300}       # round 2; 0: off
-SWEEP_TOPPS=${SWEEP_TOPPS:-0 0.9 0.95}      # round 2; 0: off
+# round 2 (0: off) is skipped by default: on the full configuration every top-k or top-p cost FID (top-k 100 / 300:
+# +17.7 / +8.2; top-p 0.9 / 0.95: +1.7 / +0.8), since its samples lack diversity (recall 0.28), not precision
+SWEEP_TOPKS=${SWEEP_TOPKS:-0}
+SWEEP_TOPPS=${SWEEP_TOPPS:-0}
 TRUNCATE=${TRUNCATE:-0 4 8 12}              # k tokens dropped (N = 32: steps of N/8)
 # the search's winner on top of the base recipe (rFID 14.4 at 10,000 steps); TOK_RECIPE= gives the base (tok_search.sh's control)
 TOK_RECIPE=${TOK_RECIPE---full_prefix_prob 0.5 --gan_full_only --lpips_resize 128 --codebook_size 4096}

@@ -196,6 +196,7 @@ def test_searches_select_on_the_split_and_never_read_cifar10_test(tmp_path, scri
         cfgs = round_one[round_one.index('--cfg') + 1:round_one.index('--cfg_ramp')]
         assert cfgs == ['1', '1.5', '2', '3', '4'] and value(round_one, '--cfg_ramp') == 'off'
         assert round_one[round_one.index('--cfg_ramp') + 2] == 'on'
+        assert len(sweeps) == 2 and '--top_k' in sweeps[1]  # the search keeps round 2, which cifar10.sh skips
 
 
 def test_cifar10_final_figures_train_on_all_of_train_and_score_on_test(tmp_path):
@@ -214,6 +215,8 @@ def test_cifar10_final_figures_train_on_all_of_train_and_score_on_test(tmp_path)
     stats = next(call for call in calls if '--save-stats' in call)
     assert stats[-1] == train  # gFID's reference: the 50,000 training images
     assert all(value(call, '--ref') == value(stats, '--save-stats') for call in calls if call[0] == 'sweep.py')
+    sweeps = [call for call in calls if call[0] == 'sweep.py' and '--truncate' not in call]
+    assert len(sweeps) == 1 and '--top_k' not in sweeps[0]  # round 2 (top-k x top-p) only when asked for
     timings = [json.loads(line) for line in open(tmp_path / 'out' / 'stage_seconds.jsonl')]
     assert [t['stage'] for t in timings] == ['stats', 'tok', 'gen', 'sweep', 'sample', 'fid', 'truncate']
     assert all(isinstance(t['seconds'], int) and t['seconds'] >= 0 for t in timings)
