@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from common import ema_or_model, load_checkpoint
 from data import save_grid
-from dct import SCHEDULES, lowpass, omega_schedule
+from dct import lowpass, omega_schedule
 from vqgan import Codebook, Decoder, VQGANConfig
 
 

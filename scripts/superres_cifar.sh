@@ -22,7 +22,7 @@ DATA=${DATA:-../shared/data/cifar10}        # train/ and test/ in class folders,
 OUT=${OUT:-out/superres16}
 KEEP=${KEEP:-16 20 25 28 32}                # k kept of N = 32; w_k <= 8 = S/2 for k <= 25, superres.py's default
 PER_CLASS=${PER_CLASS:-1000}                # samples stage: 10,000 generated images
-SAMPLING=${SAMPLING:---cfg 2.0}             # sample.py's and the completion's flags: the 32 px recipe's best (docs/results.md)
+SAMPLING=${SAMPLING:---cfg 1.0 --temperature 1.1}  # sample.py's and the completion's: the 32 px full row's best (docs/results.md)
 SR_FLAGS=${SR_FLAGS:-}                      # more superres.py flags, e.g. --shared_noise
 STATS=${STATS:-$OUT/cifar10_train_stats.npz}  # the same file as scripts/cifar10.sh's: one can serve both
 [ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()
