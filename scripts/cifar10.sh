@@ -74,6 +74,7 @@ TRUNCATE=${TRUNCATE:-0 4 8 12}              # k tokens dropped (N = 32: steps of
 # the search's winner on top of the base recipe (rFID 14.4 at 10,000 steps); TOK_RECIPE= gives the base (tok_search.sh's control)
 TOK_RECIPE=${TOK_RECIPE---full_prefix_prob 0.5 --gan_full_only --lpips_resize 128 --codebook_size 4096}
 TOK_FLAGS=${TOK_FLAGS---compile}            # the train_tok.py extras; table4.sh passes each row's (no --compile)
+GEN_FLAGS=${GEN_FLAGS:-}                    # train_gen.py extras after the gen stage's, e.g. a gen_search.sh variant's
 WEIGHTS=()                                  # explicit weight files (INCEPTION=, LPIPS=) when the packages are not installed
 [ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()
 [ -n "${LPIPS:-}" ] && WEIGHTS=(--lpips_path "$LPIPS")
@@ -124,7 +125,7 @@ for stage in "${stages[@]}"; do
     python train_gen.py --preset "$GEN_PRESET" --tok_ckpt "$OUT/tok/ckpt.pt" --data "$TRAIN" \
       --val_data "$HELD_OUT" --augment 8 --ema 0.9995 --out_dir "$OUT/gen" --batch_size "$GEN_BATCH" \
       --max_steps "$GEN_STEPS" --lr 2e-4 --log_every 200 --eval_every 500 --ckpt_every 2000 \
-      --sample_every 2000 --seed "$SEED" ${WORKERS:+--workers "$WORKERS"} ;;
+      --sample_every 2000 --seed "$SEED" ${WORKERS:+--workers "$WORKERS"} $GEN_FLAGS ;;
   sample)
     python sample.py --ckpt "$GEN_CKPT" --classes all --per_class "$PER_CLASS" --batch_size 1000 \
       $(sampling_flags sample) --seed 0 --progressive 8 --out "$OUT/samples" ;;

@@ -222,6 +222,15 @@ def test_cifar10_final_figures_train_on_all_of_train_and_score_on_test(tmp_path)
     assert all(isinstance(t['seconds'], int) and t['seconds'] >= 0 for t in timings)
 
 
+def test_cifar10_gen_stage_trains_a_search_winner_given_as_preset_and_flags(tmp_path):
+    result, calls = run_search(tmp_path, 'cifar10.sh', ['gen'], OUT=str(tmp_path / 'out'), GEN_PRESET='cifar_d12',
+                               GEN_FLAGS='--dropout 0.2 --drop_path 0.2')
+    assert result.returncode == 0, result.stderr
+    gen, = [call.split() for call in calls]
+    assert value(gen, '--preset') == 'cifar_d12' and gen[-4:] == ['--dropout', '0.2', '--drop_path', '0.2']
+    assert value(gen, '--ema') == '0.9995' and value(gen, '--augment') == '8'  # the stage's own flags stay
+
+
 def test_tok_stage_in_pieces_continues_its_checkpoint_and_scores_only_the_whole_tokenizer(tmp_path):
     (tmp_path / 'out' / 'tok').mkdir(parents=True)
     (tmp_path / 'out' / 'tok' / 'ckpt.pt').write_bytes(b'')

@@ -1,22 +1,37 @@
 #!/usr/bin/env bash
-# run.sh [row ...] | run.sh cifar10 [stage ...] | run.sh superres [stage ...]: on the device, the Table 4 rows one
-# after another at the campaign's budget (table4.sh's defaults), or scripts/cifar10.sh's stages (full SpectralAR at
-# its own budget, into $ROOT/cifar10), or scripts/superres_cifar.sh's (into $ROOT/superres16), their settings from
-# the environment launch.sh was given, then /root/stage/DONE. launch.sh starts it detached with its own arguments;
-# a finished row (its gFID written) is skipped, and wait.sh collects every row's logs and JSON as they stand. (The
-# run of titok_s1 and causal also profiled the CIFAR-10 tokenizer's step after DONE: this file at commit 579ebb2,
-# docs/performance.md.)
+# run.sh [row ...] | run.sh SCRIPT [arg ...] [+ SCRIPT [arg ...]] ...: on the device, the Table 4 rows one after
+# another at the campaign's budget (table4.sh's defaults, into $ROOT/<row>), or scripts/SCRIPT.sh with its
+# arguments, one after another, each into $ROOT/SCRIPT (its OUT and ROOT) with its console in $ROOT/SCRIPT.log,
+# stopping at the first that fails. SCRIPT: cifar10 (full SpectralAR at its own budget), superres
+# (scripts/superres_cifar.sh, into $ROOT/superres16), tok_search, gen_search, sweep_search. Settings come from the
+# environment launch.sh was given (e.g. TOK=/root/stage/t4/cifar10/tok/ckpt.pt for gen_search, GEN_CKPT= for
+# sweep_search); the searches' SELECT, the selection split, defaults to /root/stage/select. Then /root/stage/DONE.
+# launch.sh starts it detached with its own arguments; a finished row (its gFID written) is skipped, and wait.sh
+# collects every log and JSON as they stand. (The run of titok_s1 and causal also profiled the CIFAR-10 tokenizer's
+# step after DONE: this file at commit 579ebb2, docs/performance.md.)
 set -u
 export PYTHONUNBUFFERED=1  # the device image has `python` on PATH (its venv)
 cd /root/stage/repo
 export DATA=/root/stage/data INCEPTION=/root/stage/w/default_1.pt LPIPS=/root/stage/w/vgg16.ckpt ROOT=/root/stage/t4
 mkdir -p "$ROOT"
 date; echo "arguments: ${*:-all rows}"
-if [ "${1:-}" = cifar10 ]; then
-  shift; OUT=$ROOT/cifar10 bash scripts/cifar10.sh "$@" > "$ROOT/cifar10.log" 2>&1; echo "cifar10 exit $?"
-elif [ "${1:-}" = superres ]; then
-  shift; OUT=$ROOT/superres16 bash scripts/superres_cifar.sh "$@" > "$ROOT/superres.log" 2>&1; echo "superres exit $?"
-else
-  bash scripts/table4.sh "$@" > "$ROOT/summary.txt" 2>&1; echo "table4 exit $?"
-fi
+
+run_script() {  # run_script NAME [arg ...]: scripts/NAME.sh into $ROOT/NAME, its console in $ROOT/NAME.log
+  local name=$1 script=scripts/$1.sh dir=$ROOT/$1; shift
+  [ "$name" = superres ] && script=scripts/superres_cifar.sh dir=$ROOT/superres16
+  # the searches' selection split outside t4, which wait.sh sends back; cifar10.sh reads SELECT as its protocol, so
+  # the final figures' runs get it only when launch.sh's environment names it
+  local select=${SELECT:-}; [[ $name == *_search ]] && select=${SELECT:-/root/stage/select}
+  OUT=$dir ROOT=$dir SELECT=$select bash "$script" "$@" > "$ROOT/$name.log" 2>&1
+  local status=$?; echo "$name exit $status"; return $status
+}
+case ${1:-} in
+  cifar10|superres|tok_search|gen_search|sweep_search)
+    command=()
+    for word in "$@" +; do
+      if [ "$word" = + ]; then run_script "${command[@]}" || break; command=()
+      else command+=("$word"); fi
+    done ;;
+  *) bash scripts/table4.sh "$@" > "$ROOT/summary.txt" 2>&1; echo "table4 exit $?" ;;
+esac
 date; touch /root/stage/DONE

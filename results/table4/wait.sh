@@ -5,5 +5,5 @@ end=$((SECONDS + ${1:-500}))
 while [ ! -f "/root/stage/${2:-DONE}" ] && [ $SECONDS -lt $end ]; do sleep 5; done
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
 tail -6 /root/stage/run.log
-for r in /root/stage/t4/*/run.log /root/stage/t4/cifar10.log /root/stage/t4/superres.log; do [ -f "$r" ] || continue; echo "== $r"; tail -c 400 "$r" | tr '\r' '\n' | tail -2; done
+for r in /root/stage/t4/*/run.log /root/stage/t4/*.log; do [ -f "$r" ] || continue; echo "== $r"; tail -c 400 "$r" | tr '\r' '\n' | tail -2; done
 cd /root/stage && tar -czf "$OUT/t4.tgz" --exclude='*.npz' --exclude='*.pt' t4 run.log && ls -l "$OUT"
