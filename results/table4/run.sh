@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# run.sh [row ...] | run.sh SCRIPT [arg ...] [+ SCRIPT [arg ...]] ...: on the device, the Table 4 rows one after
-# another at the campaign's budget (table4.sh's defaults, into $ROOT/<row>), or scripts/SCRIPT.sh with its
+# run.sh [row ...] | run.sh SCRIPT [VAR=value ...] [arg ...] [+ SCRIPT ...] ...: on the device, the Table 4 rows one
+# after another at the campaign's budget (table4.sh's defaults, into $ROOT/<row>), or scripts/SCRIPT.sh with its
 # arguments, one after another, each into $ROOT/SCRIPT (its OUT and ROOT) with its console in $ROOT/SCRIPT.log,
-# stopping at the first that fails. SCRIPT: table4 (its rows under $ROOT, as without a SCRIPT), cifar10 (full
-# SpectralAR at its own budget), superres (scripts/superres_cifar.sh, into $ROOT/superres16), tok_search, gen_search,
-# sweep_search. Settings come from the environment launch.sh was given (e.g. TOK=/root/stage/t4/cifar10/tok/ckpt.pt
-# for gen_search, GEN_CKPT= for sweep_search); the searches' SELECT, the selection split, defaults to
-# /root/stage/select. Then /root/stage/DONE. launch.sh starts it detached with its own arguments; a finished row (its
-# gFID written) is skipped, and wait.sh collects every log and JSON as they stand. (The run of titok_s1 and causal
-# also profiled the CIFAR-10 tokenizer's step after DONE: this file at commit 579ebb2, docs/performance.md.)
+# stopping at the first that fails; VAR=value words before a script's arguments set its environment alone (e.g.
+# "GEN_FLAGS=--dropout 0.2", which the Table 4 rows before it must not see). SCRIPT: table4 (its rows under $ROOT,
+# as without a SCRIPT), cifar10 (full SpectralAR at its own budget), superres (scripts/superres_cifar.sh, into
+# $ROOT/superres16), tok_search, gen_search, sweep_search. Settings for every script come from the environment
+# launch.sh was given (e.g. TOK=/root/stage/t4/cifar10/tok/ckpt.pt for gen_search); the searches' SELECT, the
+# selection split, defaults to /root/stage/select. Then /root/stage/DONE. launch.sh starts it detached with its own
+# arguments; a finished row (its gFID written) is skipped, and wait.sh collects every log and JSON as they stand.
+# (The run of titok_s1 and causal also profiled the CIFAR-10 tokenizer's step after DONE: this file at commit
+# 579ebb2, docs/performance.md.)
 set -u
 export PYTHONUNBUFFERED=1  # the device image has `python` on PATH (its venv)
 cd /root/stage/repo
@@ -16,14 +18,15 @@ export DATA=/root/stage/data INCEPTION=/root/stage/w/default_1.pt LPIPS=/root/st
 mkdir -p "$ROOT"
 date; echo "arguments: ${*:-all rows}"
 
-run_script() {  # run_script NAME [arg ...]: scripts/NAME.sh into $ROOT/NAME, its console in $ROOT/NAME.log
-  local name=$1 script=scripts/$1.sh dir=$ROOT/$1; shift
+run_script() {  # run_script NAME [VAR=value ...] [arg ...]: scripts/NAME.sh into $ROOT/NAME, its console in $ROOT/NAME.log
+  local name=$1 script=scripts/$1.sh dir=$ROOT/$1 settings=(); shift
+  while [[ ${1:-} =~ ^[A-Z_][A-Z0-9_]*= ]]; do settings+=("$1"); shift; done  # this script's environment only
   [ "$name" = superres ] && script=scripts/superres_cifar.sh dir=$ROOT/superres16
   [ "$name" = table4 ] && dir=$ROOT  # its rows under $ROOT/<row>, as without a SCRIPT
   # the searches' selection split outside t4, which wait.sh sends back; cifar10.sh reads SELECT as its protocol, so
   # the final figures' runs get it only when launch.sh's environment names it
   local select=${SELECT:-}; [[ $name == *_search ]] && select=${SELECT:-/root/stage/select}
-  OUT=$dir ROOT=$dir SELECT=$select bash "$script" "$@" > "$ROOT/$name.log" 2>&1
+  env OUT="$dir" ROOT="$dir" SELECT="$select" "${settings[@]}" bash "$script" "$@" > "$ROOT/$name.log" 2>&1
   local status=$?; echo "$name exit $status"; return $status
 }
 case ${1:-} in
