@@ -18,7 +18,7 @@ export DATA=/root/stage/data INCEPTION=/root/stage/w/default_1.pt LPIPS=/root/st
 mkdir -p "$ROOT"
 date; echo "arguments: ${*:-all rows}"
 
-run_script() {  # run_script NAME [VAR=value ...] [arg ...]: scripts/NAME.sh into $ROOT/NAME, its console in $ROOT/NAME.log
+run_script() {  # run_script NAME [VAR=value ...] [arg ...]: scripts/NAME.sh into $ROOT/NAME, console in $ROOT/NAME.log
   local name=$1 script=scripts/$1.sh dir=$ROOT/$1 settings=(); shift
   while [[ ${1:-} =~ ^[A-Z_][A-Z0-9_]*= ]]; do settings+=("$1"); shift; done  # this script's environment only
   [ "$name" = superres ] && script=scripts/superres_cifar.sh dir=$ROOT/superres16
