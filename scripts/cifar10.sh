@@ -28,7 +28,7 @@
 # $OUT/stage_seconds.jsonl.
 # Cost at the defaults, measured on one H100 (results/cifar10_full/stage_seconds.jsonl, docs/results.md): stats 0.6
 # min; tok 10.8 (10,000 steps at 18 it/s, compiling and the test-set evaluation included); rfid_train 0.8; gen 4.7
-# (6,000 steps with the token files); sweep 0.14 per 10,000-sample setting, 12 settings, about 2; sample + fid 0.8;
+# (6,000 steps with the token files); sweep 0.17 per 10,000-sample setting, 12 settings, about 2; sample + fid 0.8;
 # truncate 0.8: about 20 GPU-minutes in all (rfid_train, not a default stage, adds 0.8). No H200 timing of these
 # stages at these defaults yet. Each alone on its GPU: sampling beside another run is far slower (scripts/table4.sh).
 # Settings come from the environment. The tok stage is the recipe that scripts/tok_search.sh chose by rFID among those
