@@ -10,4 +10,4 @@ if [ -n "${WEIGHTS_TO:-}" ]; then  # weights sent back by export.sh in an earlie
   cat weights.part.* > weights.pt && sha256sum -c weights.sha256 && mkdir -p "$(dirname "$WEIGHTS_TO")" && mv weights.pt "$WEIGHTS_TO"
 fi
 setsid nohup bash /root/stage/run.sh "$@" > /root/stage/run.log 2>&1 < /dev/null &
-sleep 45; tail -3 run.log; for r in t4/*/run.log; do echo "== $r"; tail -c 300 "$r" | tr '\r' '\n' | tail -2; done
+sleep 45; bash wait.sh 0  # wait.sh's report of the logs so far, without waiting
