@@ -15,6 +15,9 @@
 #   lpips_k4096_20k, lpips_k4096_40k  lpips_k4096 trained 20,000 / 40,000 steps (its schedule and GAN start scaled)
 #   lpips_k8192, lpips_k16384  lpips with 8,192 / 16,384 codes
 #   lpips_k4096_dim8, lpips_k4096_dim16, lpips_k4096_dim32  lpips_k4096 with 8 / 16 / 32-dimensional codes (preset: 12)
+#   lpips64_k4096, lpips64_k4096_20k  lpips_k4096 with LPIPS on inputs upsampled to 64 px, not 128: VGG16 at 128 px
+#               is 7.7 of a step's 11.1 TFLOP (docs/performance.md), so at 64 px a step has about half the FLOPs; the first
+#               says what that costs in rFID at 10,000 steps, the second whether twice the steps buy it back
 #   VARIANT_sK  any variant above trained with seed K (default 0), e.g. lpips_k4096_s1: the run-to-run noise that a
 #               variant's lead must exceed (two seeds of the full configuration differed by 8.5 rFID in Table 4)
 # The variants run at the same time, variant j on GPU j mod GPUS, each under $ROOT/<variant>/ (cifar10.sh's layout:
@@ -32,7 +35,7 @@ export DATA SELECT TOK_STEPS=${TOK_STEPS:-10000} TOK_CHUNK=${TOK_CHUNK:-} WORKER
 COMPILE=${COMPILE---compile}  # COMPILE= for a CPU dry run
 LPIPS_RECIPE="--full_prefix_prob 0.5 --gan_full_only --lpips_resize 128"  # the lpips variant's flags
 variants=("$@"); [ ${#variants[@]} -eq 0 ] && variants=(lpips_k4096 lpips_k4096_20k lpips_k4096_40k lpips_k8192 lpips_k16384
-  lpips_k4096_dim8 lpips_k4096_dim16 lpips_k4096_dim32)
+  lpips_k4096_dim8 lpips_k4096_dim16 lpips_k4096_dim32 lpips64_k4096 lpips64_k4096_20k)
 
 variant_seed() {  # the training seed of variant $1: K of a name ending in _sK, else 0
   if [[ $1 =~ _s([0-9]+)$ ]]; then echo "${BASH_REMATCH[1]}"; else echo 0; fi
@@ -58,8 +61,11 @@ variant_settings() {  # "STEPS FLAGS" of variant $1 (its _sK suffix aside): its 
     lpips_k4096_dim8)  echo "$TOK_STEPS $LPIPS_RECIPE --codebook_size 4096 --code_dim 8" ;;
     lpips_k4096_dim16) echo "$TOK_STEPS $LPIPS_RECIPE --codebook_size 4096 --code_dim 16" ;;
     lpips_k4096_dim32) echo "$TOK_STEPS $LPIPS_RECIPE --codebook_size 4096 --code_dim 32" ;;
+    lpips64_k4096)     echo "$TOK_STEPS ${LPIPS_RECIPE/--lpips_resize 128/--lpips_resize 64} --codebook_size 4096" ;;
+    lpips64_k4096_20k) echo "20000 ${LPIPS_RECIPE/--lpips_resize 128/--lpips_resize 64} --codebook_size 4096" ;;
     *) echo "unknown variant $1: use control cond_gan full_gan lpips_cond lpips lpips_k4096 lpips_cond_k4096" \
-         "lpips_k4096_20k lpips_k4096_40k lpips_k8192 lpips_k16384 lpips_k4096_dim8 lpips_k4096_dim16 lpips_k4096_dim32," \
+         "lpips_k4096_20k lpips_k4096_40k lpips_k8192 lpips_k16384 lpips_k4096_dim8 lpips_k4096_dim16 lpips_k4096_dim32" \
+         "lpips64_k4096 lpips64_k4096_20k," \
          "each with an optional seed suffix _sK" >&2
        exit 2 ;;
   esac

@@ -137,6 +137,21 @@ def test_tok_search_seed_suffix_trains_the_same_variant_with_that_seed(tmp_path)
     assert without_seed_and_paths(trains['lpips_k4096']) == without_seed_and_paths(trains['lpips_k4096_s1'])
 
 
+def test_tok_search_lpips64_variants_upsample_to_64_px_only_and_keep_the_rest_of_lpips_k4096(tmp_path):
+    result, calls = run_search(tmp_path, 'tok_search.sh', ['lpips_k4096', 'lpips64_k4096', 'lpips64_k4096_20k'])
+    assert result.returncode == 0, result.stderr
+    trains = {os.path.basename(os.path.dirname(value(call, '--out_dir'))): call
+              for call in map(str.split, calls) if call[0] == 'train_tok.py'}
+    assert [trains[v].count('--lpips_resize') for v in sorted(trains)] == [1, 1, 1]
+    assert {v: (value(c, '--lpips_resize'), value(c, '--max_steps')) for v, c in trains.items()} == {
+        'lpips_k4096': ('128', '10000'), 'lpips64_k4096': ('64', '10000'), 'lpips64_k4096_20k': ('64', '20000')}
+
+    def recipe(call):  # the call without the LPIPS resolution, the length (and the GAN start it sets) and the paths
+        varying = ('--lpips_resize', '--max_steps', '--disc_start', '--out_dir', '--eval_npz')
+        return [arg for i, arg in enumerate(call) if arg not in varying and call[i - 1] not in varying]
+    assert recipe(trains['lpips_k4096']) == recipe(trains['lpips64_k4096']) == recipe(trains['lpips64_k4096_20k'])
+
+
 def test_tok_search_summary_gives_each_variants_spread_over_its_seeds(tmp_path):
     for name, fid in (('lpips_k4096', 20.0), ('lpips_k4096_s1', 28.5), ('lpips_k8192', 18.0)):
         tok = tmp_path / 'root' / name / 'tok'
