@@ -13,6 +13,9 @@ its first k tokens (--keep, several values: one output each) and the generator s
 as a forced prefix, conditioned on the image's class (sample.py's --cfg / --top_k ... flags). The decoded
 sub-images are reassembled: patch puts sub-image (a, b) in quadrant (a, b) of the output, stride interleaves them
 as its polyphase components (a, b). k = N is the tokenizer alone; 'plain' is the image upsampled 2x (bicubic).
+--keep_input_band: each completed output keeps the input's own spectrum, the DCT coefficients below S on both axes,
+and takes only those above S from the completion, so that the sub-images' reconstruction errors no longer change
+what the input already shows (docs/superres.md measures both).
 --input: an ADM .npz (arr_0 uint8 (n, S, S, 3), labels (n,) as sample.py writes; no labels: the null class), or
 an image folder (<class>/<image> files, center-cropped to S; class ids by sorted folder name, which must be the
 generator's classes; no class folders: the null class).
@@ -37,6 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import common
+import dct
 import sample
 from data import ImageFolder, center_crop_arr, load_npz, save_grid, to_float, to_uint8
 from losses import LPIPS
@@ -58,6 +62,9 @@ def parse_args(argv=None):
                         'default: the tokens whose cut-off w_i is at most S/2, the band an upsampled sub-image holds)')
     parser.add_argument('--shared_noise', action='store_true',
                         help="sample the four sub-images of an image from the same random numbers (default: independent)")
+    parser.add_argument('--keep_input_band', action='store_true',
+                        help="completed outputs keep the input's DCT coefficients below S (both axes) and take only those "
+                             "above from the completion (default: all from the completion)")
     sample.add_sampling_args(parser)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--batch_size', type=int, default=256, help='images per batch (4 sub-images each)')
@@ -119,14 +126,26 @@ def merge(subs, mode):
     return images.reshape(n // 4, C, 2 * h, 2 * w)
 
 
+def with_input_band(out, images):
+    """out (B, C, 2S, 2S) with its orthonormal DCT coefficients below S on both axes replaced by those of images
+    (B, C, S, S), times 2: the 2S px image with the input's spectrum and nothing above it is the input upsampled in
+    the DCT domain (a constant keeps its value: its DC coefficient grows with the side, S to 2S). The coefficients
+    above S stay out's."""
+    S = images.shape[-1]
+    spectrum = dct.dct2(out.float())
+    spectrum[..., :S, :S] = 2 * dct.dct2(images.float())
+    return dct.idct2(spectrum).clamp(-1, 1)
+
+
 @torch.no_grad()
-def complete(gpt, tok, images, labels, keep, mode, generator=None, shared_noise=False, bf16=False, **sampling):
+def complete(gpt, tok, images, labels, keep, mode, generator=None, shared_noise=False, bf16=False,
+             keep_input_band=False, **sampling):
     """Spectral completion of images in [-1, 1] (B, 3, S, S) with class labels (B,) to (B, 3, 2S, 2S): split by `mode`
     into sub-images of S/2, upsample each onto the output pixels it fills, encode them (float32), keep their first
     `keep` tokens, sample the rest (GPT.generate with the kept tokens as a forced prefix; `sampling`: its cfg_scale,
     cfg_ramp, temperature, top_k, top_p), decode and merge. keep = N gives the upsampled sub-images' reconstructions.
     shared_noise: each image's four sub-images are sampled from the same random numbers, generator's state at the
-    start."""
+    start. keep_input_band: the merged output's DCT band below S is the input's (with_input_band)."""
     if shared_noise and generator is None:
         raise ValueError('shared_noise needs a generator, whose state each sub-image starts from')
     subs = upsample(split(images, mode), part_shifts(mode).repeat(len(images), 1))
@@ -138,7 +157,8 @@ def complete(gpt, tok, images, labels, keep, mode, generator=None, shared_noise=
                 if shared_noise:
                     generator.set_state(start)
                 codes[:, part] = gpt.generate(labels, prefix=codes[:, part, :keep], generator=generator, **sampling)
-        return merge(tok.decode(codes.flatten(0, 1)).float(), mode)
+        out = merge(tok.decode(codes.flatten(0, 1)).float(), mode)
+    return with_input_band(out, images) if keep_input_band else out
 
 
 def box_downsample(images):
@@ -245,7 +265,7 @@ def main(argv=None):
                 else:
                     mode, k = name.split('_k')
                     out = complete(gpt, tok, x, y, int(k), mode, common.step_generator(args.seed, batch, device),
-                                   args.shared_noise, use_bf16, **sampling)
+                                   args.shared_noise, use_bf16, args.keep_input_band, **sampling)
                 results[name][start:start + len(x)] = to_uint8(out)
             pbar.update(len(x))
 

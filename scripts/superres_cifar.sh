@@ -11,19 +11,22 @@
 #            machines: gen reads only the tokenizer's weights, so scripts/export_weights.py's file of $OUT/tok/ckpt.pt,
 #            put in its place, serves.
 #   test     the 10,000 test images downsampled to 16 px and super-resolved: PSNR and LPIPS against their originals,
-#            FID against the training statistics ($OUT/test)
-#   samples  10,000 images sampled at 16 px (seed 1) and super-resolved: FID against the training statistics, the
-#            paper's Table 3 setting of generated images and a real high-resolution reference ($OUT/samples)
+#            FID against the training statistics ($OUT/test$SR_TAG)
+#   samples  10,000 images sampled at 16 px (seed 1; kept in $OUT/samples_16px and reused) and super-resolved: FID
+#            against the training statistics, the paper's Table 3 setting of generated images and a real
+#            high-resolution reference ($OUT/samples$SR_TAG)
 # Each of test and samples writes superres.json (per output: PSNR, LPIPS, FID), side_by_side.png and the .npz files.
-# Cost on one H100, estimated from the 32 px runs of docs/results.md (not measured): about 25 minutes, of which tok
-# 10 (10,000 steps), gen 5 (6,000 steps), test and samples 3-5 each.
+# Cost on one H100: tok 14.9 minutes (10,000 steps) while another training shared the GPU; estimated from the 32 px
+# runs of docs/results.md: gen 5 (6,000 steps), test and samples 3-5 each.
 set -euo pipefail
 DATA=${DATA:-../shared/data/cifar10}        # train/ and test/ in class folders, 32 px
 OUT=${OUT:-out/superres16}
 KEEP=${KEEP:-16 20 25 28 32}                # k kept of N = 32; w_k <= 8 = S/2 for k <= 25, superres.py's default
 PER_CLASS=${PER_CLASS:-1000}                # samples stage: 10,000 generated images
 SAMPLING=${SAMPLING:---cfg 1.0 --temperature 1.1}  # sample.py's and the completion's: the 32 px full row's best (docs/results.md)
-SR_FLAGS=${SR_FLAGS:-}                      # more superres.py flags, e.g. --shared_noise
+SR_FLAGS=${SR_FLAGS:-}                      # more superres.py flags, e.g. --shared_noise or --keep_input_band
+SR_TAG=${SR_TAG:-}                          # test and samples write $OUT/test$SR_TAG and $OUT/samples$SR_TAG, so that a
+                                            # run with other SR_FLAGS (SR_TAG=_band) keeps the first's figures
 STATS=${STATS:-$OUT/cifar10_train_stats.npz}  # the same file as scripts/cifar10.sh's: one can serve both
 [ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()
 [ -n "${LPIPS:-}" ] && WEIGHTS_LPIPS=(--lpips_path "$LPIPS") || WEIGHTS_LPIPS=()
@@ -49,11 +52,12 @@ for stage in "${stages[@]}"; do
     DATA=$DATA OUT=$OUT TOK_FLAGS="${TOK_FLAGS---compile} --image_size 16 --patch_size 2 --gan_weight 0" \
       bash "$(dirname "$0")/cifar10.sh" "$stage" ;;
   test)
-    superres test --input "$DATA/test" --downsample "${WEIGHTS_LPIPS[@]}" ;;
-  samples)
+    superres "test$SR_TAG" --input "$DATA/test" --downsample "${WEIGHTS_LPIPS[@]}" ;;
+  samples)  # the 16 px samples once: every SR_TAG super-resolves the same images
+    samples16=$OUT/samples_16px/samples_$((PER_CLASS * 10))x16x16x3.npz
     # shellcheck disable=SC2086
-    python sample.py --ckpt "$GEN" --classes all --per_class "$PER_CLASS" --batch_size 1000 --seed 1 $SAMPLING \
-      --out "$OUT/samples_16px"
-    superres samples --input "$OUT/samples_16px/samples_$((PER_CLASS * 10))x16x16x3.npz" ;;
+    [ -f "$samples16" ] || python sample.py --ckpt "$GEN" --classes all --per_class "$PER_CLASS" --batch_size 1000 \
+      --seed 1 $SAMPLING --out "$OUT/samples_16px"
+    superres "samples$SR_TAG" --input "$samples16" ;;
   esac
 done

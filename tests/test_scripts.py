@@ -279,6 +279,21 @@ def test_superres_trains_16_px_models_by_the_cifar10_recipe_and_scores_test_imag
         assert call[call.index('--keep') + 1:call.index('--keep') + 6] == ['16', '20', '25', '28', '32']
 
 
+def test_superres_with_a_tag_writes_beside_the_first_run_and_reuses_its_16_px_samples(tmp_path):
+    out = tmp_path / 'root'
+    samples16 = out / 'samples_16px' / 'samples_10000x16x16x3.npz'
+    samples16.parent.mkdir(parents=True)
+    samples16.write_bytes(b'')
+    result, calls = run_search(tmp_path, 'superres_cifar.sh', ['test', 'samples'], OUT=str(out), DATA='cifar10',
+                               SR_FLAGS='--keep_input_band', SR_TAG='_band')
+    assert result.returncode == 0, result.stderr
+    calls = [call.split() for call in calls]
+    assert [call[0] for call in calls] == ['superres.py', 'superres.py']  # no sampling: the 16 px samples exist
+    assert [value(call, '--out') for call in calls] == [str(out / 'test_band'), str(out / 'samples_band')]
+    assert all('--keep_input_band' in call for call in calls)
+    assert value(calls[1], '--input') == str(samples16)
+
+
 def test_superres_stops_on_an_unknown_stage_before_any_run(tmp_path):
     result, calls = run_search(tmp_path, 'superres_cifar.sh', ['stats', 'bogus'], OUT=str(tmp_path / 'root'))
     assert result.returncode == 2 and 'unknown stage bogus: use stats tok gen test samples' in result.stderr

@@ -16,7 +16,7 @@ import superres
 from common import UserError
 from conftest import make_image_folder, run, train_gen
 from data import ImageFolder, to_float, to_uint8
-from dct import lowpass
+from dct import dct2, lowpass
 from generator import GPT, GPTConfig
 from superres import PARTS, complete, merge, split, upsample
 from tokenizer import TokConfig, Tokenizer
@@ -125,6 +125,33 @@ def test_keeping_all_tokens_gives_the_upsampled_sub_images_reconstructions(mode,
             quadrant = small_images[:, :, 8 * a:8 * a + 8, 8 * b:8 * b + 8]
             expected[:, :, 16 * a:16 * a + 16, 16 * b:16 * b + 16] = tok.decode(tok.encode(upsample(quadrant)))
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_input_band_is_the_inputs_dct_band_and_the_completion_gives_the_coefficients_above_it():
+    torch.manual_seed(0)
+    out, images = 0.1 * torch.randn(2, 3, 32, 32), 0.1 * torch.randn(2, 3, 16, 16)
+    kept = superres.with_input_band(out, images)
+    assert kept.abs().max() < 1  # no clamping: the spectra below are exact
+    spectrum = dct2(kept)
+    torch.testing.assert_close(spectrum[..., :16, :16], 2 * dct2(images), rtol=0, atol=1e-5)
+    above = torch.ones(32, 32, dtype=torch.bool)
+    above[:16, :16] = False
+    torch.testing.assert_close(spectrum[..., above], dct2(out)[..., above], rtol=0, atol=1e-5)
+
+
+def test_input_band_of_a_flat_input_over_nothing_is_the_same_flat_image_at_twice_the_size():
+    flat = torch.full((1, 3, 16, 16), 0.4)
+    torch.testing.assert_close(superres.with_input_band(torch.zeros(1, 3, 32, 32), flat), torch.full((1, 3, 32, 32), 0.4))
+
+
+@pytest.mark.parametrize('mode', ['stride', 'patch'])
+def test_completion_keeping_the_input_band_replaces_only_the_band_below_s(mode, small_images):
+    gpt, tok = tiny_models()
+    labels = torch.tensor([0, 4, 9])
+    plain = complete(gpt, tok, small_images, labels, keep=tok.config.n_tokens, mode=mode)
+    kept = complete(gpt, tok, small_images, labels, keep=tok.config.n_tokens, mode=mode, keep_input_band=True)
+    torch.testing.assert_close(kept, superres.with_input_band(plain, small_images))
+    assert not torch.allclose(kept, plain, atol=1e-3)
 
 
 def spy_on_generate(gpt, monkeypatch):

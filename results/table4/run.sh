@@ -28,7 +28,8 @@ run_script() {  # run_script NAME [VAR=value ...] [arg ...]: scripts/NAME.sh int
   # the searches' selection split outside t4, which wait.sh sends back; cifar10.sh reads SELECT as its protocol, so
   # the final figures' runs get it only when launch.sh's environment names it
   local select=${SELECT:-}; [[ $name == *_search ]] && select=${SELECT:-/root/stage/select}
-  env OUT="$dir" ROOT="$dir" SELECT="$select" "${settings[@]}" bash "$script" "$@" > "$ROOT/$name.log" 2>&1
+  # appended: a chain may run one script twice (superres, then superres SR_TAG=_band test samples)
+  env OUT="$dir" ROOT="$dir" SELECT="$select" "${settings[@]}" bash "$script" "$@" >> "$ROOT/$name.log" 2>&1
   local status=$?; echo "$name exit $status"; return $status
 }
 run_chain() {  # run_chain SCRIPT [arg ...] [+ SCRIPT ...]: one after another, stopping at the first that fails
