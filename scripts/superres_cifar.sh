@@ -12,9 +12,9 @@
 #            put in its place, serves.
 #   test     the 10,000 test images downsampled to 16 px and super-resolved: PSNR and LPIPS against their originals,
 #            FID against the training statistics ($OUT/test$SR_TAG)
-#   samples  10,000 images sampled at 16 px (seed 1; kept in $OUT/samples_16px and reused) and super-resolved: FID
-#            against the training statistics, the paper's Table 3 setting of generated images and a real
-#            high-resolution reference ($OUT/samples$SR_TAG)
+#   samples  10,000 images sampled at 16 px (seed 1; kept in $OUT/samples_16px and reused: delete them after
+#            changing SAMPLING or the generator) and super-resolved: FID against the training statistics, the
+#            paper's Table 3 setting of generated images and a real high-resolution reference ($OUT/samples$SR_TAG)
 # Each of test and samples writes superres.json (per output: PSNR, LPIPS, FID), side_by_side.png and the .npz files.
 # Cost on one H100: tok 14.9 minutes (10,000 steps) while another training shared the GPU; estimated from the 32 px
 # runs of docs/results.md: gen 5 (6,000 steps), test and samples 3-5 each.
