@@ -16,6 +16,9 @@
 #   d12         the cifar_d12 preset, 8 views, dropout 0.1, drop path 0.1
 #   d12_ema     d12 + EMA 0.9995
 #   d12_strong_ema  the cifar_d12 preset, 8 views, dropout 0.2, drop path 0.2, EMA 0.9995
+#   VARIANT_Nk  any variant above trained N thousand steps instead of STEPS (its cosine schedule ending there), e.g.
+#               augment_ema_3k against augment_ema: the 6,000-step run's validation NLL is lowest at step 2,500,
+#               still at mid-schedule learning rate (docs/results.md, "Full SpectralAR end to end")
 # The variants run at the same time, variant j on GPU j mod GPUS; each writes $ROOT/<variant>/ (log.jsonl,
 # nll.png, ckpt.pt, best.pt) and run.log. The token files are encoded once into $ROOT first.
 # Last: $ROOT/summary.json and a table (best validation NLL, the training rows' NLL at that step, their
@@ -29,11 +32,19 @@ STEPS=${STEPS:-6000}
 WORKERS=${WORKERS:-4}
 TRAIN=$SELECT/train HELD_OUT=$SELECT/val  # encode_tokens reads them
 source "$(dirname "$0")/run_variants.sh"
-SHARED=${SHARED:---batch_size 512 --lr 2e-4 --max_steps $STEPS --log_every 200 --eval_every 500 --ckpt_every 2000 --sample_every 0 --compile}
+SHARED=${SHARED:---batch_size 512 --lr 2e-4 --log_every 200 --eval_every 500 --ckpt_every 2000 --sample_every 0 --compile}
 variants=("$@"); [ ${#variants[@]} -eq 0 ] && variants=(old dropout augment augment_ema strong strong_ema d12 d12_ema d12_strong_ema)
 
-variant_flags() {  # the train_gen.py flags of variant $1, on top of $SHARED
-  case $1 in
+variant_steps() {  # the length of variant $1: N000 of a name ending in _Nk, else STEPS
+  if [[ $1 =~ _([0-9]+)k$ ]]; then echo "${BASH_REMATCH[1]}000"; else echo "$STEPS"; fi
+}
+
+variant_base() {  # variant $1 without its _Nk suffix
+  if [[ $1 =~ ^(.*)_[0-9]+k$ ]]; then echo "${BASH_REMATCH[1]}"; else echo "$1"; fi
+}
+
+variant_flags() {  # the train_gen.py flags of variant $1 (its _Nk suffix aside), on top of $SHARED
+  case $(variant_base "$1") in
     old)         echo "--preset cifar_d8 --augment 2 --dropout 0 --drop_path 0.0333" ;;
     dropout)     echo "--preset cifar_d8 --augment 2 --dropout 0.1 --drop_path 0.1" ;;
     augment)     echo "--preset cifar_d8 --augment 8 --dropout 0.1 --drop_path 0.1" ;;
@@ -43,7 +54,8 @@ variant_flags() {  # the train_gen.py flags of variant $1, on top of $SHARED
     d12)         echo "--preset cifar_d12 --augment 8 --dropout 0.1 --drop_path 0.1" ;;
     d12_ema)     echo "--preset cifar_d12 --augment 8 --dropout 0.1 --drop_path 0.1 --ema 0.9995" ;;
     d12_strong_ema) echo "--preset cifar_d12 --augment 8 --dropout 0.2 --drop_path 0.2 --ema 0.9995" ;;
-    *) echo "unknown variant $1: use old dropout augment augment_ema strong strong_ema d12 d12_ema d12_strong_ema" >&2; exit 2 ;;
+    *) echo "unknown variant $1: use old dropout augment augment_ema strong strong_ema d12 d12_ema d12_strong_ema," \
+         "each with an optional length suffix _Nk" >&2; exit 2 ;;
   esac
 }
 check_variants variant_flags "${variants[@]}"
@@ -55,7 +67,7 @@ train_variant() {  # train_variant NAME DIR: run_variants' command
   # --data and --val_data only check that the token files hold the split's images (no encoding: they exist)
   # shellcheck disable=SC2086
   python train_gen.py --tok_ckpt "$TOK" --tokens "$ROOT/tokens_k$views.npz" --val_tokens "$ROOT/val_tokens.npz" \
-    --data "$TRAIN" --val_data "$HELD_OUT" --out_dir "$2" $SHARED $flags
+    --data "$TRAIN" --val_data "$HELD_OUT" --out_dir "$2" $SHARED --max_steps "$(variant_steps "$1")" $flags
 }
 mkdir -p "$ROOT"
 DATA=$DATA SELECT=$SELECT OUT=$ROOT bash "$(dirname "$0")/cifar10.sh" split  # once, before anything reads it
@@ -77,9 +89,9 @@ for v in variants:
     rows.append(dict(variant=v, best_step=best['step'], best_val_nll=best['val_nll'], train_nll_at_best=best['train_nll'],
                      ratio_at_best=best['val_over_train'], last_step=evals[-1]['step'], last_val_nll=evals[-1]['val_nll'],
                      last_train_nll=evals[-1]['train_nll']))
-print(f"{'variant':<12} {'best step':>9} {'val NLL':>8} {'train NLL':>9} {'ratio':>6} | {'last val':>8} {'last train':>10}")
+print(f"{'variant':<18} {'best step':>9} {'val NLL':>8} {'train NLL':>9} {'ratio':>6} | {'last val':>8} {'last train':>10}")
 for r in rows:
-    print(f"{r['variant']:<12} {r['best_step']:>9} {r['best_val_nll']:>8.2f} {r['train_nll_at_best']:>9.2f} "
+    print(f"{r['variant']:<18} {r['best_step']:>9} {r['best_val_nll']:>8.2f} {r['train_nll_at_best']:>9.2f} "
           f"{r['ratio_at_best']:>6.3f} | {r['last_val_nll']:>8.2f} {r['last_train_nll']:>10.2f}")
 json.dump(rows, open(os.path.join(root, 'summary.json'), 'w'), indent=1)
 EOF

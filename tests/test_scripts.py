@@ -152,6 +152,26 @@ def test_tok_search_lpips64_variants_upsample_to_64_px_only_and_keep_the_rest_of
     assert recipe(trains['lpips_k4096']) == recipe(trains['lpips64_k4096']) == recipe(trains['lpips64_k4096_20k'])
 
 
+def test_gen_search_length_suffix_trains_the_same_variant_for_that_many_thousand_steps(tmp_path):
+    result, calls = run_search(tmp_path, 'gen_search.sh', ['augment_ema', 'augment_ema_3k'], STEPS='6000')
+    assert result.returncode == 0, result.stderr
+    trains = {os.path.basename(value(call, '--out_dir')): call for call in map(str.split, calls)
+              if call[0] == 'train_gen.py' and '--encode_only' not in call}
+    assert sorted(trains) == ['augment_ema', 'augment_ema_3k']
+    assert [trains[v].count('--max_steps') for v in sorted(trains)] == [1, 1]
+    assert (value(trains['augment_ema'], '--max_steps'), value(trains['augment_ema_3k'], '--max_steps')) == ('6000', '3000')
+
+    def without_length_and_paths(call):
+        varying = ('--max_steps', '--out_dir')
+        return [arg for i, arg in enumerate(call) if arg not in varying and call[i - 1] not in varying]
+    assert without_length_and_paths(trains['augment_ema']) == without_length_and_paths(trains['augment_ema_3k'])
+
+
+def test_gen_search_refuses_a_length_suffix_on_an_unknown_variant(tmp_path):
+    result, calls = run_search(tmp_path, 'gen_search.sh', ['bogus_3k'])
+    assert result.returncode == 2 and 'unknown variant bogus_3k' in result.stderr and calls == []
+
+
 def test_tok_search_summary_gives_each_variants_spread_over_its_seeds(tmp_path):
     for name, fid in (('lpips_k4096', 20.0), ('lpips_k4096_s1', 28.5), ('lpips_k8192', 18.0)):
         tok = tmp_path / 'root' / name / 'tok'
