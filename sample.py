@@ -145,20 +145,17 @@ def load_models(ckpt_path, tok_path=None, device='cpu', no_ema=False):
     if (tok.config.n_tokens, tok.config.codebook_size) != (N, K):
         raise common.UserError(f"tokenizer {path!r} has N={tok.config.n_tokens} tokens and K={tok.config.codebook_size} codes, but the "
                                f"generator {ckpt_path!r} was trained on N={N}, K={K}: pass --tok_ckpt {trained_with['path']}")
-    if not is_tokenizer_file(path, trained_with['sha256']):
+    if not is_tokenizer_file(tok, path, trained_with['sha256']):
         raise common.UserError(f"tokenizer {path!r} is not the checkpoint the generator was trained on ({trained_with['path']!r}, "
                                f"sha256 {trained_with['sha256'][:12]}); its codes would decode wrongly: pass that one as --tok_ckpt")
     tok.path = path
     return gpt, tok, ckpt
 
 
-def is_tokenizer_file(path, sha256):
-    """Whether the tokenizer checkpoint at path is the file whose sha256 a generator recorded, or its weights
+def is_tokenizer_file(tok, path, sha256):
+    """Whether tok, loaded from the checkpoint at path, is the file whose sha256 a generator recorded, or its weights
     exported by scripts/export_weights.py (which records the sha256 of the file it came from)."""
-    if common.file_sha256(path) == sha256:
-        return True
-    exported_from = common.load_checkpoint(path, 'tokenizer').get('exported_from') or {}
-    return exported_from.get('sha256') == sha256
+    return common.file_sha256(path) == sha256 or (tok.exported_from or {}).get('sha256') == sha256
 
 
 def describe_checkpoint(path, ckpt):

@@ -337,10 +337,12 @@ class Tokenizer(nn.Module):
 
     @staticmethod
     def from_checkpoint(path, device='cpu', use_ema=True):
-        """Rebuild a tokenizer from a train_tok.py checkpoint alone (EMA weights when present)."""
+        """Rebuild a tokenizer from a train_tok.py checkpoint alone (EMA weights when present). Its exported_from is
+        the record of the checkpoint a weights-only export (scripts/export_weights.py) came from, else None."""
         ckpt = load_checkpoint(path, 'tokenizer')
         tok = Tokenizer(config_of_checkpoint(ckpt, path))
         tok.load_state_dict(ema_or_model(ckpt) if use_ema else ckpt['model'])
+        tok.exported_from = ckpt.get('exported_from')
         return tok.to(device).eval()
 
 
