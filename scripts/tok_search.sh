@@ -35,6 +35,7 @@ source "$(dirname "$0")/run_variants.sh"
 export DATA SELECT TOK_STEPS=${TOK_STEPS:-10000} TOK_CHUNK=${TOK_CHUNK:-} WORKERS=${WORKERS:-3} TOK_RECIPE=  # variants carry their recipe
 COMPILE=${COMPILE---compile}  # COMPILE= for a CPU dry run
 LPIPS_RECIPE="--full_prefix_prob 0.5 --gan_full_only --lpips_resize 128"  # the lpips variant's flags
+LPIPS64_RECIPE=${LPIPS_RECIPE/--lpips_resize 128/--lpips_resize 64}     # the same with LPIPS at 64 px
 variants=("$@"); [ ${#variants[@]} -eq 0 ] && variants=(lpips_k4096 lpips_k4096_20k lpips_k4096_40k lpips_k8192 lpips_k16384
   lpips_k4096_dim8 lpips_k4096_dim16 lpips_k4096_dim32 lpips64_k4096 lpips64_k4096_20k)
 
@@ -62,8 +63,8 @@ variant_settings() {  # "STEPS FLAGS" of variant $1 (its _sK suffix aside): its 
     lpips_k4096_dim8)  echo "$TOK_STEPS $LPIPS_RECIPE --codebook_size 4096 --code_dim 8" ;;
     lpips_k4096_dim16) echo "$TOK_STEPS $LPIPS_RECIPE --codebook_size 4096 --code_dim 16" ;;
     lpips_k4096_dim32) echo "$TOK_STEPS $LPIPS_RECIPE --codebook_size 4096 --code_dim 32" ;;
-    lpips64_k4096)     echo "$TOK_STEPS ${LPIPS_RECIPE/--lpips_resize 128/--lpips_resize 64} --codebook_size 4096" ;;
-    lpips64_k4096_20k) echo "20000 ${LPIPS_RECIPE/--lpips_resize 128/--lpips_resize 64} --codebook_size 4096" ;;
+    lpips64_k4096)     echo "$TOK_STEPS $LPIPS64_RECIPE --codebook_size 4096" ;;
+    lpips64_k4096_20k) echo "20000 $LPIPS64_RECIPE --codebook_size 4096" ;;
     *) echo "unknown variant $1: use control cond_gan full_gan lpips_cond lpips lpips_k4096 lpips_cond_k4096" \
          "lpips_k4096_20k lpips_k4096_40k lpips_k8192 lpips_k16384 lpips_k4096_dim8 lpips_k4096_dim16 lpips_k4096_dim32" \
          "lpips64_k4096 lpips64_k4096_20k," \
