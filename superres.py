@@ -25,7 +25,8 @@ Writes to --out:
   superres_{plain | stride_k{k} | patch_k{k}}_{n}x{2S}x{2S}x3.npz  ADM format, with the labels
   side_by_side.png   the first --show images (rows): plain | stride k | patch k | ... for each k (| the original)
   superres.json      the settings; per output the PSNR of its box-downsampled images against the inputs (does it
-                     still show the input?), with --downsample its PSNR and LPIPS against the originals, with
+                     still show the input?), with --downsample its PSNR and LPIPS against the originals and its
+                     squared error split into the input's DCT band and the band above (error_by_band), with
                      --fid_ref (any fid.py REF) its FID against that
 Reproducibility: batch b of each output samples from a generator seeded by (--seed, b). docs/superres.md gives the
 CIFAR-10 protocol, 16 -> 32 px against the real 32 px images.
@@ -197,6 +198,16 @@ def load_inputs(path, size, generator_classes, size_rule):
     return images, labels
 
 
+def error_by_band(a, b, S):
+    """Mean squared error per pixel (uint8 scale) between two (n, 2S, 2S, 3) arrays, split by the error's orthonormal
+    DCT into the band an S px input holds (coefficients below S on both axes) and the band above it, which
+    super-resolution has to supply: (below, above), summing to the mean squared error. An error that alternates between
+    an image's interleaved polyphase components lands almost all above."""
+    error = dct.dct2(torch.from_numpy(a.astype(np.float64) - b.astype(np.float64)).permute(0, 3, 1, 2)) ** 2
+    below = error[..., :S, :S].sum().item() / error.numel()
+    return below, error.sum().item() / error.numel() - below
+
+
 def psnr(a, b):
     """Mean PSNR (dB) between two uint8 image arrays of the same shape."""
     mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).reshape(len(a), -1).mean(1)
@@ -276,8 +287,10 @@ def main(argv=None):
         common.atomic_write(path, lambda f: np.savez(f, arr_0=arr, labels=labels))
         record = report['outputs'][name] = {'npz': path, 'psnr_downsampled_vs_input': psnr(box_downsample(arr), images)}
         if args.downsample:
+            below, above = error_by_band(arr, originals, S)
             record.update(psnr_vs_original=psnr(arr, originals),
-                          lpips_vs_original=mean_lpips(lpips, arr, originals, device, args.batch_size))
+                          lpips_vs_original=mean_lpips(lpips, arr, originals, device, args.batch_size),
+                          mse_below_S=below, mse_above_S=above)
     shown = min(args.show, len(images))
     columns = [results[name][:shown] for name in outputs] + ([originals[:shown]] if args.downsample else [])
     grid = torch.from_numpy(np.stack(columns, 1))  # (rows, columns, H, W, 3)
@@ -291,6 +304,7 @@ def main(argv=None):
     for name, record in report['outputs'].items():
         print(f"{name:>14}: PSNR of the downsampled output vs the input {record['psnr_downsampled_vs_input']:.2f} dB"
               + (f", vs the original {record['psnr_vs_original']:.2f} dB, LPIPS {record['lpips_vs_original']:.4f}"
+                 + f", squared error below / above S {record['mse_below_S']:.1f} / {record['mse_above_S']:.1f}"
                  if args.downsample else '') + (f", FID {record['fid']:.2f}" if 'fid' in record else ''))
     print(f"wrote {args.out}/superres_*.npz, side_by_side.png ({' | '.join(outputs + ['original'] * args.downsample)}) "
           f"and superres.json")

@@ -16,8 +16,9 @@
 #            changing SAMPLING or the generator) and super-resolved: FID against the training statistics, the
 #            paper's Table 3 setting of generated images and a real high-resolution reference ($OUT/samples$SR_TAG)
 # Each of test and samples writes superres.json (per output: PSNR, LPIPS, FID), side_by_side.png and the .npz files.
-# Cost on one H100: tok 14.9 minutes (10,000 steps) while another training shared the GPU; estimated from the 32 px
-# runs of docs/results.md: gen 5 (6,000 steps), test and samples 3-5 each.
+# Cost on one H100 (results/superres16/): tok 14.9 minutes (10,000 steps) while another training shared the GPU;
+# stats 0.4; gen 2.8 (3,000 steps; validation NLL lowest at step 2,000); test and samples about 5.5 together, and
+# as much again for a second run of them with other SR_FLAGS (SR_TAG): about 13 minutes after the tokenizer.
 set -euo pipefail
 DATA=${DATA:-../shared/data/cifar10}        # train/ and test/ in class folders, 32 px
 OUT=${OUT:-out/superres16}
@@ -27,6 +28,7 @@ SAMPLING=${SAMPLING:---cfg 1.0 --temperature 1.1}  # sample.py's and the complet
 SR_FLAGS=${SR_FLAGS:-}                      # more superres.py flags, e.g. --shared_noise or --keep_input_band
 SR_TAG=${SR_TAG:-}                          # test and samples write $OUT/test$SR_TAG and $OUT/samples$SR_TAG, so that a
                                             # run with other SR_FLAGS (SR_TAG=_band) keeps the first's figures
+GEN_STEPS=${GEN_STEPS:-3000}                # the gen stage's length (cifar10.sh's is 6,000 at 32 px)
 STATS=${STATS:-$OUT/cifar10_train_stats.npz}  # the same file as scripts/cifar10.sh's: one can serve both
 [ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()
 [ -n "${LPIPS:-}" ] && WEIGHTS_LPIPS=(--lpips_path "$LPIPS") || WEIGHTS_LPIPS=()
@@ -49,7 +51,7 @@ for stage in "${stages[@]}"; do
   stats)
     [ -f "$STATS" ] || python fid.py --no-pr --save-stats "$STATS" "$DATA/train" "${WEIGHTS_FID[@]}" ;;
   tok|gen)
-    DATA=$DATA OUT=$OUT TOK_FLAGS="${TOK_FLAGS---compile} --image_size 16 --patch_size 2 --gan_weight 0" \
+    DATA=$DATA OUT=$OUT GEN_STEPS=$GEN_STEPS TOK_FLAGS="${TOK_FLAGS---compile} --image_size 16 --patch_size 2 --gan_weight 0" \
       bash "$(dirname "$0")/cifar10.sh" "$stage" ;;
   test)
     superres "test$SR_TAG" --input "$DATA/test" --downsample "${WEIGHTS_LPIPS[@]}" ;;

@@ -249,10 +249,24 @@ def test_downsample_super_resolves_the_box_downsampled_originals_and_scores_agai
             outputs = f['arr_0']
         assert record['psnr_vs_original'] == pytest.approx(superres.psnr(outputs, originals))
         assert record['lpips_vs_original'] > 0
+        assert record['mse_below_S'] + record['mse_above_S'] == pytest.approx(
+            ((outputs.astype(float) - originals) ** 2).mean())
         if name == 'plain':
             assert np.array_equal(outputs, to_uint8(upsample(to_float(torch.from_numpy(inputs).permute(0, 3, 1, 2), 'cpu'))))
     cell = 32 + 2
     assert Image.open(out / 'side_by_side.png').size == (6 * cell + 2, 2 * cell + 2)  # 5 outputs | the original
+
+
+def test_error_by_band_puts_smooth_errors_below_s_and_errors_that_alternate_between_polyphase_components_above():
+    rng = np.random.default_rng(0)
+    original = rng.integers(64, 192, (3, 8, 8, 3)).astype(np.uint8)
+    offset = original + np.uint8(10)  # the same error everywhere: the DC coefficient alone
+    assert superres.error_by_band(offset, original, 4) == pytest.approx((100.0, 0.0))
+    checkerboard = original.astype(np.int64) + np.where(np.indices((8, 8)).sum(0) % 2, 10, -10)[None, :, :, None]
+    below, above = superres.error_by_band(checkerboard.astype(np.uint8), original, 4)  # polyphase (0, 0) up, (0, 1) down
+    assert below + above == pytest.approx(100.0) and below < 1.0  # the DCT-II leaks 0.6% of (-1)^(y+x) below n/2
+    noisy = np.clip(original + rng.integers(-20, 21, original.shape), 0, 255).astype(np.uint8)
+    assert sum(superres.error_by_band(noisy, original, 4)) == pytest.approx(((noisy.astype(float) - original) ** 2).mean())
 
 
 def test_cli_reads_an_image_folder_and_refuses_images_of_another_size(models_16px, tmp_path):
