@@ -12,8 +12,10 @@ Each sub-image is upsampled to S x S (bicubic) onto the pixels it fills in the 2
 its first k tokens (--keep, several values: one output each) and the generator samples the other N - k with those
 as a forced prefix, conditioned on the image's class (sample.py's --cfg / --top_k ... flags). The decoded
 sub-images are reassembled: patch puts sub-image (a, b) in quadrant (a, b) of the output, stride interleaves them
-as its polyphase components (a, b). k = N is the tokenizer alone; 'plain' is the image upsampled 2x (bicubic).
---keep_input_band: each completed output keeps the input's own spectrum, the DCT coefficients below S on both axes,
+as its polyphase components (a, b). k = N is the tokenizer alone; '<split>_upsampled' reassembles the upsampled
+sub-images as they are, without the tokenizer: what the split loses by itself; 'plain' is the image upsampled 2x
+(bicubic).
+--keep_input_band: each output but plain keeps the input's own spectrum, the DCT coefficients below S on both axes,
 and takes only those above S from the completion, so that the sub-images' reconstruction errors no longer change
 what the input already shows (docs/superres.md measures both).
 --input: an ADM .npz (arr_0 uint8 (n, S, S, 3), labels (n,) as sample.py writes; no labels: the null class), or
@@ -22,8 +24,10 @@ generator's classes; no class folders: the null class).
 --downsample: --input holds 2S px originals instead; each is box-downsampled to S as the trainers' loader does,
 super-resolved back to 2S and scored against its original.
 Writes to --out:
-  superres_{plain | stride_k{k} | patch_k{k}}_{n}x{2S}x{2S}x3.npz  ADM format, with the labels
-  side_by_side.png   the first --show images (rows): plain | stride k | patch k | ... for each k (| the original)
+  superres_{plain | stride_upsampled | patch_upsampled | stride_k{k} | patch_k{k}}_{n}x{2S}x{2S}x3.npz  ADM format,
+                     with the labels
+  side_by_side.png   the first --show images (rows): plain | stride_upsampled | patch_upsampled | stride k | patch k
+                     | ... for each k (| the original)
   superres.json      the settings; per output the PSNR of its box-downsampled images against the inputs (does it
                      still show the input?), with --downsample its PSNR and LPIPS against the originals and its
                      squared error split into the input's DCT band and the band above (error_by_band), with
@@ -64,7 +68,7 @@ def parse_args(argv=None):
     parser.add_argument('--shared_noise', action='store_true',
                         help="sample the four sub-images of an image from the same random numbers (default: independent)")
     parser.add_argument('--keep_input_band', action='store_true',
-                        help="completed outputs keep the input's DCT coefficients below S (both axes) and take only those "
+                        help="outputs but plain keep the input's DCT coefficients below S (both axes) and take only those "
                              "above from the completion (default: all from the completion)")
     sample.add_sampling_args(parser)
     parser.add_argument('--seed', type=int, default=0)
@@ -138,6 +142,12 @@ def with_input_band(out, images):
     return dct.idct2(spectrum).clamp(-1, 1)
 
 
+def upsampled_parts(images, mode):
+    """The sub-images (B * 4, C, S, S) of images (B, C, S, S) by `mode`, each upsampled 2x onto the output pixels it
+    fills: what the tokenizer encodes."""
+    return upsample(split(images, mode), part_shifts(mode).repeat(len(images), 1))
+
+
 @torch.no_grad()
 def complete(gpt, tok, images, labels, keep, mode, generator=None, shared_noise=False, bf16=False,
              keep_input_band=False, **sampling):
@@ -149,8 +159,7 @@ def complete(gpt, tok, images, labels, keep, mode, generator=None, shared_noise=
     start. keep_input_band: the merged output's DCT band below S is the input's (with_input_band)."""
     if shared_noise and generator is None:
         raise ValueError('shared_noise needs a generator, whose state each sub-image starts from')
-    subs = upsample(split(images, mode), part_shifts(mode).repeat(len(images), 1))
-    codes = tok.encode(subs).view(len(images), len(PARTS), -1)
+    codes = tok.encode(upsampled_parts(images, mode)).view(len(images), len(PARTS), -1)
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
         if keep < codes.shape[2]:
             start = generator.get_state() if shared_noise else None
@@ -261,7 +270,9 @@ def main(argv=None):
                                f"generator, 0..{gpt.config.num_classes - 1}: pass the labels of its training classes, "
                                f"or leave labels out to complete with the null class")
     labels = labels[:len(images)].astype(np.int64)
-    outputs = ['plain'] * ('plain' in args.modes) + [f'{m}_k{k}' for k in keeps for m in args.modes if m != 'plain']
+    splits = [m for m in args.modes if m != 'plain']
+    outputs = (['plain'] * ('plain' in args.modes) + [f'{m}_upsampled' for m in splits]
+               + [f'{m}_k{k}' for k in keeps for m in splits])
     results = {name: np.empty((len(images), 2 * S, 2 * S, 3), dtype=np.uint8) for name in outputs}
     print(f"{len(images)} images of {S} px -> {2 * S} px from {sample.describe_checkpoint(args.ckpt, ckpt)}: "
           f"{', '.join(outputs)}; cfg {args.cfg}, on {device}, bf16 {use_bf16}")
@@ -273,6 +284,10 @@ def main(argv=None):
             for name in outputs:
                 if name == 'plain':
                     out = upsample(x)
+                elif name.endswith('_upsampled'):  # what the split loses by itself: no tokenizer, no generator
+                    mode = name.split('_')[0]
+                    out = merge(upsampled_parts(x, mode), mode)
+                    out = with_input_band(out, x) if args.keep_input_band else out
                 else:
                     mode, k = name.split('_k')
                     out = complete(gpt, tok, x, y, int(k), mode, common.step_generator(args.seed, batch, device),

@@ -215,7 +215,7 @@ def test_cli_writes_each_output_the_side_by_side_picture_and_report(models_16px,
     out = tmp_path / 'out'
     run('superres.py', '--ckpt', models_16px[1], '--input', npz, '--out', out, '--keep', 4, 8, '--batch_size', 2,
         '--show', 3, '--shared_noise', '--device', 'cpu')
-    names = ['plain', 'stride_k4', 'patch_k4', 'stride_k8', 'patch_k8']
+    names = ['plain', 'stride_upsampled', 'patch_upsampled', 'stride_k4', 'patch_k4', 'stride_k8', 'patch_k8']
     report = json.loads((out / 'superres.json').read_text())
     assert list(report['outputs']) == names and report['args']['shared_noise']
     for name in names:
@@ -223,7 +223,7 @@ def test_cli_writes_each_output_the_side_by_side_picture_and_report(models_16px,
             assert f['arr_0'].shape == (5, 32, 32, 3) and f['labels'].tolist() == [0, 1, 2, 0, 1]
         assert report['outputs'][name]['psnr_downsampled_vs_input'] > 0 and 'psnr_vs_original' not in report['outputs'][name]
     cell = 32 + 2  # save_grid pads by 2 pixels
-    assert Image.open(out / 'side_by_side.png').size == (5 * cell + 2, 3 * cell + 2)
+    assert Image.open(out / 'side_by_side.png').size == (7 * cell + 2, 3 * cell + 2)
 
 
 def test_downsample_super_resolves_the_box_downsampled_originals_and_scores_against_them(models_16px, tmp_path,
@@ -251,10 +251,14 @@ def test_downsample_super_resolves_the_box_downsampled_originals_and_scores_agai
         assert record['lpips_vs_original'] > 0
         assert record['mse_below_S'] + record['mse_above_S'] == pytest.approx(
             ((outputs.astype(float) - originals) ** 2).mean())
+        x = to_float(torch.from_numpy(inputs).permute(0, 3, 1, 2), 'cpu')
         if name == 'plain':
-            assert np.array_equal(outputs, to_uint8(upsample(to_float(torch.from_numpy(inputs).permute(0, 3, 1, 2), 'cpu'))))
+            assert np.array_equal(outputs, to_uint8(upsample(x)))
+        if name.endswith('_upsampled'):  # the split's own loss: the upsampled sub-images, no tokenizer
+            mode = name.split('_')[0]
+            assert np.array_equal(outputs, to_uint8(merge(superres.upsampled_parts(x, mode), mode)))
     cell = 32 + 2
-    assert Image.open(out / 'side_by_side.png').size == (6 * cell + 2, 2 * cell + 2)  # 5 outputs | the original
+    assert Image.open(out / 'side_by_side.png').size == (8 * cell + 2, 2 * cell + 2)  # 7 outputs | the original
 
 
 def test_error_by_band_puts_smooth_errors_below_s_and_errors_that_alternate_between_polyphase_components_above():
@@ -287,7 +291,7 @@ def test_cli_keeps_the_tokens_of_the_band_a_sub_image_holds_by_default(models_16
     run('superres.py', '--ckpt', models_16px[1], '--input', npz, '--out', tmp_path / 'out', '--modes', 'patch',
         '--device', 'cpu')
     # tiny at 16 px: w_i = 2, 3, 4, 5, 6, 7, 12, 16; the first 6 are at most S/2 = 8
-    assert list(json.loads((tmp_path / 'out' / 'superres.json').read_text())['outputs']) == ['patch_k6']
+    assert list(json.loads((tmp_path / 'out' / 'superres.json').read_text())['outputs']) == ['patch_upsampled', 'patch_k6']
 
 
 @pytest.mark.parametrize('flag, value, message', [
