@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Super-resolution by spectral completion against real high-resolution images (docs/superres.md): a tokenizer and a
 # generator trained on CIFAR-10 box-downsampled to 16 px, then 16 -> 32 px by plain bicubic upsampling and by stride
-# and patch completion at each k of $KEEP (k = N = 32: the tokenizer alone), scored against the real 32 px images.
+# and patch completion at each k of $KEEP (k = N = 32: the tokenizer alone; <split>_upsampled: the split alone),
+# scored against the real 32 px images.
 #   DATA=../shared/data/cifar10 OUT=out/superres16 bash scripts/superres_cifar.sh [stage ...]
 # Stages (default: all, in order; each reads what the earlier ones wrote under $OUT, so any can be re-run alone):
 #   stats    FID statistics of the 50,000 training images at 32 px (skipped when $STATS exists)
