@@ -148,6 +148,13 @@ def upsampled_parts(images, mode):
     return upsample(split(images, mode), part_shifts(mode).repeat(len(images), 1))
 
 
+def reassemble(subs, images, mode, keep_input_band=False):
+    """The 2S px outputs of the 2x sub-images subs (B * 4, C, S, S) of images (B, C, S, S): merged by `mode`, and with
+    keep_input_band their DCT band below S the input's (with_input_band)."""
+    out = merge(subs, mode)
+    return with_input_band(out, images) if keep_input_band else out
+
+
 @torch.no_grad()
 def complete(gpt, tok, images, labels, keep, mode, generator=None, shared_noise=False, bf16=False,
              keep_input_band=False, **sampling):
@@ -167,8 +174,8 @@ def complete(gpt, tok, images, labels, keep, mode, generator=None, shared_noise=
                 if shared_noise:
                     generator.set_state(start)
                 codes[:, part] = gpt.generate(labels, prefix=codes[:, part, :keep], generator=generator, **sampling)
-        out = merge(tok.decode(codes.flatten(0, 1)).float(), mode)
-    return with_input_band(out, images) if keep_input_band else out
+        subs = tok.decode(codes.flatten(0, 1)).float()
+    return reassemble(subs, images, mode, keep_input_band)
 
 
 def box_downsample(images):
@@ -271,8 +278,9 @@ def main(argv=None):
                                f"or leave labels out to complete with the null class")
     labels = labels[:len(images)].astype(np.int64)
     splits = [m for m in args.modes if m != 'plain']
-    outputs = (['plain'] * ('plain' in args.modes) + [f'{m}_upsampled' for m in splits]
-               + [f'{m}_k{k}' for k in keeps for m in splits])
+    outputs = {'plain': ('plain', None)} if 'plain' in args.modes else {}  # name: (mode, tokens kept or None)
+    outputs.update({f'{m}_upsampled': (m, None) for m in splits})
+    outputs.update({f'{m}_k{k}': (m, k) for k in keeps for m in splits})
     results = {name: np.empty((len(images), 2 * S, 2 * S, 3), dtype=np.uint8) for name in outputs}
     print(f"{len(images)} images of {S} px -> {2 * S} px from {sample.describe_checkpoint(args.ckpt, ckpt)}: "
           f"{', '.join(outputs)}; cfg {args.cfg}, on {device}, bf16 {use_bf16}")
@@ -281,16 +289,13 @@ def main(argv=None):
         for batch, start in enumerate(range(0, len(images), args.batch_size)):
             x = to_float(torch.from_numpy(images[start:start + args.batch_size]).permute(0, 3, 1, 2), device)
             y = torch.from_numpy(labels[start:start + args.batch_size]).to(device)
-            for name in outputs:
-                if name == 'plain':
+            for name, (mode, k) in outputs.items():
+                if mode == 'plain':
                     out = upsample(x)
-                elif name.endswith('_upsampled'):  # what the split loses by itself: no tokenizer, no generator
-                    mode = name.split('_')[0]
-                    out = merge(upsampled_parts(x, mode), mode)
-                    out = with_input_band(out, x) if args.keep_input_band else out
+                elif k is None:  # what the split loses by itself: no tokenizer, no generator
+                    out = reassemble(upsampled_parts(x, mode), x, mode, args.keep_input_band)
                 else:
-                    mode, k = name.split('_k')
-                    out = complete(gpt, tok, x, y, int(k), mode, common.step_generator(args.seed, batch, device),
+                    out = complete(gpt, tok, x, y, k, mode, common.step_generator(args.seed, batch, device),
                                    args.shared_noise, use_bf16, args.keep_input_band, **sampling)
                 results[name][start:start + len(x)] = to_uint8(out)
             pbar.update(len(x))
@@ -321,7 +326,7 @@ def main(argv=None):
               + (f", vs the original {record['psnr_vs_original']:.2f} dB, LPIPS {record['lpips_vs_original']:.4f}"
                  + f", squared error below / above S {record['mse_below_S']:.1f} / {record['mse_above_S']:.1f}"
                  if args.downsample else '') + (f", FID {record['fid']:.2f}" if 'fid' in record else ''))
-    print(f"wrote {args.out}/superres_*.npz, side_by_side.png ({' | '.join(outputs + ['original'] * args.downsample)}) "
+    print(f"wrote {args.out}/superres_*.npz, side_by_side.png ({' | '.join([*outputs] + ['original'] * args.downsample)}) "
           f"and superres.json")
 
 
