@@ -172,6 +172,34 @@ def test_gen_search_refuses_a_length_suffix_on_an_unknown_variant(tmp_path):
     assert result.returncode == 2 and 'unknown variant bogus_3k' in result.stderr and calls == []
 
 
+def write_gen_search_summary(search, ratios_and_nlls):
+    search.mkdir()
+    rows = [dict(variant=variant, best_step=2500, best_val_nll=nll, train_nll_at_best=nll / ratio, ratio_at_best=ratio)
+            for variant, (ratio, nll) in ratios_and_nlls.items()]
+    (search / 'summary.json').write_text(json.dumps(rows))
+
+
+def test_sweep_search_samples_the_lowest_validation_nll_among_gen_search_variants_that_generalise(tmp_path):
+    search = tmp_path / 'gen_search'
+    # d12 has the lowest NLL but overfits past the bound; strong_ema is the best of the others
+    write_gen_search_summary(search, {'augment_ema': (1.07, 219.8), 'd12': (1.15, 210.0), 'strong_ema': (1.04, 217.5)})
+    result, calls = run_search(tmp_path, 'sweep_search.sh', [], GEN_SEARCH=str(search), REAL_SUMMARY='1')
+    assert result.returncode == 0, result.stderr
+    sweeps = [call.split() for call in calls if call.startswith('sweep.py')]
+    assert sweeps and all(value(call, '--ckpt') == str(search / 'strong_ema' / 'best.pt') for call in sweeps)
+    chosen = json.load(open(tmp_path / 'root' / 'generator.json'))
+    assert (chosen['variant'], chosen['max_ratio']) == ('strong_ema', 1.1)
+
+
+def test_sweep_search_stops_when_no_gen_search_variant_generalises(tmp_path):
+    search = tmp_path / 'gen_search'
+    write_gen_search_summary(search, {'old': (1.20, 219.0), 'd12': (1.15, 210.0)})
+    result, calls = run_search(tmp_path, 'sweep_search.sh', [], GEN_SEARCH=str(search), REAL_SUMMARY='1')
+    assert result.returncode != 0
+    assert 'no variant' in result.stderr and 'old 1.200' in result.stderr and 'MAX_RATIO' in result.stderr
+    assert not any(call.startswith('sweep.py') for call in calls)
+
+
 def test_tok_search_summary_gives_each_variants_spread_over_its_seeds(tmp_path):
     for name, fid in (('lpips_k4096', 20.0), ('lpips_k4096_s1', 28.5), ('lpips_k8192', 18.0)):
         tok = tmp_path / 'root' / name / 'tok'
