@@ -17,8 +17,8 @@
 #   lpips_k4096_dim8, lpips_k4096_dim16, lpips_k4096_dim32  lpips_k4096 with 8 / 16 / 32-dimensional codes (preset: 12)
 #   lpips64_k4096, lpips64_k4096_20k  lpips_k4096 with LPIPS on inputs upsampled to 64 px, not 128: VGG16 at
 #               128 px is 7.7 of a step's 11.1 TFLOP (docs/performance.md), so at 64 px a step has about half the
-#               FLOPs; the first says what that costs in rFID at 10,000 steps, the second whether twice the steps
-#               buy it back
+#               FLOPs but, bound by kernel launches, takes only about a fifth less time on an H200 (docs/results.md);
+#               the first says what 64 px costs in rFID at 10,000 steps, the second whether twice the steps buy it back
 #   VARIANT_sK  any variant above trained with seed K (default 0), e.g. lpips_k4096_s1: the run-to-run noise that a
 #               variant's lead must exceed (two seeds of the full configuration differed by 8.5 rFID in Table 4)
 # The variants run at the same time, variant j on GPU j mod GPUS, each under $ROOT/<variant>/ (cifar10.sh's layout:
