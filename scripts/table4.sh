@@ -34,10 +34,11 @@ export STATS=${STATS:-$ROOT/cifar10_train_stats.npz} TOK_STEPS=${TOK_STEPS:-5000
 export WORKERS=${WORKERS:-12} SWEEP_CFGS=${SWEEP_CFGS:-1 1.25 1.5 2 3 4} SWEEP_TEMPS=${SWEEP_TEMPS:-1.0} SWEEP_TOPKS=0 SWEEP_TOPPS=0
 export SWEEP_PER_CLASS=${SWEEP_PER_CLASS:-300}
 COMPILE=${COMPILE---compile}  # COMPILE= for a CPU dry run
-# Two tokenizers sharing one GPU train about a fifth faster than one after the other (docs/results.md, the tokenizer
-# search), but two rows sharing an H100 took 60-95 s per sweep setting of 3,000 samples, where a run alone took
-# 20 s per setting of 10,000 (results/cifar10_base_tok/): the sampler is a chain of small kernels, each waiting
-# for its turn on a shared GPU, so the sweep, gFID and Table 3 cost more than the sharing saves
+# Two tokenizers sharing an H200 train about a fifth faster than one after the other, sharing an H100 no faster
+# (docs/results.md, the search commands), and two rows sharing an H100 took 60-95 s per sweep setting of 3,000
+# samples, where a run alone took 20 s per setting of 10,000 (results/cifar10_base_tok/): the sampler is a chain of
+# small kernels, each waiting for its turn on a shared GPU, so the sweep, gFID and Table 3 cost more than the
+# sharing saves
 export RUNS_PER_GPU=${RUNS_PER_GPU:-1}
 # cifar10.sh's tokenizer recipe when the campaign began, pinned here: rows run in different sessions share it even
 # after a search changes cifar10.sh's default

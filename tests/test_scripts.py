@@ -200,6 +200,30 @@ def test_sweep_search_stops_when_no_gen_search_variant_generalises(tmp_path):
     assert not any(call.startswith('sweep.py') for call in calls)
 
 
+@pytest.mark.parametrize('runs_per_gpu, most_at_once', [(None, 1), ('', 3)])
+def test_tok_search_trains_one_variant_at_a_time_per_gpu_unless_told_otherwise(tmp_path, runs_per_gpu, most_at_once):
+    # a `python` whose train_tok.py holds a lock file while it sleeps; the most lock files seen at once is the
+    # concurrency (one tokenizer fills an H100: sharing only delays the first result)
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    (bin_dir / 'python').write_text(f"""#!/bin/sh
+case "$*" in *train_tok.py*)
+  touch "{tmp_path}/running.$$"; ls "{tmp_path}" | grep -c '^running' >> "{tmp_path}/seen"
+  sleep 0.5; rm "{tmp_path}/running.$$" ;;
+esac
+""")
+    (bin_dir / 'python').chmod(0o755)
+    env = {**os.environ, 'PATH': f"{bin_dir}{os.pathsep}{os.environ['PATH']}", 'GPUS': '1', 'ROOT': str(tmp_path / 'root')}
+    env.pop('RUNS_PER_GPU', None)
+    if runs_per_gpu is not None:
+        env['RUNS_PER_GPU'] = runs_per_gpu
+    result = subprocess.run(['bash', 'scripts/tok_search.sh', 'lpips_k4096', 'lpips_k8192', 'lpips_k16384'], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    seen = [int(n) for n in (tmp_path / 'seen').read_text().split()]
+    assert len(seen) == 3 and max(seen) == most_at_once
+
+
 def test_tok_search_summary_gives_each_variants_spread_over_its_seeds(tmp_path):
     for name, fid in (('lpips_k4096', 20.0), ('lpips_k4096_s1', 28.5), ('lpips_k8192', 18.0)):
         tok = tmp_path / 'root' / name / 'tok'
