@@ -20,9 +20,13 @@
 #               augment_ema_3k against augment_ema: the 6,000-step run's validation NLL is lowest at step 2,500,
 #               still at mid-schedule learning rate (docs/results.md, "Full SpectralAR end to end")
 # The variants run at the same time, variant j on GPU j mod GPUS; each writes $ROOT/<variant>/ (log.jsonl,
-# nll.png, ckpt.pt, best.pt) and run.log. The token files are encoded once into $ROOT first.
+# nll.png, ckpt.pt, best.pt), run.log and, once it has trained all its steps, finished. The token files are encoded
+# once into $ROOT first. Run again, the same command trains only the variants not finished (a lost machine costs the
+# runs in progress only): one with a ckpt.pt continues it (train_gen.py --resume), a finished one keeps its folder;
+# delete $ROOT/<variant> to train it anew, and use another ROOT for another TOK (the token files are TOK's).
 # Last: $ROOT/summary.json and a table (best validation NLL, the training rows' NLL at that step, their
-# ratio), and $ROOT/val_nll.png with every variant's validation curve.
+# ratio; a variant not finished is marked so, and sweep_search.sh does not pick it), and $ROOT/val_nll.png with
+# every variant's validation curve.
 set -euo pipefail
 TOK=${TOK:?set TOK to a tokenizer checkpoint}
 DATA=${DATA:-../shared/data/cifar10}
@@ -61,20 +65,24 @@ variant_flags() {  # the train_gen.py flags of variant $1 (its _Nk suffix aside)
 check_variants variant_flags "${variants[@]}"
 
 train_variant() {  # train_variant NAME DIR: run_variants' command
-  local flags views
+  local flags views resume=()
   flags=$(variant_flags "$1")
   views=$(sed 's/.*--augment \([0-9]*\).*/\1/' <<<"$flags")
+  [ -f "$2/ckpt.pt" ] && resume=(--resume) && echo "variant $1: continuing $2/ckpt.pt"
   # --data and --val_data only check that the token files hold the split's images (no encoding: they exist)
   # shellcheck disable=SC2086
   python train_gen.py --tok_ckpt "$TOK" --tokens "$ROOT/tokens_k$views.npz" --val_tokens "$ROOT/val_tokens.npz" \
-    --data "$TRAIN" --val_data "$HELD_OUT" --out_dir "$2" $SHARED --max_steps "$(variant_steps "$1")" $flags
+    --data "$TRAIN" --val_data "$HELD_OUT" --out_dir "$2" $SHARED --max_steps "$(variant_steps "$1")" $flags \
+    "${resume[@]}" || return  # errexit is off here (run_variants calls this in an || list)
+  date -u +%FT%TZ > "$2/finished"
 }
 mkdir -p "$ROOT"
 DATA=$DATA SELECT=$SELECT OUT=$ROOT bash "$(dirname "$0")/cifar10.sh" split  # once, before anything reads it
 encode_tokens 2
 encode_tokens 8
 
-run_variants 'variant ' "$ROOT/" train_variant "${variants[@]}"
+pending_variants 'variant ' "$ROOT/" finished "${variants[@]}"  # a finished variant is not trained again
+run_variants 'variant ' "$ROOT/" train_variant "${pending[@]}"
 
 python - "$ROOT" "${variants[@]}" <<'EOF'
 import json, os, sys
@@ -82,17 +90,18 @@ root, variants = sys.argv[1], sys.argv[2:]
 rows = []
 for v in variants:
     path = os.path.join(root, v, 'log.jsonl')
-    if not os.path.exists(path):
+    evals = [r for r in map(json.loads, open(path)) if 'val_nll' in r] if os.path.exists(path) else []
+    if not evals:
         continue
-    evals = [r for r in map(json.loads, open(path)) if 'val_nll' in r]
     best = min(evals, key=lambda r: r['val_nll'])
     rows.append(dict(variant=v, best_step=best['step'], best_val_nll=best['val_nll'], train_nll_at_best=best['train_nll'],
                      ratio_at_best=best['val_over_train'], last_step=evals[-1]['step'], last_val_nll=evals[-1]['val_nll'],
-                     last_train_nll=evals[-1]['train_nll']))
+                     last_train_nll=evals[-1]['train_nll'], finished=os.path.exists(os.path.join(root, v, 'finished'))))
 print(f"{'variant':<18} {'best step':>9} {'val NLL':>8} {'train NLL':>9} {'ratio':>6} | {'last val':>8} {'last train':>10}")
 for r in rows:
     print(f"{r['variant']:<18} {r['best_step']:>9} {r['best_val_nll']:>8.2f} {r['train_nll_at_best']:>9.2f} "
-          f"{r['ratio_at_best']:>6.3f} | {r['last_val_nll']:>8.2f} {r['last_train_nll']:>10.2f}")
+          f"{r['ratio_at_best']:>6.3f} | {r['last_val_nll']:>8.2f} {r['last_train_nll']:>10.2f}"
+          + ('' if r['finished'] else f"  not finished (step {r['last_step']}): run the same command again"))
 json.dump(rows, open(os.path.join(root, 'summary.json'), 'w'), indent=1)
 EOF
 logs=(); for v in "${variants[@]}"; do [ -f "$ROOT/$v/log.jsonl" ] && logs+=("$ROOT/$v/log.jsonl"); done

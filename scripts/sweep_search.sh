@@ -6,7 +6,7 @@
 #   GEN_CKPT=out/gen_search_select/augment_ema/best.pt DATA=../shared/data/cifar10 SELECT=out/cifar10_select \
 #     ROOT=out/sweep_search_select bash scripts/sweep_search.sh
 # GEN_SEARCH=DIR instead of GEN_CKPT: the best.pt of gen_search.sh's winner in DIR (its ROOT), the lowest best
-# validation NLL among the variants whose ratio to the training rows' NLL there is at most MAX_RATIO (default 1.10,
+# validation NLL among the finished variants whose ratio to the training rows' NLL there is at most MAX_RATIO (default 1.10,
 # the bound the final generator must meet), recorded in $ROOT/generator.json; so `gen_search.sh` then
 # `GEN_SEARCH=... sweep_search.sh` runs unattended.
 # Round 1: CFG SWEEP_CFGS (above 2 included) x guidance constant and ramped (SWEEP_RAMPS) x temperature SWEEP_TEMPS;
@@ -25,7 +25,9 @@ search, max_ratio, record = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 summary = os.path.join(search, 'summary.json')
 if not os.path.exists(summary):
     sys.exit(f"GEN_SEARCH={search}: no summary.json there; run scripts/gen_search.sh with ROOT={search} first")
-rows = json.load(open(summary))
+rows = [row for row in json.load(open(summary)) if row.get('finished', True)]  # a variant cut short is no candidate
+if not rows:
+    sys.exit(f"GEN_SEARCH={search}: no variant there has finished; run scripts/gen_search.sh again with ROOT={search}")
 kept = [row for row in rows if row['ratio_at_best'] <= max_ratio]
 if not kept:
     ratios = ', '.join(f"{row['variant']} {row['ratio_at_best']:.3f}" for row in rows)

@@ -167,14 +167,58 @@ def test_gen_search_length_suffix_trains_the_same_variant_for_that_many_thousand
     assert without_length_and_paths(trains['augment_ema']) == without_length_and_paths(trains['augment_ema_3k'])
 
 
+def run_gen_search_failing(tmp_path, variants, failing):
+    """Runs scripts/gen_search.sh VARIANTS (token files present) with a `python` whose train_gen.py fails for the
+    variant FAILING, as on a lost machine, and runs the script's own summary for real -> the finished process."""
+    (tmp_path / 'bin').mkdir(exist_ok=True)
+    (tmp_path / 'bin' / 'python').write_text(f"""#!/bin/sh
+[ "$1" = - ] && exec {sys.executable} "$@"
+case "$*" in *train_gen.py*--out_dir*/"{failing} "*) exit 1 ;; esac
+exit 0
+""")
+    (tmp_path / 'bin' / 'python').chmod(0o755)
+    for tokens in ('tokens_k2.npz', 'tokens_k8.npz'):
+        (tmp_path / 'root' / tokens).write_bytes(b'')
+    env = {**os.environ, 'PATH': f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}", 'GPUS': '1', 'TOK': 'tok.pt',
+           'ROOT': str(tmp_path / 'root')}
+    return subprocess.run(['bash', 'scripts/gen_search.sh', *variants], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_gen_search_continues_a_cut_off_variant_from_its_checkpoint(tmp_path):
+    cut_off = tmp_path / 'root' / 'strong_ema'
+    cut_off.mkdir(parents=True)
+    (cut_off / 'ckpt.pt').write_bytes(b'')
+    result, calls = run_search(tmp_path, 'gen_search.sh', ['augment_ema', 'strong_ema'])
+    assert result.returncode == 0, result.stderr
+    trains = {os.path.basename(value(call, '--out_dir')): call for call in map(str.split, calls)
+              if call[0] == 'train_gen.py' and '--encode_only' not in call}
+    assert '--resume' in trains['strong_ema'] and '--resume' not in trains['augment_ema']
+    assert (cut_off / 'finished').exists() and (tmp_path / 'root' / 'augment_ema' / 'finished').exists()
+
+
+def test_gen_search_summary_marks_a_variant_whose_run_failed_as_not_finished(tmp_path):
+    for variant, nll in (('augment_ema', 219.0), ('strong_ema', 217.0)):  # both evaluated before the failure
+        (tmp_path / 'root' / variant).mkdir(parents=True)
+        evaluation = dict(step=2000, val_nll=nll, train_nll=nll / 1.05, val_over_train=1.05)
+        (tmp_path / 'root' / variant / 'log.jsonl').write_text(json.dumps(evaluation) + '\n')
+    result = run_gen_search_failing(tmp_path, ['augment_ema', 'strong_ema'], failing='strong_ema')
+    assert result.returncode != 0 and 'variant strong_ema failed' in result.stderr
+    rows = {row['variant']: row for row in json.loads((tmp_path / 'root' / 'summary.json').read_text())}
+    assert rows['augment_ema']['finished'] and not rows['strong_ema']['finished']
+    assert not (tmp_path / 'root' / 'strong_ema' / 'finished').exists()
+    assert 'not finished (step 2000)' in result.stdout
+
+
 def test_gen_search_refuses_a_length_suffix_on_an_unknown_variant(tmp_path):
     result, calls = run_search(tmp_path, 'gen_search.sh', ['bogus_3k'])
     assert result.returncode == 2 and 'unknown variant bogus_3k' in result.stderr and calls == []
 
 
-def write_gen_search_summary(search, ratios_and_nlls):
+def write_gen_search_summary(search, ratios_and_nlls, unfinished=()):
     search.mkdir()
-    rows = [dict(variant=variant, best_step=2500, best_val_nll=nll, train_nll_at_best=nll / ratio, ratio_at_best=ratio)
+    rows = [dict(variant=variant, best_step=2500, best_val_nll=nll, train_nll_at_best=nll / ratio, ratio_at_best=ratio,
+                 finished=variant not in unfinished)
             for variant, (ratio, nll) in ratios_and_nlls.items()]
     (search / 'summary.json').write_text(json.dumps(rows))
 
@@ -189,6 +233,15 @@ def test_sweep_search_samples_the_lowest_validation_nll_among_gen_search_variant
     assert sweeps and all(value(call, '--ckpt') == str(search / 'strong_ema' / 'best.pt') for call in sweeps)
     chosen = json.load(open(tmp_path / 'root' / 'generator.json'))
     assert (chosen['variant'], chosen['max_ratio']) == ('strong_ema', 1.1)
+
+
+def test_sweep_search_does_not_pick_a_gen_search_variant_cut_short(tmp_path):
+    search = tmp_path / 'gen_search'
+    write_gen_search_summary(search, {'augment_ema': (1.05, 219.8), 'strong_ema': (1.04, 217.5)}, unfinished={'strong_ema'})
+    result, calls = run_search(tmp_path, 'sweep_search.sh', [], GEN_SEARCH=str(search), REAL_SUMMARY='1')
+    assert result.returncode == 0, result.stderr
+    sweeps = [call.split() for call in calls if call.startswith('sweep.py')]
+    assert sweeps and all(value(call, '--ckpt') == str(search / 'augment_ema' / 'best.pt') for call in sweeps)
 
 
 def test_sweep_search_stops_when_no_gen_search_variant_generalises(tmp_path):
@@ -373,23 +426,28 @@ def test_superres_stops_on_an_unknown_stage_before_any_run(tmp_path):
     assert calls == [] and not (tmp_path / 'root').exists()
 
 
-@pytest.mark.parametrize('script, label, names, done', [
-    ('table4.sh', 'row', ['titok', 'full'], os.path.join('samples', 'fid.json')),
-    ('tok_search.sh', 'variant', ['lpips_k4096', 'lpips_k8192'], os.path.join('tok', 'rfid_val.json')),
+@pytest.mark.parametrize('script, label, names, done, trainer', [
+    ('table4.sh', 'row', ['titok', 'full'], os.path.join('samples', 'fid.json'), 'train_tok.py'),
+    ('tok_search.sh', 'variant', ['lpips_k4096', 'lpips_k8192'], os.path.join('tok', 'rfid_val.json'), 'train_tok.py'),
+    ('gen_search.sh', 'variant', ['augment_ema_3k', 'strong_ema_3k'], 'finished', 'train_gen.py'),
 ])
-def test_rerun_trains_only_unfinished_variants_and_keeps_finished_ones_logs(tmp_path, script, label, names, done):
+def test_rerun_trains_only_unfinished_variants_and_keeps_finished_ones_logs(tmp_path, script, label, names, done, trainer):
     env = dict(DATA=str(tmp_path / 'cifar10'), SELECT=str(tmp_path / 'select'))
     finished, unfinished = (tmp_path / 'root' / name for name in names)
     for folder in (finished, unfinished):
-        (folder / os.path.dirname(done)).mkdir(parents=True)
+        (folder / os.path.dirname(done)).mkdir(parents=True, exist_ok=True)
+    for tokens in ('tokens_k2.npz', 'tokens_k8.npz'):  # gen_search.sh's, encoded by the first run
+        (tmp_path / 'root' / tokens).write_bytes(b'')
     (finished / done).write_text('{"fid": 98.4}')
     (finished / 'run.log').write_text('the training log\n')
     result, calls = run_search(tmp_path, script, names, **env)
     assert result.returncode == 0, result.stderr
     assert f'{label} {names[0]}: finished earlier' in result.stdout
     assert (finished / 'run.log').read_text() == 'the training log\n'
-    assert not any(os.path.join('root', names[0]) + os.sep in call for call in calls if 'train_' in call)
-    assert any(os.path.join('root', names[1]) + os.sep in call for call in calls if 'train_tok.py' in call)
+    def writes_to(call, name):  # a path in the call is that folder or lies under it
+        return any(os.path.join('root', name) + end in call + ' ' for end in (os.sep, ' '))
+    assert not any(writes_to(call, names[0]) for call in calls if 'train_' in call)
+    assert any(writes_to(call, names[1]) for call in calls if trainer in call)
 
     calls_before = len(calls)
     (unfinished / done).write_text('{"fid": 126.7}')
