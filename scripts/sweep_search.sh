@@ -6,8 +6,8 @@
 #   GEN_CKPT=out/gen_search_select/augment_ema/best.pt DATA=../shared/data/cifar10 SELECT=out/cifar10_select \
 #     ROOT=out/sweep_search_select bash scripts/sweep_search.sh
 # GEN_SEARCH=DIR instead of GEN_CKPT: the best.pt of gen_search.sh's winner in DIR (its ROOT), the lowest best
-# validation NLL among the finished variants whose ratio to the training rows' NLL there is at most MAX_RATIO (default 1.10,
-# the bound the final generator must meet), recorded in $ROOT/generator.json; so `gen_search.sh` then
+# validation NLL among the finished variants whose ratio to the training rows' NLL there is at most MAX_RATIO
+# (default 1.10, the bound the final generator must meet), recorded in $ROOT/generator.json; so `gen_search.sh` then
 # `GEN_SEARCH=... sweep_search.sh` runs unattended.
 # Round 1: CFG SWEEP_CFGS (above 2 included) x guidance constant and ramped (SWEEP_RAMPS) x temperature SWEEP_TEMPS;
 # the grid reaches down to CFG 1, where both Table 4 rows of the grid 1-4 had their best FID, and up to temperature

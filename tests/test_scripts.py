@@ -237,7 +237,8 @@ def test_sweep_search_samples_the_lowest_validation_nll_among_gen_search_variant
 
 def test_sweep_search_does_not_pick_a_gen_search_variant_cut_short(tmp_path):
     search = tmp_path / 'gen_search'
-    write_gen_search_summary(search, {'augment_ema': (1.05, 219.8), 'strong_ema': (1.04, 217.5)}, unfinished={'strong_ema'})
+    write_gen_search_summary(search, {'augment_ema': (1.05, 219.8), 'strong_ema': (1.04, 217.5)},
+                             unfinished={'strong_ema'})
     result, calls = run_search(tmp_path, 'sweep_search.sh', [], GEN_SEARCH=str(search), REAL_SUMMARY='1')
     assert result.returncode == 0, result.stderr
     sweeps = [call.split() for call in calls if call.startswith('sweep.py')]
@@ -266,7 +267,8 @@ case "$*" in *train_tok.py*)
 esac
 """)
     (bin_dir / 'python').chmod(0o755)
-    env = {**os.environ, 'PATH': f"{bin_dir}{os.pathsep}{os.environ['PATH']}", 'GPUS': '1', 'ROOT': str(tmp_path / 'root')}
+    env = {**os.environ, 'PATH': f"{bin_dir}{os.pathsep}{os.environ['PATH']}", 'GPUS': '1',
+           'ROOT': str(tmp_path / 'root')}
     env.pop('RUNS_PER_GPU', None)
     if runs_per_gpu is not None:
         env['RUNS_PER_GPU'] = runs_per_gpu
@@ -431,7 +433,8 @@ def test_superres_stops_on_an_unknown_stage_before_any_run(tmp_path):
     ('tok_search.sh', 'variant', ['lpips_k4096', 'lpips_k8192'], os.path.join('tok', 'rfid_val.json'), 'train_tok.py'),
     ('gen_search.sh', 'variant', ['augment_ema_3k', 'strong_ema_3k'], 'finished', 'train_gen.py'),
 ])
-def test_rerun_trains_only_unfinished_variants_and_keeps_finished_ones_logs(tmp_path, script, label, names, done, trainer):
+def test_rerun_trains_only_unfinished_variants_and_keeps_finished_ones_logs(tmp_path, script, label, names, done,
+                                                                             trainer):
     env = dict(DATA=str(tmp_path / 'cifar10'), SELECT=str(tmp_path / 'select'))
     finished, unfinished = (tmp_path / 'root' / name for name in names)
     for folder in (finished, unfinished):
