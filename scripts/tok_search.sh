@@ -25,8 +25,8 @@
 # Variant j runs on GPU j mod GPUS, one at a time on each GPU (RUNS_PER_GPU=1; RUNS_PER_GPU= runs all at once),
 # each under $ROOT/<variant>/ (cifar10.sh's layout: tok/ckpt.pt, tok/eval.jsonl, tok/rfid_val.json, run.log). A
 # variant whose rfid_val.json is written is not trained again (delete $ROOT/<variant> to retrain it); one with a
-# checkpoint continues it. TOK_CHUNK=10000: each variant
-# trains at most 10,000 steps per run of this script, so the same command, run four times, trains lpips_k4096_40k.
+# checkpoint continues it. TOK_CHUNK=10000: each variant trains at most 10,000 steps per run of this script, so the
+# same command, run four times, trains lpips_k4096_40k.
 # Last: $ROOT/summary.json and a table, which names the variants not finished yet.
 # INCEPTION= and LPIPS= name weight files when the packages are not installed (as for cifar10.sh).
 set -euo pipefail

@@ -17,10 +17,17 @@ SEARCHES = [('gen_search.sh', 'old', 'unknown variant bogus: use old dropout'),
 
 
 # a `python` that records its arguments and, as train_tok.py does when its run reaches --max_steps, writes its
-# --eval_npz (STOP_SHORT=1: as a piece of a run that stops short of it)
+# --eval_npz (STOP_SHORT=1: as a piece of a run that stops short of it). FAIL_MATCH=GLOB: a call whose arguments
+# match fails, as on a lost machine. HOLD_DIR=DIR: each trainer call holds a lock file in DIR for half a second and
+# appends to DIR/seen how many are held, so that the largest number there is the trainers' concurrency.
 STUB_PYTHON = """#!/bin/sh
 [ "$1" = - ] && [ -n "$REAL_SUMMARY" ] && exec {python} "$@"  # a script's own summary, run for real when asked
 echo "$*" >> {calls}
+[ -n "$FAIL_MATCH" ] && case "$*" in $FAIL_MATCH) exit 1 ;; esac
+if [ -n "$HOLD_DIR" ]; then case "$*" in train_*)
+  touch "$HOLD_DIR/running.$$"; ls "$HOLD_DIR" | grep -c '^running' >> "$HOLD_DIR/seen"
+  sleep 0.5; rm "$HOLD_DIR/running.$$" ;;
+esac; fi
 [ -n "$STOP_SHORT" ] && exit 0
 previous=
 for arg in "$@"; do
@@ -36,14 +43,15 @@ def value(call, flag):
 
 
 def run_search(tmp_path, script, names, **env):
-    """Runs scripts/<script> NAMES with the stub `python` on PATH and env added to the environment:
-    -> (the finished process, the recorded calls)."""
+    """Runs scripts/<script> NAMES with the stub `python` on PATH and env added to the environment (a value None:
+    that variable unset): -> (the finished process, the recorded calls)."""
     bin_dir = tmp_path / 'bin'
     bin_dir.mkdir()
     (bin_dir / 'python').write_text(STUB_PYTHON.format(calls=tmp_path / 'calls', python=sys.executable))
     (bin_dir / 'python').chmod(0o755)
     env = {**os.environ, 'PATH': f"{bin_dir}{os.pathsep}{os.environ['PATH']}", 'GPUS': '1', 'TOK': 'tok.pt',
            'ROOT': str(tmp_path / 'root'), **env}
+    env = {name: setting for name, setting in env.items() if setting is not None}
     result = subprocess.run(['bash', os.path.join('scripts', script), *names], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=60)
     calls = (tmp_path / 'calls').read_text().splitlines() if (tmp_path / 'calls').exists() else []
@@ -167,24 +175,6 @@ def test_gen_search_length_suffix_trains_the_same_variant_for_that_many_thousand
     assert without_length_and_paths(trains['augment_ema']) == without_length_and_paths(trains['augment_ema_3k'])
 
 
-def run_gen_search_failing(tmp_path, variants, failing):
-    """Runs scripts/gen_search.sh VARIANTS (token files present) with a `python` whose train_gen.py fails for the
-    variant FAILING, as on a lost machine, and runs the script's own summary for real -> the finished process."""
-    (tmp_path / 'bin').mkdir(exist_ok=True)
-    (tmp_path / 'bin' / 'python').write_text(f"""#!/bin/sh
-[ "$1" = - ] && exec {sys.executable} "$@"
-case "$*" in *train_gen.py*--out_dir*/"{failing} "*) exit 1 ;; esac
-exit 0
-""")
-    (tmp_path / 'bin' / 'python').chmod(0o755)
-    for tokens in ('tokens_k2.npz', 'tokens_k8.npz'):
-        (tmp_path / 'root' / tokens).write_bytes(b'')
-    env = {**os.environ, 'PATH': f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}", 'GPUS': '1', 'TOK': 'tok.pt',
-           'ROOT': str(tmp_path / 'root')}
-    return subprocess.run(['bash', 'scripts/gen_search.sh', *variants], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=60)
-
-
 def test_gen_search_continues_a_cut_off_variant_from_its_checkpoint(tmp_path):
     cut_off = tmp_path / 'root' / 'strong_ema'
     cut_off.mkdir(parents=True)
@@ -202,7 +192,10 @@ def test_gen_search_summary_marks_a_variant_whose_run_failed_as_not_finished(tmp
         (tmp_path / 'root' / variant).mkdir(parents=True)
         evaluation = dict(step=2000, val_nll=nll, train_nll=nll / 1.05, val_over_train=1.05)
         (tmp_path / 'root' / variant / 'log.jsonl').write_text(json.dumps(evaluation) + '\n')
-    result = run_gen_search_failing(tmp_path, ['augment_ema', 'strong_ema'], failing='strong_ema')
+    for tokens in ('tokens_k2.npz', 'tokens_k8.npz'):
+        (tmp_path / 'root' / tokens).write_bytes(b'')
+    result, _ = run_search(tmp_path, 'gen_search.sh', ['augment_ema', 'strong_ema'], REAL_SUMMARY='1',
+                           FAIL_MATCH='train_gen.py*--out_dir*/strong_ema *')
     assert result.returncode != 0 and 'variant strong_ema failed' in result.stderr
     rows = {row['variant']: row for row in json.loads((tmp_path / 'root' / 'summary.json').read_text())}
     assert rows['augment_ema']['finished'] and not rows['strong_ema']['finished']
@@ -256,26 +249,12 @@ def test_sweep_search_stops_when_no_gen_search_variant_generalises(tmp_path):
 
 @pytest.mark.parametrize('runs_per_gpu, most_at_once', [(None, 1), ('', 3)])
 def test_tok_search_trains_one_variant_at_a_time_per_gpu_unless_told_otherwise(tmp_path, runs_per_gpu, most_at_once):
-    # a `python` whose train_tok.py holds a lock file while it sleeps; the most lock files seen at once is the
-    # concurrency (one tokenizer fills an H100: sharing only delays the first result)
-    bin_dir = tmp_path / 'bin'
-    bin_dir.mkdir()
-    (bin_dir / 'python').write_text(f"""#!/bin/sh
-case "$*" in *train_tok.py*)
-  touch "{tmp_path}/running.$$"; ls "{tmp_path}" | grep -c '^running' >> "{tmp_path}/seen"
-  sleep 0.5; rm "{tmp_path}/running.$$" ;;
-esac
-""")
-    (bin_dir / 'python').chmod(0o755)
-    env = {**os.environ, 'PATH': f"{bin_dir}{os.pathsep}{os.environ['PATH']}", 'GPUS': '1',
-           'ROOT': str(tmp_path / 'root')}
-    env.pop('RUNS_PER_GPU', None)
-    if runs_per_gpu is not None:
-        env['RUNS_PER_GPU'] = runs_per_gpu
-    result = subprocess.run(['bash', 'scripts/tok_search.sh', 'lpips_k4096', 'lpips_k8192', 'lpips_k16384'], cwd=REPO,
-                            env=env, capture_output=True, text=True, timeout=60)
+    # one tokenizer fills an H100: sharing it only delays the first result
+    (tmp_path / 'hold').mkdir()
+    result, _ = run_search(tmp_path, 'tok_search.sh', ['lpips_k4096', 'lpips_k8192', 'lpips_k16384'],
+                           HOLD_DIR=str(tmp_path / 'hold'), RUNS_PER_GPU=runs_per_gpu)
     assert result.returncode == 0, result.stderr
-    seen = [int(n) for n in (tmp_path / 'seen').read_text().split()]
+    seen = [int(n) for n in (tmp_path / 'hold' / 'seen').read_text().split()]
     assert len(seen) == 3 and max(seen) == most_at_once
 
 

@@ -4,8 +4,8 @@
 # scripts/SCRIPT.sh with its arguments, one after another, each into $ROOT/SCRIPT (its OUT and ROOT) with its console
 # in $ROOT/SCRIPT.log, stopping at the first that fails; a chain after a // word runs at the same time on the one GPU
 # (two tokenizers sharing an H200 go about a fifth faster than one after the other, on an H100 no faster,
-# docs/results.md; samplers sharing one go slower). VAR=value words before a script's arguments set its environment alone (e.g.
-# "GEN_FLAGS=--dropout 0.2", which the Table 4 rows before it must not see). SCRIPT: table4 (its rows under $ROOT,
+# docs/results.md; samplers sharing one go slower). VAR=value words before a script's arguments set its environment
+# alone (e.g. "GEN_FLAGS=--dropout 0.2", which the Table 4 rows before it must not see). SCRIPT: table4 (its rows under $ROOT,
 # as without a SCRIPT), cifar10 (full SpectralAR at its own budget), superres (scripts/superres_cifar.sh, into
 # $ROOT/superres16), tok_search, gen_search, sweep_search. Settings for every script come from the environment
 # launch.sh was given (e.g. TOK=/root/stage/t4/cifar10/tok/ckpt.pt for gen_search); the searches' SELECT, the
