@@ -26,19 +26,22 @@
 # Every stage reads what the earlier ones wrote under $OUT, so any stage can be re-run alone; sweep, sample and
 # truncate sample GEN_CKPT ($OUT/gen/best.pt unless set). Each finished stage appends its wall time to
 # $OUT/stage_seconds.jsonl.
-# Cost at the defaults, measured on one H100 (results/cifar10_full/stage_seconds.jsonl, docs/results.md): stats 0.6
-# min; tok 10.8 (10,000 steps at 18 it/s, compiling and the test-set evaluation included); rfid_train 0.8; gen 4.7
-# (6,000 steps with the token files); sweep 0.17 per 10,000-sample setting, 12 settings, about 2; sample + fid 0.8;
-# truncate 0.8: about 20 GPU-minutes in all (rfid_train, not a default stage, adds 0.8). No H200 timing of these
-# stages at these defaults yet. Each alone on its GPU: sampling beside another run is far slower (scripts/table4.sh).
+# Cost at the defaults on one H100, in minutes (docs/results.md): stats 0.6; tok 22.6 (20,000 steps, compiling and
+# the held-out evaluation included; results/tok_search_select/lpips_k4096_20k/); rfid_train 0.8; gen 4.7 (6,000
+# steps with the token files); sweep 0.17 per 10,000-sample setting, 12 settings, about 2; sample + fid 0.8;
+# truncate 0.8: about 32 GPU-minutes in all (rfid_train, not a default stage, adds 0.8). The stages but tok were
+# timed at 10,000 tokenizer steps (results/cifar10_full/stage_seconds.jsonl). On an H200 the tok stage is about 15
+# (25 it/s without the GAN, 23 with it, measured at 10,000 steps); the other stages have no H200 timing yet. Each
+# alone on its GPU: sampling beside another run is far slower (scripts/table4.sh).
 # Settings come from the environment. The tok stage is the recipe that scripts/tok_search.sh chose by rFID among those
-# keeping every prefix faithful to its low-pass target (docs/results.md, "Tokenizer recipe search"); the gen stage is
-# the regularised recipe that scripts/gen_search.sh chose by validation NLL (docs/results.md, "Generalisation"). Both
-# searches ranked on CIFAR-10 test, before the selection split existed.
+# keeping every prefix faithful to its low-pass target (docs/results.md, "Tokenizer recipe search"), ranked on
+# CIFAR-10 test before the selection split existed; its length, 20,000 steps, won on the selection split (rFID val
+# 14.49 against 20.94 at 10,000, "On the selection split"). The gen stage is the regularised recipe that
+# scripts/gen_search.sh chose by validation NLL on CIFAR-10 test (docs/results.md, "Generalisation").
 set -euo pipefail
 DATA=${DATA:-../shared/data/cifar10}        # train/ and test/ in class folders
 OUT=${OUT:-out/cifar10}
-TOK_STEPS=${TOK_STEPS:-10000}
+TOK_STEPS=${TOK_STEPS:-20000}                # the selection split's winner over 10,000 (header)
 TOK_CHUNK=${TOK_CHUNK:-}                     # at most this many tokenizer steps per run of the tok stage; empty: all
 GEN_STEPS=${GEN_STEPS:-6000}
 TOK_PRESET=${TOK_PRESET:-cifar}

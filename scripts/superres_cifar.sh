@@ -29,6 +29,7 @@ SAMPLING=${SAMPLING:---cfg 1.0 --temperature 1.1}  # sample.py's and the complet
 SR_FLAGS=${SR_FLAGS:-}                      # more superres.py flags, e.g. --shared_noise or --keep_input_band
 SR_TAG=${SR_TAG:-}                          # test and samples write $OUT/test$SR_TAG and $OUT/samples$SR_TAG, so that a
                                             # run with other SR_FLAGS (SR_TAG=_band) keeps the first's figures
+TOK_STEPS=${TOK_STEPS:-10000}               # the measured run's tokenizer length (cifar10.sh's is 20,000 at 32 px)
 GEN_STEPS=${GEN_STEPS:-3000}                # the gen stage's length (cifar10.sh's is 6,000 at 32 px)
 STATS=${STATS:-$OUT/cifar10_train_stats.npz}  # the same file as scripts/cifar10.sh's: one can serve both
 [ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()
@@ -52,8 +53,8 @@ for stage in "${stages[@]}"; do
   stats)
     [ -f "$STATS" ] || python fid.py --no-pr --save-stats "$STATS" "$DATA/train" "${WEIGHTS_FID[@]}" ;;
   tok|gen)
-    DATA=$DATA OUT=$OUT GEN_STEPS=$GEN_STEPS TOK_FLAGS="${TOK_FLAGS---compile} --image_size 16 --patch_size 2 --gan_weight 0" \
-      bash "$(dirname "$0")/cifar10.sh" "$stage" ;;
+    DATA=$DATA OUT=$OUT TOK_STEPS=$TOK_STEPS GEN_STEPS=$GEN_STEPS \
+      TOK_FLAGS="${TOK_FLAGS---compile} --image_size 16 --patch_size 2 --gan_weight 0" bash "$(dirname "$0")/cifar10.sh" "$stage" ;;
   test)
     superres "test$SR_TAG" --input "$DATA/test" --downsample "${WEIGHTS_LPIPS[@]}" ;;
   samples)  # the 16 px samples once: every SR_TAG super-resolves the same images

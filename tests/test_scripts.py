@@ -329,6 +329,8 @@ def test_cifar10_final_figures_train_on_all_of_train_and_score_on_test(tmp_path)
     train, test = str(data / 'train'), str(data / 'test')
     tok = next(call for call in calls if call[0] == 'train_tok.py')
     assert (value(tok, '--data'), value(tok, '--eval_data')) == (train, test) and '--steps_this_run' not in tok
+    # the selection split's winning length, its GAN from 60% of it (docs/results.md, "On the selection split")
+    assert (value(tok, '--max_steps'), value(tok, '--disc_start')) == ('20000', '12000')
     rfid = next(call for call in calls if call[0] == 'fid.py' and call[1].endswith('recon_test.npz'))
     assert rfid[2] == test and value(rfid, '--json').endswith(os.path.join('tok', 'rfid.json'))
     gen = next(call for call in calls if call[0] == 'train_gen.py')
@@ -377,6 +379,7 @@ def test_superres_trains_16_px_models_by_the_cifar10_recipe_and_scores_test_imag
     assert (value(tok, '--image_size'), value(tok, '--patch_size'), value(tok, '--gan_weight')) == ('16', '2', '0')
     assert '--full_prefix_prob' in tok and value(gen, '--tok_ckpt') == str(out / 'tok' / 'ckpt.pt')
     assert value(gen, '--max_steps') == '3000'  # the measured run's length, not cifar10.sh's 6,000
+    assert value(tok, '--max_steps') == '10000'  # the same for the tokenizer (cifar10.sh's: 20,000)
     test, samples = [call for call in calls if call[0] == 'superres.py']
     assert value(test, '--input') == os.path.join('cifar10', 'test') and '--downsample' in test
     assert value(samples, '--input') == str(out / 'samples_16px' / 'samples_10000x16x16x3.npz') and '--downsample' not in samples
