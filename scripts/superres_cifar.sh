@@ -54,7 +54,8 @@ for stage in "${stages[@]}"; do
     [ -f "$STATS" ] || python fid.py --no-pr --save-stats "$STATS" "$DATA/train" "${WEIGHTS_FID[@]}" ;;
   tok|gen)
     DATA=$DATA OUT=$OUT TOK_STEPS=$TOK_STEPS GEN_STEPS=$GEN_STEPS \
-      TOK_FLAGS="${TOK_FLAGS---compile} --image_size 16 --patch_size 2 --gan_weight 0" bash "$(dirname "$0")/cifar10.sh" "$stage" ;;
+      TOK_FLAGS="${TOK_FLAGS---compile} --image_size 16 --patch_size 2 --gan_weight 0" \
+      bash "$(dirname "$0")/cifar10.sh" "$stage" ;;
   test)
     superres "test$SR_TAG" --input "$DATA/test" --downsample "${WEIGHTS_LPIPS[@]}" ;;
   samples)  # the 16 px samples once: every SR_TAG super-resolves the same images
