@@ -1,4 +1,5 @@
-# launch.sh [row ...]: reassemble the payload, check it, unpack, copy the code, start run.sh [row ...] detached.
+# launch.sh [row ...]: reassemble the payload (pack.sh builds and stages it), check it, unpack, copy the code, start
+# run.sh [row ...] detached.
 # WEIGHTS_TO="NAME:DEST ...": also reassemble each set of weights export.sh sent back in an earlier session, its
 # weights.part.* and weights.sha256 copied to /root/stage/NAME by earlier calls, into /root/stage/DEST (e.g.
 # WEIGHTS_TO="srtok:t4/superres16/tok/ckpt.pt tok:t4/cifar10/tok/ckpt.pt")
