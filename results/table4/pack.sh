@@ -2,7 +2,7 @@
 # into 5 parts of 33 MB so that each fits beside the working tree (about 28 MB) in one call's 64 MiB. The first form
 # builds PARTS/part.00-04 from the CIFAR-10 class folders ($DATA, default ../shared/data/cifar10), the FID Inception
 # weights and LPIPS's VGG16 of the installed packages, with their sha256; the second puts part N alone into .stage/
-# (the folder each call carries, in .git/info/exclude), with launch.sh, run.sh and wait.sh beside the last part.
+# (the folder each call carries; added to .git/info/exclude), with launch.sh, run.sh and wait.sh beside the last part.
 # One call a part, while the machine stays warm (30 s):
 #   N = 0     mkdir -p /root/stage && cp .stage/part.00 /root/stage/
 #   N = 1-3   test -f /root/stage/part.0<N-1> || exit 3; cp .stage/part.0<N> /root/stage/
@@ -11,6 +11,7 @@ set -euo pipefail
 parts=${1:?usage: pack.sh PARTS [N]}
 if [ -n "${2:-}" ]; then
   [ -f "$parts/part.0$2" ] || { echo "no $parts/part.0$2: build the parts first (pack.sh $parts)" >&2; exit 2; }
+  grep -qx /.stage/ .git/info/exclude 2>/dev/null || echo /.stage/ >> .git/info/exclude  # a fresh checkout has none
   rm -rf .stage && mkdir .stage && cp "$parts/part.0$2" .stage/
   [ "$2" = 4 ] && cp results/table4/launch.sh results/table4/run.sh results/table4/wait.sh .stage/
   ls -l .stage
