@@ -13,7 +13,7 @@ if [ -n "${2:-}" ]; then
   [ -f "$parts/part.0$2" ] || { echo "no $parts/part.0$2: build the parts first (pack.sh $parts)" >&2; exit 2; }
   grep -qx /.stage/ .git/info/exclude 2>/dev/null || echo /.stage/ >> .git/info/exclude  # a fresh checkout has none
   rm -rf .stage && mkdir .stage && cp "$parts/part.0$2" .stage/
-  [ "$2" = 4 ] && cp results/table4/launch.sh results/table4/run.sh results/table4/wait.sh .stage/
+  [ -f "$parts/part.0$(($2 + 1))" ] || cp results/table4/launch.sh results/table4/run.sh results/table4/wait.sh .stage/
   ls -l .stage
   exit 0
 fi
