@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # CIFAR-10 end to end on one GPU: tokenizer -> tokens -> generator -> 50k samples -> FID against train.
 #   bash scripts/cifar10.sh [stage ...]     stages: split stats tok rfid_train gen sweep sample fid truncate
-#                                           (default: all but split and rfid_train, in order)
+#                                           (default: stats tok gen sample fid truncate, in order)
 # Two protocols (docs/results.md, "Selection split"):
 #   SELECT unset  the final figures: trained on all of $DATA/train, scored on CIFAR-10 test (rFID, PSNR, validation
-#                 NLL and best.pt) and against the statistics of the 50,000 training images (gFID)
+#                 NLL) and against the statistics of the 50,000 training images (gFID). Test chooses nothing: the
+#                 generator sampled is the last checkpoint of the selection split's winning length, at the selection
+#                 split's best sampling setting (SAMPLING)
 #   SELECT=DIR    recipe selection, CIFAR-10 test never read: the selection split DIR (scripts/selection_split.py;
 #                 built from $DATA/train when missing, checked otherwise: the last VAL_PER_CLASS images of each class
 #                 in DIR/val, the others in DIR/train). Trained on DIR/train, scored on DIR/val (tok/rfid_val.json),
@@ -20,11 +22,13 @@
 #     sweep     sweep.py by FID, 10k samples each, seed 1 (held out from the final seed 0): CFG x guidance ramp x
 #               temperature, then, when SWEEP_TOPKS / SWEEP_TOPPS name values (off by default), top-k x top-p at the
 #               best of that round (coordinate search: a full product is too long); writes $OUT/sweep/best_flags, the
-#               sample.py flags of the lowest FID
-#     sample    with $OUT/sweep/best_flags when it exists (delete it to go back to --cfg $CFG)
-#     truncate  Table 3: drop the last k tokens, at the sweep's best setting (else --cfg $CFG), 10k samples, seed 1
+#               sample.py flags of the lowest FID. Not a default stage: it scores against the gFID's reference, so
+#               the final figures sample at SAMPLING, the best of the selection split's sweep (sweep_search.sh)
+#     sample    with $OUT/sweep/best_flags when it exists (delete it to go back to $SAMPLING)
+#     truncate  Table 3: drop the last k tokens, at the sweep's best setting (else $SAMPLING), 10k samples, seed 1
 # Every stage reads what the earlier ones wrote under $OUT, so any stage can be re-run alone; sweep, sample and
-# truncate sample GEN_CKPT ($OUT/gen/best.pt unless set). Each finished stage appends its wall time to
+# truncate sample GEN_CKPT (unless set: $OUT/gen/ckpt.pt, the last, for the final figures; $OUT/gen/best.pt, by
+# the validation NLL on val/, with SELECT). Each finished stage appends its wall time to
 # $OUT/stage_seconds.jsonl.
 # Cost at the defaults on one H100, in minutes (docs/results.md): stats 0.6; tok 22.6 (20,000 steps, compiling and
 # the held-out evaluation included; results/tok_search_select/lpips_k4096_20k/); rfid_train 0.8; gen 4.7 (6,000
@@ -43,14 +47,15 @@ DATA=${DATA:-../shared/data/cifar10}        # train/ and test/ in class folders
 OUT=${OUT:-out/cifar10}
 TOK_STEPS=${TOK_STEPS:-20000}                # the selection split's winner over 10,000 (header)
 TOK_CHUNK=${TOK_CHUNK:-}                     # at most this many tokenizer steps per run of the tok stage; empty: all
-GEN_STEPS=${GEN_STEPS:-6000}
+GEN_STEPS=${GEN_STEPS:-3000}                 # gen_search.sh's augment_ema_3k, the pick on both tokenizers (header)
 TOK_PRESET=${TOK_PRESET:-cifar}
 GEN_PRESET=${GEN_PRESET:-cifar_d8}
 TOK_BATCH=${TOK_BATCH:-256}
 TOK_WARMUP=${TOK_WARMUP:-500}
 GEN_BATCH=${GEN_BATCH:-512}
 WORKERS=${WORKERS-12}                       # image loading processes; empty: the trainers' choice from the CPU cores
-CFG=${CFG:-1.0}                              # without the sweep stage: the full configuration's best at temperature 1
+# without the sweep stage: the best of the selection split's sweep (results/sweep_search_select/sweep/best_flags)
+SAMPLING=${SAMPLING:---cfg 1.0 --temperature 1.1}
 SEED=${SEED:-0}                              # the tokenizer's and the generator's training seed
 SELECT=${SELECT:-}                           # a selection split: recipe selection instead of the final figures
 VAL_PER_CLASS=${VAL_PER_CLASS:-500}          # the split's val images per class: 5,000 of CIFAR-10's 50,000
@@ -61,7 +66,9 @@ else
   TRAIN=$DATA/train HELD_OUT=$DATA/test RFID_JSON=$OUT/tok/rfid.json
   STATS=${STATS:-$OUT/cifar10_train_stats.npz}  # shared by several runs (scripts/table4.sh)
 fi
-GEN_CKPT=${GEN_CKPT:-$OUT/gen/best.pt}       # the generator the sampling stages sample
+# the generator the sampling stages sample: best.pt is kept by the validation NLL, which is CIFAR-10 test's without
+# SELECT, so the final figures take the last checkpoint instead
+[ -n "$SELECT" ] && GEN_CKPT=${GEN_CKPT:-$OUT/gen/best.pt} || GEN_CKPT=${GEN_CKPT:-$OUT/gen/ckpt.pt}
 PER_CLASS=${PER_CLASS:-5000}                 # final samples: 50,000
 SWEEP_PER_CLASS=${SWEEP_PER_CLASS:-1000}     # sweep and truncation samples: 10,000
 # the grid around the full configuration's best (CFG 1.0, temperature 1.1; 0.9 lost by 1.8-2.6 FID at CFG 1 and 1.5,
@@ -84,14 +91,14 @@ WEIGHTS=()                                  # explicit weight files (INCEPTION=,
 mkdir -p "$OUT"
 [ -z "$SELECT" ] || python scripts/selection_split.py "$DATA/train" "$SELECT" --val_per_class "$VAL_PER_CLASS"
 
-sampling_flags() {  # the sweep's best setting when the sweep stage has run, else --cfg $CFG (one word per flag)
+sampling_flags() {  # the sweep's best setting when the sweep stage has run, else $SAMPLING (one word per flag)
   if [ -f "$OUT/sweep/best_flags" ]; then
     echo "$1: $(cat "$OUT/sweep/best_flags") (from $OUT/sweep/best_flags)" >&2; cat "$OUT/sweep/best_flags"
   else
-    echo "$1: --cfg $CFG (no $OUT/sweep/best_flags)" >&2; echo "--cfg $CFG"
+    echo "$1: $SAMPLING (no $OUT/sweep/best_flags)" >&2; echo "$SAMPLING"
   fi
 }
-stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=(stats tok gen sweep sample fid truncate)
+stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=(stats tok gen sample fid truncate)
 # the sweep and truncate stages: 10k samples per setting on the held-out seed 1
 sweep=(python sweep.py --ckpt "$GEN_CKPT" --ref "$STATS" --classes all --per_class "$SWEEP_PER_CLASS"
        --batch_size 1000 --seed 1 "${WEIGHTS_FID[@]}")

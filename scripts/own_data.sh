@@ -49,5 +49,6 @@ for stage in "${stages[@]}"; do
   fit=1; while [ $((fit * 2)) -le "$n_train" ]; do fit=$((fit * 2)); done  # the largest power of two <= n_train
   TOK_BATCH=${TOK_BATCH:-$((fit < 256 ? fit : 256))} GEN_BATCH=${GEN_BATCH:-$((fit < 512 ? fit : 512))} \
     PER_CLASS=${PER_CLASS:-$(((SAMPLES + n_classes - 1) / n_classes))} WORKERS=${WORKERS-} \
-    TOK_STEPS=${TOK_STEPS:-10000} DATA="$OUT/data" OUT="$OUT" bash "$(dirname "$0")/cifar10.sh" "$stage"
+    TOK_STEPS=${TOK_STEPS:-10000} GEN_STEPS=${GEN_STEPS:-6000} GEN_CKPT=${GEN_CKPT:-$OUT/gen/best.pt} \
+    DATA="$OUT/data" OUT="$OUT" bash "$(dirname "$0")/cifar10.sh" "$stage"
 done

@@ -64,7 +64,8 @@ run_row() {  # run_row NAME DIR: run_variants' command
   read -r ablation seed recipe <<<"$(row_settings "$1")"
   local stages=(tok rfid_train gen sweep sample fid)
   [ "$1" = full ] && stages+=(truncate)  # Table 3 on the full row: drop the last 0, N/8, N/4, 3N/8 tokens
-  OUT=$2 SEED=$seed TOK_RECIPE="$recipe" TOK_FLAGS="$COMPILE --ablation $ablation" \
+  # best.pt by the validation NLL on test and the sweep's best setting: the campaign's protocol since its first row
+  OUT=$2 GEN_CKPT=$2/gen/best.pt SEED=$seed TOK_RECIPE="$recipe" TOK_FLAGS="$COMPILE --ablation $ablation" \
     bash "$(dirname "$0")/cifar10.sh" "${stages[@]}"
 }
 failed=0

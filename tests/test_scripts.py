@@ -335,13 +335,20 @@ def test_cifar10_final_figures_train_on_all_of_train_and_score_on_test(tmp_path)
     assert rfid[2] == test and value(rfid, '--json').endswith(os.path.join('tok', 'rfid.json'))
     gen = next(call for call in calls if call[0] == 'train_gen.py')
     assert (value(gen, '--data'), value(gen, '--val_data')) == (train, test)
+    # the generator search's pick, augment_ema_3k, on its 3,000-step schedule
+    assert value(gen, '--max_steps') == '3000' and value(gen, '--ema') == '0.9995'
     stats = next(call for call in calls if '--save-stats' in call)
     assert stats[-1] == train  # gFID's reference: the 50,000 training images
-    assert all(value(call, '--ref') == value(stats, '--save-stats') for call in calls if call[0] == 'sweep.py')
-    sweeps = [call for call in calls if call[0] == 'sweep.py' and '--truncate' not in call]
-    assert len(sweeps) == 1 and '--top_k' not in sweeps[0]  # round 2 (top-k x top-p) only when asked for
+    # test chooses nothing: no sweep against the gFID's reference, the last checkpoint (best.pt is kept by test's
+    # NLL) at the selection split's best sampling setting
+    assert not any(call[0] == 'sweep.py' and '--truncate' not in call for call in calls)
+    sample = next(call for call in calls if call[0] == 'sample.py')
+    assert value(sample, '--ckpt') == str(tmp_path / 'out' / 'gen' / 'ckpt.pt')
+    assert (value(sample, '--cfg'), value(sample, '--temperature')) == ('1.0', '1.1')
+    truncate = next(call for call in calls if call[0] == 'sweep.py')
+    assert value(truncate, '--ref') == value(stats, '--save-stats') and value(truncate, '--ckpt') == value(sample, '--ckpt')
     timings = [json.loads(line) for line in open(tmp_path / 'out' / 'stage_seconds.jsonl')]
-    assert [t['stage'] for t in timings] == ['stats', 'tok', 'gen', 'sweep', 'sample', 'fid', 'truncate']
+    assert [t['stage'] for t in timings] == ['stats', 'tok', 'gen', 'sample', 'fid', 'truncate']
     assert all(isinstance(t['seconds'], int) and t['seconds'] >= 0 for t in timings)
 
 
