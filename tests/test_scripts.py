@@ -118,6 +118,9 @@ def test_table4_rows_train_their_ablation_seed_and_recipe_and_score_the_training
     assert value(train_recon, '--eval_data').endswith('train')
     recon_fids = [call for call in calls if 'fid.py' in call and 'recon_train.npz' in call]
     assert recon_fids and all('cifar10_train_stats.npz' in call and '--no-pr' not in call for call in recon_fids)
+    # the campaign's protocol, whatever cifar10.sh's final figures do: best.pt, swept
+    samplers = calls_of('titok_s1', 'sweep.py') + calls_of('titok_s1', 'sample.py')
+    assert len(samplers) == 2 and all(value(call, '--ckpt').endswith(os.path.join('gen', 'best.pt')) for call in samplers)
 
 
 def test_table4_alg1_rows_each_add_back_one_departure_from_algorithm_1(tmp_path):
