@@ -12,14 +12,15 @@
 #   lpips_cond  cond_gan + LPIPS on inputs upsampled to 128 px
 #   lpips_k4096 lpips + a 4,096-code codebook (384 bits per image instead of 320): scripts/cifar10.sh's recipe
 #   lpips_cond_k4096  lpips_cond + a 4,096-code codebook
-#   lpips_k4096_20k, lpips_k4096_40k  lpips_k4096 trained 20,000 / 40,000 steps (its schedule and GAN start scaled)
 #   lpips_k8192, lpips_k16384  lpips with 8,192 / 16,384 codes
 #   lpips_k4096_dim8, lpips_k4096_dim16, lpips_k4096_dim32  lpips_k4096 with 8 / 16 / 32-dimensional codes (preset: 12)
-#   lpips64_k4096, lpips64_k4096_20k  lpips_k4096 with LPIPS on inputs upsampled to 64 px, not 128: VGG16 at
+#   lpips64_k4096  lpips_k4096 with LPIPS on inputs upsampled to 64 px, not 128: VGG16 at
 #               128 px is 7.7 of a step's 11.1 TFLOP (docs/performance.md), so at 64 px a step has about half the
 #               FLOPs but, bound by kernel launches, takes only about a fifth less time on an H200; at 10,000 steps
 #               it cost 13.7 rFID against lpips_k4096 on the selection split (docs/results.md), so they are left
-#               out of the default list; the second asks whether twice the steps buy that back
+#               out of the default list; lpips64_k4096_20k asks whether twice the steps buy that back
+#   VARIANT_Nk  any variant above trained N thousand steps instead of TOK_STEPS (its schedule and GAN start scaled),
+#               e.g. lpips_k4096_20k, lpips_k8192_20k
 #   VARIANT_sK  any variant above trained with seed K (default 0), e.g. lpips_k4096_s1: the run-to-run noise that a
 #               variant's lead must exceed (two seeds of the full configuration differed by 8.5 rFID in Table 4)
 # Variant j runs on GPU j mod GPUS, one at a time on each GPU (RUNS_PER_GPU=1; RUNS_PER_GPU= runs all at once),
@@ -52,30 +53,37 @@ variant_base() {  # variant $1 without its _sK suffix: the configuration that it
   echo "${1%_s"$(variant_seed "$1")"}"
 }
 
-variant_settings() {  # "STEPS FLAGS" of variant $1 (its _sK suffix aside): its length and its train_tok.py flags on top of the tok stage's
-  case $(variant_base "$1") in
-    control)     echo "$TOK_STEPS" ;;
-    full_gan)    echo "$TOK_STEPS --full_prefix_prob 0.5 --gan_full_only" ;;
-    cond_gan)    echo "$TOK_STEPS --full_prefix_prob 0.5 --disc_cond" ;;
-    lpips_cond)  echo "$TOK_STEPS --full_prefix_prob 0.5 --disc_cond --lpips_resize 128" ;;
-    lpips)       echo "$TOK_STEPS $LPIPS_RECIPE" ;;
-    lpips_k4096) echo "$TOK_STEPS $LPIPS_RECIPE --codebook_size 4096" ;;
-    lpips_cond_k4096) echo "$TOK_STEPS --full_prefix_prob 0.5 --disc_cond --lpips_resize 128 --codebook_size 4096" ;;
-    lpips_k4096_20k) echo "20000 $LPIPS_RECIPE --codebook_size 4096" ;;
-    lpips_k4096_40k) echo "40000 $LPIPS_RECIPE --codebook_size 4096" ;;
-    lpips_k8192)  echo "$TOK_STEPS $LPIPS_RECIPE --codebook_size 8192" ;;
-    lpips_k16384) echo "$TOK_STEPS $LPIPS_RECIPE --codebook_size 16384" ;;
-    lpips_k4096_dim8)  echo "$TOK_STEPS $LPIPS_RECIPE --codebook_size 4096 --code_dim 8" ;;
-    lpips_k4096_dim16) echo "$TOK_STEPS $LPIPS_RECIPE --codebook_size 4096 --code_dim 16" ;;
-    lpips_k4096_dim32) echo "$TOK_STEPS $LPIPS_RECIPE --codebook_size 4096 --code_dim 32" ;;
-    lpips64_k4096)     echo "$TOK_STEPS $LPIPS64_RECIPE --codebook_size 4096" ;;
-    lpips64_k4096_20k) echo "20000 $LPIPS64_RECIPE --codebook_size 4096" ;;
+variant_recipe() {  # variant $1 without its _sK and _Nk suffixes: the recipe whose flags variant_settings gives
+  local base; base=$(variant_base "$1")
+  if [[ $base =~ ^(.*)_[0-9]+k$ ]]; then echo "${BASH_REMATCH[1]}"; else echo "$base"; fi
+}
+
+variant_steps() {  # the length of variant $1: N000 of a base ending in _Nk, else TOK_STEPS
+  if [[ $(variant_base "$1") =~ _([0-9]+)k$ ]]; then echo "${BASH_REMATCH[1]}000"; else echo "$TOK_STEPS"; fi
+}
+
+variant_settings() {  # "STEPS FLAGS" of variant $1: its length and its train_tok.py flags on top of the tok stage's
+  local flags
+  case $(variant_recipe "$1") in
+    control)     flags= ;;
+    full_gan)    flags="--full_prefix_prob 0.5 --gan_full_only" ;;
+    cond_gan)    flags="--full_prefix_prob 0.5 --disc_cond" ;;
+    lpips_cond)  flags="--full_prefix_prob 0.5 --disc_cond --lpips_resize 128" ;;
+    lpips)       flags=$LPIPS_RECIPE ;;
+    lpips_k4096) flags="$LPIPS_RECIPE --codebook_size 4096" ;;
+    lpips_cond_k4096) flags="--full_prefix_prob 0.5 --disc_cond --lpips_resize 128 --codebook_size 4096" ;;
+    lpips_k8192)  flags="$LPIPS_RECIPE --codebook_size 8192" ;;
+    lpips_k16384) flags="$LPIPS_RECIPE --codebook_size 16384" ;;
+    lpips_k4096_dim8)  flags="$LPIPS_RECIPE --codebook_size 4096 --code_dim 8" ;;
+    lpips_k4096_dim16) flags="$LPIPS_RECIPE --codebook_size 4096 --code_dim 16" ;;
+    lpips_k4096_dim32) flags="$LPIPS_RECIPE --codebook_size 4096 --code_dim 32" ;;
+    lpips64_k4096)     flags="$LPIPS64_RECIPE --codebook_size 4096" ;;
     *) echo "unknown variant $1: use control cond_gan full_gan lpips_cond lpips lpips_k4096 lpips_cond_k4096" \
-         "lpips_k4096_20k lpips_k4096_40k lpips_k8192 lpips_k16384 lpips_k4096_dim8 lpips_k4096_dim16 lpips_k4096_dim32" \
-         "lpips64_k4096 lpips64_k4096_20k," \
-         "each with an optional seed suffix _sK" >&2
+         "lpips_k8192 lpips_k16384 lpips_k4096_dim8 lpips_k4096_dim16 lpips_k4096_dim32 lpips64_k4096," \
+         "each with an optional length suffix _Nk (N thousand steps) and then seed suffix _sK" >&2
        exit 2 ;;
   esac
+  echo "$(variant_steps "$1") $flags"
 }
 check_variants variant_settings "${variants[@]}"
 

@@ -73,6 +73,18 @@ def test_search_runs_known_variants(tmp_path, script, known):
     assert any('train_' in call and os.path.join('root', known) in call for call in calls), calls
 
 
+def test_tok_search_length_and_seed_suffixes_combine_with_any_recipe(tmp_path):
+    result, calls = run_search(tmp_path, 'tok_search.sh', ['lpips_k8192_20k_s1', 'lpips_k4096_dim16'])
+    assert result.returncode == 0, result.stderr
+    trains = {os.path.basename(os.path.dirname(value(call, '--out_dir'))): call
+              for call in (call.split() for call in calls) if call[0] == 'train_tok.py'}
+    settings = {name: (value(call, '--max_steps'), value(call, '--disc_start'), value(call, '--codebook_size'),
+                       value(call, '--seed')) for name, call in trains.items()}
+    assert settings == {'lpips_k8192_20k_s1': ('20000', '12000', '8192', '1'),
+                        'lpips_k4096_dim16': ('10000', '6000', '4096', '0')}
+    assert value(trains['lpips_k4096_dim16'], '--code_dim') == '16' and '--code_dim' not in trains['lpips_k8192_20k_s1']
+
+
 def test_tokens_per_step_trains_on_the_token_file_and_views_it_encoded(tmp_path):
     # train_gen.py refuses a token file whose views differ from its --augment (default 2)
     result, calls = run_search(tmp_path, 'tokens_per_step.sh', [])
