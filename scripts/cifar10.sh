@@ -31,12 +31,13 @@
 # the validation NLL on val/, with SELECT). Each finished stage appends its wall time to
 # $OUT/stage_seconds.jsonl.
 # Cost at the defaults on one H100, in minutes (docs/results.md): stats 0.6; tok 22.6 (20,000 steps, compiling and
-# the held-out evaluation included; results/tok_search_select/lpips_k4096_20k/); rfid_train 0.8; gen 4.7 (6,000
-# steps with the token files); sweep 0.17 per 10,000-sample setting, 12 settings, about 2; sample + fid 0.8;
-# truncate 0.8: about 32 GPU-minutes in all (rfid_train, not a default stage, adds 0.8). The stages but tok were
-# timed at 10,000 tokenizer steps (results/cifar10_full/stage_seconds.jsonl). On an H200 the tok stage is about 15
-# (25 it/s without the GAN, 23 with it, measured at 10,000 steps); the other stages have no H200 timing yet. Each
-# alone on its GPU: sampling beside another run is far slower (scripts/table4.sh).
+# the held-out evaluation included; results/tok_search_select/lpips_k4096_20k/); gen about 2.6 (3,000 steps with the
+# token files: half of the 4.7 measured at 6,000, plus the encoding); sample + fid 0.8; truncate 0.8: about 27
+# GPU-minutes in all. Not default stages: rfid_train 0.8; sweep 0.17 per 10,000-sample setting (12 settings, about
+# 2). The stages but tok were timed at 10,000 tokenizer steps (results/cifar10_full/stage_seconds.jsonl). On an
+# H200 the tok stage is about 15 (25 it/s without the GAN, 23 with it, measured at 10,000 steps), the whole about 20;
+# the other stages have no H200 timing yet. Each alone on its GPU: sampling beside another run is far slower
+# (scripts/table4.sh).
 # Settings come from the environment. The tok stage is the recipe that scripts/tok_search.sh chose by rFID among those
 # keeping every prefix faithful to its low-pass target (docs/results.md, "Tokenizer recipe search"), ranked on
 # CIFAR-10 test before the selection split existed; its length, 20,000 steps, won on the selection split (rFID val
