@@ -71,7 +71,7 @@ else
 fi
 # the generator the sampling stages sample: best.pt is kept by the validation NLL, which is CIFAR-10 test's without
 # SELECT, so the final figures take the last checkpoint instead
-[ -n "$SELECT" ] && GEN_CKPT=${GEN_CKPT:-$OUT/gen/best.pt} || GEN_CKPT=${GEN_CKPT:-$OUT/gen/ckpt.pt}
+if [ -n "$SELECT" ]; then GEN_CKPT=${GEN_CKPT:-$OUT/gen/best.pt}; else GEN_CKPT=${GEN_CKPT:-$OUT/gen/ckpt.pt}; fi
 PER_CLASS=${PER_CLASS:-5000}                 # final samples: 50,000
 SWEEP_PER_CLASS=${SWEEP_PER_CLASS:-1000}     # sweep and truncation samples: 10,000
 # the grid around the full configuration's best (CFG 1.0, temperature 1.1; 0.9 lost by 1.8-2.6 FID at CFG 1 and 1.5,

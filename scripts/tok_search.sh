@@ -17,7 +17,7 @@
 #   lpips64_k4096  lpips_k4096 with LPIPS on inputs upsampled to 64 px, not 128: VGG16 at
 #               128 px is 7.7 of a step's 11.1 TFLOP (docs/performance.md), so at 64 px a step has about half the
 #               FLOPs but, bound by kernel launches, takes only about a fifth less time on an H200; at 10,000 steps
-#               it cost 13.7 rFID against lpips_k4096 on the selection split (docs/results.md), so they are left
+#               it cost 13.7 rFID against lpips_k4096 on the selection split (docs/results.md), so it is left
 #               out of the default list; lpips64_k4096_20k asks whether twice the steps buy that back
 #   VARIANT_Nk  any variant above trained N thousand steps instead of TOK_STEPS (its schedule and GAN start scaled),
 #               e.g. lpips_k4096_20k, lpips_k8192_20k
