@@ -30,7 +30,7 @@ SR_FLAGS=${SR_FLAGS:-}                      # more superres.py flags, e.g. --sha
 SR_TAG=${SR_TAG:-}                          # test and samples write $OUT/test$SR_TAG and $OUT/samples$SR_TAG, so that a
                                             # run with other SR_FLAGS (SR_TAG=_band) keeps the first's figures
 TOK_STEPS=${TOK_STEPS:-10000}               # the measured run's tokenizer length (cifar10.sh's is 20,000 at 32 px)
-GEN_STEPS=${GEN_STEPS:-3000}                # the gen stage's length (cifar10.sh's is 6,000 at 32 px)
+GEN_STEPS=${GEN_STEPS:-3000}                # the measured run's generator length
 STATS=${STATS:-$OUT/cifar10_train_stats.npz}  # the same file as scripts/cifar10.sh's: one can serve both
 [ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()
 [ -n "${LPIPS:-}" ] && WEIGHTS_LPIPS=(--lpips_path "$LPIPS") || WEIGHTS_LPIPS=()

@@ -400,7 +400,7 @@ def test_superres_trains_16_px_models_by_the_cifar10_recipe_and_scores_test_imag
     gen, = [call for call in calls if call[0] == 'train_gen.py']
     assert (value(tok, '--image_size'), value(tok, '--patch_size'), value(tok, '--gan_weight')) == ('16', '2', '0')
     assert '--full_prefix_prob' in tok and value(gen, '--tok_ckpt') == str(out / 'tok' / 'ckpt.pt')
-    assert value(gen, '--max_steps') == '3000'  # the measured run's length, not cifar10.sh's 6,000
+    assert value(gen, '--max_steps') == '3000'  # the measured run's length
     assert value(tok, '--max_steps') == '10000'  # the same for the tokenizer (cifar10.sh's: 20,000)
     test, samples = [call for call in calls if call[0] == 'superres.py']
     assert value(test, '--input') == os.path.join('cifar10', 'test') and '--downsample' in test
