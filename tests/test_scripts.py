@@ -367,6 +367,20 @@ def test_cifar10_final_figures_train_on_all_of_train_and_score_on_test(tmp_path)
     assert all(isinstance(t['seconds'], int) and t['seconds'] >= 0 for t in timings)
 
 
+def test_own_data_keeps_best_by_its_held_out_split_and_its_measured_generator_length(tmp_path):
+    out = tmp_path / 'out'
+    for split in ('train', 'test'):
+        (out / 'data' / split / 'images').mkdir(parents=True)
+        (out / 'data' / split / 'images' / '000000.png').write_bytes(b'')
+    result, calls = run_search(tmp_path, 'own_data.sh', ['gen', 'sample'], DATA=str(tmp_path / 'images'), OUT=str(out))
+    assert result.returncode == 0, result.stderr
+    calls = [call.split() for call in calls]
+    gen = next(call for call in calls if call[0] == 'train_gen.py')
+    sample = next(call for call in calls if call[0] == 'sample.py')
+    # its held-out split is the user's own, not a test set: best.pt by it, as measured, at 6,000 steps
+    assert value(gen, '--max_steps') == '6000' and value(sample, '--ckpt') == str(out / 'gen' / 'best.pt')
+
+
 def test_cifar10_gen_stage_trains_a_search_winner_given_as_preset_and_flags(tmp_path):
     result, calls = run_search(tmp_path, 'cifar10.sh', ['gen'], OUT=str(tmp_path / 'out'), GEN_PRESET='cifar_d12',
                                GEN_FLAGS='--dropout 0.2 --drop_path 0.2')
