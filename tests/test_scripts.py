@@ -132,7 +132,8 @@ def test_table4_rows_train_their_ablation_seed_and_recipe_and_score_the_training
     assert recon_fids and all('cifar10_train_stats.npz' in call and '--no-pr' not in call for call in recon_fids)
     # the campaign's protocol, whatever cifar10.sh's final figures do: best.pt, swept
     samplers = calls_of('titok_s1', 'sweep.py') + calls_of('titok_s1', 'sample.py')
-    assert len(samplers) == 2 and all(value(call, '--ckpt').endswith(os.path.join('gen', 'best.pt')) for call in samplers)
+    assert len(samplers) == 2
+    assert all(value(call, '--ckpt').endswith(os.path.join('gen', 'best.pt')) for call in samplers)
 
 
 def test_table4_alg1_rows_each_add_back_one_departure_from_algorithm_1(tmp_path):
@@ -361,7 +362,7 @@ def test_cifar10_final_figures_train_on_all_of_train_and_score_on_test(tmp_path)
     assert value(sample, '--ckpt') == str(tmp_path / 'out' / 'gen' / 'ckpt.pt')
     assert (value(sample, '--cfg'), value(sample, '--temperature')) == ('1.0', '1.1')
     truncate = next(call for call in calls if call[0] == 'sweep.py')
-    assert value(truncate, '--ref') == value(stats, '--save-stats') and value(truncate, '--ckpt') == value(sample, '--ckpt')
+    assert (value(truncate, '--ref'), value(truncate, '--ckpt')) == (value(stats, '--save-stats'), value(sample, '--ckpt'))
     timings = [json.loads(line) for line in open(tmp_path / 'out' / 'stage_seconds.jsonl')]
     assert [t['stage'] for t in timings] == ['stats', 'tok', 'gen', 'sample', 'fid', 'truncate']
     assert all(isinstance(t['seconds'], int) and t['seconds'] >= 0 for t in timings)
