@@ -62,16 +62,15 @@ SAMPLING=${SAMPLING:---cfg 1.0 --temperature 1.1}
 SEED=${SEED:-0}                              # the tokenizer's and the generator's training seed
 SELECT=${SELECT:-}                           # a selection split: recipe selection instead of the final figures
 VAL_PER_CLASS=${VAL_PER_CLASS:-500}          # the split's val images per class: 5,000 of CIFAR-10's 50,000
+# GEN_CKPT, the generator the sampling stages sample: best.pt is kept by the validation NLL, which is CIFAR-10
+# test's without SELECT, so the final figures take the last checkpoint instead
 if [ -n "$SELECT" ]; then
-  TRAIN=$SELECT/train HELD_OUT=$SELECT/val RFID_JSON=$OUT/tok/rfid_val.json
+  TRAIN=$SELECT/train HELD_OUT=$SELECT/val RFID_JSON=$OUT/tok/rfid_val.json GEN_CKPT=${GEN_CKPT:-$OUT/gen/best.pt}
   STATS=${STATS:-$SELECT/train_stats.npz}    # the images the generator is trained on, as in the final gFID
 else
-  TRAIN=$DATA/train HELD_OUT=$DATA/test RFID_JSON=$OUT/tok/rfid.json
+  TRAIN=$DATA/train HELD_OUT=$DATA/test RFID_JSON=$OUT/tok/rfid.json GEN_CKPT=${GEN_CKPT:-$OUT/gen/ckpt.pt}
   STATS=${STATS:-$OUT/cifar10_train_stats.npz}  # shared by several runs (scripts/table4.sh)
 fi
-# the generator the sampling stages sample: best.pt is kept by the validation NLL, which is CIFAR-10 test's without
-# SELECT, so the final figures take the last checkpoint instead
-if [ -n "$SELECT" ]; then GEN_CKPT=${GEN_CKPT:-$OUT/gen/best.pt}; else GEN_CKPT=${GEN_CKPT:-$OUT/gen/ckpt.pt}; fi
 PER_CLASS=${PER_CLASS:-5000}                 # final samples: 50,000
 SWEEP_PER_CLASS=${SWEEP_PER_CLASS:-1000}     # sweep and truncation samples: 10,000
 # the grid around the full configuration's best (CFG 1.0, temperature 1.1; 0.9 lost by 1.8-2.6 FID at CFG 1 and 1.5,

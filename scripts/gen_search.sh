@@ -39,16 +39,8 @@ source "$(dirname "$0")/run_variants.sh"
 SHARED=${SHARED:---batch_size 512 --lr 2e-4 --log_every 200 --eval_every 500 --ckpt_every 2000 --sample_every 0 --compile}
 variants=("$@"); [ ${#variants[@]} -eq 0 ] && variants=(old dropout augment augment_ema strong strong_ema d12 d12_ema d12_strong_ema)
 
-variant_steps() {  # the length of variant $1: N000 of a name ending in _Nk, else STEPS
-  if [[ $1 =~ _([0-9]+)k$ ]]; then echo "${BASH_REMATCH[1]}000"; else echo "$STEPS"; fi
-}
-
-variant_base() {  # variant $1 without its _Nk suffix
-  if [[ $1 =~ ^(.*)_[0-9]+k$ ]]; then echo "${BASH_REMATCH[1]}"; else echo "$1"; fi
-}
-
 variant_flags() {  # the train_gen.py flags of variant $1 (its _Nk suffix aside), on top of $SHARED
-  case $(variant_base "$1") in
+  case $(without_steps "$1") in
     old)         echo "--preset cifar_d8 --augment 2 --dropout 0 --drop_path 0.0333" ;;
     dropout)     echo "--preset cifar_d8 --augment 2 --dropout 0.1 --drop_path 0.1" ;;
     augment)     echo "--preset cifar_d8 --augment 8 --dropout 0.1 --drop_path 0.1" ;;
@@ -72,7 +64,7 @@ train_variant() {  # train_variant NAME DIR: run_variants' command
   # --data and --val_data only check that the token files hold the split's images (no encoding: they exist)
   # shellcheck disable=SC2086
   python train_gen.py --tok_ckpt "$TOK" --tokens "$ROOT/tokens_k$views.npz" --val_tokens "$ROOT/val_tokens.npz" \
-    --data "$TRAIN" --val_data "$HELD_OUT" --out_dir "$2" $SHARED --max_steps "$(variant_steps "$1")" $flags \
+    --data "$TRAIN" --val_data "$HELD_OUT" --out_dir "$2" $SHARED --max_steps "$(steps_of "$1" "$STEPS")" $flags \
     "${resume[@]}" || return  # errexit is off here (run_variants calls this in an || list)
   date -u +%FT%TZ > "$2/finished"
 }

@@ -1,10 +1,20 @@
 # Sourced by the scripts that train several variants at once (gen_search.sh, tok_search.sh, tokens_per_step.sh,
 # table4.sh): GPUS; check_variants, which stops on an unknown variant name; pending_variants, which leaves out the
-# variants finished earlier; run_variants, which runs one command per variant, the j-th on GPU j mod GPUS,
-# RUNS_PER_GPU at a time; and encode_tokens, the token files generator variants share.
+# variants finished earlier; steps_of and without_steps, a name's _Nk length suffix; run_variants, which runs one
+# command per variant, the j-th on GPU j mod GPUS, RUNS_PER_GPU at a time; and encode_tokens, the token files
+# generator variants share.
 # shellcheck shell=bash
 GPUS=${GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}  # fewer GPUs than variants: some share one
 [ "$GPUS" -ge 1 ] || GPUS=1
+
+# steps_of NAME DEFAULT: the length a variant's name gives, N000 for a NAME ending in _Nk (N thousand steps), else
+# DEFAULT; without_steps NAME: NAME without that suffix, the recipe whose flags the calling script looks up
+steps_of() {
+  if [[ $1 =~ _([0-9]+)k$ ]]; then echo "${BASH_REMATCH[1]}000"; else echo "$2"; fi
+}
+without_steps() {
+  if [[ $1 =~ ^(.*)_[0-9]+k$ ]]; then echo "${BASH_REMATCH[1]}"; else echo "$1"; fi
+}
 
 # check_variants FLAGS NAME ...: calls the calling script's function FLAGS on each NAME, output discarded, in this
 # shell, so that FLAGS' own message and exit status stop the script on the first unknown name, before any run.

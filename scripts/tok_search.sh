@@ -53,18 +53,10 @@ variant_base() {  # variant $1 without its _sK suffix: the configuration that it
   echo "${1%_s"$(variant_seed "$1")"}"
 }
 
-variant_recipe() {  # variant $1 without its _sK and _Nk suffixes: the recipe whose flags variant_settings gives
-  local base; base=$(variant_base "$1")
-  if [[ $base =~ ^(.*)_[0-9]+k$ ]]; then echo "${BASH_REMATCH[1]}"; else echo "$base"; fi
-}
-
-variant_steps() {  # the length of variant $1: N000 of a base ending in _Nk, else TOK_STEPS
-  if [[ $(variant_base "$1") =~ _([0-9]+)k$ ]]; then echo "${BASH_REMATCH[1]}000"; else echo "$TOK_STEPS"; fi
-}
-
 variant_settings() {  # "STEPS FLAGS" of variant $1: its length and its train_tok.py flags on top of the tok stage's
-  local flags
-  case $(variant_recipe "$1") in
+  local base flags
+  base=$(variant_base "$1")  # the _sK suffix comes last: the _Nk suffix is the base's
+  case $(without_steps "$base") in
     control)     flags= ;;
     full_gan)    flags="--full_prefix_prob 0.5 --gan_full_only" ;;
     cond_gan)    flags="--full_prefix_prob 0.5 --disc_cond" ;;
@@ -83,7 +75,7 @@ variant_settings() {  # "STEPS FLAGS" of variant $1: its length and its train_to
          "each with an optional length suffix _Nk (N thousand steps) and then seed suffix _sK" >&2
        exit 2 ;;
   esac
-  echo "$(variant_steps "$1") $flags"
+  echo "$(steps_of "$base" "$TOK_STEPS") $flags"
 }
 check_variants variant_settings "${variants[@]}"
 
