@@ -30,14 +30,14 @@
 # truncate sample GEN_CKPT (unless set: $OUT/gen/ckpt.pt, the last, for the final figures; $OUT/gen/best.pt, by
 # the validation NLL on val/, with SELECT). Each finished stage appends its wall time to
 # $OUT/stage_seconds.jsonl.
-# Cost at the defaults on one H100, in minutes (docs/results.md): stats 0.6; tok 22.6 (20,000 steps, compiling and
-# the held-out evaluation included; results/tok_search_select/lpips_k4096_20k/); gen about 2.6 (3,000 steps with the
-# token files: half of the 4.7 measured at 6,000, plus the encoding); sample + fid 0.8; truncate 0.8: about 27
-# GPU-minutes in all. Not default stages: rfid_train 0.8; sweep 0.17 per 10,000-sample setting (12 settings, about
-# 2). The stages but tok were timed at 10,000 tokenizer steps (results/cifar10_full/stage_seconds.jsonl). On an
-# H200 the tok stage is about 15 (25 it/s without the GAN, 23 with it, measured at 10,000 steps), the whole about 20;
-# the other stages have no H200 timing yet. Each alone on its GPU: sampling beside another run is far slower
-# (scripts/table4.sh).
+# Cost at the defaults, in GPU-minutes, measured on one H100 (results/cifar10/stage_seconds.jsonl): stats 0.65; tok
+# 19.75 (20,000 steps at 20.5 it/s, compiling, the test evaluation and rFID included); gen 3.25 (3,000 steps, the
+# token files included); sample 0.28; fid 0.6; truncate about 0.8 (timed at 10,000 tokenizer steps,
+# results/cifar10_full/): about 25 in all. On an H200 (an estimate: its tokenizer trains at 25 it/s without the GAN
+# and 23 with it, measured at 10,000 steps; the other stages not timed there): stats 0.5, tok about 17, gen about 3,
+# sample + fid about 0.8, truncate about 0.7, about 22 in all. Not default stages: rfid_train 0.8; sweep 0.17 per
+# 10,000-sample setting (12 settings, about 2), on an H100. Each alone on its GPU: sampling beside another run is far
+# slower (scripts/table4.sh).
 # Settings come from the environment. The tok stage is the recipe that scripts/tok_search.sh chose by rFID among those
 # keeping every prefix faithful to its low-pass target (docs/results.md, "Tokenizer recipe search"), ranked on
 # CIFAR-10 test before the selection split existed; its length, 20,000 steps, won on the selection split (rFID val
