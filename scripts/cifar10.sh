@@ -127,7 +127,8 @@ for stage in "${stages[@]}"; do
         "again to continue; the stages after tok wait for the whole tokenizer" >&2
       exit 0
     fi
-    python fid.py "$recon" "$HELD_OUT" --no-pr --json "$RFID_JSON" "${WEIGHTS_FID[@]}" ;;
+    # with precision and recall: the reconstructions' recall bounds the generator's (docs/results.md)
+    python fid.py "$recon" "$HELD_OUT" --json "$RFID_JSON" "${WEIGHTS_FID[@]}" ;;
   rfid_train)
     python train_tok.py --resume "$OUT/tok/ckpt.pt" --eval_only --data "$TRAIN" --eval_data "$TRAIN" \
       --eval_prefix_images 1000 --eval_npz "$OUT/tok_train/recon_train.npz" --out_dir "$OUT/tok_train" \

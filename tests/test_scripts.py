@@ -349,6 +349,7 @@ def test_cifar10_final_figures_train_on_all_of_train_and_score_on_test(tmp_path)
     assert (value(tok, '--max_steps'), value(tok, '--disc_start')) == ('20000', '12000')
     rfid = next(call for call in calls if call[0] == 'fid.py' and call[1].endswith('recon_test.npz'))
     assert rfid[2] == test and value(rfid, '--json').endswith(os.path.join('tok', 'rfid.json'))
+    assert '--no-pr' not in rfid  # tok_rfid.json reports precision and recall beside rFID and sFID
     gen = next(call for call in calls if call[0] == 'train_gen.py')
     assert (value(gen, '--data'), value(gen, '--val_data')) == (train, test)
     # the generator search's pick, augment_ema_3k, on its 3,000-step schedule
