@@ -15,5 +15,6 @@ for pair in ${WEIGHTS_TO:-}; do
   [ -f "w/$name" ] || { echo "WEIGHTS_TO: no $name in the payload (pack.sh's WEIGHTS)"; exit 3; }
   mkdir -p "$(dirname "$dest")" && mv "w/$name" "$dest"
 done
+rm -f /root/stage/DONE  # an earlier launch's, on a machine still warm: wait.sh would not wait for this one
 setsid nohup bash /root/stage/run.sh "$@" > /root/stage/run.log 2>&1 < /dev/null &
 sleep 45; bash wait.sh 0  # wait.sh's report of the logs so far, without waiting
