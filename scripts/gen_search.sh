@@ -5,7 +5,9 @@
 #   TOK=out/tok_search_select/lpips_k4096/tok/ckpt.pt DATA=../shared/data/cifar10 SELECT=out/cifar10_select \
 #     ROOT=out/gen_search_select bash scripts/gen_search.sh [variant ...]
 # SELECT: the split (scripts/selection_split.py), built from $DATA/train when missing; TOK should be a tokenizer
-# trained on its train/ (tok_search.sh's), so that val/ is held out from the tokenizer too.
+# trained on its train/ (tok_search.sh's), so that val/ is held out from the tokenizer too. The final run's tokenizer
+# (cifar10.sh without SELECT, trained on all of $DATA/train) also serves, where training a split's twin would cost
+# more than the search: val/ is then held out from the generators alone, which ranks them alike, and test stays unread.
 # Variants (train_gen.py flags on top of the shared ones below):
 #   old         the baseline: image + flip, no dropout, drop path 0.0333 (VAR's 0.1 x 8 / 24)
 #   dropout     + dropout 0.1, drop path 0.1
