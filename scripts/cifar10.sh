@@ -31,13 +31,13 @@
 # the validation NLL on val/, with SELECT). Each finished stage appends its wall time to
 # $OUT/stage_seconds.jsonl.
 # Cost at the defaults, in GPU-minutes, measured on one H100 (results/cifar10/stage_seconds.jsonl): stats 0.65; tok
-# 19.75 (20,000 steps at 20.5 it/s, compiling, the test evaluation and rFID included); gen 3.25 (3,000 steps, the
-# token files included); sample 0.28; fid 0.6; truncate about 0.8 (timed at 10,000 tokenizer steps,
-# results/cifar10_full/): about 25 in all. On an H200 (an estimate: its tokenizer trains at 25 it/s without the GAN
-# and 23 with it, measured at 10,000 steps; the other stages not timed there): stats 0.5, tok about 17, gen about 3,
-# sample + fid about 0.8, truncate about 0.7, about 22 in all. Not default stages: rfid_train 0.8; sweep 0.17 per
-# 10,000-sample setting (12 settings, about 2), on an H100. Each alone on its GPU: sampling beside another run is far
-# slower (scripts/table4.sh).
+# 19.75 (20,000 steps at 21.3 it/s before the GAN and 19.3 with it, compiling, the test evaluation and rFID
+# included); gen 3.25 (3,000 steps, the token files included); sample 0.28; fid 0.6; truncate about 0.8 (timed at
+# 10,000 tokenizer steps, results/cifar10_full/): about 25 in all. On an H200 (an estimate: its tokenizer trains at 25
+# it/s without the GAN and 23 with it, measured at 10,000 steps; the other stages not timed there): stats 0.5, tok
+# about 17, gen about 3, sample + fid about 0.8, truncate about 0.7, about 22 in all. Not default stages: rfid_train
+# 0.8; sweep 0.17 per 10,000-sample setting (12 settings, about 2), on an H100. Each alone on its GPU: sampling beside
+# another run is far slower (scripts/table4.sh).
 # Settings come from the environment. The tok stage is the recipe that scripts/tok_search.sh chose by rFID among those
 # keeping every prefix faithful to its low-pass target (docs/results.md, "Tokenizer recipe search"), ranked on
 # CIFAR-10 test before the selection split existed; its length, 20,000 steps, won on the selection split (rFID val
@@ -127,7 +127,7 @@ for stage in "${stages[@]}"; do
         "again to continue; the stages after tok wait for the whole tokenizer" >&2
       exit 0
     fi
-    # with precision and recall: the reconstructions' recall bounds the generator's (docs/results.md)
+    # with precision and recall, against which the generator's samples read (a decoded sample is a reconstruction)
     python fid.py "$recon" "$HELD_OUT" --json "$RFID_JSON" "${WEIGHTS_FID[@]}" ;;
   rfid_train)
     python train_tok.py --resume "$OUT/tok/ckpt.pt" --eval_only --data "$TRAIN" --eval_data "$TRAIN" \
