@@ -1,10 +1,11 @@
 # pack.sh PARTS | pack.sh PARTS N, from the repository root: the payload that launch.sh reassembles on the device, cut
-# into parts of 33 MB so that each fits beside the working tree (about 28 MB) in one call's 64 MiB. The first form
-# builds PARTS/part.00, 01, ... from the CIFAR-10 class folders ($DATA, default ../shared/data/cifar10), the FID
-# Inception weights and LPIPS's VGG16 of the installed packages, with their sha256 (5 parts); WEIGHTS="FILE:NAME ..."
-# adds each FILE as NAME, e.g. a tokenizer that export.sh sent back in an earlier session, which launch.sh's
-# WEIGHTS_TO then puts where a run reads it (86 MB: 3 more parts). The second form puts part N alone into .stage/ (the
-# folder each call carries; added to .git/info/exclude), with launch.sh, run.sh and wait.sh beside the last part.
+# into equal parts of at most 32 MiB, as few as that allows, so that each fits beside the working tree (about 28 MB)
+# in one call's 64 MiB. The first form builds PARTS/part.00, 01, ... from the CIFAR-10 class folders ($DATA, default
+# ../shared/data/cifar10), the FID Inception weights and LPIPS's VGG16 of the installed packages, with their sha256
+# (166 MB: 5 parts); WEIGHTS="FILE:NAME ..." adds each FILE as NAME, e.g. a tokenizer that export.sh sent back in an
+# earlier session, which launch.sh's WEIGHTS_TO then puts where a run reads it (with CIFAR-10's 86 MB tokenizer: 8
+# parts). The second form puts part N alone into .stage/ (the folder each call carries; added to
+# .git/info/exclude), with launch.sh, run.sh and wait.sh beside the last part.
 # One call a part, while the machine stays warm (30 s):
 #   N = 0       mkdir -p /root/stage && cp .stage/part.00 /root/stage/
 #   N = 1, ...  test -f /root/stage/part.<N-1> || exit 3; cp .stage/part.<N> /root/stage/
@@ -32,5 +33,7 @@ for pair in ${WEIGHTS:-}; do
   cp "$file" "$parts/payload/$name"
 done
 (cd "$parts/payload" && sha256sum -- * > SHA256SUMS)
-tar -cf "$parts/payload.tar" -C "$parts/payload" . && split -b 33000000 -d "$parts/payload.tar" "$parts/part."
+tar -cf "$parts/payload.tar" -C "$parts/payload" .
+max_part=$((32 * 1024 * 1024))
+split -n $((($(stat -c %s "$parts/payload.tar") + max_part - 1) / max_part)) -d "$parts/payload.tar" "$parts/part."
 ls -l "$parts"/part.*
