@@ -87,6 +87,28 @@ TRUNCATE=${TRUNCATE:-0 4 8 12}              # k tokens dropped (N = 32: steps of
 TOK_RECIPE=${TOK_RECIPE---full_prefix_prob 0.5 --gan_full_only --lpips_resize 128 --codebook_size 4096}
 TOK_FLAGS=${TOK_FLAGS---compile}            # the train_tok.py extras; table4.sh passes each row's (no --compile)
 GEN_FLAGS=${GEN_FLAGS:-}                    # train_gen.py extras after the gen stage's, e.g. a gen_search.sh variant's
+# FROM_SEARCH=DIR, sweep_search.sh's ROOT, for the final figures: the gen stage trains the recipe that the selection
+# split's generator search chose (DIR/generator.json: its steps, and its train_gen.py flags before GEN_FLAGS), and
+# the sampling stages take that search's best setting (DIR/sweep/best_flags) as SAMPLING
+if [ -n "${FROM_SEARCH:-}" ]; then
+  [ -z "$SELECT" ] || { echo "FROM_SEARCH gives the final figures the searches' picks: unset SELECT" >&2; exit 2; }
+  [ -f "$FROM_SEARCH/sweep/best_flags" ] || { echo "FROM_SEARCH=$FROM_SEARCH: no sweep/best_flags there;" \
+    "run scripts/sweep_search.sh with ROOT=$FROM_SEARCH first" >&2; exit 2; }
+  recipe=$(python - "$FROM_SEARCH/generator.json" <<'EOF'
+import json, os, sys
+record = sys.argv[1]
+if not os.path.exists(record):
+    sys.exit(f"FROM_SEARCH: no {record}; run scripts/sweep_search.sh with GEN_SEARCH, which writes it")
+chosen = json.load(open(record))
+if 'train_gen_flags' not in chosen:
+    sys.exit(f"FROM_SEARCH: {record} names {chosen.get('variant')} without its recipe (a gen_search.sh from before "
+             "recipes were recorded): set GEN_PRESET, GEN_FLAGS and GEN_STEPS from scripts/gen_search.sh instead")
+print(chosen['steps'], chosen['train_gen_flags'])
+EOF
+  )
+  GEN_STEPS=${recipe%% *} GEN_FLAGS="${recipe#* } $GEN_FLAGS" SAMPLING=$(cat "$FROM_SEARCH/sweep/best_flags")
+  echo "FROM_SEARCH: $GEN_STEPS generator steps with $GEN_FLAGS; sampling $SAMPLING" >&2
+fi
 WEIGHTS=()                                  # explicit weight files (INCEPTION=, LPIPS=) when the packages are not installed
 [ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()
 [ -n "${LPIPS:-}" ] && WEIGHTS=(--lpips_path "$LPIPS")

@@ -28,7 +28,8 @@
 # delete $ROOT/<variant> to train it anew, and use another ROOT for another TOK (the token files are TOK's).
 # Last: $ROOT/summary.json and a table (best validation NLL, the training rows' NLL at that step, their
 # ratio; a variant not finished is marked so, and sweep_search.sh does not pick it), and $ROOT/val_nll.png with
-# every variant's validation curve.
+# every variant's validation curve. Each summary row holds its recipe too (steps, train_gen_flags), which
+# cifar10.sh's FROM_SEARCH trains on all of CIFAR-10's training images for the final figures.
 set -euo pipefail
 TOK=${TOK:?set TOK to a tokenizer checkpoint}
 DATA=${DATA:-../shared/data/cifar10}
@@ -78,11 +79,12 @@ encode_tokens 8
 pending_variants 'variant ' "$ROOT/" finished "${variants[@]}"  # a finished variant is not trained again
 run_variants 'variant ' "$ROOT/" train_variant "${pending[@]}"
 
-python - "$ROOT" "${variants[@]}" <<'EOF'
+recipes=(); for v in "${variants[@]}"; do recipes+=("$v:$(steps_of "$v" "$STEPS"):$(variant_flags "$v")"); done
+python - "$ROOT" "${recipes[@]}" <<'EOF'
 import json, os, sys
-root, variants = sys.argv[1], sys.argv[2:]
+root, recipes = sys.argv[1], [recipe.split(':', 2) for recipe in sys.argv[2:]]  # variant:steps:train_gen.py flags
 rows = []
-for v in variants:
+for v, steps, flags in recipes:
     path = os.path.join(root, v, 'log.jsonl')
     evals = [r for r in map(json.loads, open(path)) if 'val_nll' in r] if os.path.exists(path) else []
     if not evals:
@@ -90,7 +92,8 @@ for v in variants:
     best = min(evals, key=lambda r: r['val_nll'])
     rows.append(dict(variant=v, best_step=best['step'], best_val_nll=best['val_nll'], train_nll_at_best=best['train_nll'],
                      ratio_at_best=best['val_over_train'], last_step=evals[-1]['step'], last_val_nll=evals[-1]['val_nll'],
-                     last_train_nll=evals[-1]['train_nll'], finished=os.path.exists(os.path.join(root, v, 'finished'))))
+                     last_train_nll=evals[-1]['train_nll'], finished=os.path.exists(os.path.join(root, v, 'finished')),
+                     steps=int(steps), train_gen_flags=flags))
 print(f"{'variant':<18} {'best step':>9} {'val NLL':>8} {'train NLL':>9} {'ratio':>6} | {'last val':>8} {'last train':>10}")
 for r in rows:
     print(f"{r['variant']:<18} {r['best_step']:>9} {r['best_val_nll']:>8.2f} {r['train_nll_at_best']:>9.2f} "

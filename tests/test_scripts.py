@@ -219,6 +219,18 @@ def test_gen_search_summary_marks_a_variant_whose_run_failed_as_not_finished(tmp
     assert 'not finished (step 2000)' in result.stdout
 
 
+def test_gen_search_summary_records_the_recipe_each_variant_trained(tmp_path):
+    (tmp_path / 'root' / 'd12_ema_3k').mkdir(parents=True)
+    evaluation = dict(step=2000, val_nll=219.0, train_nll=208.0, val_over_train=219.0 / 208.0)
+    (tmp_path / 'root' / 'd12_ema_3k' / 'log.jsonl').write_text(json.dumps(evaluation) + '\n')
+    result, calls = run_search(tmp_path, 'gen_search.sh', ['d12_ema_3k'], REAL_SUMMARY='1')
+    assert result.returncode == 0, result.stderr
+    train = next(call for call in calls if call.startswith('train_gen.py') and '--encode_only' not in call)
+    row, = json.loads((tmp_path / 'root' / 'summary.json').read_text())
+    assert row['steps'] == 3000 and f"--max_steps 3000 {row['train_gen_flags']}" in train
+    assert '--preset cifar_d12' in row['train_gen_flags'] and '--ema 0.9995' in row['train_gen_flags']
+
+
 def test_gen_search_refuses_a_length_suffix_on_an_unknown_variant(tmp_path):
     result, calls = run_search(tmp_path, 'gen_search.sh', ['bogus_3k'])
     assert result.returncode == 2 and 'unknown variant bogus_3k' in result.stderr and calls == []
@@ -391,6 +403,37 @@ def test_cifar10_gen_stage_trains_a_search_winner_given_as_preset_and_flags(tmp_
     gen, = [call.split() for call in calls]
     assert value(gen, '--preset') == 'cifar_d12' and gen[-4:] == ['--dropout', '0.2', '--drop_path', '0.2']
     assert value(gen, '--ema') == '0.9995' and value(gen, '--augment') == '8'  # the stage's own flags stay
+
+
+def write_search_picks(search, **record):
+    (search / 'sweep').mkdir(parents=True)
+    (search / 'generator.json').write_text(json.dumps(dict(variant='d12_ema_4k', best_val_nll=219.0, **record)))
+    (search / 'sweep' / 'best_flags').write_text('--cfg 1.25 --cfg_ramp off --temperature 1.2 --top_k 0 --top_p 0.0\n')
+
+
+def test_cifar10_from_search_trains_the_picked_recipe_on_all_of_train_and_samples_at_the_picked_setting(tmp_path):
+    search, data, out = tmp_path / 'sweep_search', tmp_path / 'cifar10', tmp_path / 'out'
+    write_search_picks(search, steps=4000, train_gen_flags='--preset cifar_d12 --augment 8 --dropout 0.1 --ema 0.9995')
+    result, calls = run_search(tmp_path, 'cifar10.sh', ['gen', 'sample', 'truncate'], DATA=str(data), OUT=str(out),
+                               FROM_SEARCH=str(search), GEN_FLAGS='--seed 3', REAL_SUMMARY='1')
+    assert result.returncode == 0, result.stderr
+    calls = [call.split() for call in calls]
+    gen = next(call for call in calls if call[0] == 'train_gen.py')
+    presets = [gen[i + 1] for i, flag in enumerate(gen) if flag == '--preset']
+    assert presets[-1] == 'cifar_d12' and value(gen, '--max_steps') == '4000' and gen[-2:] == ['--seed', '3']
+    assert (value(gen, '--data'), value(gen, '--val_data')) == (str(data / 'train'), str(data / 'test'))
+    for sampler in (next(call for call in calls if call[0] == name) for name in ('sample.py', 'sweep.py')):
+        assert (value(sampler, '--cfg'), value(sampler, '--temperature')) == ('1.25', '1.2')
+        assert value(sampler, '--ckpt') == str(out / 'gen' / 'ckpt.pt')
+
+
+def test_cifar10_from_search_stops_on_a_record_without_its_recipe(tmp_path):
+    search = tmp_path / 'sweep_search'
+    write_search_picks(search)  # as sweep_search.sh wrote it before gen_search.sh recorded recipes
+    result, calls = run_search(tmp_path, 'cifar10.sh', ['gen'], OUT=str(tmp_path / 'out'), FROM_SEARCH=str(search),
+                               REAL_SUMMARY='1')
+    assert result.returncode != 0 and 'GEN_PRESET, GEN_FLAGS and GEN_STEPS' in result.stderr
+    assert not any(call.startswith('train_gen.py') for call in calls)
 
 
 def test_tok_stage_in_pieces_continues_its_checkpoint_and_scores_only_the_whole_tokenizer(tmp_path):
