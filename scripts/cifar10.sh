@@ -30,35 +30,35 @@
 # truncate sample GEN_CKPT (unless set: $OUT/gen/ckpt.pt, the last, for the final figures; $OUT/gen/best.pt, by
 # the validation NLL on val/, with SELECT). Each finished stage appends its wall time to
 # $OUT/stage_seconds.jsonl.
-# Cost at the defaults, in GPU-minutes, measured on one H100 (results/cifar10/stage_seconds.jsonl): stats 0.65; tok
-# 19.75 (20,000 steps at 21.3 it/s before the GAN and 19.3 with it, compiling, the test evaluation and rFID
-# included); gen 3.25 (3,000 steps, the token files included); sample 0.28; fid 0.6; truncate about 0.8 (timed at
-# 10,000 tokenizer steps, results/cifar10_full/): about 25 in all. On an H200 (an estimate: its tokenizer trains at 25
+# Cost at the defaults, in GPU-minutes, measured on one H100 (results/cifar10/stage_seconds.jsonl; the tok stage's in
+# results/cifar10_d8/): stats 0.55; tok 19.75 (20,000 steps at 21.3 it/s before the GAN and 19.3 with it, compiling,
+# the test evaluation and rFID included); gen 4.8 (3,000 steps of cifar_d12 at about 12.5 it/s, the token files
+# included); sample 0.37; fid 0.6; truncate 0.9: about 27 in all. On an H200, estimates (its tokenizer trains at 25
 # it/s without the GAN and 23 with it, measured at 10,000 steps; the other stages not timed there): stats 0.5, tok
-# about 17, gen about 3, sample + fid about 0.8, truncate about 0.7, about 22 in all. Not default stages: rfid_train
-# 0.8; sweep 0.17 per 10,000-sample setting (12 settings, about 2), on an H100. Each alone on its GPU: sampling beside
-# another run is far slower (scripts/table4.sh).
+# about 17, gen about 4, sample + fid about 0.9, truncate about 0.8: about 23 in all. Not default stages: rfid_train
+# 1.0; sweep 0.17 per 10,000-sample setting, on an H100. Each alone on its GPU: sampling beside another run is far
+# slower (scripts/table4.sh).
 # Settings come from the environment. The tok stage is the recipe that scripts/tok_search.sh chose by rFID among those
 # keeping every prefix faithful to its low-pass target (docs/results.md, "Tokenizer recipe search"), ranked on
 # CIFAR-10 test before the selection split existed; its length, 20,000 steps, won on the selection split (rFID val
-# 14.49 against 20.94 at 10,000, "On the selection split"). The gen stage is the regularised recipe that
-# scripts/gen_search.sh chose by validation NLL on CIFAR-10 test (docs/results.md, "Generalisation"), on the 3,000-step
-# schedule that the search picked on the selection split with both tokenizers (augment_ema_3k; its validation NLL
-# lowest at step 2,000 and 0.5-0.9 nats higher at 3,000, the checkpoint the final figures sample).
+# 14.49 against 20.94 at 10,000, "On the selection split"). The gen stage and SAMPLING are what the selection split's
+# generator and sampling searches chose with this tokenizer (d12_strong_ema_3k: cifar_d12, dropout and drop path 0.2,
+# EMA, 3,000 steps; CFG 1.5 ramped, temperature 1.0; docs/results.md, "Full SpectralAR at the script's defaults").
 set -euo pipefail
 DATA=${DATA:-../shared/data/cifar10}        # train/ and test/ in class folders
 OUT=${OUT:-out/cifar10}
 TOK_STEPS=${TOK_STEPS:-20000}                # the selection split's winner over 10,000 (header)
 TOK_CHUNK=${TOK_CHUNK:-}                     # at most this many tokenizer steps per run of the tok stage; empty: all
-GEN_STEPS=${GEN_STEPS:-3000}                 # gen_search.sh's augment_ema_3k, the pick on both tokenizers (header)
+GEN_STEPS=${GEN_STEPS:-3000}                 # gen_search.sh's d12_strong_ema_3k, the selection split's pick (header)
 TOK_PRESET=${TOK_PRESET:-cifar}
-GEN_PRESET=${GEN_PRESET:-cifar_d8}
+GEN_PRESET=${GEN_PRESET:-cifar_d12}
+GEN_DROPOUT=${GEN_DROPOUT:-0.2}              # dropout and drop path (d12_strong_ema_3k's)
 TOK_BATCH=${TOK_BATCH:-256}
 TOK_WARMUP=${TOK_WARMUP:-500}
 GEN_BATCH=${GEN_BATCH:-512}
 WORKERS=${WORKERS-12}                       # image loading processes; empty: the trainers' choice from the CPU cores
-# without the sweep stage: the best of the selection split's sweep (results/sweep_search_select/sweep/best_flags)
-SAMPLING=${SAMPLING:---cfg 1.0 --temperature 1.1}
+# without the sweep stage: the best of the selection split's sweep (results/sweep_search_select_final_tok/)
+SAMPLING=${SAMPLING:---cfg 1.5 --cfg_ramp --temperature 1.0}
 SEED=${SEED:-0}                              # the tokenizer's and the generator's training seed
 SELECT=${SELECT:-}                           # a selection split: recipe selection instead of the final figures
 VAL_PER_CLASS=${VAL_PER_CLASS:-500}          # the split's val images per class: 5,000 of CIFAR-10's 50,000
@@ -158,7 +158,8 @@ for stage in "${stages[@]}"; do
     python fid.py "$OUT/tok_train/recon_train.npz" "$STATS" --json "$OUT/tok_train/rfid.json" "${WEIGHTS_FID[@]}" ;;
   gen)
     python train_gen.py --preset "$GEN_PRESET" --tok_ckpt "$OUT/tok/ckpt.pt" --data "$TRAIN" \
-      --val_data "$HELD_OUT" --augment 8 --ema 0.9995 --out_dir "$OUT/gen" --batch_size "$GEN_BATCH" \
+      --val_data "$HELD_OUT" --augment 8 --dropout "$GEN_DROPOUT" --drop_path "$GEN_DROPOUT" --ema 0.9995 \
+      --out_dir "$OUT/gen" --batch_size "$GEN_BATCH" \
       --max_steps "$GEN_STEPS" --lr 2e-4 --log_every 200 --eval_every 500 --ckpt_every 2000 \
       --sample_every 2000 --seed "$SEED" ${WORKERS:+--workers "$WORKERS"} $GEN_FLAGS ;;
   sample)

@@ -10,8 +10,9 @@
 #         fitted to the training images (256 and 512, or the largest power of two not above their count) and
 #         SAMPLES images sampled (default 10,000, spread over the classes)
 # Every setting of scripts/cifar10.sh can be given in the environment too (TOK_STEPS, GEN_STEPS, WORKERS...). The
-# default budget (10,000 tokenizer and 6,000 generator steps) is about 20 minutes on one H100 and suits a few
-# hundred to about 100,000 images; for more, raise TOK_STEPS and GEN_STEPS with the epochs you want. (cifar10.sh's
+# default budget (10,000 tokenizer and 6,000 generator steps of cifar_d8, the generator measured at that length; not
+# cifar10.sh's cifar_d12, which overfits sooner) is about 20 minutes on one H100 and suits a few hundred to about
+# 100,000 images; for more, raise TOK_STEPS and GEN_STEPS with the epochs you want. (cifar10.sh's
 # own tokenizer length, 20,000 steps, was chosen on CIFAR-10's 45,000 training images and costs 12 more minutes.)
 set -euo pipefail
 : "${DATA:?set DATA=<image folder>, e.g. DATA=path/to/images bash scripts/own_data.sh}"
@@ -50,5 +51,6 @@ for stage in "${stages[@]}"; do
   TOK_BATCH=${TOK_BATCH:-$((fit < 256 ? fit : 256))} GEN_BATCH=${GEN_BATCH:-$((fit < 512 ? fit : 512))} \
     PER_CLASS=${PER_CLASS:-$(((SAMPLES + n_classes - 1) / n_classes))} WORKERS=${WORKERS-} \
     TOK_STEPS=${TOK_STEPS:-10000} GEN_STEPS=${GEN_STEPS:-6000} GEN_CKPT=${GEN_CKPT:-$OUT/gen/best.pt} \
+    GEN_PRESET=${GEN_PRESET:-cifar_d8} GEN_DROPOUT=${GEN_DROPOUT:-0.1} \
     DATA="$OUT/data" OUT="$OUT" bash "$(dirname "$0")/cifar10.sh" "$stage"
 done

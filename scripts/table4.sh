@@ -43,6 +43,7 @@ export RUNS_PER_GPU=${RUNS_PER_GPU:-1}
 # cifar10.sh's tokenizer recipe when the campaign began, pinned here: rows run in different sessions share it even
 # after a search changes cifar10.sh's default
 RECIPE=${TOK_RECIPE---full_prefix_prob 0.5 --gan_full_only --lpips_resize 128 --codebook_size 4096}
+export GEN_PRESET=${GEN_PRESET:-cifar_d8} GEN_DROPOUT=${GEN_DROPOUT:-0.1}  # its generator recipe, pinned likewise
 ALG1_RECIPE=${ALG1_RECIPE---lpips_resize 128 --codebook_size 4096}  # the same without the two departures
 rows=("$@"); [ ${#rows[@]} -eq 0 ] && rows=(titok spectral causal full full_alg1 titok_s1 full_s1)
 

@@ -364,8 +364,9 @@ def test_cifar10_final_figures_train_on_all_of_train_and_score_on_test(tmp_path)
     assert '--no-pr' not in rfid  # tok_rfid.json reports precision and recall beside rFID and sFID
     gen = next(call for call in calls if call[0] == 'train_gen.py')
     assert (value(gen, '--data'), value(gen, '--val_data')) == (train, test)
-    # the generator search's pick, augment_ema_3k, on its 3,000-step schedule
-    assert value(gen, '--max_steps') == '3000' and value(gen, '--ema') == '0.9995'
+    # the selection split's generator pick, d12_strong_ema_3k
+    assert (value(gen, '--preset'), value(gen, '--max_steps'), value(gen, '--ema')) == ('cifar_d12', '3000', '0.9995')
+    assert value(gen, '--dropout') == value(gen, '--drop_path') == '0.2'
     stats = next(call for call in calls if '--save-stats' in call)
     assert stats[-1] == train  # gFID's reference: the 50,000 training images
     # test chooses nothing: no sweep against the gFID's reference, the last checkpoint (best.pt is kept by test's
@@ -373,7 +374,7 @@ def test_cifar10_final_figures_train_on_all_of_train_and_score_on_test(tmp_path)
     assert not any(call[0] == 'sweep.py' and '--truncate' not in call for call in calls)
     sample = next(call for call in calls if call[0] == 'sample.py')
     assert value(sample, '--ckpt') == str(tmp_path / 'out' / 'gen' / 'ckpt.pt')
-    assert (value(sample, '--cfg'), value(sample, '--temperature')) == ('1.0', '1.1')
+    assert (value(sample, '--cfg'), value(sample, '--temperature')) == ('1.5', '1.0') and '--cfg_ramp' in sample
     truncate = next(call for call in calls if call[0] == 'sweep.py')
     assert value(truncate, '--ref') == value(stats, '--save-stats')
     assert value(truncate, '--ckpt') == value(sample, '--ckpt')
@@ -434,6 +435,18 @@ def test_cifar10_from_search_stops_on_a_record_without_its_recipe(tmp_path):
                                REAL_SUMMARY='1')
     assert result.returncode != 0 and 'GEN_PRESET, GEN_FLAGS and GEN_STEPS' in result.stderr
     assert not any(call.startswith('train_gen.py') for call in calls)
+
+
+@pytest.mark.parametrize('script, stages', [('table4.sh', ['titok']), ('superres_cifar.sh', ['gen']),
+                                            ('own_data.sh', ['gen'])])
+def test_campaigns_keep_the_cifar_d8_generator_they_were_measured_with(tmp_path, script, stages):
+    out = tmp_path / 'out'
+    (out / 'data' / 'train' / 'images').mkdir(parents=True)  # own_data.sh's split, as its split stage leaves it
+    (out / 'data' / 'train' / 'images' / '000000.png').write_bytes(b'')
+    result, calls = run_search(tmp_path, script, stages, DATA=str(tmp_path / 'cifar10'), OUT=str(out))
+    assert result.returncode == 0, result.stderr
+    gen = next(call.split() for call in calls if call.startswith('train_gen.py'))
+    assert value(gen, '--preset') == 'cifar_d8' and value(gen, '--dropout') == value(gen, '--drop_path') == '0.1'
 
 
 def test_tok_stage_in_pieces_continues_its_checkpoint_and_scores_only_the_whole_tokenizer(tmp_path):
