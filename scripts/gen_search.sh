@@ -12,12 +12,12 @@
 #   old         the baseline: image + flip, no dropout, drop path 0.0333 (VAR's 0.1 x 8 / 24)
 #   dropout     + dropout 0.1, drop path 0.1
 #   augment     + 8 views per image (flip and zoom crops), dropout 0.1, drop path 0.1
-#   augment_ema + EMA 0.9995 of the weights (the EMA model is evaluated and sampled): scripts/cifar10.sh's recipe
+#   augment_ema + EMA 0.9995 of the weights (the EMA model is evaluated and sampled); own_data.sh's recipe
 #   strong      8 views, dropout 0.2, drop path 0.2
 #   strong_ema  strong + EMA 0.9995
 #   d12         the cifar_d12 preset, 8 views, dropout 0.1, drop path 0.1
 #   d12_ema     d12 + EMA 0.9995
-#   d12_strong_ema  the cifar_d12 preset, 8 views, dropout 0.2, drop path 0.2, EMA 0.9995
+#   d12_strong_ema  the cifar_d12 preset, 8 views, dropout 0.2, drop path 0.2, EMA 0.9995; with _3k, cifar10.sh's
 #   VARIANT_Nk  any variant above trained N thousand steps instead of STEPS (its cosine schedule ending there), e.g.
 #               augment_ema_3k against augment_ema: the 6,000-step run's validation NLL is lowest at step 2,500,
 #               still at mid-schedule learning rate (docs/results.md, "Full SpectralAR end to end")
