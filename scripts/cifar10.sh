@@ -63,12 +63,16 @@ SEED=${SEED:-0}                              # the tokenizer's and the generator
 SELECT=${SELECT:-}                           # a selection split: recipe selection instead of the final figures
 VAL_PER_CLASS=${VAL_PER_CLASS:-500}          # the split's val images per class: 5,000 of CIFAR-10's 50,000
 # GEN_CKPT, the generator the sampling stages sample: best.pt is kept by the validation NLL, which is CIFAR-10
-# test's without SELECT, so the final figures take the last checkpoint instead
+# test's without SELECT, so the final figures take the last checkpoint instead, or with GEN_SAMPLE_STEP=S the
+# checkpoint of step S (the gen stage then checkpoints every S steps and keeps each as gen/ckpt_<step>.pt). S=best,
+# with FROM_SEARCH: the step at which the picked recipe's validation NLL on the selection split was lowest, the
+# checkpoint its sampling sweep ran on (1,500 for d12_strong_ema_3k; not measured yet on the final figures)
+GEN_SAMPLE_STEP=${GEN_SAMPLE_STEP:-}
 if [ -n "$SELECT" ]; then
   TRAIN=$SELECT/train HELD_OUT=$SELECT/val RFID_JSON=$OUT/tok/rfid_val.json GEN_CKPT=${GEN_CKPT:-$OUT/gen/best.pt}
   STATS=${STATS:-$SELECT/train_stats.npz}    # the images the generator is trained on, as in the final gFID
 else
-  TRAIN=$DATA/train HELD_OUT=$DATA/test RFID_JSON=$OUT/tok/rfid.json GEN_CKPT=${GEN_CKPT:-$OUT/gen/ckpt.pt}
+  TRAIN=$DATA/train HELD_OUT=$DATA/test RFID_JSON=$OUT/tok/rfid.json  # GEN_CKPT: after FROM_SEARCH, below
   STATS=${STATS:-$OUT/cifar10_train_stats.npz}  # shared by several runs (scripts/table4.sh)
 fi
 PER_CLASS=${PER_CLASS:-5000}                 # final samples: 50,000
@@ -103,11 +107,23 @@ chosen = json.load(open(record))
 if 'train_gen_flags' not in chosen:
     sys.exit(f"FROM_SEARCH: {record} names {chosen.get('variant')} without its recipe (a gen_search.sh from before "
              "recipes were recorded): set GEN_PRESET, GEN_FLAGS and GEN_STEPS from scripts/gen_search.sh instead")
-print(chosen['steps'], chosen['train_gen_flags'])
+print(chosen['steps'], chosen['best_step'], chosen['train_gen_flags'])
 EOF
   )
-  GEN_STEPS=${recipe%% *} GEN_FLAGS="${recipe#* } $GEN_FLAGS" SAMPLING=$(cat "$FROM_SEARCH/sweep/best_flags")
+  read -r GEN_STEPS best_step flags <<< "$recipe"
+  GEN_FLAGS="$flags $GEN_FLAGS" SAMPLING=$(cat "$FROM_SEARCH/sweep/best_flags")
+  [ "$GEN_SAMPLE_STEP" != best ] || GEN_SAMPLE_STEP=$best_step
   echo "FROM_SEARCH: $GEN_STEPS generator steps with $GEN_FLAGS; sampling $SAMPLING" >&2
+fi
+if [ -n "$GEN_SAMPLE_STEP" ]; then
+  [ -z "$SELECT" ] && [[ $GEN_SAMPLE_STEP =~ ^[1-9][0-9]*$ ]] && [ "$GEN_SAMPLE_STEP" -le "$GEN_STEPS" ] || {
+    echo "GEN_SAMPLE_STEP=$GEN_SAMPLE_STEP: a step from 1 to GEN_STEPS=$GEN_STEPS of the final figures' generator," \
+      "or best with FROM_SEARCH; unset with SELECT, which samples best.pt" >&2; exit 2; }
+  GEN_CHECKPOINTS=(--ckpt_every "$GEN_SAMPLE_STEP" --keep $(((GEN_STEPS + GEN_SAMPLE_STEP - 1) / GEN_SAMPLE_STEP)))
+  GEN_CKPT=${GEN_CKPT:-$OUT/gen/ckpt_$(printf %07d "$GEN_SAMPLE_STEP").pt}
+else
+  GEN_CHECKPOINTS=(--ckpt_every 2000)
+  GEN_CKPT=${GEN_CKPT:-$OUT/gen/ckpt.pt}
 fi
 WEIGHTS=()                                  # explicit weight files (INCEPTION=, LPIPS=) when the packages are not installed
 [ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()
@@ -160,7 +176,7 @@ for stage in "${stages[@]}"; do
     python train_gen.py --preset "$GEN_PRESET" --tok_ckpt "$OUT/tok/ckpt.pt" --data "$TRAIN" \
       --val_data "$HELD_OUT" --augment 8 --dropout "$GEN_DROPOUT" --drop_path "$GEN_DROPOUT" --ema 0.9995 \
       --out_dir "$OUT/gen" --batch_size "$GEN_BATCH" \
-      --max_steps "$GEN_STEPS" --lr 2e-4 --log_every 200 --eval_every 500 --ckpt_every 2000 \
+      --max_steps "$GEN_STEPS" --lr 2e-4 --log_every 200 --eval_every 500 "${GEN_CHECKPOINTS[@]}" \
       --sample_every 2000 --seed "$SEED" ${WORKERS:+--workers "$WORKERS"} $GEN_FLAGS ;;
   sample)
     python sample.py --ckpt "$GEN_CKPT" --classes all --per_class "$PER_CLASS" --batch_size 1000 \

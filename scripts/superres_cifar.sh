@@ -31,7 +31,7 @@ SR_TAG=${SR_TAG:-}                          # test and samples write $OUT/test$S
                                             # run with other SR_FLAGS (SR_TAG=_band) keeps the first's figures
 TOK_STEPS=${TOK_STEPS:-10000}               # the measured run's tokenizer length (cifar10.sh's is 20,000 at 32 px)
 GEN_STEPS=${GEN_STEPS:-3000}                # the measured run's generator length
-GEN_PRESET=${GEN_PRESET:-cifar_d8}          # and its generator (cifar10.sh's default is now cifar_d12)
+GEN_PRESET=${GEN_PRESET:-cifar_d8}          # and its generator (cifar10.sh's default: cifar_d12)
 GEN_DROPOUT=${GEN_DROPOUT:-0.1}
 STATS=${STATS:-$OUT/cifar10_train_stats.npz}  # the same file as scripts/cifar10.sh's: one can serve both
 [ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()

@@ -14,7 +14,7 @@ PS=${PS:-1 2 4}
 STEPS=${STEPS:-3000}  # validation NLL is lowest by step 2,000-2,500 on this tokenizer (docs/results.md): 6,000 adds time only
 WORKERS=${WORKERS:-4}
 VIEWS=${VIEWS:-8}  # views per training image in the token file (flips and zoom crops), as scripts/cifar10.sh's gen stage
-# the rest of scripts/cifar10.sh's generator recipe (dropout and drop path of cifar_d8, EMA)
+# the rest of the generator recipe it was measured with (cifar_d8 and its dropout and drop path 0.1, EMA)
 FLAGS=${FLAGS:---preset cifar_d8 --ema 0.9995 --batch_size 512 --lr 2e-4 --log_every 200 --eval_every 500 --ckpt_every 2000 --sample_every 0 --compile}
 SAMPLING=${SAMPLING:---cfg 2.0}  # the best setting of that recipe's sweep for P = 1 (docs/results.md, generalisation)
 TRAIN=$DATA/train HELD_OUT=$DATA/test  # final figures, as scripts/cifar10.sh's without SELECT (encode_tokens reads them)

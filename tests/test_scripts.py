@@ -408,7 +408,8 @@ def test_cifar10_gen_stage_trains_a_search_winner_given_as_preset_and_flags(tmp_
 
 def write_search_picks(search, **record):
     (search / 'sweep').mkdir(parents=True)
-    (search / 'generator.json').write_text(json.dumps(dict(variant='d12_ema_4k', best_val_nll=219.0, **record)))
+    (search / 'generator.json').write_text(json.dumps(dict(variant='d12_ema_4k', best_val_nll=219.0, best_step=1500,
+                                                           **record)))
     (search / 'sweep' / 'best_flags').write_text('--cfg 1.25 --cfg_ramp off --temperature 1.2 --top_k 0 --top_p 0.0\n')
 
 
@@ -426,6 +427,26 @@ def test_cifar10_from_search_trains_the_picked_recipe_on_all_of_train_and_sample
     for sampler in (next(call for call in calls if call[0] == name) for name in ('sample.py', 'sweep.py')):
         assert (value(sampler, '--cfg'), value(sampler, '--temperature')) == ('1.25', '1.2')
         assert value(sampler, '--ckpt') == str(out / 'gen' / 'ckpt.pt')
+
+
+def test_cifar10_samples_the_checkpoint_of_the_selection_splits_best_step_when_asked(tmp_path):
+    search, out = tmp_path / 'sweep_search', tmp_path / 'out'
+    write_search_picks(search, steps=4000, train_gen_flags='--preset cifar_d12 --ema 0.9995')
+    result, calls = run_search(tmp_path, 'cifar10.sh', ['gen', 'sample'], OUT=str(out), FROM_SEARCH=str(search),
+                               GEN_SAMPLE_STEP='best', REAL_SUMMARY='1')
+    assert result.returncode == 0, result.stderr
+    gen, sample = [call.split() for call in calls if call.startswith(('train_gen.py', 'sample.py'))]
+    # checkpoints at 1,500, 3,000 and the last step 4,000, all three kept as step-tagged copies
+    assert (value(gen, '--ckpt_every'), value(gen, '--keep')) == ('1500', '3')
+    assert value(sample, '--ckpt') == str(out / 'gen' / 'ckpt_0001500.pt')
+
+
+@pytest.mark.parametrize('env', [dict(GEN_SAMPLE_STEP='4000'), dict(GEN_SAMPLE_STEP='best'),
+                                 dict(GEN_SAMPLE_STEP='1500', SELECT='split')])
+def test_cifar10_refuses_a_sample_step_outside_the_final_generators_run(tmp_path, env):
+    result, calls = run_search(tmp_path, 'cifar10.sh', ['gen'], OUT=str(tmp_path / 'out'), **env)
+    assert result.returncode == 2 and 'GEN_SAMPLE_STEP' in result.stderr
+    assert not any(call.startswith('train_gen.py') for call in calls)
 
 
 def test_cifar10_from_search_stops_on_a_record_without_its_recipe(tmp_path):
