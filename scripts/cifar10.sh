@@ -62,17 +62,12 @@ SAMPLING=${SAMPLING:---cfg 1.5 --cfg_ramp --temperature 1.0}
 SEED=${SEED:-0}                              # the tokenizer's and the generator's training seed
 SELECT=${SELECT:-}                           # a selection split: recipe selection instead of the final figures
 VAL_PER_CLASS=${VAL_PER_CLASS:-500}          # the split's val images per class: 5,000 of CIFAR-10's 50,000
-# GEN_CKPT, the generator the sampling stages sample: best.pt is kept by the validation NLL, which is CIFAR-10
-# test's without SELECT, so the final figures take the last checkpoint instead, or with GEN_SAMPLE_STEP=S the
-# checkpoint of step S (the gen stage then checkpoints every S steps and keeps each as gen/ckpt_<step>.pt). S=best,
-# with FROM_SEARCH: the step at which the picked recipe's validation NLL on the selection split was lowest, the
-# checkpoint its sampling sweep ran on (1,500 for d12_strong_ema_3k; not measured yet on the final figures)
-GEN_SAMPLE_STEP=${GEN_SAMPLE_STEP:-}
+GEN_SAMPLE_STEP=${GEN_SAMPLE_STEP:-}         # the final figures' generator checkpoint (GEN_CKPT, below)
 if [ -n "$SELECT" ]; then
-  TRAIN=$SELECT/train HELD_OUT=$SELECT/val RFID_JSON=$OUT/tok/rfid_val.json GEN_CKPT=${GEN_CKPT:-$OUT/gen/best.pt}
+  TRAIN=$SELECT/train HELD_OUT=$SELECT/val RFID_JSON=$OUT/tok/rfid_val.json
   STATS=${STATS:-$SELECT/train_stats.npz}    # the images the generator is trained on, as in the final gFID
 else
-  TRAIN=$DATA/train HELD_OUT=$DATA/test RFID_JSON=$OUT/tok/rfid.json  # GEN_CKPT: after FROM_SEARCH, below
+  TRAIN=$DATA/train HELD_OUT=$DATA/test RFID_JSON=$OUT/tok/rfid.json
   STATS=${STATS:-$OUT/cifar10_train_stats.npz}  # shared by several runs (scripts/table4.sh)
 fi
 PER_CLASS=${PER_CLASS:-5000}                 # final samples: 50,000
@@ -115,6 +110,11 @@ EOF
   [ "$GEN_SAMPLE_STEP" != best ] || GEN_SAMPLE_STEP=$best_step
   echo "FROM_SEARCH: $GEN_STEPS generator steps with $GEN_FLAGS; sampling $SAMPLING" >&2
 fi
+# GEN_CKPT, the generator the sampling stages sample: best.pt is kept by the validation NLL, which is CIFAR-10
+# test's without SELECT, so the final figures take the last checkpoint instead, or with GEN_SAMPLE_STEP=S the
+# checkpoint of step S (the gen stage then checkpoints every S steps and keeps each as gen/ckpt_<step>.pt). S=best,
+# with FROM_SEARCH: the step at which the picked recipe's validation NLL on the selection split was lowest, the
+# checkpoint its sampling sweep ran on (1,500 for d12_strong_ema_3k; not measured yet on the final figures)
 if [ -n "$GEN_SAMPLE_STEP" ]; then
   [ -z "$SELECT" ] && [[ $GEN_SAMPLE_STEP =~ ^[1-9][0-9]*$ ]] && [ "$GEN_SAMPLE_STEP" -le "$GEN_STEPS" ] || {
     echo "GEN_SAMPLE_STEP=$GEN_SAMPLE_STEP: a step from 1 to GEN_STEPS=$GEN_STEPS of the final figures' generator," \
@@ -123,7 +123,7 @@ if [ -n "$GEN_SAMPLE_STEP" ]; then
   GEN_CKPT=${GEN_CKPT:-$OUT/gen/ckpt_$(printf %07d "$GEN_SAMPLE_STEP").pt}
 else
   GEN_CHECKPOINTS=(--ckpt_every 2000)
-  GEN_CKPT=${GEN_CKPT:-$OUT/gen/ckpt.pt}
+  [ -n "$SELECT" ] && GEN_CKPT=${GEN_CKPT:-$OUT/gen/best.pt} || GEN_CKPT=${GEN_CKPT:-$OUT/gen/ckpt.pt}
 fi
 WEIGHTS=()                                  # explicit weight files (INCEPTION=, LPIPS=) when the packages are not installed
 [ -n "${INCEPTION:-}" ] && WEIGHTS_FID=(--inception "$INCEPTION") || WEIGHTS_FID=()
