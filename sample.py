@@ -153,9 +153,11 @@ def load_models(ckpt_path, tok_path=None, device='cpu', no_ema=False):
 
 
 def is_tokenizer_file(tok, path, sha256):
-    """Whether tok, loaded from the checkpoint at path, is the file whose sha256 a generator recorded, or its weights
-    exported by scripts/export_weights.py (which records the sha256 of the file it came from)."""
-    return common.file_sha256(path) == sha256 or (tok.exported_from or {}).get('sha256') == sha256
+    """Whether tok, loaded from the checkpoint at path, reads the codes of the file whose sha256 a generator recorded:
+    that file, its weights exported by scripts/export_weights.py (which records the sha256 of the file it came from),
+    or a decoder fine-tuning of it (train_tok.py --init_from, which keeps the codes and records their files)."""
+    return (common.file_sha256(path) == sha256 or (tok.exported_from or {}).get('sha256') == sha256
+            or sha256 in tok.codes_from)
 
 
 def describe_checkpoint(path, ckpt):

@@ -236,8 +236,12 @@ class Tokenizer(nn.Module):
         self.register_buffer('dec_mask', spectral_mask(P, N, config.causal, decoder=True), persistent=False)
         self.register_buffer('omegas', torch.tensor(omega_schedule(N, config.image_size, config.schedule)), persistent=False)
         self.apply(self._init_weights)
+        self.freeze(FROZEN_IN_STAGE.get(config.stage, ()))
+
+    def freeze(self, top_level_names):
+        """Stop training the parameters under these top-level names (e.g. ENCODER_SIDE)."""
         for name, param in self.named_parameters():
-            if name.split('.')[0] in FROZEN_IN_STAGE.get(config.stage, ()):
+            if name.split('.')[0] in top_level_names:
                 param.requires_grad_(False)
 
     def build_proxy_head(self, config):
@@ -338,18 +342,22 @@ class Tokenizer(nn.Module):
     @staticmethod
     def from_checkpoint(path, device='cpu', use_ema=True):
         """Rebuild a tokenizer from a train_tok.py checkpoint alone (EMA weights when present). Its exported_from is
-        the record of the checkpoint a weights-only export (scripts/export_weights.py) came from, else None."""
+        the record of the checkpoint a weights-only export (scripts/export_weights.py) came from, else None; its
+        codes_from the sha256 of the tokenizer files whose codes it shares (a decoder fine-tuning's), else []."""
         ckpt = load_checkpoint(path, 'tokenizer')
         tok = Tokenizer(config_of_checkpoint(ckpt, path))
         tok.load_state_dict(ema_or_model(ckpt) if use_ema else ckpt['model'])
         tok.exported_from = ckpt.get('exported_from')
+        tok.codes_from = ckpt.get('codes_from', [])
         return tok.to(device).eval()
 
 
+# what maps an image to its codes (by top-level name): frozen, it keeps every code, so token files and generators made
+# with the tokenizer stay valid while its decoder trains on (stage 2, and decoder fine-tuning in train_tok.py)
+ENCODER_SIDE = ('patch_embed', 'enc_pos', 'latent_queries', 'enc_latent_pos', 'encoder', 'enc_ln', 'to_code', 'quantizer')
 # the parameters (by top-level name) each stage keeps as they are: stage 1 the teacher VQGAN's codebook and decoder,
 # which only decode the predicted codes; stage 2, as TiTok's, the encoder side (the codes stay those of stage 1)
-FROZEN_IN_STAGE = {1: ('pixel_quantize', 'pixel_decoder'),
-                   2: ('patch_embed', 'enc_pos', 'latent_queries', 'enc_latent_pos', 'encoder', 'enc_ln', 'to_code', 'quantizer')}
+FROZEN_IN_STAGE = {1: ('pixel_quantize', 'pixel_decoder'), 2: ENCODER_SIDE}
 
 
 def proxy_code_loss(logits, vqgan, targets):

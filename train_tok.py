@@ -12,7 +12,8 @@ The paper's recipe, TiTok's two stages with proxy codes: --stage 1 --proxy_vqgan
 (cross-entropy with the VQGAN's codes of each prefix's target), then --stage 2 --init_from STAGE1_CKPT (the decoder and
 the VQGAN's decoder fine-tuned on pixels, the encoder frozen).
 Sharper full reconstructions, departures from Algorithm 1: --full_prefix_prob, --gan_full_only (or --disc_cond),
---lpips_resize.
+--lpips_resize. Decoder fine-tuning of a trained tokenizer, the encoder and codebook frozen so that its codes (token
+files, generators) stay valid: --init_from TOK_CKPT (stage 0).
 """
 import argparse
 import contextlib
@@ -33,8 +34,8 @@ import common
 from data import UNREADABLE_IMAGE_ERRORS, ImageFolder, image_loader, list_images, readable_samples, to_float, to_uint8
 from dct import SCHEDULES, lowpass
 from losses import LPIPS, LeCamRegularizer, NLayerDiscriminator, hinge_d_loss, hinge_g_loss
-from tokenizer import (ABLATIONS, PRESETS, TokConfig, Tokenizer, config_of_checkpoint, flops_per_image, proxy_code_loss,
-                       sample_prefix_lengths, save_coarse_to_fine)
+from tokenizer import (ABLATIONS, ENCODER_SIDE, PRESETS, TokConfig, Tokenizer, config_of_checkpoint, flops_per_image,
+                       proxy_code_loss, sample_prefix_lengths, save_coarse_to_fine)
 from tokens import IndexedImages, collate_indexed
 from vqgan import WEIGHTS_SOURCE, load_vqgan
 
@@ -66,7 +67,10 @@ parser.add_argument('--stage', type=int, choices=(0, 1, 2), default=0,
                          "no pixel losses). 2: from the stage-1 checkpoint --init_from, the encoder and quantizer frozen, the "
                          "decoder and the VQGAN's decoder fine-tuned on pixels through the predicted codes' soft embedding")
 parser.add_argument('--proxy_vqgan', help=f"stage 1: the VQGAN weights whose codes are the targets. {WEIGHTS_SOURCE}")
-parser.add_argument('--init_from', help='stage 2: the stage-1 checkpoint to start from (its EMA weights, its VQGAN decoder)')
+parser.add_argument('--init_from', help="a checkpoint whose EMA weights the run starts from, the encoder side (tokenizer.ENCODER_SIDE) "
+                                         "frozen. Stage 2: the stage-1 checkpoint (with its VQGAN decoder). Stage 0: decoder "
+                                         "fine-tuning of a trained stage-0 tokenizer; every image keeps its codes, so token "
+                                         "files and generators made with it decode with the new decoder")
 parser.add_argument('--schedule', choices=SCHEDULES,
                     help="override the row's w_i mapping (full: the preset's, 'nonuniform' = eq. (9) at 256 px, "
                          "'nonuniform_psnr' for 32 px; spectral and causal: 'uniform')")
@@ -128,8 +132,9 @@ RUN_FLAGS = ('preset', 'image_size', 'patch_size', 'n_tokens', 'codebook_size', 
 ARCHITECTURE_FLAGS = ('preset', 'image_size', 'patch_size', 'n_tokens', 'codebook_size', 'code_dim', 'commitment',
                       'ablation', 'schedule')
 # the flags each stage of TiTok's recipe fixes: stage 1 learns the proxy codes by cross-entropy alone (no pixel losses);
-# stage 2 restarts no codes, its encoder and codebook being frozen
+# stage 2, and decoder fine-tuning (stage 0 with --init_from), restart no codes, the encoder and codebook being frozen
 STAGE_SETTINGS = {1: {'l2_weight': 0.0, 'lpips_weight': 0.0, 'gan_weight': 0.0}, 2: {'restart_every': 0}}
+DECODER_FINETUNE_SETTINGS = {'restart_every': 0}
 
 
 def run_settings_of(ckpt, config):
@@ -154,34 +159,55 @@ def check_stage_flags():
         raise common.UserError(f"--stage 1 needs --proxy_vqgan PATH, the VQGAN whose codes the decoder learns. {WEIGHTS_SOURCE}")
     if args.stage == 2 and not (args.init_from or args.resume):
         raise common.UserError("--stage 2 needs --init_from PATH, the stage-1 checkpoint it fine-tunes (train_tok.py --stage 1)")
-    for flag, stage in (('proxy_vqgan', 1), ('init_from', 2)):
-        if flag in given and args.stage != stage:
-            detail = " (stage 2 takes the VQGAN decoder from the stage-1 checkpoint)" if flag == 'proxy_vqgan' else ""
-            raise common.UserError(f"--{flag} is for --stage {stage} only{detail}: leave it out")
-    for name, value in STAGE_SETTINGS.get(args.stage, {}).items():
+    if 'proxy_vqgan' in given and args.stage != 1:
+        raise common.UserError("--proxy_vqgan is for --stage 1 only (stage 2 takes the VQGAN decoder from the stage-1 "
+                               "checkpoint): leave it out")
+    if 'init_from' in given and args.stage == 1:
+        raise common.UserError("--init_from is for --stage 2 (from a stage-1 checkpoint) and decoder fine-tuning (--stage 0, "
+                               "from a trained tokenizer): stage 1 starts anew")
+    fixed, run = ((DECODER_FINETUNE_SETTINGS, "decoder fine-tuning (--init_from)") if decoder_finetune()
+                  else (STAGE_SETTINGS.get(args.stage, {}), f"--stage {args.stage}"))
+    for name, value in fixed.items():
         if name in given and getattr(args, name) != value:
-            raise common.UserError(f"--stage {args.stage} runs with --{name} {value}: leave --{name} out")
+            raise common.UserError(f"{run} runs with --{name} {value}: leave --{name} out")
         setattr(args, name, value)
 
 
-def stage_two_start():
-    """The stage-1 checkpoint --init_from and the stage-2 config of its tokenizer; architecture flags given must agree."""
+def decoder_finetune():
+    """Whether this run fine-tunes a trained stage-0 tokenizer's decoder (--init_from at stage 0, or its resume)."""
+    return args.stage == 0 and args.init_from is not None
+
+
+def init_start():
+    """The checkpoint --init_from and the config of the run's tokenizer: stage 2's from a stage-1 checkpoint, decoder
+    fine-tuning's (stage 0) the checkpoint's own, as it keeps the encoder; architecture flags given must agree."""
     try:
         init = common.load_checkpoint(args.init_from, 'tokenizer')
         config = config_of_checkpoint(init, args.init_from)
     except (FileNotFoundError, ValueError) as e:
         raise common.UserError(f"--init_from: {e}")
-    if config.stage != 1:
-        raise common.UserError(f"--init_from {args.init_from!r} is a stage-{config.stage} checkpoint: stage 2 starts from a "
-                         f"checkpoint of train_tok.py --stage 1")
+    wanted = 1 if args.stage == 2 else 0
+    if config.stage != wanted:
+        purpose = ("stage 2 starts from a checkpoint of train_tok.py --stage 1" if args.stage == 2 else
+                   "decoder fine-tuning (--stage 0) starts from a stage-0 tokenizer"
+                   + ("; for TiTok's stage 2, pass --stage 2" if config.stage == 1 else ""))
+        raise common.UserError(f"--init_from {args.init_from!r} is a stage-{config.stage} checkpoint: {purpose}")
     saved = run_settings_of(init, config)
     given = common.flags_given(parser)
     for name in ARCHITECTURE_FLAGS:
         if name in given and getattr(args, name) != saved[name]:
-            raise common.UserError(f"--{name} {getattr(args, name)} contradicts the stage-1 checkpoint (--{name} {saved[name]}): "
-                             f"stage 2 keeps its tokenizer; leave --{name} out")
+            raise common.UserError(f"--{name} {getattr(args, name)} contradicts the --init_from checkpoint (--{name} "
+                                   f"{saved[name]}): the run keeps its tokenizer's shape; leave --{name} out")
         setattr(args, name, saved[name])
-    return init, dataclasses.replace(config, stage=2)
+    return init, dataclasses.replace(config, stage=args.stage)
+
+
+def codes_from_of(init):
+    """Decoder fine-tuning keeps the codes of --init_from: the sha256 of every file with those codes (the checkpoint,
+    the one it was exported from, those it fine-tuned), which sample.py accepts for a generator's tokenizer."""
+    exported_from = init.get('exported_from')
+    return [common.file_sha256(args.init_from), *([exported_from['sha256']] if exported_from else []),
+            *init.get('codes_from', [])]
 
 
 def load_proxy_vqgan():
@@ -191,15 +217,15 @@ def load_proxy_vqgan():
         raise common.UserError(f"--proxy_vqgan: {e}")
 
 
-def stage_start_weights(model, proxy_vqgan, stage_one):
-    """A new run's first weights where a stage sets them: stage 1 copies the VQGAN's codebook and decoder into the
-    tokenizer (frozen there, they decode its predicted codes); stage 2 starts from the stage-1 tokenizer's EMA weights
-    (a weights-only export holds them as its model)."""
+def start_weights(model, proxy_vqgan, init):
+    """A new run's first weights where they are not random: stage 1 copies the VQGAN's codebook and decoder into the
+    tokenizer (frozen there, they decode its predicted codes); stage 2 and decoder fine-tuning start from --init_from's
+    EMA weights (a weights-only export holds them as its model)."""
     if config.stage == 1:
         model.pixel_quantize.load_state_dict(proxy_vqgan.quantize.state_dict())
         model.pixel_decoder.load_state_dict(proxy_vqgan.decoder.state_dict())
-    elif config.stage == 2:
-        model.load_state_dict(common.ema_or_model(stage_one))
+    elif init is not None:
+        model.load_state_dict(common.ema_or_model(init))
     return model
 
 
@@ -251,7 +277,7 @@ if args.resume:
                   f"back up), not that of a run started with --max_steps {args.max_steps}. To train one run in pieces, "
                   f"start it with its final --max_steps and pass --steps_this_run")
 else:
-    if args.preset is None and args.stage != 2:
+    if args.preset is None and args.init_from is None:
         args.preset = preset_for_images(args.data)
         if dist_state.master:
             print(f"no --preset given: {args.preset}, the preset for {TokConfig.preset(args.preset).image_size} px images")
@@ -264,9 +290,11 @@ else:
         print(f"--disc_start {args.disc_start} is not before --max_steps {args.max_steps}: this run trains without the GAN loss")
 check_stage_flags()
 proxy_vqgan = load_proxy_vqgan() if args.stage == 1 else None
-stage_one = None
-if not resume and args.stage == 2:
-    stage_one, config = stage_two_start()
+init = None
+codes_from = resume.get('codes_from', []) if resume else []
+if not resume and args.init_from:
+    init, config = init_start()
+    codes_from = codes_from_of(init) if decoder_finetune() else []
 elif not resume:
     config = TokConfig.preset(args.preset, args.ablation, image_size=args.image_size, patch_size=args.patch_size,
                               n_tokens=args.n_tokens, codebook_size=args.codebook_size, code_dim=args.code_dim,
@@ -288,8 +316,10 @@ try:
 except ValueError as e:  # a VQGAN whose code grid is not the tokenizer's patch grid
     raise common.UserError(f"--stage {config.stage}: {e}")
 if not resume:
-    model = stage_start_weights(model, proxy_vqgan, stage_one)
-del stage_one  # the stage-1 checkpoint: its weights are the model's now
+    model = start_weights(model, proxy_vqgan, init)
+del init  # --init_from's checkpoint: its weights are the model's now
+if decoder_finetune():
+    model.freeze(ENCODER_SIDE)
 ema_model = copy.deepcopy(model).eval().requires_grad_(False)
 optimizer = common.adamw(model, args.lr, (0.9, 0.999), args.weight_decay, model.no_weight_decay())
 use_gan = args.gan_weight > 0
@@ -547,7 +577,7 @@ def save_checkpoint():
         'model': {**model.state_dict(), 'quantizer.usage': usage}, 'ema': {**ema_model.state_dict(), 'quantizer.usage': usage}, 'optimizer': optimizer.state_dict(),
         'disc': discriminator.state_dict() if use_gan else None,
         'disc_optimizer': discriminator_optimizer.state_dict() if use_gan else None,
-        'lecam': lecam.state_dict() if use_gan else None, 'rng': common.rng_state(),
+        'lecam': lecam.state_dict() if use_gan else None, 'rng': common.rng_state(), 'codes_from': codes_from,
     }, ckpt_path, step, args.keep)
 
 

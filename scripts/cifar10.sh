@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CIFAR-10 end to end on one GPU: tokenizer -> tokens -> generator -> 50k samples -> FID against train.
-#   bash scripts/cifar10.sh [stage ...]     stages: split stats tok rfid_train gen sweep sample fid truncate
-#                                           (default: stats tok gen sample fid truncate, in order)
+#   bash scripts/cifar10.sh [stage ...]     stages: split stats tok score_tok decoder rfid_train gen sweep sample fid
+#                                           truncate (default: stats tok [decoder] gen sample fid truncate, in order)
 # Two protocols (docs/results.md, "Selection split"):
 #   SELECT unset  the final figures: trained on all of $DATA/train, scored on CIFAR-10 test (rFID, PSNR, validation
 #                 NLL) and against the statistics of the 50,000 training images (gFID). Test chooses nothing: the
@@ -16,6 +16,11 @@
 #     tok       continues $OUT/tok/ckpt.pt when there is one (delete $OUT/tok to train anew). TOK_CHUNK=K: at most K
 #               steps per run of the stage (train_tok.py --steps_this_run), the schedule and GAN start still spanning
 #               TOK_STEPS; the same command, run again, continues until it scores the tokenizer (40k steps in 10k pieces)
+#     score_tok scores $OUT/tok/ckpt.pt on the held-out images as the tok stage does at its end, for a tokenizer
+#               trained elsewhere (copied or exported there)
+#     decoder   decoder fine-tuning (train_tok.py --init_from): DECODER_STEPS more steps of the decoder alone, the GAN on
+#               from the start, from $OUT/tok/ckpt.pt into $OUT/decoder/, scored on the held-out images as the tok
+#               stage is. Every image keeps its codes; with DECODER_STEPS > 0 the stages after it use $OUT/decoder/ckpt.pt
 #     rfid_train  the training images reconstructed and scored against the gFID reference (train statistics),
 #               so that gFID - rFID compares the generator with its tokenizer on one footing; with precision and
 #               recall, so that a generator's recall can be read against its tokenizer's
@@ -59,10 +64,14 @@ GEN_BATCH=${GEN_BATCH:-512}
 WORKERS=${WORKERS-12}                       # image loading processes; empty: the trainers' choice from the CPU cores
 # without the sweep stage: the best of the selection split's sweep (results/sweep_search_select_final_tok/)
 SAMPLING=${SAMPLING:---cfg 1.5 --cfg_ramp --temperature 1.0}
+DECODER_STEPS=${DECODER_STEPS:-0}            # decoder fine-tuning steps after the tok stage (0: none; the decoder stage)
+DECODER_LR=${DECODER_LR:-1e-4}               # its peak learning rate, cosine to a tenth of it
 SEED=${SEED:-0}                              # the tokenizer's and the generator's training seed
 SELECT=${SELECT:-}                           # a selection split: recipe selection instead of the final figures
 VAL_PER_CLASS=${VAL_PER_CLASS:-500}          # the split's val images per class: 5,000 of CIFAR-10's 50,000
 GEN_SAMPLE_STEP=${GEN_SAMPLE_STEP:-}         # the final figures' generator checkpoint (GEN_CKPT, below)
+# the tokenizer the generator is trained on and decodes with: the decoder stage's when there is one
+[ "$DECODER_STEPS" -gt 0 ] && TOK_CKPT=$OUT/decoder/ckpt.pt || TOK_CKPT=$OUT/tok/ckpt.pt
 if [ -n "$SELECT" ]; then
   TRAIN=$SELECT/train HELD_OUT=$SELECT/val RFID_JSON=$OUT/tok/rfid_val.json
   STATS=${STATS:-$SELECT/train_stats.npz}    # the images the generator is trained on, as in the final gFID
@@ -138,7 +147,7 @@ sampling_flags() {  # the sweep's best setting when the sweep stage has run, els
     echo "$1: $SAMPLING (no $OUT/sweep/best_flags)" >&2; echo "$SAMPLING"
   fi
 }
-stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=(stats tok gen sample fid truncate)
+stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=(stats tok $([ "$DECODER_STEPS" -eq 0 ] || echo decoder) gen sample fid truncate)
 # the sweep and truncate stages: 10k samples per setting on the held-out seed 1
 sweep=(python sweep.py --ckpt "$GEN_CKPT" --ref "$STATS" --classes all --per_class "$SWEEP_PER_CLASS"
        --batch_size 1000 --seed 1 "${WEIGHTS_FID[@]}")
@@ -167,13 +176,29 @@ for stage in "${stages[@]}"; do
     fi
     # with precision and recall, against which the generator's samples read (a decoded sample is a reconstruction)
     python fid.py "$recon" "$HELD_OUT" --json "$RFID_JSON" "${WEIGHTS_FID[@]}" ;;
+  score_tok)
+    recon=$OUT/tok/recon_$(basename "$HELD_OUT").npz
+    python train_tok.py --resume "$OUT/tok/ckpt.pt" --eval_only --data "$TRAIN" --eval_data "$HELD_OUT" \
+      --eval_npz "$recon" --out_dir "$OUT/tok" ${WORKERS:+--workers "$WORKERS"} "${WEIGHTS[@]}"
+    python fid.py "$recon" "$HELD_OUT" --json "$RFID_JSON" "${WEIGHTS_FID[@]}" ;;
+  decoder)
+    [ "$DECODER_STEPS" -gt 0 ] || { echo "the decoder stage trains DECODER_STEPS steps: set DECODER_STEPS" >&2; exit 2; }
+    recon=$OUT/decoder/recon_$(basename "$HELD_OUT").npz
+    rm -f "$recon"
+    start=(--init_from "$OUT/tok/ckpt.pt"); [ -f "$OUT/decoder/ckpt.pt" ] && start=(--resume)
+    # a new discriminator: the GAN from step 0, the decoder being trained already
+    python train_tok.py --data "$TRAIN" --out_dir "$OUT/decoder" --batch_size "$TOK_BATCH" --max_steps "$DECODER_STEPS" \
+      --lr "$DECODER_LR" --min_lr "$(awk "BEGIN { print $DECODER_LR / 10 }")" --disc_start 0 --log_every 100 \
+      --sample_every 1000 --ckpt_every 1000 ${WORKERS:+--workers "$WORKERS"} --eval_data "$HELD_OUT" \
+      --eval_npz "$recon" --seed "$SEED" "${WEIGHTS[@]}" $TOK_RECIPE $TOK_FLAGS "${start[@]}"
+    python fid.py "$recon" "$HELD_OUT" --json "$OUT/decoder/$(basename "$RFID_JSON")" "${WEIGHTS_FID[@]}" ;;
   rfid_train)
-    python train_tok.py --resume "$OUT/tok/ckpt.pt" --eval_only --data "$TRAIN" --eval_data "$TRAIN" \
+    python train_tok.py --resume "$TOK_CKPT" --eval_only --data "$TRAIN" --eval_data "$TRAIN" \
       --eval_prefix_images 1000 --eval_npz "$OUT/tok_train/recon_train.npz" --out_dir "$OUT/tok_train" \
       --workers "$WORKERS" "${WEIGHTS[@]}"
     python fid.py "$OUT/tok_train/recon_train.npz" "$STATS" --json "$OUT/tok_train/rfid.json" "${WEIGHTS_FID[@]}" ;;
   gen)
-    python train_gen.py --preset "$GEN_PRESET" --tok_ckpt "$OUT/tok/ckpt.pt" --data "$TRAIN" \
+    python train_gen.py --preset "$GEN_PRESET" --tok_ckpt "$TOK_CKPT" --data "$TRAIN" \
       --val_data "$HELD_OUT" --augment 8 --dropout "$GEN_DROPOUT" --drop_path "$GEN_DROPOUT" --ema 0.9995 \
       --out_dir "$OUT/gen" --batch_size "$GEN_BATCH" \
       --max_steps "$GEN_STEPS" --lr 2e-4 --log_every 200 --eval_every 500 "${GEN_CHECKPOINTS[@]}" \
@@ -190,7 +215,7 @@ for stage in "${stages[@]}"; do
       --top_p $SWEEP_TOPPS --json "$OUT/sweep/sweep_filter.json" --best_flags "$OUT/sweep/best_flags" ;;
   truncate)
     "${sweep[@]}" $(sampling_flags truncate) --truncate $TRUNCATE --json "$OUT/truncate/truncate.json" ;;
-  *) echo "unknown stage $stage: use split stats tok rfid_train gen sweep sample fid truncate" >&2; exit 2 ;;
+  *) echo "unknown stage $stage: use split stats tok score_tok decoder rfid_train gen sweep sample fid truncate" >&2; exit 2 ;;
   esac
   # each stage's wall time, the source of the GPU-minutes quoted in the header and in docs/results.md
   echo "{\"stage\": \"$stage\", \"seconds\": $((SECONDS - stage_start)), \"ended\": \"$(date -u +%FT%TZ)\"}" \

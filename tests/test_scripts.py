@@ -383,6 +383,39 @@ def test_cifar10_final_figures_train_on_all_of_train_and_score_on_test(tmp_path)
     assert all(isinstance(t['seconds'], int) and t['seconds'] >= 0 for t in timings)
 
 
+@pytest.mark.parametrize('select', [None, 'split'])
+def test_cifar10_decoder_stage_fine_tunes_the_tokenizers_decoder_and_the_later_stages_use_it(tmp_path, select):
+    data, out = tmp_path / 'cifar10', tmp_path / 'out'
+    select = select and str(tmp_path / select)
+    result, calls = run_search(tmp_path, 'cifar10.sh', [], DATA=str(data), OUT=str(out), DECODER_STEPS='5000',
+                               SELECT=select, STATS=str(tmp_path / 'stats.npz'))
+    assert result.returncode == 0, result.stderr
+    calls = [call.split() for call in calls]
+    tok, decoder = [call for call in calls if call[0] == 'train_tok.py']
+    train, held_out = (f'{select}/train', f'{select}/val') if select else (str(data / 'train'), str(data / 'test'))
+    assert value(decoder, '--init_from') == value(tok, '--out_dir') + '/ckpt.pt' == str(out / 'tok' / 'ckpt.pt')
+    assert (value(decoder, '--data'), value(decoder, '--eval_data')) == (train, held_out)
+    # a trained decoder, a new discriminator: the GAN from the start; no code restarts, the codes being kept
+    assert (value(decoder, '--max_steps'), value(decoder, '--disc_start'), value(decoder, '--min_lr')) == ('5000', '0', '1e-05')
+    assert '--restart_every' not in decoder and value(decoder, '--codebook_size') == value(tok, '--codebook_size')
+    rfid = next(call for call in calls if call[0] == 'fid.py' and call[1].startswith(str(out / 'decoder')))
+    assert rfid[2] == held_out and value(rfid, '--json') == str(out / 'decoder' / ('rfid_val.json' if select else 'rfid.json'))
+    gen = next(call for call in calls if call[0] == 'train_gen.py')
+    assert value(gen, '--tok_ckpt') == str(out / 'decoder' / 'ckpt.pt')
+    timings = [json.loads(line)['stage'] for line in open(out / 'stage_seconds.jsonl')]
+    assert timings == ['stats', 'tok', 'decoder', 'gen', 'sample', 'fid', 'truncate']
+
+
+def test_cifar10_scores_a_tokenizer_trained_elsewhere_as_the_tok_stage_would(tmp_path):
+    data, out = tmp_path / 'cifar10', tmp_path / 'out'
+    result, calls = run_search(tmp_path, 'cifar10.sh', ['score_tok'], DATA=str(data), OUT=str(out))
+    assert result.returncode == 0, result.stderr
+    score, rfid = [call.split() for call in calls]
+    assert value(score, '--resume') == str(out / 'tok' / 'ckpt.pt') and '--eval_only' in score
+    assert value(score, '--eval_data') == rfid[2] == str(data / 'test')
+    assert value(score, '--eval_npz') == rfid[1] and value(rfid, '--json') == str(out / 'tok' / 'rfid.json')
+
+
 def test_own_data_keeps_best_by_its_held_out_split_and_its_measured_generator_length(tmp_path):
     out = tmp_path / 'out'
     for split in ('train', 'test'):

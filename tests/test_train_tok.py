@@ -12,9 +12,11 @@ import torch
 
 from PIL import Image
 
+import common
 from conftest import REPO, run, run_together
-from data import ImageFolder
-from tokenizer import Tokenizer
+from data import ImageFolder, to_float
+from sample import is_tokenizer_file
+from tokenizer import ENCODER_SIDE, Tokenizer
 from test_vqgan import save_random_vqgan
 
 
@@ -398,6 +400,45 @@ def test_stage_two_starts_from_stage_one_and_fine_tunes_only_the_decoder_side(st
         assert torch.equal(v, start[k]) == frozen, k
     log = read_log(tmp_path / 'two')
     assert [r['step'] for r in log] == [1, 2, 3, 4] and 'gan_g' in log[-1] and 'l2' in log[-1]
+
+
+def test_decoder_fine_tuning_keeps_every_code_and_generators_of_the_old_tokenizer_decode_with_it(image_dir, two_steps,
+                                                                                                 tmp_path):
+    exported = tmp_path / 'weights.pt'  # a weights-only export, as a tokenizer is carried to another machine
+    run(os.path.join('scripts', 'export_weights.py'), two_steps / 'ckpt.pt', exported, in_process=True)
+    flags = ('--init_from', exported, '--restart_every', '0', '--lr', '1e-2', '--min_lr', '1e-2')
+    train(image_dir, tmp_path / 'tuned', *flags, '--max_steps', '3')
+    train(image_dir, tmp_path / 'tuned', '--max_steps', '4', '--restart_every', '0', '--resume')
+    start = torch.load(two_steps / 'ckpt.pt', weights_only=True)['ema']
+    tuned = torch.load(tmp_path / 'tuned' / 'ckpt.pt', weights_only=True)
+    assert tuned['config']['stage'] == 0 and tuned['step'] == 4
+    for k, v in tuned['model'].items():
+        if k != 'quantizer.usage':
+            assert torch.equal(v, start[k]) == (k.split('.')[0] in ENCODER_SIDE), k
+    images = to_float(torch.stack([image for image, _ in ImageFolder(image_dir, 32)]), 'cpu')
+    old, new = (Tokenizer.from_checkpoint(path) for path in (two_steps / 'ckpt.pt', tmp_path / 'tuned' / 'ckpt.pt'))
+    with torch.no_grad():
+        codes = old.encode(images)
+        assert torch.equal(new.encode(images), codes)
+        assert not torch.allclose(new.decode(codes), old.decode(codes))
+    # a generator records its tokenizer's sha256: the checkpoint's, or the export's source's
+    for source in (two_steps / 'ckpt.pt', exported):
+        assert is_tokenizer_file(new, tmp_path / 'tuned' / 'ckpt.pt', common.file_sha256(source))
+    assert not is_tokenizer_file(new, tmp_path / 'tuned' / 'ckpt.pt', common.file_sha256(tmp_path / 'tuned' / 'log.jsonl'))
+
+
+def test_decoder_fine_tuning_refuses_what_would_change_the_codes(stage_one, image_dir, two_steps, tmp_path):
+    _, one = stage_one
+    result = refused(image_dir, tmp_path / 'out', '--init_from', two_steps / 'ckpt.pt')  # command()'s --restart_every 2
+    assert 'decoder fine-tuning (--init_from) runs with --restart_every 0: leave --restart_every out' in result.stderr
+    result = refused(image_dir, tmp_path / 'out', '--init_from', two_steps / 'ckpt.pt', '--restart_every', '0',
+                     '--codebook_size', '32')
+    assert ("--codebook_size 32 contradicts the --init_from checkpoint (--codebook_size 64): the run keeps its "
+            "tokenizer's shape; leave --codebook_size out") in result.stderr
+    result = refused(image_dir, tmp_path / 'out', '--init_from', one / 'ckpt.pt', '--restart_every', '0')
+    assert ("is a stage-1 checkpoint: decoder fine-tuning (--stage 0) starts from a stage-0 tokenizer; for TiTok's "
+            "stage 2, pass --stage 2") in result.stderr
+    assert not os.path.exists(tmp_path / 'out' / 'ckpt.pt')
 
 
 def test_flags_that_do_not_fit_the_stage_stop_with_the_fix(stage_one, image_dir, tmp_path):

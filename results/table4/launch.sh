@@ -1,8 +1,8 @@
 # launch.sh [row ...]: reassemble the payload (pack.sh builds and stages it), check it, unpack, copy the code, start
 # run.sh [row ...] detached.
-# WEIGHTS_TO="NAME:DEST ...": also move each file NAME that pack.sh's WEIGHTS added to the payload (weights that
+# WEIGHTS_TO="NAME:DEST ...": also copy each file NAME that pack.sh's WEIGHTS added to the payload (weights that
 # export.sh sent back in an earlier session) to /root/stage/DEST, e.g. WEIGHTS_TO="tok.pt:t4/cifar10/tok/ckpt.pt",
-# where cifar10.sh's stages after tok read the tokenizer
+# where cifar10.sh's stages after tok read the tokenizer; a NAME may go to several DESTs
 set -eu
 cd /root/stage && cp "$OLDPWD"/.stage/part.* . && cat part.[0-9]* > payload.tar
 mkdir -p w && tar -xf payload.tar -C w
@@ -13,7 +13,7 @@ cp "$OLDPWD/.stage/run.sh" "$OLDPWD/.stage/wait.sh" . && mkdir -p t4
 for pair in ${WEIGHTS_TO:-}; do
   name=${pair%%:*} dest=/root/stage/${pair#*:}
   [ -f "w/$name" ] || { echo "WEIGHTS_TO: no $name in the payload (pack.sh's WEIGHTS)"; exit 3; }
-  mkdir -p "$(dirname "$dest")" && mv "w/$name" "$dest"
+  mkdir -p "$(dirname "$dest")" && cp "w/$name" "$dest"
 done
 rm -f /root/stage/DONE  # an earlier launch's, on a machine still warm: wait.sh would not wait for this one
 setsid nohup bash /root/stage/run.sh "$@" > /root/stage/run.log 2>&1 < /dev/null &

@@ -5,7 +5,7 @@
 # stopping at the first that fails; a chain after a // word runs at the same time on the one GPU (two tokenizers sharing
 # an H200 go about a fifth faster than one after the other, on an H100 no faster, docs/results.md; samplers sharing one
 # go slower). VAR=value words before a script's arguments set its environment alone (e.g. "GEN_FLAGS=--dropout 0.2",
-# which the Table 4 rows before it must not see). SCRIPT: table4 (its rows under $ROOT, as without a SCRIPT), cifar10
+# which the Table 4 rows before it must not see; OUT=DIR runs one script twice into two folders). SCRIPT: table4 (its rows under $ROOT, as without a SCRIPT), cifar10
 # (full SpectralAR at its own budget), superres (scripts/superres_cifar.sh, into $ROOT/superres16), tok_search,
 # gen_search, sweep_search. Settings for every script come from the environment launch.sh was given (e.g.
 # TOK=/root/stage/t4/cifar10/tok/ckpt.pt for gen_search); the searches' SELECT, the selection split, defaults to
@@ -24,11 +24,15 @@ run_script() {  # run_script NAME [VAR=value ...] [arg ...]: scripts/NAME.sh int
   while [[ ${1:-} =~ ^[A-Z_][A-Z0-9_]*= ]]; do settings+=("$1"); shift; done  # this script's environment only
   [ "$name" = superres ] && script=scripts/superres_cifar.sh dir=$ROOT/superres16
   [ "$name" = table4 ] && dir=$ROOT  # its rows under $ROOT/<row>, as without a SCRIPT
+  local log=$ROOT/$name.log setting
+  for setting in "${settings[@]}"; do  # OUT=DIR: the script writes there, its console in $ROOT/<DIR's name>.log
+    [[ $setting == OUT=* ]] && log=$ROOT/$(basename "${setting#OUT=}").log
+  done
   # the searches' selection split outside t4, which wait.sh sends back; cifar10.sh reads SELECT as its protocol, so
   # the final figures' runs get it only when launch.sh's environment names it
   local select=${SELECT:-}; [[ $name == *_search ]] && select=${SELECT:-/root/stage/select}
   # appended: a chain may run one script twice (superres, then superres SR_TAG=_band test samples)
-  env OUT="$dir" ROOT="$dir" SELECT="$select" "${settings[@]}" bash "$script" "$@" >> "$ROOT/$name.log" 2>&1
+  env OUT="$dir" ROOT="$dir" SELECT="$select" "${settings[@]}" bash "$script" "$@" >> "$log" 2>&1
   local status=$?; echo "$name exit $status"; return $status
 }
 run_chain() {  # run_chain SCRIPT [arg ...] [+ SCRIPT ...]: one after another, stopping at the first that fails
