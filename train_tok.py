@@ -69,8 +69,8 @@ parser.add_argument('--stage', type=int, choices=(0, 1, 2), default=0,
 parser.add_argument('--proxy_vqgan', help=f"stage 1: the VQGAN weights whose codes are the targets. {WEIGHTS_SOURCE}")
 parser.add_argument('--init_from', help="a checkpoint whose EMA weights the run starts from, the encoder side (tokenizer.ENCODER_SIDE) "
                                          "frozen. Stage 2: the stage-1 checkpoint (with its VQGAN decoder). Stage 0: decoder "
-                                         "fine-tuning of a trained stage-0 tokenizer; every image keeps its codes, so token "
-                                         "files and generators made with it decode with the new decoder")
+                                         "fine-tuning of a trained stage-0 tokenizer; every image keeps its codes, so generators "
+                                         "trained on it sample with the new decoder (sample.py --tok_ckpt)")
 parser.add_argument('--schedule', choices=SCHEDULES,
                     help="override the row's w_i mapping (full: the preset's, 'nonuniform' = eq. (9) at 256 px, "
                          "'nonuniform_psnr' for 32 px; spectral and causal: 'uniform')")
