@@ -595,7 +595,10 @@ dataset, loader = image_loader(args.data, config.image_size, args.batch_size, di
 preview = to_float(torch.stack([image for image, _ in readable_samples(dataset, 8)]), device)
 preview_prefix_lens = [2 ** k for k in range(int(math.log2(config.n_tokens)) + 1)]  # 1, 2, 4, ... and N
 preview_prefix_lens += [config.n_tokens] if preview_prefix_lens[-1] != config.n_tokens else []
-flops_per_sample = 3 * flops_per_image(config)  # forward + backward, tokenizer matmuls only (not LPIPS, GAN)
+# forward + backward, tokenizer matmuls only (not LPIPS, GAN); a frozen encoder (stage 2, decoder fine-tuning) runs
+# forward only
+encoder_flops = flops_per_image(config, decoder_passes=0)
+flops_per_sample = 3 * flops_per_image(config) - (2 * encoder_flops if config.stage == 2 or decoder_finetune() else 0)
 finite = torch.ones((), dtype=torch.bool, device=device)
 sums, record = {}, None
 n_bad, n_empty_batches = 0, 0
