@@ -131,10 +131,10 @@ RUN_FLAGS = ('preset', 'image_size', 'patch_size', 'n_tokens', 'codebook_size', 
 # the tokenizer's shape, which stage 2 takes from its stage-1 checkpoint
 ARCHITECTURE_FLAGS = ('preset', 'image_size', 'patch_size', 'n_tokens', 'codebook_size', 'code_dim', 'commitment',
                       'ablation', 'schedule')
-# the flags each stage of TiTok's recipe fixes: stage 1 learns the proxy codes by cross-entropy alone (no pixel losses);
-# stage 2, and decoder fine-tuning (stage 0 with --init_from), restart no codes, the encoder and codebook being frozen
-STAGE_SETTINGS = {1: {'l2_weight': 0.0, 'lpips_weight': 0.0, 'gan_weight': 0.0}, 2: {'restart_every': 0}}
-DECODER_FINETUNE_SETTINGS = {'restart_every': 0}
+# the flags a frozen encoder side fixes (stage 2, and decoder fine-tuning: stage 0 with --init_from): no code restarts
+FROZEN_ENCODER_SETTINGS = {'restart_every': 0}
+# the flags each stage of TiTok's recipe fixes: stage 1 learns the proxy codes by cross-entropy alone (no pixel losses)
+STAGE_SETTINGS = {1: {'l2_weight': 0.0, 'lpips_weight': 0.0, 'gan_weight': 0.0}, 2: FROZEN_ENCODER_SETTINGS}
 
 
 def run_settings_of(ckpt, config):
@@ -165,7 +165,7 @@ def check_stage_flags():
     if 'init_from' in given and args.stage == 1:
         raise common.UserError("--init_from is for --stage 2 (from a stage-1 checkpoint) and decoder fine-tuning (--stage 0, "
                                "from a trained tokenizer): stage 1 starts anew")
-    fixed, run = ((DECODER_FINETUNE_SETTINGS, "decoder fine-tuning (--init_from)") if decoder_finetune()
+    fixed, run = ((FROZEN_ENCODER_SETTINGS, "decoder fine-tuning (--init_from)") if decoder_finetune()
                   else (STAGE_SETTINGS.get(args.stage, {}), f"--stage {args.stage}"))
     for name, value in fixed.items():
         if name in given and getattr(args, name) != value:

@@ -18,9 +18,10 @@
 #               TOK_STEPS; the same command, run again, continues until it scores the tokenizer (40k steps in 10k pieces)
 #     score_tok scores $OUT/tok/ckpt.pt on the held-out images as the tok stage does at its end, for a tokenizer
 #               trained elsewhere (copied or exported there)
-#     decoder   decoder fine-tuning (train_tok.py --init_from): DECODER_STEPS more steps of the decoder alone, the GAN on
-#               from the start, from $OUT/tok/ckpt.pt into $OUT/decoder/, scored on the held-out images as the tok
-#               stage is. Every image keeps its codes; with DECODER_STEPS > 0 the stages after it use $OUT/decoder/ckpt.pt
+#     decoder   decoder fine-tuning (train_tok.py --init_from): DECODER_STEPS more steps of the decoder alone, the GAN
+#               on from the start, from $OUT/tok/ckpt.pt into $OUT/decoder/, scored on the held-out images as the tok
+#               stage is. Every image keeps its codes; with DECODER_STEPS > 0 the stages after it use
+#               $OUT/decoder/ckpt.pt
 #     rfid_train  the training images reconstructed and scored against the gFID reference (train statistics),
 #               so that gFID - rFID compares the generator with its tokenizer on one footing; with precision and
 #               recall, so that a generator's recall can be read against its tokenizer's
@@ -65,7 +66,7 @@ GEN_BATCH=${GEN_BATCH:-512}
 WORKERS=${WORKERS-12}                       # image loading processes; empty: the trainers' choice from the CPU cores
 # without the sweep stage: the best of the selection split's sweep (results/sweep_search_select_final_tok/)
 SAMPLING=${SAMPLING:---cfg 1.5 --cfg_ramp --temperature 1.0}
-DECODER_STEPS=${DECODER_STEPS:-0}            # decoder fine-tuning steps after the tok stage (0: none; the decoder stage)
+DECODER_STEPS=${DECODER_STEPS:-0}            # the decoder stage's fine-tuning steps after the tok stage (0: none)
 DECODER_LR=${DECODER_LR:-1e-4}               # its peak learning rate, cosine to a tenth of it
 SEED=${SEED:-0}                              # the tokenizer's and the generator's training seed
 SELECT=${SELECT:-}                           # a selection split: recipe selection instead of the final figures
@@ -74,10 +75,10 @@ GEN_SAMPLE_STEP=${GEN_SAMPLE_STEP:-}         # the final figures' generator chec
 # the tokenizer the generator is trained on and decodes with: the decoder stage's when there is one
 [ "$DECODER_STEPS" -gt 0 ] && TOK_CKPT=$OUT/decoder/ckpt.pt || TOK_CKPT=$OUT/tok/ckpt.pt
 if [ -n "$SELECT" ]; then
-  TRAIN=$SELECT/train HELD_OUT=$SELECT/val RFID_JSON=$OUT/tok/rfid_val.json
+  TRAIN=$SELECT/train HELD_OUT=$SELECT/val RFID_NAME=rfid_val.json
   STATS=${STATS:-$SELECT/train_stats.npz}    # the images the generator is trained on, as in the final gFID
 else
-  TRAIN=$DATA/train HELD_OUT=$DATA/test RFID_JSON=$OUT/tok/rfid.json
+  TRAIN=$DATA/train HELD_OUT=$DATA/test RFID_NAME=rfid.json
   STATS=${STATS:-$OUT/cifar10_train_stats.npz}  # shared by several runs (scripts/table4.sh)
 fi
 PER_CLASS=${PER_CLASS:-5000}                 # final samples: 50,000
@@ -148,7 +149,21 @@ sampling_flags() {  # the sweep's best setting when the sweep stage has run, els
     echo "$1: $SAMPLING (no $OUT/sweep/best_flags)" >&2; echo "$SAMPLING"
   fi
 }
-stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=(stats tok $([ "$DECODER_STEPS" -eq 0 ] || echo decoder) gen sample fid truncate)
+# the tok and decoder stages: train_tok.py into DIR with the recipe (TOK_RECIPE, TOK_FLAGS last, so that they
+# override), scored at the end on the held-out images, whose reconstructions DIR/$RECON then get their rFID, with
+# precision and recall (against which the generator's samples read: a decoded sample is a reconstruction)
+RECON=recon_$(basename "$HELD_OUT").npz
+train_tokenizer() {  # train_tokenizer DIR [train_tok.py flag ...]
+  local dir=$1; shift
+  python train_tok.py --data "$TRAIN" --out_dir "$dir" --batch_size "$TOK_BATCH" --log_every 100 --sample_every 1000 \
+    --ckpt_every 1000 ${WORKERS:+--workers "$WORKERS"} --eval_data "$HELD_OUT" --eval_npz "$dir/$RECON" --seed "$SEED" \
+    "${WEIGHTS[@]}" "$@" $TOK_RECIPE $TOK_FLAGS
+}
+held_out_rfid() {  # held_out_rfid DIR: DIR/$RECON against the held-out images, into DIR/$RFID_NAME
+  python fid.py "$1/$RECON" "$HELD_OUT" --json "$1/$RFID_NAME" "${WEIGHTS_FID[@]}"
+}
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(stats tok $([ "$DECODER_STEPS" -eq 0 ] || echo decoder) gen sample fid truncate)
 # the sweep and truncate stages: 10k samples per setting on the held-out seed 1
 sweep=(python sweep.py --ckpt "$GEN_CKPT" --ref "$STATS" --classes all --per_class "$SWEEP_PER_CLASS"
        --batch_size 1000 --seed 1 "${WEIGHTS_FID[@]}")
@@ -162,37 +177,30 @@ for stage in "${stages[@]}"; do
     # precision and recall
     [ -f "$STATS" ] || python fid.py --save-stats "$STATS" "$TRAIN" "${WEIGHTS_FID[@]}" ;;
   tok)
-    recon=$OUT/tok/recon_$(basename "$HELD_OUT").npz
-    rm -f "$recon"  # train_tok.py writes it when the run reaches TOK_STEPS: a piece that stops short leaves none
+    rm -f "$OUT/tok/$RECON"  # written when the run reaches TOK_STEPS: a piece that stops short leaves none
     resume=(); [ -f "$OUT/tok/ckpt.pt" ] && resume=(--resume) && echo "tok: continuing $OUT/tok/ckpt.pt" >&2
-    python train_tok.py --preset "$TOK_PRESET" --data "$TRAIN" --out_dir "$OUT/tok" --batch_size "$TOK_BATCH" \
-      --max_steps "$TOK_STEPS" --lr 3e-4 --min_lr 3e-5 --warmup "$TOK_WARMUP" --disc_start $((TOK_STEPS * 6 / 10)) \
-      --restart_every 200 --log_every 100 --sample_every 1000 --ckpt_every 1000 ${WORKERS:+--workers "$WORKERS"} \
-      --eval_data "$HELD_OUT" --eval_npz "$recon" --seed "$SEED" "${WEIGHTS[@]}" $TOK_RECIPE $TOK_FLAGS \
+    train_tokenizer "$OUT/tok" --preset "$TOK_PRESET" --max_steps "$TOK_STEPS" --lr 3e-4 --min_lr 3e-5 \
+      --warmup "$TOK_WARMUP" --disc_start $((TOK_STEPS * 6 / 10)) --restart_every 200 \
       ${TOK_CHUNK:+--steps_this_run "$TOK_CHUNK"} "${resume[@]}"
-    if [ -n "$TOK_CHUNK" ] && [ ! -f "$recon" ]; then
+    if [ -n "$TOK_CHUNK" ] && [ ! -f "$OUT/tok/$RECON" ]; then
       echo "tok: a piece of TOK_CHUNK=$TOK_CHUNK steps done, short of TOK_STEPS=$TOK_STEPS: run the same command" \
         "again to continue; the stages after tok wait for the whole tokenizer" >&2
       exit 0
     fi
-    # with precision and recall, against which the generator's samples read (a decoded sample is a reconstruction)
-    python fid.py "$recon" "$HELD_OUT" --json "$RFID_JSON" "${WEIGHTS_FID[@]}" ;;
+    held_out_rfid "$OUT/tok" ;;
   score_tok)
-    recon=$OUT/tok/recon_$(basename "$HELD_OUT").npz
     python train_tok.py --resume "$OUT/tok/ckpt.pt" --eval_only --data "$TRAIN" --eval_data "$HELD_OUT" \
-      --eval_npz "$recon" --out_dir "$OUT/tok" ${WORKERS:+--workers "$WORKERS"} "${WEIGHTS[@]}"
-    python fid.py "$recon" "$HELD_OUT" --json "$RFID_JSON" "${WEIGHTS_FID[@]}" ;;
+      --eval_npz "$OUT/tok/$RECON" --out_dir "$OUT/tok" ${WORKERS:+--workers "$WORKERS"} "${WEIGHTS[@]}"
+    held_out_rfid "$OUT/tok" ;;
   decoder)
-    [ "$DECODER_STEPS" -gt 0 ] || { echo "the decoder stage trains DECODER_STEPS steps: set DECODER_STEPS" >&2; exit 2; }
-    recon=$OUT/decoder/recon_$(basename "$HELD_OUT").npz
-    rm -f "$recon"
+    [ "$DECODER_STEPS" -gt 0 ] || {
+      echo "the decoder stage trains DECODER_STEPS steps: set DECODER_STEPS" >&2; exit 2; }
+    rm -f "$OUT/decoder/$RECON"
     start=(--init_from "$OUT/tok/ckpt.pt"); [ -f "$OUT/decoder/ckpt.pt" ] && start=(--resume)
     # a new discriminator: the GAN from step 0, the decoder being trained already
-    python train_tok.py --data "$TRAIN" --out_dir "$OUT/decoder" --batch_size "$TOK_BATCH" --max_steps "$DECODER_STEPS" \
-      --lr "$DECODER_LR" --min_lr "$(awk "BEGIN { print $DECODER_LR / 10 }")" --disc_start 0 --log_every 100 \
-      --sample_every 1000 --ckpt_every 1000 ${WORKERS:+--workers "$WORKERS"} --eval_data "$HELD_OUT" \
-      --eval_npz "$recon" --seed "$SEED" "${WEIGHTS[@]}" $TOK_RECIPE $TOK_FLAGS "${start[@]}"
-    python fid.py "$recon" "$HELD_OUT" --json "$OUT/decoder/$(basename "$RFID_JSON")" "${WEIGHTS_FID[@]}" ;;
+    train_tokenizer "$OUT/decoder" --max_steps "$DECODER_STEPS" --lr "$DECODER_LR" \
+      --min_lr "$(awk "BEGIN { print $DECODER_LR / 10 }")" --disc_start 0 "${start[@]}"
+    held_out_rfid "$OUT/decoder" ;;
   rfid_train)
     python train_tok.py --resume "$TOK_CKPT" --eval_only --data "$TRAIN" --eval_data "$TRAIN" \
       --eval_prefix_images 1000 --eval_npz "$OUT/tok_train/recon_train.npz" --out_dir "$OUT/tok_train" \
@@ -216,7 +224,8 @@ for stage in "${stages[@]}"; do
       --top_p $SWEEP_TOPPS --json "$OUT/sweep/sweep_filter.json" --best_flags "$OUT/sweep/best_flags" ;;
   truncate)
     "${sweep[@]}" $(sampling_flags truncate) --truncate $TRUNCATE --json "$OUT/truncate/truncate.json" ;;
-  *) echo "unknown stage $stage: use split stats tok score_tok decoder rfid_train gen sweep sample fid truncate" >&2; exit 2 ;;
+  *) echo "unknown stage $stage: use split stats tok score_tok decoder rfid_train gen sweep sample fid truncate" >&2
+     exit 2 ;;
   esac
   # each stage's wall time, the source of the GPU-minutes quoted in the header and in docs/results.md
   echo "{\"stage\": \"$stage\", \"seconds\": $((SECONDS - stage_start)), \"ended\": \"$(date -u +%FT%TZ)\"}" \

@@ -5,11 +5,11 @@
 # stopping at the first that fails; a chain after a // word runs at the same time on the one GPU (two tokenizers sharing
 # an H200 go about a fifth faster than one after the other, on an H100 no faster, docs/results.md; samplers sharing one
 # go slower). VAR=value words before a script's arguments set its environment alone (e.g. "GEN_FLAGS=--dropout 0.2",
-# which the Table 4 rows before it must not see; OUT=DIR runs one script twice into two folders). SCRIPT: table4 (its rows under $ROOT, as without a SCRIPT), cifar10
-# (full SpectralAR at its own budget), superres (scripts/superres_cifar.sh, into $ROOT/superres16), tok_search,
-# gen_search, sweep_search. Settings for every script come from the environment launch.sh was given (e.g.
-# TOK=/root/stage/t4/cifar10/tok/ckpt.pt for gen_search); the searches' SELECT, the selection split, defaults to
-# /root/stage/select. Then /root/stage/DONE. launch.sh starts it detached with its own arguments; a finished row (its
+# which the Table 4 rows before it must not see; OUT=DIR runs one script twice into two folders). SCRIPT: table4 (its
+# rows under $ROOT, as without a SCRIPT), cifar10 (full SpectralAR at its own budget), superres
+# (scripts/superres_cifar.sh, into $ROOT/superres16), tok_search, gen_search, sweep_search. Settings for every script
+# come from the environment launch.sh was given (e.g. TOK=/root/stage/t4/cifar10/tok/ckpt.pt for gen_search); the
+# searches' SELECT, the selection split, defaults to /root/stage/select. Then /root/stage/DONE. launch.sh starts it detached with its own arguments; a finished row (its
 # gFID written) is skipped, and wait.sh collects every log and JSON as they stand. (The run of titok_s1 and causal also
 # profiled the CIFAR-10 tokenizer's step after DONE: this file at commit 579ebb2, docs/performance.md.)
 set -u
