@@ -12,6 +12,7 @@ DOCUMENTS = ['README.md'] + [os.path.join('docs', f) for f in sorted(os.listdir(
                              if f.endswith('.md')]
 SCRIPT = re.compile(r'(?:^|\s)((?:scripts/)?\w+\.(?:py|sh))(?=\s|$)')
 LAUNCHER_FLAGS = {'--index-url', '--no-deps', '--nproc_per_node', '--help'}  # pip's and torchrun's; every script's
+SYSTEM_SETTINGS = {'CUDA_VISIBLE_DEVICES', 'OMP_NUM_THREADS'}  # read by torch and the OpenMP runtime, not a script
 
 
 def read(document):
@@ -72,6 +73,29 @@ def test_every_script_the_document_names_exists(document):
     missing = sorted(s for s in set(re.findall(r'scripts/\w+\.(?:sh|py)', read(document)))
                      if not os.path.isfile(os.path.join(REPO, s)))
     assert not missing, f'{document} names scripts that do not exist: {missing}'
+
+
+def script_texts(script, seen):
+    """The text of a scripts/ file and of every scripts/ file it runs or sources, each once."""
+    if script in seen or not os.path.isfile(os.path.join(REPO, script)):
+        return ''
+    seen.add(script)
+    text = read(script)
+    return text + ''.join(script_texts(os.path.join('scripts', name), seen)
+                          for name in sorted(set(re.findall(r'\b(\w+\.sh)\b', text))))
+
+
+@pytest.mark.parametrize('document', DOCUMENTS)
+def test_every_setting_a_command_gives_a_script_is_one_the_script_reads(document):
+    # bash ignores a variable that nothing reads: a renamed setting would run the default without a word
+    for command in commands(document):
+        match = re.search(r'((?:[A-Z_][A-Z0-9_]*=\S*\s+)+)bash\s+(scripts/\w+\.sh)', command)
+        if not match or re.search(r'git (worktree|checkout)', command):  # another commit's scripts
+            continue
+        text = script_texts(match.group(2), set())
+        unread = sorted(v for v in re.findall(r'([A-Z_][A-Z0-9_]*)=', match.group(1))
+                        if v not in SYSTEM_SETTINGS and not re.search(rf'\b{v}\b', text))
+        assert not unread, f'{document} sets {unread}, which {match.group(2)} does not read: {command.strip()}'
 
 
 def test_every_flag_the_readme_names_is_taken_by_one_of_the_scripts_it_names():
