@@ -407,7 +407,7 @@ def test_decoder_fine_tuning_keeps_every_code_and_generators_of_the_old_tokenize
     exported = tmp_path / 'weights.pt'  # a weights-only export, as a tokenizer is carried to another machine
     run(os.path.join('scripts', 'export_weights.py'), two_steps / 'ckpt.pt', exported, in_process=True)
     flags = ('--init_from', exported, '--restart_every', '0', '--lr', '1e-2', '--min_lr', '1e-2', '--max_steps', '3')
-    # DDP sees the frozen encoder side: it must be frozen before the wrap, or the ranks' steps differ
+    # the encoder side is frozen before the DDP wrap, or DDP waits for gradients that frozen weights never get
     run_together(command(image_dir, tmp_path / 'tuned', *flags), command(image_dir, tmp_path / 'ddp', *flags, nproc=2))
     (_, one), (_, two) = weights(tmp_path / 'tuned'), weights(tmp_path / 'ddp')
     for k in one:
