@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import common
 from data import UNREADABLE_IMAGE_ERRORS, ImageFolder, image_loader, list_images, readable_samples, to_float, to_uint8
 from dct import SCHEDULES, lowpass
-from losses import LPIPS, LeCamRegularizer, NLayerDiscriminator, hinge_d_loss, hinge_g_loss
+from losses import LPIPS, LeCamRegularizer, NLayerDiscriminator, hinge_d_loss, hinge_g_loss, masked_mean
 from tokenizer import (ABLATIONS, ENCODER_SIDE, PRESETS, TokConfig, Tokenizer, config_of_checkpoint, flops_per_image,
                        proxy_code_loss, sample_prefix_lengths, save_coarse_to_fine)
 from tokens import IndexedImages, collate_indexed
@@ -661,6 +661,10 @@ while step < stop_step:
                     d_loss = gan_d + args.lecam_weight * lecam(real, fake, gan_mask, update=False)
                 (d_loss / args.grad_accum).backward()
             terms['gan_d'] = terms.get('gan_d', 0) + gan_d.detach().float() / args.grad_accum
+            # the share of images D puts on their side of 0 before its step (0.5: it tells real from
+            # reconstructed no better than chance), which gan_d near 1.0 leaves open
+            accuracy = 0.5 * (masked_mean((real > 0).float(), gan_mask) + masked_mean((fake < 0).float(), gan_mask))
+            terms['disc_accuracy'] = terms.get('disc_accuracy', 0) + accuracy.detach() / args.grad_accum
         lecam.update()
         torch.nn.utils.clip_grad_norm_(discriminator.parameters(), args.grad_clip)
         discriminator_optimizer.step()
