@@ -9,9 +9,10 @@
 # rows under $ROOT, as without a SCRIPT), cifar10 (full SpectralAR at its own budget), superres
 # (scripts/superres_cifar.sh, into $ROOT/superres16), tok_search, gen_search, sweep_search. Settings for every script
 # come from the environment launch.sh was given (e.g. TOK=/root/stage/t4/cifar10/tok/ckpt.pt for gen_search); the
-# searches' SELECT, the selection split, defaults to /root/stage/select. Then /root/stage/DONE. launch.sh starts it detached with its own arguments; a finished row (its
-# gFID written) is skipped, and wait.sh collects every log and JSON as they stand. (The run of titok_s1 and causal also
-# profiled the CIFAR-10 tokenizer's step after DONE: this file at commit 579ebb2, docs/performance.md.)
+# searches' SELECT, the selection split, defaults to /root/stage/select. Then /root/stage/DONE. launch.sh starts it
+# detached with its own arguments; a finished row (its gFID written) is skipped, and wait.sh collects every log and
+# JSON as they stand. (The run of titok_s1 and causal also profiled the CIFAR-10 tokenizer's step after DONE: this
+# file at commit 579ebb2, docs/performance.md.)
 set -u
 export PYTHONUNBUFFERED=1  # the device image has `python` on PATH (its venv)
 cd /root/stage/repo
