@@ -15,6 +15,7 @@ LAUNCHER_FLAGS = {'--index-url', '--no-deps', '--nproc_per_node', '--help'}  # p
 SYSTEM_SETTINGS = {'CUDA_VISIBLE_DEVICES', 'OMP_NUM_THREADS'}  # read by torch and the OpenMP runtime, not a script
 
 
+@functools.cache  # each file is read for every command that runs it
 def read(document):
     with open(os.path.join(REPO, document)) as f:
         return f.read()
