@@ -512,7 +512,8 @@ def apply_resume_args(parser, args, saved_args, fixed, keep=()):
     for name in fixed:
         value, saved = getattr(args, name), saved_args.get(name)
         if name in given and name in saved_args and value != saved:
-            shown = (lambda v: f"with --{name}" if v is True else f"without --{name}" if v is False else f"with --{name} {v}")
+            shown = (lambda v: f"with --{name}" if v is True else f"without --{name}" if v is False or v is None
+                     else f"with --{name} {v}")
             raise UserError(f"--{name}{'' if value is True else f' {value}'} contradicts the checkpoint, which was trained "
                             f"{shown(saved)}: "
                             f"leave --{name} out when resuming (resume reads it from the checkpoint), "

@@ -253,10 +253,16 @@ class NLayerDiscriminator(nn.Module):
     n_conditions > 0 makes it a projection discriminator (Miyato & Koyama 2018) on an integer
     condition c < n_conditions (the trainer's: the target's cut-off w_i): each patch logit gets
     <embed(c), features> over the patch's window, so D can hold a low-pass reconstruction to the
-    sharpness of its own w rather than to that of any real low-pass image."""
+    sharpness of its own w rather than to that of any real low-pass image.
 
-    def __init__(self, in_channels=3, ndf=64, n_layers=3, n_conditions=0):
+    resize: square images smaller than resize x resize are upsampled (bilinear) to it first, as LPIPS's
+    resize. At 32 px each of the 2 x 2 logits sees the whole image, and the decoder learns to fool such a
+    critic within a few steps (train_tok.py's disc_accuracy stays at 0.5); at 128 px there are 14 x 14, each
+    seeing about 18 px of the original."""
+
+    def __init__(self, in_channels=3, ndf=64, n_layers=3, n_conditions=0, resize=None):
         super().__init__()
+        self.resize = resize
         layers = [nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
         channels = ndf
         for layer_index in range(1, n_layers + 1):
@@ -274,6 +280,8 @@ class NLayerDiscriminator(nn.Module):
                 nn.init.normal_(module.weight, 0.0, 0.02)  # pix2pix/taming init
 
     def forward(self, images, condition=None):
+        if self.resize and images.shape[-1] < self.resize:
+            images = F.interpolate(images, size=(self.resize, self.resize), mode='bilinear', align_corners=False)
         if self.condition_embed is None:
             return self.main(images)
         features = self.main[:-1](images)

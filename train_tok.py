@@ -96,6 +96,8 @@ parser.add_argument('--gan_weight', type=float, default=0.1)
 parser.add_argument('--disc_start', type=int, default=20_000, help='step at which the discriminator and GAN loss start')
 parser.add_argument('--lecam_weight', type=float, default=0.001)
 parser.add_argument('--disc_cond', action='store_true', help="projection discriminator told each target's cut-off w_i")
+parser.add_argument('--disc_resize', type=int,
+                    help='upsample images smaller than this (bilinear) before the discriminator, e.g. 128 at 32 px')
 parser.add_argument('--gan_full_only', action='store_true', help='GAN losses only on samples whose prefix is the full N')
 parser.add_argument('--lpips_path', help='LPIPS weights file (default: search, see losses.py)')
 parser.add_argument('--restart_every', type=int, default=500, help='steps between dead-code restarts (0: never)')
@@ -119,7 +121,8 @@ parser.add_argument('--eval_only', action='store_true', help='only score --resum
 parser.add_argument('--eval_npz', help='also write the full-N reconstructions of --eval_data here (uint8 NHWC arr_0: rFID with fid.py)')
 args = parser.parse_args()
 common.check_flags(args, positive=('batch_size', 'grad_accum', 'max_steps', 'steps_this_run', 'log_every', 'ckpt_every',
-                                   'eval_prefix_images', 'image_size', 'patch_size', 'n_tokens', 'codebook_size', 'code_dim'),
+                                   'eval_prefix_images', 'image_size', 'patch_size', 'n_tokens', 'codebook_size', 'code_dim',
+                                   'lpips_resize', 'disc_resize'),
                    non_negative=('warmup', 'disc_start', 'restart_every', 'sample_every', 'workers', 'ckpt_minutes', 'keep'))
 # where and how to run, not what to train: never taken from a resumed checkpoint
 MACHINE_FLAGS = ('data', 'out_dir', 'device', 'workers', 'compile', 'bf16', 'lpips_path', 'eval_data', 'eval_only', 'eval_npz',
@@ -127,7 +130,7 @@ MACHINE_FLAGS = ('data', 'out_dir', 'device', 'workers', 'compile', 'bf16', 'lpi
 # what shapes the model, its losses or the data stream: a resumed run must not contradict the checkpoint. Not
 # --grad_accum: a run may continue on another number of processes with the same global --batch_size.
 RUN_FLAGS = ('preset', 'image_size', 'patch_size', 'n_tokens', 'codebook_size', 'code_dim', 'commitment', 'ablation',
-             'schedule', 'batch_size', 'seed', 'full_prefix_prob', 'lpips_resize', 'disc_cond', 'gan_full_only')
+             'schedule', 'batch_size', 'seed', 'full_prefix_prob', 'lpips_resize', 'disc_cond', 'disc_resize', 'gan_full_only')
 # the tokenizer's shape, which stage 2 takes from its stage-1 checkpoint
 ARCHITECTURE_FLAGS = ('preset', 'image_size', 'patch_size', 'n_tokens', 'codebook_size', 'code_dim', 'commitment',
                       'ablation', 'schedule')
@@ -303,9 +306,10 @@ elif not resume:
     if config.image_size % config.patch_size:
         raise common.UserError(f"--image_size {config.image_size} is not a multiple of the patch size {config.patch_size}: "
                                f"pass --patch_size with a divisor of it")
-if args.gan_weight > 0 and config.image_size < DISCRIMINATOR_MIN_SIZE:
+if args.gan_weight > 0 and max(config.image_size, args.disc_resize or 0) < DISCRIMINATOR_MIN_SIZE:
     raise common.UserError(f"--gan_weight {args.gan_weight}: the PatchGAN discriminator needs images of "
-                           f"{DISCRIMINATOR_MIN_SIZE} px or more, these are {config.image_size} px: pass --gan_weight 0")
+                           f"{DISCRIMINATOR_MIN_SIZE} px or more, these are {config.image_size} px: pass --gan_weight 0, "
+                           f"or --disc_resize {DISCRIMINATOR_MIN_SIZE} to upsample them for it")
 micro_batch = common.micro_batch_size(args.batch_size, dist_state.world_size, args.grad_accum)  # with the run's settings
 args.workers, cores_used = common.use_cpu_cores(device, args.workers)
 use_bf16 = common.bf16_autocast_on(args.bf16, device)
@@ -323,7 +327,8 @@ if decoder_finetune():
 ema_model = copy.deepcopy(model).eval().requires_grad_(False)
 optimizer = common.adamw(model, args.lr, (0.9, 0.999), args.weight_decay, model.no_weight_decay())
 use_gan = args.gan_weight > 0
-discriminator = NLayerDiscriminator(n_conditions=config.image_size + 1 if args.disc_cond else 0).to(device) if use_gan else None
+discriminator = NLayerDiscriminator(n_conditions=config.image_size + 1 if args.disc_cond else 0,
+                                    resize=args.disc_resize).to(device) if use_gan else None
 discriminator_optimizer = common.adamw(discriminator, args.lr, (0.9, 0.999), args.weight_decay) if use_gan else None
 lecam = LeCamRegularizer().to(device) if use_gan else None
 lpips = LPIPS(args.lpips_path, resize=args.lpips_resize).to(device) if args.lpips_weight > 0 else None

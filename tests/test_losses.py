@@ -249,6 +249,19 @@ def test_discriminator_patch_logits_shape(size, logits_size):
     assert logits.shape == (2, 1, logits_size, logits_size)
 
 
+def test_discriminator_resize_scores_the_bilinear_upsample_with_one_logit_per_patch_of_it():
+    torch.manual_seed(0)
+    upsampling = losses.NLayerDiscriminator(resize=128)
+    native = losses.NLayerDiscriminator()
+    native.load_state_dict(upsampling.state_dict())  # resize adds no weights
+    images = torch.randn(2, 3, 32, 32)
+    upsampled = torch.nn.functional.interpolate(images, size=(128, 128), mode='bilinear', align_corners=False)
+    logits = upsampling(images)
+    assert logits.shape == (2, 1, 14, 14)
+    torch.testing.assert_close(logits, native(upsampled))
+    assert upsampling(upsampled).shape == (2, 1, 14, 14)  # images at the size already are not resized again
+
+
 def test_discriminator_treats_samples_independently():
     # the reason for GroupNorm: a sample's logits must not depend on the rest of its batch
     torch.manual_seed(0)

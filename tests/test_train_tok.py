@@ -231,6 +231,8 @@ def test_resume_reads_its_settings_from_the_checkpoint(image_dir, tmp_path):
     assert '--seed 1 contradicts the checkpoint, which was trained with --seed 0: leave --seed out' in result.stderr
     result = run(*bare, '--disc_cond', expect_ok=False, in_process=True)
     assert '--disc_cond contradicts the checkpoint, which was trained without --disc_cond' in result.stderr
+    result = run(*bare, '--disc_resize', '64', expect_ok=False, in_process=True)
+    assert '--disc_resize 64 contradicts the checkpoint, which was trained without --disc_resize' in result.stderr
     result = subprocess.run([sys.executable, *bare, '--max_steps', '3', '--gan_weight', '0.1'], capture_output=True, text=True,
                             cwd=REPO)
     assert result.returncode == 0 and 'the GAN starts with a new one' in result.stdout, result.stderr
@@ -246,7 +248,7 @@ def test_restarted_codes_are_the_same_in_the_ema_codebook(two_steps):
 
 def test_sharpness_options_train_and_the_eval_records_the_figures_that_compare_runs(image_dir, tmp_path):
     out = tmp_path / 'out'
-    train(image_dir, out, '--max_steps', '3', '--full_prefix_prob', '0.5', '--disc_cond', '--gan_full_only',
+    train(image_dir, out, '--max_steps', '3', '--full_prefix_prob', '0.5', '--disc_cond', '--gan_full_only', '--disc_resize', '64',
           '--schedule', 'nonuniform_shared', '--code_dim', '4', '--commitment', '0.1', '--lpips_weight', '1',
           '--lpips_resize', '48', '--eval_data', str(image_dir), '--eval_npz', str(out / 'recon.npz'))
     ckpt = torch.load(out / 'ckpt.pt', weights_only=True)
