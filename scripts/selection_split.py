@@ -63,7 +63,8 @@ def links_of(split):
 
 
 def build(plan, split):
-    """The links of plan under split, written into split.partial-PID and then renamed to split."""
+    """The links of plan under split, written into split.partial-PID and then renamed to split. False, with nothing
+    left behind, when another run built split meanwhile (two runs given one SELECT at once): the caller checks that."""
     split = os.path.abspath(split)
     partial = f"{split}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
@@ -74,10 +75,17 @@ def build(plan, split):
                 os.makedirs(os.path.join(partial, part, os.path.dirname(link)), exist_ok=True)
                 # relative to where the link will live: the split keeps working when it moves together with the data
                 os.symlink(os.path.relpath(os.path.abspath(image), target_dir), os.path.join(partial, part, link))
-        os.rename(partial, split)
+        try:
+            os.rename(partial, split)
+        except OSError:
+            if not os.path.isdir(split):
+                raise
+            shutil.rmtree(partial)
+            return False
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    return True
 
 
 def main(argv=None):
@@ -94,9 +102,9 @@ def main(argv=None):
             f"the {n_classes} classes of {args.source})")
     if not os.path.lexists(args.split):
         os.makedirs(os.path.dirname(os.path.abspath(args.split)), exist_ok=True)
-        build(plan, args.split)
-        print(f"built {args.split}: {what}")
-        return
+        if build(plan, args.split):
+            print(f"built {args.split}: {what}")
+            return
     expected, found = resolved(plan), links_of(args.split)
     if found != expected:
         differing = sum(expected[part].get(link) != found[part].get(link)

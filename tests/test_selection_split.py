@@ -56,6 +56,26 @@ def test_links_are_relative_so_the_split_moves_with_its_data(tmp_path):
     assert [open(p, 'rb').read() for p in paths] == [b'cat 999', b'dog 999', b'ship 999']
 
 
+def test_two_runs_building_one_split_at_once_both_go_on_with_the_one_that_landed(tmp_path, monkeypatch):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('selection_split', os.path.join('scripts', 'selection_split.py'))
+    selection_split = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(selection_split)
+    source = make_source(tmp_path / 'train')
+    plan = selection_split.planned_split(str(source), 2)
+    rename = os.rename
+
+    def other_run_lands_first(partial, target):  # the other run renames its split into place just before this one
+        monkeypatch.setattr(os, 'rename', rename)
+        assert selection_split.build(plan, target + '.other_run')
+        rename(target + '.other_run', target)
+        rename(partial, target)
+    monkeypatch.setattr(os, 'rename', other_run_lands_first)
+    assert selection_split.build(plan, str(tmp_path / 'select')) is False
+    assert not list(tmp_path.glob('select.partial-*'))
+    assert selection_split.links_of(str(tmp_path / 'select')) == selection_split.resolved(plan)
+
+
 def test_a_built_split_is_checked_not_rebuilt_and_another_one_is_refused(tmp_path):
     source = make_source(tmp_path / 'train')
     assert split(source, tmp_path / 'select').returncode != 0  # 500 per class would leave no training image
