@@ -256,9 +256,9 @@ class NLayerDiscriminator(nn.Module):
     sharpness of its own w rather than to that of any real low-pass image.
 
     resize: square images smaller than resize x resize are upsampled (bilinear) to it first, as LPIPS's
-    resize. At 32 px each of the 2 x 2 logits sees the whole image, and the decoder learns to fool such a
-    critic within a few steps (train_tok.py's disc_accuracy stays at 0.5); at 128 px there are 14 x 14, each
-    seeing about 18 px of the original."""
+    resize. At 32 px each of the 2 x 2 logits sees the whole image, and in CIFAR-10 decoder fine-tuning the
+    decoder keeps such a critic at chance (results/decoder_finetune/); at 128 px there are 14 x 14 logits,
+    each seeing about 18 px of the original."""
 
     def __init__(self, in_channels=3, ndf=64, n_layers=3, n_conditions=0, resize=None):
         super().__init__()
