@@ -42,7 +42,7 @@
 # included); sample 0.37; fid 0.6; truncate 0.9: about 27 in all. On an H200, estimates (its tokenizer trains at 25
 # it/s without the GAN and 23 with it, measured at 10,000 steps; the other stages not timed there): stats 0.5, tok
 # about 17, gen about 4, sample + fid about 0.9, truncate about 0.8: about 23 in all. Not default stages: rfid_train
-# 1.0; sweep 0.17 per 10,000-sample setting, on an H100; decoder 8.3-9.8 for 4,000 steps (compiling, evaluation and
+# 1.0; sweep 0.17 per 10,000-sample setting, on an H100; decoder 8.3-10.2 for 4,000 steps (compiling, evaluation and
 # rFID included) with a second one sharing the H100 (about 10 it/s each; results/decoder_finetune/, where it did not
 # lower rFID on the selection split). Each alone on its GPU: sampling beside another run is far slower
 # (scripts/table4.sh).
