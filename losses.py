@@ -168,6 +168,14 @@ def find_lpips_state(path=None):
         f"{hub_checkpoint_dirs()[0]}, or pass LPIPS(path=...).")
 
 
+def upsampled(images, size):
+    """Square images (B, C, H, W) upsampled (bilinear) to size x size when smaller; as they are otherwise (or when size
+    is None): LPIPS's and the discriminator's view of small images."""
+    if size and images.shape[-1] < size:
+        return F.interpolate(images, size=(size, size), mode='bilinear', align_corners=False)
+    return images
+
+
 class LPIPS(nn.Module):
     """LPIPS v0.1 distance with the VGG16 trunk. forward(x, y) takes images in [-1, 1],
     shape (B, 3, H, W), and returns (B,) distances. Frozen; gradients flow to the inputs.
@@ -221,8 +229,7 @@ class LPIPS(nn.Module):
         return self.feature_taps(images.contiguous(memory_format=torch.channels_last))
 
     def forward(self, x, y):
-        if self.resize and x.shape[-1] < self.resize:
-            x, y = (F.interpolate(t, size=(self.resize, self.resize), mode='bilinear', align_corners=False) for t in (x, y))
+        x, y = upsampled(x, self.resize), upsampled(y, self.resize)
         # One trunk pass per image: a target that needs no gradient (the trainer's) goes through without
         # autograd, so the backward computes VGG's input gradients for x alone, not for a batch of both.
         taps_x = self.scaled_taps(x)
@@ -280,8 +287,7 @@ class NLayerDiscriminator(nn.Module):
                 nn.init.normal_(module.weight, 0.0, 0.02)  # pix2pix/taming init
 
     def forward(self, images, condition=None):
-        if self.resize and images.shape[-1] < self.resize:
-            images = F.interpolate(images, size=(self.resize, self.resize), mode='bilinear', align_corners=False)
+        images = upsampled(images, self.resize)
         if self.condition_embed is None:
             return self.main(images)
         features = self.main[:-1](images)
