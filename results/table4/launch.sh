@@ -4,7 +4,11 @@
 # export.sh sent back in an earlier session) to /root/stage/DEST, e.g. WEIGHTS_TO="tok.pt:t4/cifar10/tok/ckpt.pt",
 # where cifar10.sh's stages after tok read the tokenizer; a NAME may go to several DESTs
 set -eu
-cd /root/stage && cp "$OLDPWD"/.stage/part.* . && cat part.[0-9]* > payload.tar
+# parts 00 to this call's (the last) only: a machine may come with an earlier session's /root/stage, parts of a
+# longer payload among them
+last=$(basename "$OLDPWD"/.stage/part.*) && last=$((10#${last#part.}))
+cd /root/stage && cp "$OLDPWD"/.stage/part.* . && cat $(seq -f part.%02g 0 "$last") > payload.tar
+[ -z "$(ls -A t4 2>/dev/null)" ] || { echo "t4 already holds (an earlier launch's; a stage finds its outputs there):"; ls t4; }
 mkdir -p w && tar -xf payload.tar -C w
 (cd w && sha256sum -c SHA256SUMS)
 mkdir -p data && tar -xzf w/cifar10.tgz -C data && ls data && find data/train -name '*.jpg' | wc -l
