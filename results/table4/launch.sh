@@ -6,7 +6,7 @@
 set -eu
 # parts 00 to this call's (the last) only: a machine may come with an earlier session's /root/stage, parts of a
 # longer payload among them
-last=$(basename "$OLDPWD"/.stage/part.*) && last=$((10#${last#part.}))
+last=$(basename .stage/part.*) && last=$((10#${last#part.}))  # run from the working tree
 cd /root/stage && cp "$OLDPWD"/.stage/part.* . && cat $(seq -f part.%02g 0 "$last") > payload.tar
 [ -z "$(ls -A t4 2>/dev/null)" ] || { echo "t4 already holds (an earlier launch's; a stage finds its outputs there):"; ls t4; }
 mkdir -p w && tar -xf payload.tar -C w
