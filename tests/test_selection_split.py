@@ -3,7 +3,7 @@ training image once, reads as image folders, survives a move, and is never silen
 import os
 import shutil
 
-from conftest import run_in_process
+from conftest import REPO, run_in_process
 from data import list_images
 
 # class -> image count; file names sort differently from their numbers, so "last" must mean sorted
@@ -58,7 +58,7 @@ def test_links_are_relative_so_the_split_moves_with_its_data(tmp_path):
 
 def test_two_runs_building_one_split_at_once_both_go_on_with_the_one_that_landed(tmp_path, monkeypatch):
     import importlib.util
-    spec = importlib.util.spec_from_file_location('selection_split', os.path.join('scripts', 'selection_split.py'))
+    spec = importlib.util.spec_from_file_location('selection_split', os.path.join(REPO, 'scripts', 'selection_split.py'))
     selection_split = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(selection_split)
     source = make_source(tmp_path / 'train')
