@@ -14,9 +14,10 @@
 # JSON as they stand. (The run of titok_s1 and causal also profiled the CIFAR-10 tokenizer's step after DONE: this
 # file at commit 579ebb2, docs/performance.md.)
 set -u
+STAGE=${STAGE:-/root/stage}  # the device's staging folder; another one rehearses the flow on a CPU (rehearse.sh)
 export PYTHONUNBUFFERED=1  # the device image has `python` on PATH (its venv)
-cd /root/stage/repo
-export DATA=/root/stage/data INCEPTION=/root/stage/w/default_1.pt LPIPS=/root/stage/w/vgg16.ckpt ROOT=/root/stage/t4
+cd $STAGE/repo
+export DATA=$STAGE/data INCEPTION=$STAGE/w/default_1.pt LPIPS=$STAGE/w/vgg16.ckpt ROOT=$STAGE/t4
 mkdir -p "$ROOT"
 date; echo "arguments: ${*:-all rows}"
 
@@ -31,7 +32,7 @@ run_script() {  # run_script NAME [VAR=value ...] [arg ...]: scripts/NAME.sh int
   done
   # the searches' selection split outside t4, which wait.sh sends back; cifar10.sh reads SELECT as its protocol, so
   # the final figures' runs get it only when launch.sh's environment names it
-  local select=${SELECT:-}; [[ $name == *_search ]] && select=${SELECT:-/root/stage/select}
+  local select=${SELECT:-}; [[ $name == *_search ]] && select=${SELECT:-$STAGE/select}
   # appended: a chain may run one script twice (superres, then superres SR_TAG=_band test samples)
   env OUT="$dir" ROOT="$dir" SELECT="$select" "${settings[@]}" bash "$script" "$@" >> "$log" 2>&1
   local status=$?; echo "$name exit $status"; return $status
@@ -53,4 +54,4 @@ case ${1:-} in
     wait ;;
   *) bash scripts/table4.sh "$@" > "$ROOT/summary.txt" 2>&1; echo "table4 exit $?" ;;
 esac
-date; touch /root/stage/DONE
+date; touch $STAGE/DONE
