@@ -77,10 +77,10 @@ ABLATIONS = {
 PRESETS = {
     'titok_b64': dict(),  # the paper's setting: 256 px, patch 16, ViT-B/ViT-B, N=64, K=4096
     # CIFAR-10, chosen for a ~10 H100-minute budget rather than by a sweep: patch 4 (8x8 grid), ViT 384x6
-    # (21M params, small enough to ship as a checkpoint), N=32 tokens, K=1024 (50k images would leave
-    # most of 4096 codes rare for the generator). At 32 px with N=32 eq. (9)'s rule of one new frequency per
-    # token makes 'nonuniform' equal 'uniform' (dct.omega_schedule), so the small presets take
-    # 'nonuniform_psnr', eq. (9)'s information per token measured on CIFAR-10 (docs/results.md).
+    # (21M params, small enough to ship as a checkpoint), N=32 tokens, K=1024; scripts/cifar10.sh's recipe
+    # raises K to 4096, which won its search by rFID with every code used. At 32 px with N=32 eq. (9)'s rule of
+    # one new frequency per token makes 'nonuniform' equal 'uniform' (dct.omega_schedule), so the small presets
+    # take 'nonuniform_psnr', eq. (9)'s information per token measured on CIFAR-10 (docs/results.md).
     'cifar': dict(image_size=32, patch_size=4, width=384, depth=6, heads=6, n_tokens=32, codebook_size=1024,
                   schedule='nonuniform_psnr'),
     'tiny': dict(image_size=32, patch_size=8, width=32, depth=2, heads=2, n_tokens=8, codebook_size=64, code_dim=8,
