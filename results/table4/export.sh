@@ -10,9 +10,9 @@ pieces=$STAGE/pieces page=${2:-0}
 if [ "$page" = 0 ]; then
   [ -f "$1" ] || { echo "no checkpoint $1: the machine went cold or the stage did not finish"; exit 3; }
   rm -rf "$pieces" && mkdir -p "$pieces"
-  if [ -n "${FULL:-}" ]; then cp "$1" $STAGE/weights.pt
-  else python $STAGE/repo/scripts/export_weights.py "$1" $STAGE/weights.pt; fi
-  (cd $STAGE && sha256sum weights.pt > "$pieces/weights.sha256" && split -b 15M -d weights.pt "$pieces/weights.part.")
+  if [ -n "${FULL:-}" ]; then cp "$1" "$STAGE/weights.pt"
+  else python "$STAGE/repo/scripts/export_weights.py" "$1" "$STAGE/weights.pt"; fi
+  (cd "$STAGE" && sha256sum weights.pt > "$pieces/weights.sha256" && split -b 15M -d weights.pt "$pieces/weights.part.")
 fi
 cd "$pieces" && cp weights.sha256 "$OUT/"
 ls weights.part.* | sed -n "$((page * 4 + 1)),$((page * 4 + 4))p" | xargs -r cp -t "$OUT/"

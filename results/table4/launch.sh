@@ -8,7 +8,7 @@ STAGE=${STAGE:-/root/stage}  # the device's staging folder; another one rehearse
 # parts 00 to this call's (the last) only: a machine may come with an earlier session's /root/stage, parts of a
 # longer payload among them
 last=$(basename .stage/part.*) && last=$((10#${last#part.}))  # run from the working tree
-cd $STAGE && cp "$OLDPWD"/.stage/part.* . && cat $(seq -f part.%02g 0 "$last") > payload.tar
+cd "$STAGE" && cp "$OLDPWD"/.stage/part.* . && cat $(seq -f part.%02g 0 "$last") > payload.tar
 [ -z "$(ls -A t4 2>/dev/null)" ] || { echo "t4 already holds (an earlier launch's; a stage finds its outputs there):"; ls t4; }
 mkdir -p w && tar -xf payload.tar -C w
 (cd w && sha256sum -c SHA256SUMS)
@@ -20,6 +20,6 @@ for pair in ${WEIGHTS_TO:-}; do
   [ -f "w/$name" ] || { echo "WEIGHTS_TO: no $name in the payload (pack.sh's WEIGHTS)"; exit 3; }
   mkdir -p "$(dirname "$dest")" && cp "w/$name" "$dest"
 done
-rm -f $STAGE/DONE  # an earlier launch's, on a machine still warm: wait.sh would not wait for this one
-setsid nohup bash $STAGE/run.sh "$@" > $STAGE/run.log 2>&1 < /dev/null &
+rm -f "$STAGE/DONE"  # an earlier launch's, on a machine still warm: wait.sh would not wait for this one
+setsid nohup bash "$STAGE/run.sh" "$@" > "$STAGE/run.log" 2>&1 < /dev/null &
 sleep 45; bash wait.sh 0  # wait.sh's report of the logs so far, without waiting

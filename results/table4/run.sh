@@ -16,7 +16,7 @@
 set -u
 STAGE=${STAGE:-/root/stage}  # the device's staging folder; another one rehearses the flow on a CPU (rehearse.sh)
 export PYTHONUNBUFFERED=1  # the device image has `python` on PATH (its venv)
-cd $STAGE/repo
+cd "$STAGE/repo"
 export DATA=$STAGE/data INCEPTION=$STAGE/w/default_1.pt LPIPS=$STAGE/w/vgg16.ckpt ROOT=$STAGE/t4
 mkdir -p "$ROOT"
 date; echo "arguments: ${*:-all rows}"
@@ -54,4 +54,4 @@ case ${1:-} in
     wait ;;
   *) bash scripts/table4.sh "$@" > "$ROOT/summary.txt" 2>&1; echo "table4 exit $?" ;;
 esac
-date; touch $STAGE/DONE
+date; touch "$STAGE/DONE"
