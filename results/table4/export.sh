@@ -1,4 +1,4 @@
-# export.sh CKPT [PAGE]: CKPT sent back in 15 MiB pieces with their sha256, so that a later session can carry it in
+# export.sh CKPT [PAGE]: CKPT sent back in 15 MiB pieces with their sha256, so that a later machine can carry it in
 # (launch.sh's WEIGHTS_TO) instead of training it again: its weights alone (scripts/export_weights.py, enough for
 # the stages after a tokenizer's), or with FULL=1 the whole checkpoint, which a resumed run continues from. A call
 # returns at most 64 MiB, so pieces come 4 per page (a fifth is left behind): PAGE 0 (the default) cuts them, pages

@@ -1,11 +1,11 @@
 # launch.sh [row ...]: reassemble the payload (pack.sh builds and stages it), check it, unpack, copy the code, start
 # run.sh [row ...] detached.
 # WEIGHTS_TO="NAME:DEST ...": also copy each file NAME that pack.sh's WEIGHTS added to the payload (weights that
-# export.sh sent back in an earlier session) to /root/stage/DEST, e.g. WEIGHTS_TO="tok.pt:t4/cifar10/tok/ckpt.pt",
+# export.sh sent back from an earlier machine) to /root/stage/DEST, e.g. WEIGHTS_TO="tok.pt:t4/cifar10/tok/ckpt.pt",
 # where cifar10.sh's stages after tok read the tokenizer; a NAME may go to several DESTs
 set -eu
 STAGE=${STAGE:-/root/stage}  # the device's staging folder; another one rehearses the flow on a CPU (rehearse.sh)
-# parts 00 to this call's (the last) only: a machine may come with an earlier session's /root/stage, parts of a
+# parts 00 to this call's (the last) only: a machine may come with an earlier lease's /root/stage, parts of a
 # longer payload among them
 last=$(basename .stage/part.*) && last=$((10#${last#part.}))  # run from the working tree
 cd "$STAGE" && cp "$OLDPWD"/.stage/part.* . && cat $(seq -f part.%02g 0 "$last") > payload.tar

@@ -2,8 +2,8 @@
 # into equal parts of at most 32 MiB, as few as that allows, so that each fits beside the working tree (about 28 MB)
 # in one call's 64 MiB. The first form builds PARTS/part.00, 01, ... from the CIFAR-10 class folders ($DATA, default
 # ../shared/data/cifar10), the FID Inception weights and LPIPS's VGG16 of the installed packages, with their sha256
-# (166 MB: 5 parts); WEIGHTS="FILE:NAME ..." adds each FILE as NAME, e.g. a tokenizer that export.sh sent back in an
-# earlier session, which launch.sh's WEIGHTS_TO then puts where a run reads it (with CIFAR-10's 86 MB tokenizer: 8
+# (166 MB: 5 parts); WEIGHTS="FILE:NAME ..." adds each FILE as NAME, e.g. a tokenizer that export.sh sent back from an
+# earlier machine, which launch.sh's WEIGHTS_TO then puts where a run reads it (with CIFAR-10's 86 MB tokenizer: 8
 # parts). The second form puts part N alone into .stage/ (the folder each call carries; added to
 # .git/info/exclude), with launch.sh, run.sh and wait.sh beside the last part.
 # One call a part, while the machine stays warm (30 s):

@@ -1,10 +1,11 @@
-# rehearse.sh [DIR]: the flow that trains one tokenizer over two device sessions, rehearsed on this CPU before device
-# time is spent on it, with two folders standing in for the two machines' /root/stage (STAGE), for 2 steps a session:
-#   session 1  pack.sh's parts staged one call at a time, launch.sh tok_search lpips_k4096_40k with TOK_CHUNK=2,
+# rehearse.sh [DIR]: the flow that trains one tokenizer on two lent machines in turn (it outlasts one machine's device
+# time), rehearsed on this CPU before device time is spent on it, with two folders standing in for the two machines'
+# /root/stage (STAGE), for 2 steps on each:
+#   machine 1  pack.sh's parts staged one call at a time, launch.sh tok_search lpips_k4096_40k with TOK_CHUNK=2,
 #              wait.sh, then export.sh FULL=1 page by page, the pieces reassembled here and checked by sha256
-#   session 2  a fresh machine: the parts again with that checkpoint (pack.sh's WEIGHTS), launch.sh with WEIGHTS_TO
+#   machine 2  a fresh one: the parts again with that checkpoint (pack.sh's WEIGHTS), launch.sh with WEIGHTS_TO
 #              putting it where the variant continues from, wait.sh
-# It stops with a message at the first step that fails, and passes when session 2 continued session 1's checkpoint
+# It stops with a message at the first step that fails, and passes when machine 2 continued machine 1's checkpoint
 # (step 2 -> 4 of the variant's 40,000). Run from the repository root after changing pack.sh, launch.sh, run.sh,
 # wait.sh, export.sh or the tok stage's resume; about 2 minutes on 2 CPU cores, 4.4 GB under DIR (default: a
 # temporary folder, removed at the end). Uses .stage/ as the real flow does.
@@ -24,13 +25,12 @@ for class in "$dir"/data/train/*; do  # a test/ as the payload has one; the sear
   mkdir -p "$dir/data/test/${class##*/}" && cp "$(find "$class" -type f | sort | head -1)" "$dir/data/test/${class##*/}/"
 done
 
-session() {  # session NAME PARTS: stage every part of PARTS on machine NAME, one call each, then launch and wait
+on_machine() {  # on_machine NAME PARTS: stage every part of PARTS on machine NAME, one call each, then launch and wait
   local stage=$dir/$1 parts=$2 n last
   last=$(($(ls "$parts" | grep -c '^part\.') - 1))
   for n in $(seq 0 "$last"); do
     bash results/table4/pack.sh "$parts" "$n" > /dev/null
     if [ "$n" -lt "$last" ]; then
-      { [ "$n" = 0 ] || [ -f "$stage/part.$(printf %02d $((n - 1)))" ]; } || fail "part $n staged before the one ahead of it"
       mkdir -p "$stage" && cp .stage/part.* "$stage/"
     else
       mkdir -p "$dir/$1.out"
@@ -44,9 +44,9 @@ session() {  # session NAME PARTS: stage every part of PARTS on machine NAME, on
 }
 
 DATA=$dir/data bash results/table4/pack.sh "$dir/parts_1" > /dev/null
-session machine_1 "$dir/parts_1"
+on_machine machine_1 "$dir/parts_1"
 step_of() { python -c "import torch, sys; print(torch.load(sys.argv[1], weights_only=True)['step'])" "$1"; }
-[ "$(step_of "$dir/machine_1/$ckpt")" = 2 ] || fail "session 1 did not stop at step 2"
+[ "$(step_of "$dir/machine_1/$ckpt")" = 2 ] || fail "machine 1 did not stop at step 2"
 
 page=0 pages=1
 mkdir -p "$dir/pieces"
@@ -61,7 +61,7 @@ done
 rm -rf "$dir/machine_1"  # the machine goes back
 
 DATA=$dir/data WEIGHTS="$dir/pieces/weights.pt:t4_40k.pt" bash results/table4/pack.sh "$dir/parts_2" > /dev/null
-WEIGHTS_TO="t4_40k.pt:$ckpt" session machine_2 "$dir/parts_2"
-[ "$(step_of "$dir/machine_2/$ckpt")" = 4 ] || fail "session 2 did not continue to step 4"
-grep -q "tok: continuing" "$dir/machine_2/t4/tok_search/$variant/run.log" || fail "session 2 did not say it resumed"
+WEIGHTS_TO="t4_40k.pt:$ckpt" on_machine machine_2 "$dir/parts_2"
+[ "$(step_of "$dir/machine_2/$ckpt")" = 4 ] || fail "machine 2 did not continue to step 4"
+grep -q "tok: continuing" "$dir/machine_2/t4/tok_search/$variant/run.log" || fail "machine 2 did not say it resumed"
 echo "rehearsal passed: step 2 on machine_1, exported in $pages page(s), continued to step 4 on machine_2"
