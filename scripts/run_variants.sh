@@ -1,11 +1,22 @@
 # Sourced by the scripts that train several variants at once (gen_search.sh, tok_search.sh, tokens_per_step.sh,
-# table4.sh): GPUS; check_variants, which stops on an unknown variant name; pending_variants, which leaves out the
-# variants finished earlier; steps_of and without_steps, a name's _Nk length suffix; run_variants, which runs one
-# command per variant, the j-th on GPU j mod GPUS, RUNS_PER_GPU at a time; and encode_tokens, the token files
-# generator variants share.
+# table4.sh) and by results/table4/run.sh: GPUS and gpu_of, the GPUs to spread runs over; check_variants, which
+# stops on an unknown variant name; pending_variants, which leaves out the variants finished earlier; steps_of and
+# without_steps, a name's _Nk length suffix; run_variants, which runs one command per variant, the j-th on GPU
+# gpu_of j, RUNS_PER_GPU at a time; and encode_tokens, the token files generator variants share.
 # shellcheck shell=bash
-GPUS=${GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}  # fewer GPUs than variants: some share one
+# The GPUs this shell may use: CUDA_VISIBLE_DEVICES's list when it is set, so that a script given some of a host's
+# GPUs keeps its variants on them, else every GPU nvidia-smi lists
+if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then IFS=, read -ra VISIBLE_GPUS <<< "$CUDA_VISIBLE_DEVICES"
+else mapfile -t VISIBLE_GPUS < <(seq 0 $(( $( (nvidia-smi -L 2>/dev/null || true) | wc -l) - 1))); fi
+GPUS=${GPUS:-${#VISIBLE_GPUS[@]}}  # fewer GPUs than variants: some share one
 [ "$GPUS" -ge 1 ] || GPUS=1
+
+# gpu_of J: the CUDA_VISIBLE_DEVICES of the J-th run: the (J mod GPUS)-th visible GPU (J mod GPUS itself when none
+# is listed, as on a CPU)
+gpu_of() {
+  local k=$(($1 % GPUS))
+  if [ ${#VISIBLE_GPUS[@]} -gt 0 ]; then echo "${VISIBLE_GPUS[$((k % ${#VISIBLE_GPUS[@]}))]}"; else echo "$k"; fi
+}
 
 # steps_of NAME DEFAULT: the length a variant's name gives, N000 for a NAME ending in _Nk (N thousand steps), else
 # DEFAULT; without_steps NAME: NAME without that suffix, the recipe whose flags the calling script looks up
@@ -38,7 +49,7 @@ pending_variants() {
 }
 
 # run_variants LABEL DIR_PREFIX RUN NAME ...: for each NAME creates DIR=DIR_PREFIX<NAME> and runs `RUN NAME DIR`
-# with CUDA_VISIBLE_DEVICES set to its GPU (the j-th NAME on GPU j mod GPUS) and its output in DIR/run.log, at most
+# with CUDA_VISIBLE_DEVICES set to its GPU (the j-th NAME on gpu_of j) and its output in DIR/run.log, at most
 # RUNS_PER_GPU at a time on each GPU (unset: all at once); the others wait for a run on their GPU to end, in order.
 # No NAME: nothing to run. Then waits for them all, names each one that failed with its log ("LABEL<NAME> failed: see ..."), and sets failed
 # to 1 if any did, else 0. RUN is a command or a function of the calling script; check the names first
@@ -49,7 +60,7 @@ run_variants() {
   local names=("$@") pids=()
   failed=0
   [ ${#names[@]} -gt 0 ] || return 0
-  local lanes=$((GPUS * ${RUNS_PER_GPU:-${#names[@]}}))  # lane l runs the names l, l + lanes, ... on GPU l mod GPUS
+  local lanes=$((GPUS * ${RUNS_PER_GPU:-${#names[@]}}))  # lane l runs the names l, l + lanes, ... on gpu_of l
   [ "$lanes" -ge 1 ] || { echo "RUNS_PER_GPU=${RUNS_PER_GPU:-}: give at least 1, or leave it unset (all at once)" >&2
                           exit 2; }
   for ((lane = 0; lane < lanes && lane < ${#names[@]}; lane++)); do
@@ -57,7 +68,7 @@ run_variants() {
       lane_failed=0
       for ((j = lane; j < ${#names[@]}; j += lanes)); do
         mkdir -p "$prefix${names[$j]}"
-        ( export CUDA_VISIBLE_DEVICES=$((lane % GPUS)); "$run" "${names[$j]}" "$prefix${names[$j]}" ) \
+        ( export CUDA_VISIBLE_DEVICES=$(gpu_of "$lane"); "$run" "${names[$j]}" "$prefix${names[$j]}" ) \
           >"$prefix${names[$j]}/run.log" 2>&1 \
           || { echo "$label${names[$j]} failed: see $prefix${names[$j]}/run.log" >&2; lane_failed=1; }
       done

@@ -613,6 +613,56 @@ echo "failed=$failed"
     assert all((tmp_path / 'out' / name / 'run.log').exists() for name in 'abcde')
 
 
+def fake_nvidia_smi(bin_dir, gpus):
+    """A `nvidia-smi` on bin_dir whose -L lists `gpus` GPUs, as on a host with that many."""
+    bin_dir.mkdir(exist_ok=True)
+    lines = ''.join(f'echo "GPU {i}: NVIDIA H200 (UUID: GPU-{i})"\n' for i in range(gpus))
+    (bin_dir / 'nvidia-smi').write_text(f'#!/bin/sh\n{lines}')
+    (bin_dir / 'nvidia-smi').chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+
+
+@pytest.mark.parametrize('visible, expected', [(None, ['0', '1', '2']), ('3,5', ['3', '5', '3'])])
+def test_run_variants_spreads_variants_over_the_visible_gpus_only(tmp_path, visible, expected):
+    # a host of 8 GPUs; a script given two of them (CUDA_VISIBLE_DEVICES) must not put a variant on the others
+    script = f"""
+set -euo pipefail
+source scripts/run_variants.sh
+run() {{ echo "$CUDA_VISIBLE_DEVICES" > "$2/gpu"; }}
+run_variants 'variant ' "{tmp_path}/out/" run a b c
+"""
+    env = {name: setting for name, setting in os.environ.items() if name not in ('GPUS', 'CUDA_VISIBLE_DEVICES')}
+    env['PATH'] = fake_nvidia_smi(tmp_path / 'bin', 8)
+    if visible:
+        env['CUDA_VISIBLE_DEVICES'] = visible
+    result = subprocess.run(['bash', '-c', script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert [(tmp_path / 'out' / name / 'gpu').read_text().strip() for name in 'abc'] == expected
+
+
+@pytest.mark.parametrize('gpus, expected', [(2, ('0', '1')), (1, ('0', '0'))])
+def test_device_run_puts_each_chain_on_its_own_gpu(tmp_path, gpus, expected):
+    # results/table4/run.sh `cifar10 ... // tok_search v`: the second chain, and the variant its search spreads over
+    # the GPUs, go to the second GPU of two, and share the only one otherwise
+    stage = tmp_path / 'stage'
+    (stage / 'repo' / 'scripts').mkdir(parents=True)
+    shutil.copy(os.path.join(REPO, 'scripts', 'run_variants.sh'), stage / 'repo' / 'scripts')
+    (stage / 'repo' / 'scripts' / 'cifar10.sh').write_text('echo "$CUDA_VISIBLE_DEVICES" > "$OUT.gpu"\n')
+    (stage / 'repo' / 'scripts' / 'tok_search.sh').write_text(
+        'source "$(dirname "$0")/run_variants.sh"\n'
+        'record() { echo "$CUDA_VISIBLE_DEVICES" > "$2/gpu"; }\n'
+        'run_variants "variant " "$ROOT/" record "$@"\n')
+    env = {name: setting for name, setting in os.environ.items() if name not in ('GPUS', 'CUDA_VISIBLE_DEVICES')}
+    env.update(PATH=fake_nvidia_smi(tmp_path / 'bin', gpus), STAGE=str(stage))
+    result = subprocess.run(['bash', os.path.join('results', 'table4', 'run.sh'), 'cifar10', f'OUT={stage}/t4/a', '//',
+                             'tok_search', 'v'], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert 'cifar10 exit 0' in result.stdout and 'tok_search exit 0' in result.stdout, result.stdout
+    assert (stage / 'DONE').exists()
+    first, second = (stage / 't4' / 'a.gpu').read_text().strip(), (stage / 't4' / 'tok_search' / 'v' / 'gpu').read_text().strip()
+    assert (first, second) == expected
+
+
 def test_table4_summary_judges_titok_minus_full_against_the_seed_spread(tmp_path):
     figures = {'titok': (15.0, 23.0), 'full': (29.0, 36.0), 'full_s1': (21.0, 27.0)}  # rFID-train, gFID
     for row, (rfid_train, gfid) in figures.items():
