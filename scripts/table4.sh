@@ -40,7 +40,7 @@ COMPILE=${COMPILE---compile}  # COMPILE= for a CPU dry run
 # small kernels, each waiting for its turn on a shared GPU, so the sweep, gFID and Table 3 cost more than the
 # sharing saves
 export RUNS_PER_GPU=${RUNS_PER_GPU:-1}
-# cifar10.sh's tokenizer recipe when the campaign began, pinned here: rows run in different sessions share it even
+# cifar10.sh's tokenizer recipe when the campaign began, pinned here: rows run at different times share it even
 # after a search changes cifar10.sh's default
 RECIPE=${TOK_RECIPE---full_prefix_prob 0.5 --gan_full_only --lpips_resize 128 --codebook_size 4096}
 export GEN_PRESET=${GEN_PRESET:-cifar_d8} GEN_DROPOUT=${GEN_DROPOUT:-0.1}  # its generator recipe, pinned likewise

@@ -1,5 +1,5 @@
 """scripts/var_speed.py on the CPU: VAR's own sampler (a 2-block VAR, 4 scales, 64 px) against the tiny presets.
-It needs VAR's code: a checkout named by $VAR_REPO, or else the git mirror this project's sessions keep at
+It needs VAR's code: a checkout named by $VAR_REPO, or else the git mirror this project's machines keep at
 MIRROR, exported; skipped without either."""
 import json
 import os
