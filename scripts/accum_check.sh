@@ -17,9 +17,10 @@ COMPILE=${COMPILE---compile}
 LPIPS=${LPIPS:-1}
 WORKERS=${WORKERS:-8}
 DEVICE=${DEVICE:-auto}
+ONE_GPU=${CUDA_VISIBLE_DEVICES:-0} ONE_GPU=${ONE_GPU%%,*}  # the one-GPU runs' GPU: the first of those given
 mkdir -p "$OUT"
 
-one() { CUDA_VISIBLE_DEVICES=0 python "$@" --grad_accum 2; }
+one() { CUDA_VISIBLE_DEVICES=$ONE_GPU python "$@" --grad_accum 2; }
 two() { torchrun --standalone --nproc_per_node 2 "$@"; }
 check() {  # $1: train_tok.py or train_gen.py, $2: the run's folder prefix, then the run's flags
   local script=$1 name=$2; shift 2

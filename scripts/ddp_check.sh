@@ -12,14 +12,15 @@ STEPS=${STEPS:-120}
 PRESET=${PRESET:-d16}
 TOK_PRESET=${TOK_PRESET:-titok_b64}
 COMPILE=${COMPILE---compile}
+ONE_GPU=${CUDA_VISIBLE_DEVICES:-0} ONE_GPU=${ONE_GPU%%,*}  # the one-GPU runs' GPU: the first of those given
 mkdir -p "$OUT"
 python train_tok.py --preset "$TOK_PRESET" --data "$DATA" --out_dir "$OUT/tok" --batch_size 8 --max_steps 1 --warmup 1 \
   --lpips_weight 0 --log_every 1 --sample_every 0 --ckpt_every 1
 python train_gen.py --preset "$PRESET" --tok_ckpt "$OUT/tok/ckpt.pt" --data "$DATA" --out_dir "$OUT/tokens" --encode_only
 run=(train_gen.py --preset "$PRESET" --tok_ckpt "$OUT/tok/ckpt.pt" --tokens "$OUT/tokens/tokens.npz" --max_steps "$STEPS"
      --warmup 10 --log_every 20 --sample_every 0 --ckpt_every 1000000 $COMPILE)
-CUDA_VISIBLE_DEVICES=0 python "${run[@]}" --batch_size $((PER_GPU * GPUS)) --out_dir "$OUT/one_gpu_global_batch"
-CUDA_VISIBLE_DEVICES=0 python "${run[@]}" --batch_size "$PER_GPU" --out_dir "$OUT/one_gpu_per_gpu_batch"
+CUDA_VISIBLE_DEVICES=$ONE_GPU python "${run[@]}" --batch_size $((PER_GPU * GPUS)) --out_dir "$OUT/one_gpu_global_batch"
+CUDA_VISIBLE_DEVICES=$ONE_GPU python "${run[@]}" --batch_size "$PER_GPU" --out_dir "$OUT/one_gpu_per_gpu_batch"
 torchrun --standalone --nproc_per_node "$GPUS" "${run[@]}" --batch_size $((PER_GPU * GPUS)) --out_dir "$OUT/ddp"
 python - "$OUT" "$GPUS" <<'PY'
 import json, sys
