@@ -613,13 +613,15 @@ echo "failed=$failed"
     assert all((tmp_path / 'out' / name / 'run.log').exists() for name in 'abcde')
 
 
-def fake_nvidia_smi(bin_dir, gpus):
-    """A `nvidia-smi` on bin_dir whose -L lists `gpus` GPUs, as on a host with that many."""
+def host_with_gpus(bin_dir, gpus):
+    """The environment of a shell on a host with `gpus` GPUs, none chosen: a `nvidia-smi` in bin_dir whose -L lists
+    them first on PATH, and neither GPUS nor CUDA_VISIBLE_DEVICES set."""
     bin_dir.mkdir(exist_ok=True)
     lines = ''.join(f'echo "GPU {i}: NVIDIA H200 (UUID: GPU-{i})"\n' for i in range(gpus))
     (bin_dir / 'nvidia-smi').write_text(f'#!/bin/sh\n{lines}')
     (bin_dir / 'nvidia-smi').chmod(0o755)
-    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    env = {name: setting for name, setting in os.environ.items() if name not in ('GPUS', 'CUDA_VISIBLE_DEVICES')}
+    return {**env, 'PATH': f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
 
 @pytest.mark.parametrize('visible, expected', [(None, ['0', '1', '2']), ('3,5', ['3', '5', '3'])])
@@ -631,8 +633,7 @@ source scripts/run_variants.sh
 run() {{ echo "$CUDA_VISIBLE_DEVICES" > "$2/gpu"; }}
 run_variants 'variant ' "{tmp_path}/out/" run a b c
 """
-    env = {name: setting for name, setting in os.environ.items() if name not in ('GPUS', 'CUDA_VISIBLE_DEVICES')}
-    env['PATH'] = fake_nvidia_smi(tmp_path / 'bin', 8)
+    env = host_with_gpus(tmp_path / 'bin', 8)
     if visible:
         env['CUDA_VISIBLE_DEVICES'] = visible
     result = subprocess.run(['bash', '-c', script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
@@ -652,15 +653,14 @@ def test_device_run_puts_each_chain_on_its_own_gpu(tmp_path, gpus, expected):
         'source "$(dirname "$0")/run_variants.sh"\n'
         'record() { echo "$CUDA_VISIBLE_DEVICES" > "$2/gpu"; }\n'
         'run_variants "variant " "$ROOT/" record "$@"\n')
-    env = {name: setting for name, setting in os.environ.items() if name not in ('GPUS', 'CUDA_VISIBLE_DEVICES')}
-    env.update(PATH=fake_nvidia_smi(tmp_path / 'bin', gpus), STAGE=str(stage))
+    env = {**host_with_gpus(tmp_path / 'bin', gpus), 'STAGE': str(stage)}
     result = subprocess.run(['bash', os.path.join('results', 'table4', 'run.sh'), 'cifar10', f'OUT={stage}/t4/a', '//',
                              'tok_search', 'v'], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert 'cifar10 exit 0' in result.stdout and 'tok_search exit 0' in result.stdout, result.stdout
     assert (stage / 'DONE').exists()
-    first, second = (stage / 't4' / 'a.gpu').read_text().strip(), (stage / 't4' / 'tok_search' / 'v' / 'gpu').read_text().strip()
-    assert (first, second) == expected
+    chains = (stage / 't4' / 'a.gpu', stage / 't4' / 'tok_search' / 'v' / 'gpu')
+    assert tuple(path.read_text().strip() for path in chains) == expected
 
 
 def test_table4_summary_judges_titok_minus_full_against_the_seed_spread(tmp_path):
