@@ -11,8 +11,8 @@ else mapfile -t VISIBLE_GPUS < <(seq 0 $(( $( (nvidia-smi -L 2>/dev/null || true
 GPUS=${GPUS:-${#VISIBLE_GPUS[@]}}  # fewer GPUs than variants: some share one
 [ "$GPUS" -ge 1 ] || GPUS=1
 
-# gpu_of J: the CUDA_VISIBLE_DEVICES of the J-th run: the (J mod GPUS)-th visible GPU (J mod GPUS itself when none
-# is listed, as on a CPU)
+# gpu_of J: the CUDA_VISIBLE_DEVICES of the J-th run: the (J mod GPUS)-th visible GPU, counted round the list when
+# GPUS is set above its length (J mod GPUS itself when none is listed, as on a CPU)
 gpu_of() {
   local k=$(($1 % GPUS))
   if [ ${#VISIBLE_GPUS[@]} -gt 0 ]; then echo "${VISIBLE_GPUS[$((k % ${#VISIBLE_GPUS[@]}))]}"; else echo "$k"; fi
